@@ -1,0 +1,108 @@
+// Elementwise kernels: activations (unary), broadcasting binary ops, GEGLU, casts.
+// Storage types come from defines (f32 / f16); arithmetic is f32.
+// Defines: TA, TB, TO (storage types), WG (workgroup size), ACT (activation
+// function name, unary and binary), OP (binary operator function name), SAME_SHAPE.
+
+struct Params {
+    n: u32,            // output elements
+    inner: u32,        // GEGLU: output features per row
+    scale: f32,        // unary: y = act(x * scale + shift)
+    shift: f32,
+    shape: array<vec4<u32>, 2>,     // output shape, padded in front to rank 8
+    a_strides: array<vec4<u32>, 2>, // element strides of a per output dim (0 = broadcast)
+    b_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn act_none(x: f32) -> f32 { return x; }
+fn act_silu(x: f32) -> f32 { return x / (1.0 + exp(-x)); }
+fn act_relu(x: f32) -> f32 { return max(x, 0.0); }
+fn act_quick_gelu(x: f32) -> f32 { return x / (1.0 + exp(-1.702 * x)); }
+fn act_gelu_tanh(x: f32) -> f32 {
+    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    return 0.5 * x * (1.0 + tanh(u));
+}
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), for exact GELU.
+fn erf_approx(x: f32) -> f32 {
+    let s = sign(x);
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
+    return s * y;
+}
+fn act_gelu(x: f32) -> f32 { return 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476)); }
+
+fn op_add(a: f32, b: f32) -> f32 { return a + b; }
+fn op_sub(a: f32, b: f32) -> f32 { return a - b; }
+fn op_mul(a: f32, b: f32) -> f32 { return a * b; }
+fn op_div(a: f32, b: f32) -> f32 { return a / b; }
+
+fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
+}
+
+fn dim8(v: array<vec4<u32>, 2>, d: u32) -> u32 {
+    return v[d / 4u][d % 4u];
+}
+
+#if UNARY
+@group(0) @binding(1) var<storage, read> a: array<{{TA}}>;
+@group(0) @binding(2) var<storage, read_write> o: array<{{TO}}>;
+
+@compute @workgroup_size({{WG}})
+fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    o[i] = {{TO}}({{ACT}}(f32(a[i]) * p.scale + p.shift));
+}
+#endif
+
+#if BINARY
+@group(0) @binding(1) var<storage, read> a: array<{{TA}}>;
+@group(0) @binding(2) var<storage, read> b: array<{{TB}}>;
+@group(0) @binding(3) var<storage, read_write> o: array<{{TO}}>;
+
+@compute @workgroup_size({{WG}})
+fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+#if SAME_SHAPE
+    let ia = i;
+    let ib = i;
+#else
+    var rem = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var d = 7i; d >= 0; d--) {
+        let size = dim8(p.shape, u32(d));
+        let c = rem % size;
+        rem = rem / size;
+        ia += c * dim8(p.a_strides, u32(d));
+        ib += c * dim8(p.b_strides, u32(d));
+    }
+#endif
+    o[i] = {{TO}}({{ACT}}({{OP}}(f32(a[ia]), f32(b[ib]))));
+}
+#endif
+
+#if GEGLU
+// x: [rows, 2 * inner] -> o: [rows, inner], o = x[:, :inner] * gelu(x[:, inner:]).
+@group(0) @binding(1) var<storage, read> a: array<{{TA}}>;
+@group(0) @binding(2) var<storage, read_write> o: array<{{TO}}>;
+
+@compute @workgroup_size({{WG}})
+fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    let row = i / p.inner;
+    let col = i % p.inner;
+    let base = row * 2u * p.inner;
+    let h = f32(a[base + col]);
+    let g = f32(a[base + p.inner + col]);
+    o[i] = {{TO}}(h * act_gelu(g));
+}
+#endif

@@ -1,0 +1,388 @@
+//! Adapter choice, optional features, limits: the [`Gpu`] every op runs on.
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{KernelCache, ShaderSource};
+use crate::gpu::pool::BufferPool;
+use crate::gpu::profile::Profiler;
+use crate::gpu::recorder::Recorder;
+
+/// Environment variable naming the adapter to use (a case-insensitive substring
+/// of its name, as `fsd3d info` prints it). Same as `--adapter`.
+pub const ENV_ADAPTER: &str = "FSD3D_ADAPTER";
+/// Environment variable listing optional features to switch off, comma
+/// separated: `f16`, `f32-atomics`, `subgroups`, `timestamps` (or `all`).
+/// Same as `--disable-features`. Lets both the fast path and the fallback be tested.
+pub const ENV_DISABLE: &str = "FSD3D_DISABLE_FEATURES";
+/// Environment variable: submit and wait after every dispatch (finds the first
+/// failing kernel; slow). Any value but `0` turns it on.
+pub const ENV_SYNC: &str = "FSD3D_SYNC";
+
+/// The optional features fsd3d uses when the adapter has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Features {
+    /// f16 storage and arithmetic in shaders (SHADER_F16).
+    pub f16: bool,
+    /// `atomic<f32>` with atomicAdd (SHADER_FLOAT32_ATOMIC); else a CAS loop.
+    pub f32_atomics: bool,
+    /// Subgroup operations (SUBGROUP); else workgroup-memory reductions.
+    pub subgroups: bool,
+    /// Timestamp queries for per-kernel profiling (TIMESTAMP_QUERY).
+    pub timestamps: bool,
+}
+
+impl Features {
+    pub const ALL: Features = Features { f16: true, f32_atomics: true, subgroups: true, timestamps: true };
+    pub const NONE: Features = Features { f16: false, f32_atomics: false, subgroups: false, timestamps: false };
+
+    /// Parses a comma-separated list such as `f16,subgroups` (or `all`, or empty).
+    pub fn parse_list(s: &str) -> Result<Features> {
+        let mut f = Features::NONE;
+        for item in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match item.to_ascii_lowercase().as_str() {
+                "f16" | "shader-f16" => f.f16 = true,
+                "f32-atomics" | "atomics" | "float32-atomic" => f.f32_atomics = true,
+                "subgroups" | "subgroup" => f.subgroups = true,
+                "timestamps" | "timestamp" => f.timestamps = true,
+                "all" => f = Features::ALL,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown feature {other:?}: expected a comma-separated list of f16, f32-atomics, subgroups, timestamps, all"
+                    )));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn minus(self, off: Features) -> Features {
+        Features {
+            f16: self.f16 && !off.f16,
+            f32_atomics: self.f32_atomics && !off.f32_atomics,
+            subgroups: self.subgroups && !off.subgroups,
+            timestamps: self.timestamps && !off.timestamps,
+        }
+    }
+
+    fn from_wgpu(f: wgpu::Features) -> Features {
+        Features {
+            f16: f.contains(wgpu::Features::SHADER_F16),
+            f32_atomics: f.contains(wgpu::Features::SHADER_FLOAT32_ATOMIC),
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+
+    fn to_wgpu(self) -> wgpu::Features {
+        let mut f = wgpu::Features::empty();
+        if self.f16 {
+            f |= wgpu::Features::SHADER_F16;
+        }
+        if self.f32_atomics {
+            f |= wgpu::Features::SHADER_FLOAT32_ATOMIC;
+        }
+        if self.subgroups {
+            f |= wgpu::Features::SUBGROUP;
+        }
+        if self.timestamps {
+            f |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        f
+    }
+
+    /// Short names of the features that are on, for logs and bench output.
+    pub fn names(self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.f16 {
+            v.push("f16");
+        }
+        if self.f32_atomics {
+            v.push("f32-atomics");
+        }
+        if self.subgroups {
+            v.push("subgroups");
+        }
+        if self.timestamps {
+            v.push("timestamps");
+        }
+        v
+    }
+}
+
+/// What the kernels may use on this device: the enabled features plus the
+/// subgroup size range (subgroup kernels must work for any size in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    pub features: Features,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+}
+
+impl Caps {
+    /// Capabilities with every optional feature on (subgroup size 8, as on
+    /// lavapipe): used to validate shader variants without a device.
+    pub fn all() -> Caps {
+        Caps { features: Features::ALL, subgroup_min_size: 8, subgroup_max_size: 8 }
+    }
+    pub fn none() -> Caps {
+        Caps { features: Features::NONE, subgroup_min_size: 0, subgroup_max_size: 0 }
+    }
+}
+
+/// How to open the device. `Default` picks the best adapter with every
+/// feature it has; [`GpuOptions::from_env`] reads the `FSD3D_*` variables.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Case-insensitive substring of the adapter name; `None` = best available.
+    pub adapter: Option<String>,
+    /// Optional features to switch off even where the adapter has them.
+    pub disable: Features,
+    /// Collect per-kernel timings (timestamp queries where the adapter has them).
+    pub profile: bool,
+    /// Submit and wait after every dispatch.
+    pub sync_each_dispatch: bool,
+    /// Directory whose `.wgsl` files replace the built-in ones, file by file.
+    pub shader_dir: Option<std::path::PathBuf>,
+}
+
+impl GpuOptions {
+    pub fn from_env() -> Result<GpuOptions> {
+        let adapter = std::env::var(ENV_ADAPTER).ok().filter(|s| !s.is_empty());
+        let disable = match std::env::var(ENV_DISABLE) {
+            Ok(s) => Features::parse_list(&s)?,
+            Err(_) => Features::NONE,
+        };
+        let sync_each_dispatch = std::env::var(ENV_SYNC).map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
+        let shader_dir = std::env::var_os(crate::gpu::kernel::ENV_SHADER_DIR).map(Into::into);
+        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir })
+    }
+}
+
+/// One opened device with everything the ops need: kernels, buffer pool,
+/// the open recorder and the profiler.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    caps: Caps,
+    limits: wgpu::Limits,
+    pub(crate) kernels: KernelCache,
+    pub(crate) pool: Arc<BufferPool>,
+    pub(crate) recorder: Mutex<Recorder>,
+    pub(crate) profiler: Mutex<Profiler>,
+    /// Validation errors caught by the uncaptured-error handler, reported at the next flush.
+    pub(crate) errors: Arc<Mutex<Vec<String>>>,
+    pub(crate) sync_each_dispatch: bool,
+}
+
+fn device_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+/// Lists the adapters wgpu can see (compute-capable backends only).
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = new_instance();
+    pollster::block_on(instance.enumerate_adapters(compute_backends()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn compute_backends() -> wgpu::Backends {
+    // GL has no storage buffers in compute on many drivers: only as a last resort.
+    wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+}
+
+fn new_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = compute_backends();
+    wgpu::Instance::new(desc)
+}
+
+impl Gpu {
+    /// Opens the adapter the options ask for (the best one by default).
+    pub fn new(opts: &GpuOptions) -> Result<Arc<Gpu>> {
+        let instance = new_instance();
+        let adapters = pollster::block_on(instance.enumerate_adapters(compute_backends()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter);
+        }
+        let adapter = match &opts.adapter {
+            Some(want) => {
+                let w = want.to_lowercase();
+                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&w)).ok_or_else(|| {
+                    Error::AdapterNotFound {
+                        wanted: want.clone(),
+                        available: list_adapters().iter().map(describe).collect::<Vec<_>>().join(", "),
+                    }
+                })?
+            }
+            None => adapters.into_iter().min_by_key(|a| device_rank(a.get_info().device_type)).unwrap(),
+        };
+        let info = adapter.get_info();
+        let features = Features::from_wgpu(adapter.features()).minus(opts.disable);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("fsd3d"),
+            required_features: features.to_wgpu(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device { adapter: describe(&info), message: e.to_string() })?;
+
+        // Validation errors become typed errors at the next flush instead of a panic.
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+
+        let caps = Caps {
+            features,
+            subgroup_min_size: if features.subgroups { info.subgroup_min_size } else { 0 },
+            subgroup_max_size: if features.subgroups { info.subgroup_max_size } else { 0 },
+        };
+        let source = ShaderSource::new(opts.shader_dir.clone())?;
+        let profiler = Profiler::new(&device, &queue, opts.profile, features.timestamps);
+        Ok(Arc::new(Gpu {
+            kernels: KernelCache::new(source, caps),
+            pool: Arc::new(BufferPool::default()),
+            recorder: Mutex::new(Recorder::default()),
+            profiler: Mutex::new(profiler),
+            errors,
+            sync_each_dispatch: opts.sync_each_dispatch,
+            device,
+            queue,
+            info,
+            caps,
+            limits,
+        }))
+    }
+
+    /// Opens the device as the environment says ([`GpuOptions::from_env`]).
+    pub fn from_env() -> Result<Arc<Gpu>> {
+        Gpu::new(&GpuOptions::from_env()?)
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+    pub fn features(&self) -> Features {
+        self.caps.features
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+    /// Largest tensor (bytes) one storage binding may hold on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+    /// "name (backend)", as benches and summaries print it.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Takes and clears the validation errors raised since the last check.
+    pub(crate) fn take_errors(&self, context: &str) -> Result<()> {
+        let mut errs = self.errors.lock().unwrap();
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let message = errs.join("\n");
+        errs.clear();
+        Err(Error::Validation { context: context.to_string(), message })
+    }
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", describe(&self.info))
+    }
+}
+
+/// What `fsd3d info` prints: the adapter, features in use and the limits that matter.
+#[derive(Debug, serde::Serialize)]
+pub struct InfoReport {
+    pub adapter: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub features: Vec<&'static str>,
+    pub subgroup_size: [u32; 2],
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+impl InfoReport {
+    pub fn of(gpu: &Gpu) -> InfoReport {
+        let i = gpu.info();
+        let l = gpu.limits();
+        InfoReport {
+            adapter: i.name.clone(),
+            backend: format!("{:?}", i.backend),
+            device_type: format!("{:?}", i.device_type),
+            driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+            features: gpu.features().names(),
+            subgroup_size: [gpu.caps().subgroup_min_size, gpu.caps().subgroup_max_size],
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        }
+    }
+}
+
+impl std::fmt::Display for InfoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        writeln!(f, "adapter:   {}", self.adapter)?;
+        writeln!(f, "backend:   {} ({})", self.backend, self.device_type)?;
+        writeln!(f, "driver:    {}", self.driver)?;
+        let feats = if self.features.is_empty() { "none".to_string() } else { self.features.join(", ") };
+        writeln!(f, "features:  {feats}")?;
+        if self.subgroup_size[1] > 0 {
+            writeln!(f, "subgroups: size {}..{}", self.subgroup_size[0], self.subgroup_size[1])?;
+        }
+        writeln!(f, "limits:")?;
+        writeln!(f, "  max storage binding       {:.0} MiB", mib(self.max_storage_buffer_binding_size))?;
+        writeln!(f, "  max buffer                {:.0} MiB", mib(self.max_buffer_size))?;
+        writeln!(f, "  workgroup storage         {} KiB", self.max_compute_workgroup_storage_size / 1024)?;
+        writeln!(f, "  invocations / workgroup   {}", self.max_compute_invocations_per_workgroup)?;
+        writeln!(f, "  workgroups / dimension    {}", self.max_compute_workgroups_per_dimension)?;
+        writeln!(f, "  storage buffers / stage   {}", self.max_storage_buffers_per_shader_stage)
+    }
+}
+
+impl Gpu {
+    /// Allocation counters of the buffer pool.
+    pub fn pool_stats(&self) -> crate::gpu::pool::PoolStats {
+        self.pool.stats()
+    }
+}

@@ -1,0 +1,13 @@
+//! fsd3d: text-to-3D with Flow Score Distillation on raw wgpu.
+//!
+//! The crate is a map of rooms (see `docs/architecture.md`):
+//! - [`gpu`]: the runtime (device, tensors, pool, kernel cache, recorder, profiler);
+//!   it knows nothing of diffusion or NeRFs.
+//! - [`ops`]: the host side of each kernel family in `shaders/`, one file each.
+//! - [`bench`]: kernel measurements shared by `cargo bench` and `fsd3d bench`.
+pub mod bench;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};

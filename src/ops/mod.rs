@@ -1,0 +1,62 @@
+//! Host side of the kernel families: one module per `shaders/<family>.wgsl`.
+//!
+//! Every op takes tensors, checks shapes and dtypes (typed errors, never a
+//! panic), allocates its output from the pool and records its dispatch; it
+//! never submits. Each module also lists its kernel variants, so one test can
+//! validate every variant with naga and check every variant against the CPU
+//! reference.
+use crate::error::{Error, Result};
+use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
+
+pub mod attention;
+pub mod concat;
+pub mod conv2d;
+pub mod elementwise;
+pub mod embedding;
+pub mod matmul;
+pub mod norm;
+pub mod resample;
+pub mod softmax;
+
+/// Every kernel variant the ops can dispatch on a device with `caps`, for
+/// validation. Each family adds its own.
+pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
+    let mut v = Vec::new();
+    v.extend(elementwise::variants(caps));
+    v.extend(matmul::variants(caps));
+    v.extend(conv2d::variants(caps));
+    v.extend(norm::variants(caps));
+    v.extend(softmax::variants(caps));
+    v.extend(attention::variants(caps));
+    v.extend(resample::variants(caps));
+    v.extend(embedding::variants(caps));
+    v.extend(concat::variants(caps));
+    v
+}
+
+/// Storage dtypes the variants are generated for on `caps`.
+pub fn float_dtypes(caps: Caps) -> Vec<DType> {
+    if caps.features.f16 { vec![DType::F32, DType::F16] } else { vec![DType::F32] }
+}
+
+/// Workgroup size of the simple one-thread-per-element kernels.
+pub const WG_1D: u32 = 256;
+
+/// Workgroups for one thread per element over `n` elements.
+pub fn grid_for(gpu: &Gpu, n: usize, wg: u32) -> [u32; 3] {
+    crate::gpu::grid_1d((n as u32).div_ceil(wg), gpu.limits().max_compute_workgroups_per_dimension)
+}
+
+pub(crate) fn expect_float(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() == DType::U32 {
+        return Err(Error::shape(op, format!("expected a float tensor, got {t:?}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn expect_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.rank() != rank {
+        return Err(Error::shape(op, format!("expected a rank-{rank} tensor, got {t:?}")));
+    }
+    Ok(())
+}
