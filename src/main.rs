@@ -57,6 +57,15 @@ enum Command {
     },
     /// Measure kernels: one line per case (kernel, shape, dtype, adapter, ms, GFLOP/s or GB/s).
     Bench(fsd3d::bench::BenchArgs),
+    /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
+    Tokenize {
+        /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The prompts.
+        #[arg(required = true)]
+        prompts: Vec<String>,
+    },
 }
 
 fn main() {
@@ -73,6 +82,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => {
             let gpu = cli.gpu.open(false).context("opening the GPU")?;
             fsd3d::bench::run(&gpu, args)?;
+            Ok(())
+        }
+        Command::Tokenize { model, prompts } => {
+            let dir = fsd3d::models::model_dir(model.as_deref());
+            let tok = fsd3d::models::tokenizer::PromptTokenizer::from_dir(&dir)
+                .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+            let ids = prompts.iter().map(|p| tok.encode(p)).collect::<fsd3d::Result<Vec<_>>>()?;
+            println!("{}", serde_json::json!({ "input_ids": ids }));
             Ok(())
         }
     }
