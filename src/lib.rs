@@ -6,6 +6,7 @@
 //! - [`ops`]: the host side of each kernel family in `shaders/`, one file each.
 //! - [`bench`]: kernel measurements shared by `cargo bench` and `fsd3d bench`.
 pub mod bench;
+pub mod diffusion;
 pub mod error;
 pub mod gpu;
 pub mod models;

@@ -1,0 +1,3 @@
+//! Diffusion: noise schedules and samplers (later: guidance, timestep
+//! annealing and the world-map noise of FSD).
+pub mod schedule;

@@ -1,0 +1,339 @@
+//! The DDPM noise schedule and the DDIM sampler's timesteps and update, read
+//! from a `scheduler_config.json` the way diffusers' DDIMScheduler reads it
+//! (including its defaults for keys other schedulers' configs lack).
+//!
+//! Notation (FSD_SPEC §1): ᾱ_t = Π(1 − β_i), α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t).
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::models::config::read_config;
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+/// How inference timesteps are spread over the training range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+/// `scheduler_config.json`, with DDIMScheduler's defaults for missing keys.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(default = "d_train_steps")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "d_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "d_linear")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default = "d_true")]
+    pub clip_sample: bool,
+    #[serde(default = "d_one")]
+    pub clip_sample_range: f64,
+    #[serde(default = "d_true")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "d_eps")]
+    pub prediction_type: Prediction,
+    #[serde(default = "d_leading")]
+    pub timestep_spacing: Spacing,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+    #[serde(default)]
+    pub thresholding: bool,
+}
+
+fn d_train_steps() -> usize {
+    1000
+}
+fn d_beta_start() -> f64 {
+    0.0001
+}
+fn d_beta_end() -> f64 {
+    0.02
+}
+fn d_linear() -> String {
+    "linear".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_eps() -> Prediction {
+    Prediction::Epsilon
+}
+fn d_leading() -> Spacing {
+    Spacing::Leading
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults")
+    }
+}
+
+impl SchedulerConfig {
+    pub fn load(path: &Path) -> Result<SchedulerConfig> {
+        let c: SchedulerConfig = read_config(path)?;
+        if c.thresholding {
+            return Err(Error::Invalid(format!("{}: dynamic thresholding is not supported", path.display())));
+        }
+        Ok(c)
+    }
+}
+
+/// The training noise schedule: ᾱ_t for t = 0..T−1.
+#[derive(Clone, Debug)]
+pub struct NoiseSchedule {
+    pub alphas_cumprod: Vec<f64>,
+    /// ᾱ used "before" t = 0 by the last DDIM step.
+    pub final_alpha_cumprod: f64,
+    pub prediction: Prediction,
+}
+
+impl NoiseSchedule {
+    pub fn new(cfg: &SchedulerConfig) -> Result<NoiseSchedule> {
+        let t = cfg.num_train_timesteps;
+        let mut betas: Vec<f64> = match (&cfg.trained_betas, cfg.beta_schedule.as_str()) {
+            (Some(b), _) => b.clone(),
+            (None, "linear") => linspace(cfg.beta_start, cfg.beta_end, t),
+            (None, "scaled_linear") => {
+                linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), t).iter().map(|b| b * b).collect()
+            }
+            (None, "squaredcos_cap_v2") => {
+                let f = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                (0..t).map(|i| (1.0 - f((i + 1) as f64 / t as f64) / f(i as f64 / t as f64)).min(0.999)).collect()
+            }
+            (None, other) => {
+                return Err(Error::Invalid(format!(
+                    "beta_schedule {other:?} is not supported: expected linear, scaled_linear or squaredcos_cap_v2"
+                )));
+            }
+        };
+        if betas.len() != t {
+            return Err(Error::Invalid(format!("trained_betas has {} entries for {t} timesteps", betas.len())));
+        }
+        if cfg.rescale_betas_zero_snr {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
+        let mut acc = 1.0;
+        let alphas_cumprod: Vec<f64> = betas
+            .iter()
+            .map(|b| {
+                acc *= 1.0 - b;
+                acc
+            })
+            .collect();
+        let final_alpha_cumprod = if cfg.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        Ok(NoiseSchedule { alphas_cumprod, final_alpha_cumprod, prediction: cfg.prediction_type })
+    }
+
+    pub fn num_train_timesteps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+    /// ᾱ at timestep t; t < 0 means "after the last step".
+    pub fn alpha_bar(&self, t: i64) -> f64 {
+        if t < 0 { self.final_alpha_cumprod } else { self.alphas_cumprod[t as usize] }
+    }
+    /// α_t = √ᾱ_t (signal scale).
+    pub fn alpha(&self, t: i64) -> f64 {
+        self.alpha_bar(t).sqrt()
+    }
+    /// σ_t = √(1 − ᾱ_t) (noise scale).
+    pub fn sigma(&self, t: i64) -> f64 {
+        (1.0 - self.alpha_bar(t)).sqrt()
+    }
+}
+
+fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![a];
+    }
+    (0..n).map(|i| a + (b - a) * i as f64 / (n - 1) as f64).collect()
+}
+
+/// Lin et al. 2023, Algorithm 1, as diffusers implements it.
+fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 1.0;
+    let mut sqrt_ab: Vec<f64> = betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc.sqrt()
+        })
+        .collect();
+    let (first, last) = (sqrt_ab[0], *sqrt_ab.last().unwrap());
+    for v in &mut sqrt_ab {
+        *v = (*v - last) * first / (first - last);
+    }
+    let ab: Vec<f64> = sqrt_ab.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(ab.len());
+    out.push(1.0 - ab[0]);
+    for i in 1..ab.len() {
+        out.push(1.0 - ab[i] / ab[i - 1]);
+    }
+    out
+}
+
+/// DDIM (η = 0) as diffusers' DDIMScheduler: timesteps and the update.
+#[derive(Clone, Debug)]
+pub struct Ddim {
+    pub schedule: NoiseSchedule,
+    pub config: SchedulerConfig,
+    /// Inference timesteps, descending.
+    pub timesteps: Vec<i64>,
+    /// T // n, what diffusers subtracts to find the previous timestep.
+    pub step_ratio: i64,
+}
+
+/// The coefficients of one DDIM step (host-side; the device kernel applies them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DdimCoefficients {
+    pub alpha_bar_t: f64,
+    pub alpha_bar_prev: f64,
+    pub prediction: Prediction,
+    /// Clamp x̂₀ to ±range (None when `clip_sample` is off).
+    pub clip: Option<f64>,
+}
+
+impl Ddim {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Ddim> {
+        let schedule = NoiseSchedule::new(config)?;
+        let t = config.num_train_timesteps;
+        if steps == 0 || steps > t {
+            return Err(Error::Invalid(format!("{steps} inference steps: expected 1..={t}")));
+        }
+        let timesteps: Vec<i64> = match config.timestep_spacing {
+            Spacing::Linspace => linspace(0.0, (t - 1) as f64, steps).iter().rev().map(|x| round_half_even(*x)).collect(),
+            Spacing::Leading => {
+                let r = t / steps;
+                (0..steps).rev().map(|i| (i * r) as i64 + config.steps_offset as i64).collect()
+            }
+            Spacing::Trailing => {
+                let r = t as f64 / steps as f64;
+                let mut v = Vec::new();
+                let mut x = t as f64;
+                while x > 0.0 {
+                    v.push(round_half_even(x) - 1);
+                    x -= r;
+                }
+                v
+            }
+        };
+        if let Some(bad) = timesteps.iter().find(|&&x| x < 0 || x >= t as i64) {
+            return Err(Error::Invalid(format!("timestep {bad} is outside 0..{t}: check steps_offset")));
+        }
+        Ok(Ddim { schedule, config: config.clone(), timesteps, step_ratio: (t / steps) as i64 })
+    }
+
+    /// The timestep the update from `t` lands on (negative after the last).
+    pub fn prev_timestep(&self, t: i64) -> i64 {
+        t - self.step_ratio
+    }
+
+    pub fn coefficients(&self, t: i64) -> DdimCoefficients {
+        DdimCoefficients {
+            alpha_bar_t: self.schedule.alpha_bar(t),
+            alpha_bar_prev: self.schedule.alpha_bar(self.prev_timestep(t)),
+            prediction: self.schedule.prediction,
+            clip: self.config.clip_sample.then_some(self.config.clip_sample_range),
+        }
+    }
+
+    /// DDIMScheduler's `init_noise_sigma`.
+    pub fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+}
+
+impl DdimCoefficients {
+    /// (x̂₀, ε̂) from the model output at x_t.
+    pub fn split(&self, x_t: f64, out: f64) -> (f64, f64) {
+        let (a, b) = (self.alpha_bar_t.sqrt(), (1.0 - self.alpha_bar_t).sqrt());
+        let (x0, eps) = match self.prediction {
+            Prediction::Epsilon => ((x_t - b * out) / a, out),
+            Prediction::Sample => (out, (x_t - a * out) / b),
+            Prediction::VPrediction => (a * x_t - b * out, a * out + b * x_t),
+        };
+        let x0 = match self.clip {
+            Some(r) => x0.clamp(-r, r),
+            None => x0,
+        };
+        (x0, eps)
+    }
+
+    /// One DDIM update of one element: x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev)·ε̂.
+    pub fn step(&self, x_t: f64, out: f64) -> f64 {
+        let (x0, eps) = self.split(x_t, out);
+        self.alpha_bar_prev.sqrt() * x0 + (1.0 - self.alpha_bar_prev).sqrt() * eps
+    }
+}
+
+/// numpy's round (half to even), which diffusers' timestep arithmetic uses.
+fn round_half_even(x: f64) -> i64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 { (r - x.signum()) as i64 } else { r as i64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numpy_rounding() {
+        assert_eq!(round_half_even(0.5), 0);
+        assert_eq!(round_half_even(1.5), 2);
+        assert_eq!(round_half_even(2.5), 2);
+        assert_eq!(round_half_even(2.6), 3);
+    }
+
+    #[test]
+    fn spacings_as_diffusers_documents_them() {
+        // The table in diffusers' DDIM docs (Lin et al., Table 2): T=1000, 10 steps.
+        let mut c = SchedulerConfig::default();
+        c.timestep_spacing = Spacing::Leading;
+        c.steps_offset = 1;
+        assert_eq!(Ddim::new(&c, 10).unwrap().timesteps, vec![901, 801, 701, 601, 501, 401, 301, 201, 101, 1]);
+        c.timestep_spacing = Spacing::Trailing;
+        assert_eq!(Ddim::new(&c, 10).unwrap().timesteps, vec![999, 899, 799, 699, 599, 499, 399, 299, 199, 99]);
+        c.timestep_spacing = Spacing::Linspace;
+        assert_eq!(Ddim::new(&c, 10).unwrap().timesteps, vec![999, 888, 777, 666, 555, 444, 333, 222, 111, 0]);
+    }
+
+    #[test]
+    fn step_recovers_the_clean_sample_from_its_true_noise() {
+        // x_t = α x0 + σ ε; with the true ε as the prediction, the final step
+        // (to ᾱ = 1) returns x0 exactly, for each parameterisation.
+        let cfg = SchedulerConfig { clip_sample: false, ..Default::default() };
+        let s = NoiseSchedule::new(&cfg).unwrap();
+        let (x0, eps, t) = (0.3, -1.2, 500i64);
+        let (a, b) = (s.alpha(t), s.sigma(t));
+        let xt = a * x0 + b * eps;
+        for (pred, out) in [
+            (Prediction::Epsilon, eps),
+            (Prediction::Sample, x0),
+            (Prediction::VPrediction, a * eps - b * x0),
+        ] {
+            let c = DdimCoefficients { alpha_bar_t: s.alpha_bar(t), alpha_bar_prev: 1.0, prediction: pred, clip: None };
+            assert!((c.step(xt, out) - x0).abs() < 1e-12, "{pred:?}");
+        }
+    }
+}
