@@ -2,6 +2,7 @@
 //! tokenizers. Module and parameter names mirror the diffusers safetensors keys.
 pub mod config;
 pub mod tokenizer;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,163 @@
+//! safetensors -> device tensors, by their diffusers / transformers names.
+//!
+//! A component folder (`unet/`, `vae/`, `text_encoder/`, or a bare folder with
+//! `config.json`) holds one or more `.safetensors` files, possibly in an
+//! `.fp16.` variant and possibly sharded. Files are memory-mapped; each tensor
+//! is converted (f32 / f16 / bf16 -> the device dtype) when it is uploaded.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+
+/// Which file variant to prefer when a folder has both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `model.safetensors` if present, else the `.fp16.` file.
+    Full,
+    /// `model.fp16.safetensors` if present, else the full one.
+    Fp16,
+}
+
+/// Where one tensor's bytes are in which mapped file.
+struct Entry {
+    file: usize,
+    dtype: StDtype,
+    shape: Vec<usize>,
+    range: std::ops::Range<usize>,
+}
+
+/// The weights of one component, memory-mapped.
+pub struct Weights {
+    dir: PathBuf,
+    maps: Vec<(PathBuf, memmap2::Mmap)>,
+    index: HashMap<String, Entry>,
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!(
+        "{}: not a readable safetensors file ({e}); the download may be truncated: fetch it again",
+        path.display()
+    ))
+}
+
+impl Weights {
+    /// Opens every `.safetensors` file of the chosen variant in `dir`.
+    pub fn open(dir: &Path, variant: Variant) -> Result<Weights> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        let is_fp16 = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().contains(".fp16.");
+        let (fp16, full): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(is_fp16);
+        let chosen = match variant {
+            Variant::Full if !full.is_empty() => full,
+            Variant::Fp16 if !fp16.is_empty() => fp16,
+            _ if !full.is_empty() => full,
+            _ => fp16,
+        };
+        if chosen.is_empty() {
+            let has_bin = std::fs::read_dir(dir)
+                .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "bin")))
+                .unwrap_or(false);
+            let hint = if has_bin {
+                "; the folder has PyTorch .bin weights only: save them as safetensors (diffusers: `save_pretrained(dir, safe_serialization=True)`)"
+            } else {
+                ""
+            };
+            return Err(Error::Invalid(format!("no .safetensors weights in {}{hint}", dir.display())));
+        }
+        let mut maps = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in chosen.into_iter().enumerate() {
+            let file = std::fs::File::open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            // SAFETY: the map is read-only and the file is not expected to change while fsd3d runs.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| corrupt(&path, e))?;
+            for (name, v) in st.tensors() {
+                let start = v.data().as_ptr() as usize - map.as_ptr() as usize;
+                let range = start..start + v.data().len();
+                index.insert(name, Entry { file: i, dtype: v.dtype(), shape: v.shape().to_vec(), range });
+            }
+            maps.push((path, map));
+        }
+        Ok(Weights { dir: dir.to_path_buf(), maps, index })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn view(&self, name: &str) -> Result<(StDtype, Vec<usize>, &[u8])> {
+        let e = self.index.get(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "tensor {name:?} is missing from the weights in {}: the checkpoint does not match its config.json",
+                self.dir.display()
+            ))
+        })?;
+        Ok((e.dtype, e.shape.clone(), &self.maps[e.file].1[e.range.clone()]))
+    }
+
+    /// Shape of a tensor.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.view(name)?.1)
+    }
+
+    /// A tensor's values as f32 on the host.
+    pub fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (dt, shape, data) = self.view(name)?;
+        Ok((to_f32(name, dt, data)?, shape))
+    }
+
+    /// Uploads a tensor, checking its shape, converted to `dtype`.
+    pub fn load(&self, gpu: &Gpu, name: &str, expect: &[usize], dtype: DType) -> Result<Tensor> {
+        let (dt, shape, data) = self.view(name)?;
+        if shape != expect {
+            return Err(Error::Invalid(format!(
+                "tensor {name:?} in {} has shape {shape:?}, the config implies {expect:?}: the weights do not match config.json",
+                self.dir.display()
+            )));
+        }
+        let bytes: Vec<u8> = match (dt, dtype) {
+            (StDtype::F32, DType::F32) | (StDtype::F16, DType::F16) => data.to_vec(),
+            (StDtype::F16, DType::F32) | (StDtype::BF16, _) | (StDtype::F32, DType::F16) => {
+                crate::gpu::tensor::encode(&to_f32(name, dt, data)?, dtype)
+            }
+            _ => return Err(Error::Invalid(format!("tensor {name:?} has dtype {dt:?}, expected a float type"))),
+        };
+        gpu.upload_bytes(name, &bytes, &shape, dtype)
+    }
+}
+
+fn to_f32(name: &str, dt: StDtype, data: &[u8]) -> Result<Vec<f32>> {
+    // safetensors data is little-endian and may be unaligned in the map: read by chunks.
+    Ok(match dt {
+        StDtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        StDtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        StDtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        StDtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        StDtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        StDtype::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        other => return Err(Error::Invalid(format!("tensor {name:?}: dtype {other:?} is not supported"))),
+    })
+}
