@@ -11,5 +11,6 @@ pub mod error;
 pub mod gpu;
 pub mod models;
 pub mod ops;
+pub mod scene;
 
 pub use error::{Error, Result};

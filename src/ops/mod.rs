@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 
+// The diffusion models' kernels.
 pub mod attention;
 pub mod concat;
 pub mod conv2d;
@@ -17,6 +18,11 @@ pub mod matmul;
 pub mod norm;
 pub mod resample;
 pub mod softmax;
+// The 3D side's kernels.
+pub mod adam;
+pub mod hashgrid;
+pub mod mlp;
+pub mod render;
 
 /// Every kernel variant the ops can dispatch on a device with `caps`, for
 /// validation. Each family adds its own.
@@ -31,6 +37,10 @@ pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
     v.extend(resample::variants(caps));
     v.extend(embedding::variants(caps));
     v.extend(concat::variants(caps));
+    v.extend(hashgrid::variants(caps));
+    v.extend(mlp::variants(caps));
+    v.extend(render::variants(caps));
+    v.extend(adam::variants(caps));
     v
 }
 
