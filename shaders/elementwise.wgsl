@@ -55,7 +55,12 @@ fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
     if (i >= p.n) { return; }
+#if CLAMP
+    // Clamp reuses the two scalars: scale = low bound, shift = high bound.
+    o[i] = {{TO}}(clamp(f32(a[i]), p.scale, p.shift));
+#else
     o[i] = {{TO}}({{ACT}}(f32(a[i]) * p.scale + p.shift));
+#endif
 }
 #endif
 

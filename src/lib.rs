@@ -8,7 +8,9 @@
 pub mod bench;
 pub mod diffusion;
 pub mod error;
+pub mod export;
 pub mod gpu;
+pub mod io;
 pub mod models;
 pub mod ops;
 pub mod scene;

@@ -57,6 +57,53 @@ enum Command {
     },
     /// Measure kernels: one line per case (kernel, shape, dtype, adapter, ms, GFLOP/s or GB/s).
     Bench(fsd3d::bench::BenchArgs),
+    /// Run one module of a diffusers checkpoint on tensors from a safetensors file.
+    Forward {
+        /// A pipeline folder or the component's own folder (config.json + *.safetensors).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// unet | text-encoder | vae-encode | vae-decode
+        #[arg(long)]
+        module: String,
+        /// Input tensors by name (see `fsd3d forward --help` in the docs).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the output tensors (f32).
+        #[arg(long)]
+        output: PathBuf,
+        /// Storage type of weights and activations (f16 needs SHADER_F16).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// DDIM text-to-image with a diffusers pipeline (default: the embedded prior).
+    Sample {
+        /// The prompt.
+        prompt: String,
+        /// Pipeline folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, vae/).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Guidance scale (diffusers' convention; 1 = no guidance).
+        #[arg(long, default_value_t = 7.5)]
+        cfg: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Negative prompt (default: the empty prompt).
+        #[arg(long)]
+        negative: Option<String>,
+        /// Initial noise: a safetensors file with `latents` [1, C, h, w] (f32), instead of the seeded noise.
+        #[arg(long)]
+        latents: Option<PathBuf>,
+        #[arg(long, default_value = "sample.png")]
+        out: PathBuf,
+        /// Storage type of weights and activations.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Print per-kernel timings at the end and write them beside the output as JSON.
+        #[arg(long)]
+        profile: bool,
+    },
     /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
     Tokenize {
         /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
@@ -84,6 +131,52 @@ fn run(cli: Cli) -> Result<()> {
             fsd3d::bench::run(&gpu, args)?;
             Ok(())
         }
+        Command::Forward { model, module, input, output, dtype } => {
+            let gpu = cli.gpu.open(false)?;
+            let dir = fsd3d::models::model_dir(model.as_deref());
+            let inputs = fsd3d::models::forward::read_tensors(input)?;
+            let dtype = fsd3d::gpu::DType::parse(dtype)?;
+            let outputs = fsd3d::models::forward::run(&gpu, &dir, module, &inputs, dtype)
+                .with_context(|| format!("running {module} of {}", dir.display()))?;
+            fsd3d::models::forward::write_tensors(output, &outputs)?;
+            for (name, t) in &outputs {
+                eprintln!("{name}: {:?}", t.shape);
+            }
+            Ok(())
+        }
+        Command::Sample { prompt, model, steps, cfg, seed, negative, latents, out, dtype, profile } => {
+            let gpu = cli.gpu.open(*profile)?;
+            let dir = fsd3d::models::model_dir(model.as_deref());
+            let dtype = fsd3d::gpu::DType::parse(dtype)?;
+            let prior = fsd3d::models::prior::StableDiffusion::load(&gpu, &dir, dtype)
+                .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+            let latents = match latents {
+                Some(p) => {
+                    let t = fsd3d::models::forward::read_tensors(p)?;
+                    let l = t.get("latents").with_context(|| format!("{} has no tensor named `latents`", p.display()))?;
+                    Some(l.data.clone())
+                }
+                None => None,
+            };
+            let req = fsd3d::diffusion::sampler::SampleRequest {
+                prompt: prompt.clone(),
+                negative: negative.clone(),
+                steps: *steps,
+                cfg: *cfg,
+                seed: *seed,
+                latents,
+            };
+            let bar = progress_bar(*steps as u64, "sampling");
+            let started = std::time::Instant::now();
+            let img = fsd3d::diffusion::sampler::ddim_sample(&gpu, &prior, &req, |i, _| bar.set_position(i as u64))?;
+            let values = gpu.download(&img)?;
+            bar.finish_and_clear();
+            let rgb = fsd3d::export::image::from_signed_nchw(&values, img.shape(), 0)?;
+            fsd3d::export::image::write_png(out, &rgb)?;
+            eprintln!("wrote {} ({}x{}) in {:.1} s", out.display(), rgb.width, rgb.height, started.elapsed().as_secs_f64());
+            report_profile(&gpu, *profile, out)?;
+            Ok(())
+        }
         Command::Tokenize { model, prompts } => {
             let dir = fsd3d::models::model_dir(model.as_deref());
             let tok = fsd3d::models::tokenizer::PromptTokenizer::from_dir(&dir)
@@ -108,5 +201,31 @@ fn info(args: &GpuArgs, all: bool, json: bool) -> Result<()> {
     } else {
         print!("{report}");
     }
+    Ok(())
+}
+
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Prints the per-kernel profile and writes it as JSON beside `out`.
+fn report_profile(gpu: &Gpu, profile: bool, out: &std::path::Path) -> Result<()> {
+    if !profile {
+        return Ok(());
+    }
+    let entries = gpu.profile_report();
+    let timestamps = gpu.profile_uses_timestamps();
+    eprint!("{}", fsd3d::gpu::profile::format_report(&entries, timestamps));
+    let path = out.with_extension("profile.json");
+    let json = serde_json::json!({ "adapter": gpu.adapter_name(), "timestamps": timestamps, "kernels": entries });
+    fsd3d::io::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    eprintln!("profile written to {}", path.display());
     Ok(())
 }

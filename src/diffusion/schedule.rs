@@ -8,16 +8,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use crate::ops::diffusion::{DdimCoefficients, Prediction};
 use crate::models::config::read_config;
-
-/// What the network predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prediction {
-    Epsilon,
-    VPrediction,
-    Sample,
-}
 
 /// How inference timesteps are spread over the training range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -204,16 +196,6 @@ pub struct Ddim {
     pub step_ratio: i64,
 }
 
-/// The coefficients of one DDIM step (host-side; the device kernel applies them).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DdimCoefficients {
-    pub alpha_bar_t: f64,
-    pub alpha_bar_prev: f64,
-    pub prediction: Prediction,
-    /// Clamp x̂₀ to ±range (None when `clip_sample` is off).
-    pub clip: Option<f64>,
-}
-
 impl Ddim {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Ddim> {
         let schedule = NoiseSchedule::new(config)?;
@@ -261,29 +243,6 @@ impl Ddim {
     /// DDIMScheduler's `init_noise_sigma`.
     pub fn init_noise_sigma(&self) -> f64 {
         1.0
-    }
-}
-
-impl DdimCoefficients {
-    /// (x̂₀, ε̂) from the model output at x_t.
-    pub fn split(&self, x_t: f64, out: f64) -> (f64, f64) {
-        let (a, b) = (self.alpha_bar_t.sqrt(), (1.0 - self.alpha_bar_t).sqrt());
-        let (x0, eps) = match self.prediction {
-            Prediction::Epsilon => ((x_t - b * out) / a, out),
-            Prediction::Sample => (out, (x_t - a * out) / b),
-            Prediction::VPrediction => (a * x_t - b * out, a * out + b * x_t),
-        };
-        let x0 = match self.clip {
-            Some(r) => x0.clamp(-r, r),
-            None => x0,
-        };
-        (x0, eps)
-    }
-
-    /// One DDIM update of one element: x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev)·ε̂.
-    pub fn step(&self, x_t: f64, out: f64) -> f64 {
-        let (x0, eps) = self.split(x_t, out);
-        self.alpha_bar_prev.sqrt() * x0 + (1.0 - self.alpha_bar_prev).sqrt() * eps
     }
 }
 

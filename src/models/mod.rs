@@ -1,7 +1,13 @@
 //! Diffusers-compatible networks and what they load: configs, weights,
 //! tokenizers. Module and parameter names mirror the diffusers safetensors keys.
+pub mod clip_text;
 pub mod config;
+pub mod forward;
+pub mod nn;
+pub mod prior;
 pub mod tokenizer;
+pub mod unet;
+pub mod vae;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,211 @@
-//! Placeholder: filled in by the attention kernel family.
-use crate::gpu::{Caps, KernelKey};
+//! Fused multi-head attention (`shaders/attention.wgsl`): softmax(scale·q·kᵀ)·v
+//! per head with an online softmax, never storing the Lq × Lk scores.
+//!
+//! Inputs are in the layout linear projections produce: q [B, Lq, H·D],
+//! k and v [B, Lk, H·D]; the output is [B, Lq, H·D]. Self-attention has
+//! Lk = Lq, cross-attention any Lk (77 text tokens in Stable Diffusion). The
+//! head dim D is compiled into the kernel: [`SUPPORTED_HEAD_DIMS`] lists the
+//! variants. Storage f32 or f16, arithmetic f32.
+use bytemuck::{Pod, Zeroable};
 
-pub fn variants(_caps: Caps) -> Vec<KernelKey> {
-    Vec::new()
+use crate::error::{Error, Result};
+use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
+use crate::ops::{expect_float, expect_rank, float_dtypes};
+
+/// Head dims with a compiled kernel: Stable Diffusion's 40, 64, 80, 160, the
+/// small ones of tiny models, and the usual powers of two.
+pub const SUPPORTED_HEAD_DIMS: [usize; 11] = [8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160];
+
+/// Invocations per workgroup.
+const WORKGROUP_SIZE: u32 = 64;
+
+/// Workgroup memory the K and V tiles may use: WebGPU's guaranteed 16 KiB,
+/// so every adapter runs every variant.
+const TILE_BUDGET_BYTES: usize = 16 * 1024;
+
+/// How the attention is computed. Both are the same fused online-softmax
+/// kernel shaped for different hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionVariant {
+    /// One query per invocation, K/V tiles read from workgroup memory by every
+    /// invocation (a broadcast read on GPUs). The default on GPUs.
+    Fused,
+    /// Four queries per invocation, so that each value loaded from the K/V
+    /// tile serves four queries; with subgroups (of 8+ lanes) each value is
+    /// loaded once per subgroup and broadcast. The default on CPU adapters
+    /// (lavapipe), where every load inside a loop is a loop over the SIMD lanes.
+    FusedQuad,
+}
+
+impl AttentionVariant {
+    pub const ALL: [AttentionVariant; 2] = [AttentionVariant::Fused, AttentionVariant::FusedQuad];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Fused => "fused",
+            AttentionVariant::FusedQuad => "fused-quad",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<AttentionVariant> {
+        AttentionVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = AttentionVariant::ALL.iter().map(|v| v.name()).collect();
+            Error::Invalid(format!("unknown attention variant {s:?}: expected one of {}", names.join(", ")))
+        })
+    }
+
+    /// The variant `attention` uses when none is asked for.
+    pub fn default_for(gpu: &Gpu) -> AttentionVariant {
+        if gpu.info().device_type == wgpu::DeviceType::Cpu { AttentionVariant::FusedQuad } else { AttentionVariant::Fused }
+    }
+
+    /// Queries one workgroup handles.
+    fn queries_per_workgroup(self) -> u32 {
+        match self {
+            AttentionVariant::Fused => WORKGROUP_SIZE,
+            AttentionVariant::FusedQuad => 4 * WORKGROUP_SIZE,
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of [`attention`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionOpts {
+    /// Number of heads H; the last dim of q, k and v is H·D.
+    pub heads: usize,
+    /// Multiplies q·k before the softmax; `None` = 1/√D.
+    pub scale: Option<f32>,
+    /// Causal mask (CLIP's text encoder): query i sees keys j <= i. With
+    /// Lq != Lk the mask is aligned at the top left, as torch's
+    /// `scaled_dot_product_attention(is_causal=True)`.
+    pub causal: bool,
+    /// `None` = the best variant for the device.
+    pub variant: Option<AttentionVariant>,
+}
+
+impl AttentionOpts {
+    /// Non-causal attention with `heads` heads and the default scale.
+    pub fn new(heads: usize) -> AttentionOpts {
+        AttentionOpts { heads, scale: None, causal: false, variant: None }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    lq: u32,
+    lk: u32,
+    heads: u32,
+    causal: u32,
+    scale_log2: f32,
+    pad: [u32; 3],
+}
+
+/// Keys per K/V tile for head dim `d`: two f32 tiles of BK·D within the
+/// budget, BK a multiple of 8 (the quad kernel takes keys eight at a time).
+fn keys_per_tile(d: usize) -> usize {
+    (TILE_BUDGET_BYTES / (2 * 4 * d) / 8 * 8).clamp(8, 32)
+}
+
+/// The subgroup broadcasts need every subgroup to have at least 8 lanes and
+/// to be full (no larger than the workgroup).
+fn subgroup_path(caps: Caps) -> bool {
+    caps.features.subgroups && caps.subgroup_min_size >= 8 && caps.subgroup_max_size <= WORKGROUP_SIZE
+}
+
+fn kernel_key(variant: AttentionVariant, dtype: DType, d: usize, subgroups: bool) -> KernelKey {
+    let entry = match variant {
+        AttentionVariant::Fused => "attention_one",
+        AttentionVariant::FusedQuad => "attention_quad",
+    };
+    KernelKey::new("attention", entry)
+        .def("T", dtype.wgsl())
+        .def("D", d)
+        .def("WG", WORKGROUP_SIZE)
+        .def("BK", keys_per_tile(d))
+        .flag("ONE", variant == AttentionVariant::Fused)
+        .flag("QUAD", variant == AttentionVariant::FusedQuad)
+        .flag("SUBGROUP_BCAST", subgroups && variant == AttentionVariant::FusedQuad)
+}
+
+/// Every variant this family dispatches (for validation).
+pub fn variants(caps: Caps) -> Vec<KernelKey> {
+    let mut v = Vec::new();
+    for dt in float_dtypes(caps) {
+        for d in SUPPORTED_HEAD_DIMS {
+            v.push(kernel_key(AttentionVariant::Fused, dt, d, false));
+            v.push(kernel_key(AttentionVariant::FusedQuad, dt, d, false));
+            if subgroup_path(caps) {
+                v.push(kernel_key(AttentionVariant::FusedQuad, dt, d, true));
+            }
+        }
+    }
+    v
+}
+
+/// Checks q, k, v and returns (B, Lq, Lk, D).
+fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<(usize, usize, usize, usize)> {
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        expect_float("attention", t)?;
+        expect_rank("attention", t, 3).map_err(|_| {
+            Error::shape("attention", format!("{name} must be [B, L, H·D], got {t:?}"))
+        })?;
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        return Err(Error::shape("attention", format!("q, k, v dtypes differ: {q:?}, {k:?}, {v:?}")));
+    }
+    if k.shape() != v.shape() {
+        return Err(Error::shape("attention", format!("k {k:?} and v {v:?} must have the same shape")));
+    }
+    let [b, lq, hd] = [q.dim(0), q.dim(1), q.dim(2)];
+    if k.dim(0) != b || k.dim(2) != hd {
+        return Err(Error::shape("attention", format!("k/v {k:?} do not match q {q:?} in batch or H·D")));
+    }
+    let lk = k.dim(1);
+    if lk == 0 {
+        return Err(Error::shape("attention", "no keys (Lk = 0): the softmax is undefined"));
+    }
+    if opts.heads == 0 || hd % opts.heads != 0 {
+        return Err(Error::shape("attention", format!("H·D = {hd} does not split into {} heads", opts.heads)));
+    }
+    let d = hd / opts.heads;
+    if !SUPPORTED_HEAD_DIMS.contains(&d) {
+        return Err(Error::Invalid(format!(
+            "attention: head dim {d} (H·D = {hd}, {} heads) has no compiled kernel; supported head dims: {SUPPORTED_HEAD_DIMS:?}",
+            opts.heads
+        )));
+    }
+    Ok((b, lq, lk, d))
+}
+
+/// Multi-head attention: q [B, Lq, H·D], k and v [B, Lk, H·D] -> [B, Lq, H·D]
+/// with `softmax(scale · q_h k_hᵀ) v_h` per head h (heads are consecutive
+/// D-wide slices of the last dim). See [`AttentionOpts`] for scale, causal
+/// mask and variant.
+pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
+    let (b, lq, lk, d) = check_inputs(q, k, v, opts)?;
+    let out = gpu.empty(q.shape(), q.dtype())?;
+    if lq == 0 || b == 0 {
+        return Ok(out);
+    }
+    let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
+    let variant = opts.variant.unwrap_or_else(|| AttentionVariant::default_for(gpu));
+    let p = Params {
+        lq: lq as u32,
+        lk: lk as u32,
+        heads: opts.heads as u32,
+        causal: opts.causal as u32,
+        scale_log2: scale * std::f32::consts::LOG2_E,
+        pad: [0; 3],
+    };
+    let workgroups = [(lq as u32).div_ceil(variant.queries_per_workgroup()), (b * opts.heads) as u32, 1];
+    let key = kernel_key(variant, q.dtype(), d, subgroup_path(gpu.caps()));
+    gpu.dispatch(&format!("attention.{}", variant.name()), &key, bytemuck::bytes_of(&p), &[q, k, v, &out], workgroups)?;
+    Ok(out)
 }

@@ -147,7 +147,7 @@ fn key(entry: &'static str, ta: DType, tb: DType, to: DType) -> KernelKey {
 }
 
 fn unary_key(ta: DType, to: DType, act: Act) -> KernelKey {
-    key("unary", ta, ta, to).def("ACT", act.wgsl())
+    key("unary", ta, ta, to).def("ACT", act.wgsl()).flag("CLAMP", false)
 }
 
 fn binary_key(ta: DType, tb: DType, to: DType, op: BinOp, act: Act, same_shape: bool) -> KernelKey {
@@ -172,6 +172,7 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
             }
         }
         v.push(binary_key(ta, ta, ta, BinOp::Add, Act::Silu, false));
+        v.push(clamp_key(ta));
         v.push(key("geglu", ta, ta, ta));
     }
     v
@@ -218,6 +219,21 @@ pub fn affine(gpu: &Gpu, x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
 /// y = x·scale.
 pub fn scale(gpu: &Gpu, x: &Tensor, s: f32) -> Result<Tensor> {
     affine(gpu, x, s, 0.0)
+}
+
+/// y = min(max(x, lo), hi).
+pub fn clamp(gpu: &Gpu, x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    expect_float("clamp", x)?;
+    let y = gpu.empty(x.shape(), x.dtype())?;
+    let mut p = params(x.numel());
+    p.scale = lo;
+    p.shift = hi;
+    gpu.dispatch("elementwise.clamp", &clamp_key(x.dtype()), bytemuck::bytes_of(&p), &[x, &y], grid_for(gpu, x.numel(), WG_1D))?;
+    Ok(y)
+}
+
+fn clamp_key(dt: DType) -> KernelKey {
+    key("unary", dt, dt, dt).def("ACT", "act_none").flag("CLAMP", true)
 }
 
 /// Converts storage type (f32 <-> f16, and float <-> u32 for indices).

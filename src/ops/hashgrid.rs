@@ -1,6 +1,472 @@
-//! Placeholder: filled in by the hashgrid kernel family (the 3D side).
-use crate::gpu::{Caps, KernelKey};
+//! Multiresolution hash-grid encoding and the field fused on it
+//! (`shaders/hashgrid.wgsl`): encode / encode_backward on their own, and
+//! field_forward / field_backward (grid → density and albedo MLP heads, with
+//! finite-difference normal rows) for the renderer.
+//!
+//! The grid follows tiny-cuda-nn's `GridEncoding` (hash type, linear
+//! interpolation) exactly: level scales, resolutions, dense/hashed indexing,
+//! per-level table sizes and offsets (see [`GridLayout`]).
+use bytemuck::{Pod, Zeroable};
 
-pub fn variants(_caps: Caps) -> Vec<KernelKey> {
-    Vec::new()
+use crate::error::{Error, Result};
+use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
+use crate::ops::grid_for;
+
+const FAMILY: &str = "hashgrid";
+/// Threads per workgroup of every hashgrid kernel.
+pub const WG: u32 = 64;
+/// Most levels a grid may have (the uniform holds 16).
+pub const MAX_LEVELS: usize = 16;
+/// Most features per point (levels × features per level) and hidden units.
+pub const MAX_IN: usize = 64;
+pub const MAX_HIDDEN: usize = 64;
+/// Most workgroups of the row-striding field kernels.
+const MAX_STRIDE_WORKGROUPS: usize = 4096;
+
+/// One level of the grid.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GridLevel {
+    /// Points map to `u·scale + 0.5` in vertex units.
+    pub scale: f32,
+    /// Vertices per axis (`ceil(scale) + 1`).
+    pub resolution: u32,
+    /// First table entry of the level.
+    pub offset: u32,
+    /// Entries of the level: `min(next_multiple(resolution³, 8), 2^log2_table)`.
+    pub size: u32,
+    /// Indexed densely (resolution³ fits the table) rather than hashed.
+    pub dense: bool,
+}
+
+/// Where every level lives in the table: tcnn's GridEncoding layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridLayout {
+    pub levels: Vec<GridLevel>,
+    pub features_per_level: u32,
+    /// Entries over all levels; the table holds `entries · features_per_level` floats.
+    pub entries: u32,
+}
+
+impl GridLayout {
+    /// The layout of `levels` levels of `features_per_level` features, at most
+    /// `2^log2_table` entries per level, coarsest resolution `base_resolution`,
+    /// each level `per_level_scale` times finer.
+    pub fn new(levels: u32, features_per_level: u32, log2_table: u32, base_resolution: u32, per_level_scale: f32) -> Result<GridLayout> {
+        if levels == 0 || levels as usize > MAX_LEVELS {
+            return Err(Error::Invalid(format!("hash grid: {levels} levels, expected 1..={MAX_LEVELS}")));
+        }
+        if !matches!(features_per_level, 1 | 2 | 4 | 8) {
+            return Err(Error::Invalid(format!("hash grid: {features_per_level} features per level, expected 1, 2, 4 or 8")));
+        }
+        if (levels * features_per_level) as usize > MAX_IN {
+            return Err(Error::Invalid(format!(
+                "hash grid: {levels} levels × {features_per_level} features = {} outputs, at most {MAX_IN}",
+                levels * features_per_level
+            )));
+        }
+        if !(1..=28).contains(&log2_table) {
+            return Err(Error::Invalid(format!("hash grid: log2 table size {log2_table}, expected 1..=28")));
+        }
+        if base_resolution < 2 || !(per_level_scale >= 1.0 && per_level_scale.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "hash grid: base resolution {base_resolution} (≥ 2) and per-level scale {per_level_scale} (≥ 1)"
+            )));
+        }
+        let table = 1u64 << log2_table;
+        let log2_scale = per_level_scale.log2();
+        let mut out = Vec::with_capacity(levels as usize);
+        let mut offset = 0u64;
+        for l in 0..levels {
+            // In f32, as tcnn computes it.
+            let scale = (l as f32 * log2_scale).exp2() * base_resolution as f32 - 1.0;
+            let resolution = scale.ceil() as u64 + 1;
+            let dense_size = resolution.saturating_pow(3);
+            let size = dense_size.div_ceil(8).saturating_mul(8).min(table);
+            out.push(GridLevel { scale, resolution: resolution as u32, offset: offset as u32, size: size as u32, dense: dense_size <= size });
+            offset += size;
+        }
+        if offset * features_per_level as u64 > u32::MAX as u64 / 2 {
+            return Err(Error::Invalid(format!("hash grid: {offset} entries is too many")));
+        }
+        Ok(GridLayout { levels: out, features_per_level, entries: offset as u32 })
+    }
+
+    /// Floats in the table.
+    pub fn n_params(&self) -> usize {
+        self.entries as usize * self.features_per_level as usize
+    }
+    /// Features per point (levels × features per level).
+    pub fn output_dim(&self) -> usize {
+        self.levels.len() * self.features_per_level as usize
+    }
+}
+
+/// The field on top of a grid: two MLP heads of one hidden layer, the world
+/// box and threestudio's density bias and finite-difference normals.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldSpec {
+    pub grid: GridLayout,
+    /// Hidden units of the density and albedo heads.
+    pub hidden: u32,
+    /// The world box is [-radius, radius]³.
+    pub radius: f32,
+    /// Finite-difference offset of the normal rows, world units.
+    pub normal_eps: f32,
+    /// Density bias `blob_scale·(1 − |x|/blob_std)` (blob_magic3d).
+    pub blob_scale: f32,
+    pub blob_std: f32,
+}
+
+/// Offsets of the four weight matrices in the packed MLP weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlpLayout {
+    pub w1_density: usize,
+    pub w2_density: usize,
+    pub w1_albedo: usize,
+    pub w2_albedo: usize,
+    pub len: usize,
+}
+
+impl FieldSpec {
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden == 0 || self.hidden as usize > MAX_HIDDEN {
+            return Err(Error::Invalid(format!("field: {} hidden units, expected 1..={MAX_HIDDEN}", self.hidden)));
+        }
+        if !(self.radius > 0.0 && self.normal_eps > 0.0 && self.blob_std > 0.0 && self.blob_scale.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "field: radius {}, normal eps {} and blob std {} must be positive",
+                self.radius, self.normal_eps, self.blob_std
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where W1/W2 of the density and albedo heads sit in the packed weights
+    /// (`[W1d (H×IN) | W2d (1×H) | W1a (H×IN) | W2a (3×H)]`, row-major [out][in]).
+    pub fn mlp_layout(&self) -> MlpLayout {
+        let (h, i) = (self.hidden as usize, self.grid.output_dim());
+        MlpLayout { w1_density: 0, w2_density: h * i, w1_albedo: h * i + h, w2_albedo: 2 * h * i + h, len: 2 * h * i + 4 * h }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    levels: u32,
+    feats: u32,
+    hidden: u32,
+    k: u32,
+    radius: f32,
+    normal_eps: f32,
+    blob_scale: f32,
+    blob_std: f32,
+    _pad: [u32; 3],
+    level_info: [[u32; 4]; MAX_LEVELS],
+    level_scale: [f32; MAX_LEVELS],
+}
+
+fn grid_params(grid: &GridLayout, n: usize) -> Params {
+    let mut p = Params::zeroed();
+    p.n = n as u32;
+    p.levels = grid.levels.len() as u32;
+    p.feats = grid.features_per_level;
+    p.k = 1;
+    for (l, lv) in grid.levels.iter().enumerate() {
+        p.level_info[l] = [lv.resolution, lv.offset, lv.size, lv.dense as u32];
+        p.level_scale[l] = lv.scale;
+    }
+    p
+}
+
+fn field_params(f: &FieldSpec, n: usize, k: u32) -> Params {
+    let mut p = grid_params(&f.grid, n);
+    p.hidden = f.hidden;
+    p.k = k;
+    p.radius = f.radius;
+    p.normal_eps = f.normal_eps;
+    p.blob_scale = f.blob_scale;
+    p.blob_std = f.blob_std;
+    p
+}
+
+/// The dimensions compiled as constants (threestudio's default field); every
+/// other shape runs the generic variant, which reads them from the uniform.
+const SPECIALIZED: [(u32, u32, u32); 1] = [(16, 2, 64)];
+
+/// Compile-time dimensions of a variant: `None` = generic.
+type Dims = Option<(u32, u32, u32)>;
+
+fn dims_for(levels: usize, feats: u32, hidden: u32) -> Dims {
+    SPECIALIZED.iter().copied().find(|&d| d == (levels as u32, feats, hidden))
+}
+
+fn key(entry: &'static str, dims: Dims) -> KernelKey {
+    let k = KernelKey::new(FAMILY, entry)
+        .flag("ENCODE", entry == "encode")
+        .flag("ENCODE_BACKWARD", entry == "encode_backward")
+        .flag("FIELD_FORWARD", entry == "field_forward")
+        .flag("FIELD_BACKWARD", entry == "field_backward");
+    match dims {
+        Some((l, f, h)) => k.def("LEVELS", format!("{l}u")).def("FEATS", format!("{f}u")).def("HIDDEN", format!("{h}u")),
+        None => k.def("LEVELS", "p.levels").def("FEATS", "p.feats").def("HIDDEN", "p.hidden"),
+    }
+}
+
+fn encode_key() -> KernelKey {
+    key("encode", None).flag("SAMPLES", false).flag("ALBEDO", false).flag("F32_ATOMICS", false)
+}
+fn encode_backward_key(f32_atomics: bool) -> KernelKey {
+    key("encode_backward", None).flag("SAMPLES", false).flag("ALBEDO", false).flag("F32_ATOMICS", f32_atomics)
+}
+fn field_forward_key(dims: Dims, samples: bool, albedo: bool) -> KernelKey {
+    key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo).flag("F32_ATOMICS", false)
+}
+fn field_backward_key(dims: Dims, samples: bool, f32_atomics: bool) -> KernelKey {
+    key("field_backward", dims).flag("SAMPLES", samples).flag("ALBEDO", true).flag("F32_ATOMICS", f32_atomics)
+}
+
+/// The scatter paths available: the CAS loop always, f32 atomics where the adapter has them.
+fn atomic_paths(caps: Caps) -> Vec<bool> {
+    if caps.features.f32_atomics { vec![false, true] } else { vec![false] }
+}
+
+/// Every variant this family dispatches (for validation).
+pub fn variants(caps: Caps) -> Vec<KernelKey> {
+    let mut v = vec![encode_key()];
+    let mut dims: Vec<Dims> = vec![None];
+    dims.extend(SPECIALIZED.iter().map(|&d| Some(d)));
+    for a in atomic_paths(caps) {
+        v.push(encode_backward_key(a));
+    }
+    for &d in &dims {
+        v.push(field_forward_key(d, false, false));
+        for samples in [false, true] {
+            v.push(field_forward_key(d, samples, true));
+            for a in atomic_paths(caps) {
+                v.push(field_backward_key(d, samples, a));
+            }
+        }
+    }
+    v
+}
+
+fn expect_f32(op: &'static str, what: &str, t: &Tensor, numel: Option<usize>) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::shape(op, format!("{what} must be f32 (the field is f32), got {t:?}")));
+    }
+    if let Some(n) = numel {
+        if t.numel() != n {
+            return Err(Error::shape(op, format!("{what} has {} elements, expected {n}: {t:?}", t.numel())));
+        }
+    }
+    Ok(())
+}
+
+fn expect_points(op: &'static str, points: &Tensor) -> Result<usize> {
+    if points.rank() != 2 || points.dim(1) != 3 || points.dtype() != DType::F32 {
+        return Err(Error::shape(op, format!("points must be f32 [n, 3], got {points:?}")));
+    }
+    Ok(points.dim(0))
+}
+
+/// Features `[n, levels·features]` of `points` (f32 `[n, 3]`, in [0,1]³;
+/// outside it they are clamped onto it) from `table` (f32, `layout.n_params()`).
+pub fn encode(gpu: &Gpu, layout: &GridLayout, table: &Tensor, points: &Tensor) -> Result<Tensor> {
+    let n = expect_points("hashgrid.encode", points)?;
+    expect_f32("hashgrid.encode", "table", table, Some(layout.n_params()))?;
+    let out = gpu.empty(&[n, layout.output_dim()], DType::F32)?;
+    let p = grid_params(layout, n);
+    gpu.dispatch("hashgrid.encode", &encode_key(), bytemuck::bytes_of(&p), &[table, points, &out], grid_for(gpu, n, WG))?;
+    Ok(out)
+}
+
+/// Adds dL/dtable to `grad_table` given dL/dfeatures `[n, levels·features]`
+/// (scatter-add: f32 atomics where the adapter has them, else a CAS loop).
+pub fn encode_backward(gpu: &Gpu, layout: &GridLayout, points: &Tensor, d_features: &Tensor, grad_table: &Tensor) -> Result<()> {
+    let n = expect_points("hashgrid.encode_backward", points)?;
+    expect_f32("hashgrid.encode_backward", "d_features", d_features, Some(n * layout.output_dim()))?;
+    expect_f32("hashgrid.encode_backward", "grad_table", grad_table, Some(layout.n_params()))?;
+    let p = grid_params(layout, n);
+    gpu.dispatch(
+        "hashgrid.encode_backward",
+        &encode_backward_key(gpu.features().f32_atomics),
+        bytemuck::bytes_of(&p),
+        &[grad_table, points, d_features],
+        grid_for(gpu, n, WG),
+    )
+}
+
+/// Where the field's points come from.
+#[derive(Clone, Copy, Debug)]
+pub enum FieldPoints<'a> {
+    /// World positions, f32 `[n, 3]`.
+    Points(&'a Tensor),
+    /// The renderer's samples: f32 `[capacity, 4]` (xyz, t), of which the
+    /// first `info[0]` (a u32 tensor, written on the device) are valid.
+    Samples { samples: &'a Tensor, info: &'a Tensor },
+}
+
+impl FieldPoints<'_> {
+    /// (points or capacity, is samples) after checking shapes.
+    fn check(&self, op: &'static str) -> Result<(usize, bool)> {
+        match self {
+            FieldPoints::Points(t) => Ok((expect_points(op, t)?, false)),
+            FieldPoints::Samples { samples, info } => {
+                if samples.rank() != 2 || samples.dim(1) != 4 || samples.dtype() != DType::F32 {
+                    return Err(Error::shape(op, format!("samples must be f32 [capacity, 4], got {samples:?}")));
+                }
+                if info.dtype() != DType::U32 || info.numel() < 1 {
+                    return Err(Error::shape(op, format!("info must be a u32 tensor, got {info:?}")));
+                }
+                Ok((samples.dim(0), true))
+            }
+        }
+    }
+    fn tensors(&self) -> (&Tensor, Option<&Tensor>) {
+        match self {
+            FieldPoints::Points(t) => (t, None),
+            FieldPoints::Samples { samples, info } => (samples, Some(info)),
+        }
+    }
+}
+
+/// Rows per point: 7 with finite-difference normal rows, else 1.
+pub fn rows_per_point(normals: bool) -> u32 {
+    if normals { 7 } else { 1 }
+}
+
+fn check_field(op: &'static str, f: &FieldSpec, table: &Tensor, mlp: &Tensor) -> Result<()> {
+    f.validate()?;
+    expect_f32(op, "table", table, Some(f.grid.n_params()))?;
+    expect_f32(op, "mlp weights", mlp, Some(f.mlp_layout().len))
+}
+
+fn stride_workgroups(gpu: &Gpu, rows: usize, cap: usize) -> [u32; 3] {
+    let groups = rows.div_ceil(WG as usize).clamp(1, cap);
+    crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension)
+}
+
+/// The field at `points`: density `[n, K]` (K = 7 with `normals`: the point
+/// and its six finite-difference neighbours) and albedo `[n, 3]`.
+/// In `Samples` mode `n` is the capacity; rows past `info[0]` are not written.
+pub fn field_forward(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, points: FieldPoints<'_>, normals: bool) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "hashgrid.field_forward";
+    check_field(OP, f, table, mlp)?;
+    let (n, samples) = points.check(OP)?;
+    let k = rows_per_point(normals);
+    let density = gpu.empty(&[n, k as usize], DType::F32)?;
+    let albedo = gpu.empty(&[n, 3], DType::F32)?;
+    let p = field_params(f, n, k);
+    let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
+    let (pts, info) = points.tensors();
+    let mut bind = vec![table, mlp, pts, &density, &albedo];
+    bind.extend(info);
+    gpu.dispatch(
+        OP,
+        &field_forward_key(dims, samples, true),
+        bytemuck::bytes_of(&p),
+        &bind,
+        stride_workgroups(gpu, n * k as usize, MAX_STRIDE_WORKGROUPS),
+    )?;
+    Ok((density, albedo))
+}
+
+/// The density alone at world `points` (f32 `[n, 3]`): `[n]` (the occupancy grid's query).
+pub fn field_density(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, points: &Tensor) -> Result<Tensor> {
+    const OP: &str = "hashgrid.field_density";
+    check_field(OP, f, table, mlp)?;
+    let n = expect_points(OP, points)?;
+    let density = gpu.empty(&[n], DType::F32)?;
+    let unused_albedo = gpu.empty(&[1], DType::F32)?;
+    let p = field_params(f, n, 1);
+    let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
+    gpu.dispatch(
+        OP,
+        &field_forward_key(dims, false, false),
+        bytemuck::bytes_of(&p),
+        &[table, mlp, points, &density, &unused_albedo],
+        stride_workgroups(gpu, n, MAX_STRIDE_WORKGROUPS),
+    )?;
+    Ok(density)
+}
+
+/// Workgroups of field_backward for `rows` rows: each writes one row of
+/// weight-gradient partials, so fewer on CPU adapters (2 cores gain nothing
+/// from 1024 of them, and the reduction reads them all).
+pub fn backward_workgroups(gpu: &Gpu, rows: usize) -> usize {
+    let cap = if gpu.info().device_type == wgpu::DeviceType::Cpu { 64 } else { 1024 };
+    rows.div_ceil(WG as usize).clamp(1, cap)
+}
+
+/// Backward of [`field_forward`]: given dL/dσ `[n, K]` and dL/dalbedo `[n, 3]`,
+/// adds dL/dtable to `grad_table` and dL/dweights to `grad_mlp`.
+#[allow(clippy::too_many_arguments)]
+pub fn field_backward(
+    gpu: &Gpu,
+    f: &FieldSpec,
+    table: &Tensor,
+    mlp: &Tensor,
+    points: FieldPoints<'_>,
+    normals: bool,
+    d_density: &Tensor,
+    d_albedo: &Tensor,
+    grad_table: &Tensor,
+    grad_mlp: &Tensor,
+) -> Result<()> {
+    const OP: &str = "hashgrid.field_backward";
+    check_field(OP, f, table, mlp)?;
+    let (n, samples) = points.check(OP)?;
+    let k = rows_per_point(normals);
+    expect_f32(OP, "d_density", d_density, Some(n * k as usize))?;
+    expect_f32(OP, "d_albedo", d_albedo, Some(n * 3))?;
+    expect_f32(OP, "grad_table", grad_table, Some(f.grid.n_params()))?;
+    let layout = f.mlp_layout();
+    expect_f32(OP, "grad_mlp", grad_mlp, Some(layout.len))?;
+    let groups = backward_workgroups(gpu, n * k as usize);
+    let partials = gpu.empty(&[groups, layout.len], DType::F32)?;
+    let p = field_params(f, n, k);
+    let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
+    let (pts, info) = points.tensors();
+    let mut bind = vec![grad_table, mlp, table, pts, d_density, d_albedo, &partials];
+    bind.extend(info);
+    gpu.dispatch(
+        OP,
+        &field_backward_key(dims, samples, gpu.features().f32_atomics),
+        bytemuck::bytes_of(&p),
+        &bind,
+        crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension),
+    )?;
+    crate::ops::mlp::reduce_partials(gpu, &partials, grad_mlp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threestudio_layout_matches_tcnn() {
+        let g = GridLayout::new(16, 2, 19, 16, 1.447269).unwrap();
+        // Coarse levels dense, from level 5 (resolution 102, 102³ > 2^19) hashed.
+        assert_eq!(g.levels[0].resolution, 16);
+        assert!(g.levels[0].dense && g.levels[4].dense && !g.levels[5].dense);
+        assert_eq!(g.levels[0].size, 4096);
+        assert_eq!(g.levels[15].size, 1 << 19);
+        assert_eq!(g.levels[1].offset, 4096);
+        let finest = g.levels[15].scale;
+        assert!((finest - 4095.0).abs() < 2.0, "finest scale {finest}");
+        assert_eq!(g.output_dim(), 32);
+        // ~12.6M parameters, as threestudio's geometry reports.
+        assert!((12_000_000..13_000_000).contains(&g.n_params()), "{}", g.n_params());
+    }
+
+    #[test]
+    fn bad_layouts_are_errors() {
+        assert!(GridLayout::new(0, 2, 19, 16, 1.4).is_err());
+        assert!(GridLayout::new(17, 2, 19, 16, 1.4).is_err());
+        assert!(GridLayout::new(16, 3, 19, 16, 1.4).is_err());
+        assert!(GridLayout::new(16, 8, 19, 16, 1.4).is_err());
+        assert!(GridLayout::new(4, 2, 0, 16, 1.4).is_err());
+        assert!(GridLayout::new(4, 2, 10, 16, 0.5).is_err());
+    }
 }

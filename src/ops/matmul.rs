@@ -1,6 +1,310 @@
-//! Placeholder: filled in by the matmul kernel family.
-use crate::gpu::{Caps, KernelKey};
+//! Batched matrix multiply with optional transposes, bias and activation
+//! (`shaders/matmul.wgsl`), and `linear` (torch's `x · Wᵀ + b`) on top of it.
+use bytemuck::{Pod, Zeroable};
 
-pub fn variants(_caps: Caps) -> Vec<KernelKey> {
-    Vec::new()
+use crate::error::{Error, Result};
+use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
+use crate::ops::elementwise::Act;
+use crate::ops::{expect_float, float_dtypes};
+
+/// The kernels that compute a matmul; all give the same results up to f32 rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// One output per invocation, 16×16 tiles in workgroup memory: the baseline.
+    Simple,
+    /// Register-blocked: each invocation computes a block of outputs from vec4 loads.
+    Blocked,
+    /// `Blocked` sharing the loads of A across a subgroup (needs subgroups of ≥ 8).
+    Subgroup,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Simple, MatmulVariant::Blocked, MatmulVariant::Subgroup];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Simple => "simple",
+            MatmulVariant::Blocked => "blocked",
+            MatmulVariant::Subgroup => "subgroup",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<MatmulVariant> {
+        MatmulVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+            Error::Invalid(format!("unknown matmul variant {s:?}: expected simple, blocked or subgroup"))
+        })
+    }
+
+    /// Whether a device with `caps` can run this variant.
+    pub fn available(self, caps: Caps) -> bool {
+        match self {
+            MatmulVariant::Simple | MatmulVariant::Blocked => true,
+            MatmulVariant::Subgroup => caps.features.subgroups && caps.subgroup_min_size >= 8,
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of [`matmul`]. `Default` is a plain `A · B` with the default kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatmulOpts {
+    /// A is stored [.., K, M] and used transposed.
+    pub trans_a: bool,
+    /// B is stored [.., N, K] and used transposed (a Linear weight).
+    pub trans_b: bool,
+    /// Scales the product (before the bias).
+    pub alpha: f32,
+    /// Applied after the bias.
+    pub act: Act,
+    /// The kernel to use; `None` picks [`default_variant`].
+    pub variant: Option<MatmulVariant>,
+    /// Storage type of the result; `None` = A's.
+    pub out_dtype: Option<DType>,
+}
+
+impl Default for MatmulOpts {
+    fn default() -> Self {
+        MatmulOpts { trans_a: false, trans_b: false, alpha: 1.0, act: Act::None, variant: None, out_dtype: None }
+    }
+}
+
+/// The kernel used when [`MatmulOpts::variant`] is `None`.
+pub fn default_variant(_caps: Caps) -> MatmulVariant {
+    MatmulVariant::Blocked
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_batch: u32,
+    b_batch: u32,
+    alpha: f32,
+    act: u32,
+}
+
+fn act_code(act: Act) -> u32 {
+    match act {
+        Act::None => 0,
+        Act::Silu => 1,
+        Act::Relu => 2,
+        Act::Gelu => 3,
+        Act::GeluTanh => 4,
+        Act::QuickGelu => 5,
+    }
+}
+
+/// Outputs per invocation and invocations per workgroup of the blocked kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    /// Rows per invocation.
+    bm: u32,
+    /// Groups of four columns per invocation.
+    bn4: u32,
+    wg_x: u32,
+    wg_y: u32,
+}
+
+impl Block {
+    fn tile(self) -> (u32, u32) {
+        (self.bm * self.wg_y, 4 * self.bn4 * self.wg_x)
+    }
+}
+
+fn block(_variant: MatmulVariant) -> Block {
+    if let Ok(s) = std::env::var("FSD3D_MATMUL_BLOCK") {
+        let v: Vec<u32> = s.split('x').map(|t| t.parse().unwrap()).collect();
+        return Block { bm: v[0], bn4: v[1], wg_x: v[2], wg_y: v[3] };
+    }
+    Block { bm: 4, bn4: 1, wg_x: 8, wg_y: 8 }
+}
+
+/// What a dispatch depends on besides the variant: storage types, layouts, alignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    ta: DType,
+    tb: DType,
+    /// Storage type of the bias, `None` without one.
+    tbias: Option<DType>,
+    to: DType,
+    trans_a: bool,
+    trans_b: bool,
+    /// A's contiguous dimension is a multiple of 4: vec4 loads.
+    vec_a: bool,
+    vec_b: bool,
+}
+
+fn key(variant: MatmulVariant, s: Shape) -> KernelKey {
+    let entry = match variant {
+        MatmulVariant::Simple => "simple",
+        MatmulVariant::Blocked => "blocked",
+        MatmulVariant::Subgroup => "subgroup",
+    };
+    let mut k = KernelKey::new("matmul", entry)
+        .def("TA", s.ta.wgsl())
+        .def("TB", s.tb.wgsl())
+        .def("TBIAS", s.tbias.unwrap_or(DType::F32).wgsl())
+        .def("TO", s.to.wgsl())
+        .flag("TRANS_A", s.trans_a)
+        .flag("TRANS_B", s.trans_b)
+        .flag("HAS_BIAS", s.tbias.is_some())
+        .flag("SIMPLE", variant == MatmulVariant::Simple)
+        .flag("BLOCKED", variant == MatmulVariant::Blocked)
+        .flag("SUBGROUP", variant == MatmulVariant::Subgroup);
+    // The simple kernel reads single elements: the vec4 flags would only multiply its variants.
+    let vec = variant != MatmulVariant::Simple;
+    k = k.flag("VEC_A", vec && s.vec_a).flag("VEC_B", vec && s.vec_b);
+    if vec {
+        let b = block(variant);
+        k = k.def("BM", b.bm).def("BN4", b.bn4).def("WG_X", b.wg_x).def("WG_Y", b.wg_y);
+    }
+    k
+}
+
+/// Every variant this family dispatches (for validation).
+pub fn variants(caps: Caps) -> Vec<KernelKey> {
+    let dts = float_dtypes(caps);
+    let mut v = Vec::new();
+    for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(caps)) {
+        let vecs: &[bool] = if variant == MatmulVariant::Simple { &[false] } else { &[false, true] };
+        for &ta in &dts {
+            for &tb in &dts {
+                for &to in &dts {
+                    let biases = std::iter::once(None).chain(dts.iter().map(|&d| Some(d)));
+                    for tbias in biases {
+                        for trans_a in [false, true] {
+                            for trans_b in [false, true] {
+                                for &vec_a in vecs {
+                                    for &vec_b in vecs {
+                                        let s = Shape { ta, tb, tbias, to, trans_a, trans_b, vec_a, vec_b };
+                                        v.push(key(variant, s));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// (batch, rows, cols) of a rank-2 or rank-3 operand.
+fn batch_rows_cols(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, usize, usize)> {
+    match *t.shape() {
+        [r, c] => Ok((1, r, c)),
+        [b, r, c] => Ok((b, r, c)),
+        _ => Err(Error::shape(op, format!("{name} must be [rows, cols] or [batch, rows, cols], got {t:?}"))),
+    }
+}
+
+/// `C[b] = act(alpha · op(A[b]) · op(B[b]) + bias)`.
+///
+/// A is `[M, K]` or `[batch, M, K]` (`[.., K, M]` with `trans_a`), B is `[K, N]`
+/// or `[batch, K, N]` (`[.., N, K]` with `trans_b`); a batch of 1 broadcasts.
+/// The result is `[M, N]` when both are rank 2, else `[batch, M, N]`. `bias` is `[N]`.
+/// Storage types may differ (e.g. f16 weights with f32 activations); sums are f32.
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &MatmulOpts) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    expect_float(OP, a)?;
+    expect_float(OP, b)?;
+    let (ba, ra, ca) = batch_rows_cols(OP, "A", a)?;
+    let (bb, rb, cb) = batch_rows_cols(OP, "B", b)?;
+    let (m, k) = if opts.trans_a { (ca, ra) } else { (ra, ca) };
+    let (kb, n) = if opts.trans_b { (cb, rb) } else { (rb, cb) };
+    if k != kb {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "inner dimensions differ: op(A) is [{m}, {k}] (A {:?}, trans_a {}), op(B) is [{kb}, {n}] (B {:?}, trans_b {})",
+                a.shape(),
+                opts.trans_a,
+                b.shape(),
+                opts.trans_b
+            ),
+        ));
+    }
+    if ba != bb && ba != 1 && bb != 1 {
+        return Err(Error::shape(OP, format!("batch sizes {ba} (A {:?}) and {bb} (B {:?}) differ", a.shape(), b.shape())));
+    }
+    let batch = ba.max(bb);
+    if let Some(t) = bias {
+        expect_float(OP, t)?;
+        if t.shape() != [n] {
+            return Err(Error::shape(OP, format!("bias must be [{n}] (N), got {t:?}")));
+        }
+    }
+    let out_shape: Vec<usize> = if a.rank() == 2 && b.rank() == 2 { vec![m, n] } else { vec![batch, m, n] };
+    let out = gpu.empty(&out_shape, opts.out_dtype.unwrap_or(a.dtype()))?;
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let variant = opts.variant.unwrap_or_else(|| default_variant(gpu.caps()));
+    if !variant.available(gpu.caps()) {
+        return Err(Error::Unsupported {
+            what: format!("the {variant} matmul kernel"),
+            feature: "SUBGROUP (size ≥ 8)",
+            hint: "use the blocked variant",
+        });
+    }
+    let shape = Shape {
+        ta: a.dtype(),
+        tb: b.dtype(),
+        tbias: bias.map(|t| t.dtype()),
+        to: out.dtype(),
+        trans_a: opts.trans_a,
+        trans_b: opts.trans_b,
+        // The contiguous dimension: K for A, unless transposed (then M).
+        vec_a: if opts.trans_a { m % 4 == 0 } else { k % 4 == 0 },
+        vec_b: if opts.trans_b { k % 4 == 0 } else { n % 4 == 0 },
+    };
+    let as_u32 = |x: usize| {
+        u32::try_from(x).map_err(|_| Error::shape(OP, format!("size {x} is over the 32-bit index range")))
+    };
+    let p = Params {
+        m: as_u32(m)?,
+        n: as_u32(n)?,
+        k: as_u32(k)?,
+        batch: as_u32(batch)?,
+        a_batch: if ba == 1 { 0 } else { as_u32(m * k)? },
+        b_batch: if bb == 1 { 0 } else { as_u32(k * n)? },
+        alpha: opts.alpha,
+        act: act_code(opts.act),
+    };
+    let (tile_m, tile_n) = match variant {
+        MatmulVariant::Simple => (16, 16),
+        v => block(v).tile(),
+    };
+    let groups = [p.n.div_ceil(tile_n), p.m.div_ceil(tile_m), p.batch];
+    let mut tensors = vec![a, b];
+    tensors.extend(bias);
+    tensors.push(&out);
+    gpu.dispatch(&format!("matmul.{variant}"), &key(variant, shape), bytemuck::bytes_of(&p), &tensors, groups)?;
+    Ok(out)
+}
+
+/// torch's Linear: `x · weightᵀ + bias` for x `[..., in]`, weight `[out, in]`,
+/// bias `[out]`; gives `[..., out]` in x's dtype.
+pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let inner = *x.shape().last().ok_or_else(|| Error::shape(OP, "x is a scalar; expected [..., in]"))?;
+    if weight.rank() != 2 || weight.shape()[1] != inner {
+        return Err(Error::shape(OP, format!("weight must be [out, {inner}] for x {x:?}, got {weight:?}")));
+    }
+    let rows = x.numel() / inner.max(1);
+    let x2 = x.reshape(&[rows, inner])?;
+    let opts = MatmulOpts { trans_b: true, ..Default::default() };
+    let y = matmul(gpu, &x2, weight, bias, &opts)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap() = weight.shape()[0];
+    y.reshape(&shape)
 }

@@ -12,6 +12,7 @@ use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 pub mod attention;
 pub mod concat;
 pub mod conv2d;
+pub mod diffusion;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
@@ -37,6 +38,7 @@ pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
     v.extend(resample::variants(caps));
     v.extend(embedding::variants(caps));
     v.extend(concat::variants(caps));
+    v.extend(diffusion::variants(caps));
     v.extend(hashgrid::variants(caps));
     v.extend(mlp::variants(caps));
     v.extend(render::variants(caps));

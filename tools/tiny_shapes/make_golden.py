@@ -130,6 +130,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "golden.safetensors")
     save_file(T, path, metadata={"model": "weights/tiny-shapes", "made_by": "tools/tiny_shapes/make_golden.py"})
+    os.chmod(path, 0o644)
     meta = {
         "golden": "golden.safetensors",
         "model": "weights/tiny-shapes",

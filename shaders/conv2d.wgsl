@@ -1,0 +1,306 @@
+// 2-D convolution, PyTorch semantics: x [B, Cin, H, W] (NCHW), weight
+// [Cout, Cin, kh, kw], optional bias [Cout], zero padding, one stride for
+// both axes: y [B, Cout, Ho, Wo], Ho = (H + 2·pad − kh) / stride + 1.
+// Storage types come from defines; accumulation is f32.
+//
+// conv_simple: one invocation per output element (the baseline and cross-check).
+// conv_pack:   repacks the weights for the GEMMs (four channels per vec4).
+// conv_gemm:   implicit GEMM, M = Cout, N = B·Ho·Wo, K = Cin·kh·kw, without
+//              materialising the im2col matrix. Each invocation accumulates
+//              BM output channels × 4·PV pixels in vec4 registers.
+//              - The channels are the same for the whole workgroup, so weight
+//                loads are uniform; the packed layout gives four channels per
+//                load.
+//              - The pixels vary across invocations, adjacent invocations
+//                taking adjacent pixels (coalesced input loads).
+//              - No workgroup memory and no barriers: on llvmpipe (the
+//                reference adapter) barriers cost more than they save and the
+//                CPU caches do the reuse.
+//              - The K loop runs tap by tap (ky, kx) with the input channel
+//                innermost: a tap's padding test and input offsets are
+//                computed once and advance by H·W per channel.
+// conv_subgroup: the same GEMM with the inputs shared by subgroup broadcasts
+//              (needs subgroups of 8 to 64 lanes); see its comment.
+// Edges: pixels past N read a clamped, valid address and are not stored;
+// channels past Cout have zero packed weights and are not stored; taps in the
+// padding read 0.
+//
+// Defines: TX (input / output storage), TW (weight storage), TB (bias
+// storage), HAS_BIAS, WG (workgroup size), BM (channels, a multiple of 4) and
+// PV (pixel vec4s) of conv_gemm, TP (pixels) and TC (channels) of a
+// conv_subgroup tile, and one of SIMPLE, PACK, GEMM, SUBGROUP_GEMM.
+
+struct Params {
+    batch: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    n_pix: u32,     // B·Ho·Wo
+    cout_pad: u32,  // Cout rounded up to the channel block (packed weights)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+#if !PACK
+@group(0) @binding(1) var<storage, read> x: array<{{TX}}>;
+#if SIMPLE
+@group(0) @binding(2) var<storage, read> wt: array<{{TW}}>;
+#endif
+#if HAS_BIAS
+@group(0) @binding(3) var<storage, read> bias: array<{{TB}}>;
+@group(0) @binding(4) var<storage, read_write> y: array<{{TX}}>;
+#else
+@group(0) @binding(3) var<storage, read_write> y: array<{{TX}}>;
+#endif
+#endif
+
+#if !PACK
+fn bias_of(co: u32) -> f32 {
+#if HAS_BIAS
+    return f32(bias[co]);
+#else
+    return 0.0;
+#endif
+}
+#endif
+
+#if SIMPLE
+@compute @workgroup_size({{WG}})
+fn conv_simple(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wid.x + wid.y * nwg.x) * {{WG}}u + lid;
+    if (i >= p.n_pix * p.cout) { return; }
+    let wo = i % p.wo;
+    let ho = (i / p.wo) % p.ho;
+    let co = (i / (p.wo * p.ho)) % p.cout;
+    let b = i / (p.wo * p.ho * p.cout);
+    let hi0 = i32(ho * p.stride) - i32(p.pad);
+    let wi0 = i32(wo * p.stride) - i32(p.pad);
+    var acc = bias_of(co);
+    for (var ci = 0u; ci < p.cin; ci++) {
+        let x_plane = (b * p.cin + ci) * p.h * p.w;
+        let w_plane = (co * p.cin + ci) * p.kh * p.kw;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let hi = hi0 + i32(ky);
+            if (hi < 0 || hi >= i32(p.h)) { continue; }
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let wi = wi0 + i32(kx);
+                if (wi < 0 || wi >= i32(p.w)) { continue; }
+                acc += f32(x[x_plane + u32(hi) * p.w + u32(wi)]) * f32(wt[w_plane + ky * p.kw + kx]);
+            }
+        }
+    }
+    y[i] = {{TX}}(acc);
+}
+#endif
+
+#if PACK
+// Weights [Cout, Cin, kh, kw] -> packed [kh·kw·Cin, cout_pad]: for one tap and
+// input channel, the weights of consecutive output channels are contiguous, so
+// conv_gemm loads four channels' weights with one vec4 load. Channels from
+// Cout up to cout_pad (a multiple of BM) are zero.
+@group(0) @binding(1) var<storage, read> w_src: array<{{TW}}>;
+@group(0) @binding(2) var<storage, read_write> w_packed: array<{{TW}}>;
+
+@compute @workgroup_size({{WG}})
+fn conv_pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wid.x + wid.y * nwg.x) * {{WG}}u + lid;
+    let taps = p.kh * p.kw;
+    if (i >= taps * p.cin * p.cout_pad) { return; }
+    let co = i % p.cout_pad;
+    let k = i / p.cout_pad;         // tap · Cin + ci
+    let ci = k % p.cin;
+    let tap = k / p.cin;
+    var v = {{TW}}(0.0);
+    if (co < p.cout) { v = w_src[(co * p.cin + ci) * taps + tap]; }
+    w_packed[i] = v;
+}
+#endif
+
+#if GEMM
+// Packed weights (see conv_pack), read four output channels at a time.
+@group(0) @binding(2) var<storage, read> w4: array<vec4<{{TW}}>>;
+
+// Grid: x = pixel tiles of WG·4·PV pixels, y = channel tiles of BM channels.
+// Invocation pixel j = 4·v + c (vec4 v, component c) is pixel tile + j·WG + lid.
+@compute @workgroup_size({{WG}})
+fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let plane_out = p.ho * p.wo;
+    let plane_in = p.h * p.w;
+    let co0 = wid.y * {{BM}}u;
+    let tile = wid.x * ({{WG}}u * 4u * {{PV}}u) + lid;
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u) * {{WG}}u;
+
+    // Per pixel: whether it exists, where x[b] starts, where its receptive field starts.
+    var pix_ok: array<vec4<bool>, {{PV}}>;
+    var x_base: array<vec4<u32>, {{PV}}>;
+    var y_base: array<vec4<u32>, {{PV}}>;   // offset of y[b, 0, ho, wo]
+    var hi0: array<vec4<i32>, {{PV}}>;
+    var wi0: array<vec4<i32>, {{PV}}>;
+    for (var v = 0u; v < {{PV}}u; v++) {
+        let n = tile + v * 4u * {{WG}}u + lanes;
+        pix_ok[v] = n < vec4<u32>(p.n_pix);
+        let nn = min(n, vec4<u32>(p.n_pix - 1u));
+        let r = nn % plane_out;
+        x_base[v] = (nn / plane_out) * (p.cin * plane_in);
+        y_base[v] = (nn / plane_out) * (p.cout * plane_out) + r;
+        hi0[v] = vec4<i32>((r / p.wo) * p.stride) - i32(p.pad);
+        wi0[v] = vec4<i32>((r % p.wo) * p.stride) - i32(p.pad);
+    }
+
+    // acc[i·PV + v]: output channel co0 + i at the four pixels of vec4 v.
+    var acc: array<vec4<f32>, {{BM}} * {{PV}}>;
+    var w_at = co0 / 4u;   // packed row (tap, ci) = w_at / (cout_pad / 4)
+    let w_step = p.cout_pad / 4u;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            // This tap's offsets at input channel 0; taps in the padding read
+            // x[0] (a valid address) and are masked to 0.
+            var tap_ok: array<vec4<bool>, {{PV}}>;
+            var off: array<vec4<u32>, {{PV}}>;
+            for (var v = 0u; v < {{PV}}u; v++) {
+                let hi = hi0[v] + i32(ky);
+                let wi = wi0[v] + i32(kx);
+                tap_ok[v] = pix_ok[v] & (hi >= vec4<i32>(0)) & (hi < vec4<i32>(i32(p.h)))
+                    & (wi >= vec4<i32>(0)) & (wi < vec4<i32>(i32(p.w)));
+                off[v] = select(vec4<u32>(0u), x_base[v] + vec4<u32>(hi) * p.w + vec4<u32>(wi), tap_ok[v]);
+            }
+            for (var ci = 0u; ci < p.cin; ci++) {
+                var xv: array<vec4<f32>, {{PV}}>;
+                for (var v = 0u; v < {{PV}}u; v++) {
+                    let o = off[v];
+                    let loaded = vec4<f32>(f32(x[o.x]), f32(x[o.y]), f32(x[o.z]), f32(x[o.w]));
+                    xv[v] = select(vec4<f32>(0.0), loaded, tap_ok[v]);
+                    off[v] = o + vec4<u32>(plane_in);
+                }
+                for (var q = 0u; q < {{BM}}u / 4u; q++) {
+                    let w = vec4<f32>(w4[w_at + q]);
+                    for (var v = 0u; v < {{PV}}u; v++) {
+                        let a = (4u * q) * {{PV}}u + v;
+                        acc[a] = fma(vec4<f32>(w.x), xv[v], acc[a]);
+                        acc[a + {{PV}}u] = fma(vec4<f32>(w.y), xv[v], acc[a + {{PV}}u]);
+                        acc[a + 2u * {{PV}}u] = fma(vec4<f32>(w.z), xv[v], acc[a + 2u * {{PV}}u]);
+                        acc[a + 3u * {{PV}}u] = fma(vec4<f32>(w.w), xv[v], acc[a + 3u * {{PV}}u]);
+                    }
+                }
+                w_at += w_step;
+            }
+        }
+    }
+
+    // Constant trip counts and no `break` anywhere that indexes acc: the loops
+    // unroll and acc stays in registers (on llvmpipe an acc indexed by a
+    // variable lives in memory, which costs ~40 %).
+    for (var i = 0u; i < {{BM}}u; i++) {
+        let co = co0 + i;
+        if (co < p.cout) {
+            let bias_co = bias_of(co);
+            for (var v = 0u; v < {{PV}}u; v++) {
+                let out = acc[i * {{PV}}u + v] + bias_co;
+                let at = y_base[v] + co * plane_out;
+                for (var c = 0u; c < 4u; c++) {
+                    if (pix_ok[v][c]) { y[at[c]] = {{TX}}(out[c]); }
+                }
+            }
+        }
+    }
+}
+#endif
+
+#if SUBGROUP_GEMM
+// Packed weights (see conv_pack), read four output channels at a time.
+@group(0) @binding(2) var<storage, read> w4: array<vec4<{{TW}}>>;
+
+// The implicit GEMM with the input shared through subgroup broadcasts.
+// conv_gemm's invocations each load their own pixels' inputs: on llvmpipe
+// every such load is eight scalar loads. Here a subgroup works on 8 pixels
+// and 4·S output channels (S = subgroup size, 8 ≤ S ≤ 64): lanes 0..7 load
+// one pixel's input each, every lane loads its own 4 channels' weights, and
+// subgroupBroadcast hands each pixel's input to all lanes: 2 loads per 32 FMAs
+// instead of 6.
+//
+// A workgroup tile is TP pixels × TC channels (TC = 4 × the largest subgroup
+// size the device may use, so the host can size the grid without knowing S);
+// its subgroups share the tile's (8 pixels × 4·S channels) pieces. The loop
+// over pieces is subgroup-uniform, so the broadcasts see every lane.
+@compute @workgroup_size({{WG}})
+fn conv_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg_size: u32,
+                 @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
+    let plane_out = p.ho * p.wo;
+    let plane_in = p.h * p.w;
+    let pieces_c = {{TC}}u / (4u * sg_size);
+    let pieces = ({{TP}}u / 8u) * pieces_c;
+    let w_step = p.cout_pad / 4u;
+    for (var piece = sg_id; piece < pieces; piece += n_sg) {
+        // Pixels n0..n0+7 (this lane loads n0 + lane % 8); channels co_q·4 .. +3.
+        let n0 = wid.x * {{TP}}u + (piece / pieces_c) * 8u;
+        let co_q = (wid.y * {{TC}}u + (piece % pieces_c) * 4u * sg_size) / 4u + lane;
+        let n = n0 + lane % 8u;
+        let pix_ok = n < p.n_pix;
+        let nn = min(n, p.n_pix - 1u);
+        let r = nn % plane_out;
+        let x_base = (nn / plane_out) * (p.cin * plane_in);
+        let y_base = (nn / plane_out) * (p.cout * plane_out) + r;
+        let hi0 = i32((r / p.wo) * p.stride) - i32(p.pad);
+        let wi0 = i32((r % p.wo) * p.stride) - i32(p.pad);
+
+        // acc[j]: this lane's 4 channels at pixel n0 + j.
+        var acc: array<vec4<f32>, 8>;
+        var w_at = co_q;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let hi = hi0 + i32(ky);
+                let wi = wi0 + i32(kx);
+                let tap_ok = pix_ok && hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w);
+                var off = select(0u, x_base + u32(hi) * p.w + u32(wi), tap_ok);
+                for (var ci = 0u; ci < p.cin; ci++) {
+                    let xv = select(0.0, f32(x[off]), tap_ok);
+                    off += plane_in;
+                    let w = vec4<f32>(w4[w_at]);
+                    w_at += w_step;
+                    // Broadcast lane ids must be constants: unrolled by hand.
+                    acc[0] = fma(w, vec4<f32>(subgroupBroadcast(xv, 0u)), acc[0]);
+                    acc[1] = fma(w, vec4<f32>(subgroupBroadcast(xv, 1u)), acc[1]);
+                    acc[2] = fma(w, vec4<f32>(subgroupBroadcast(xv, 2u)), acc[2]);
+                    acc[3] = fma(w, vec4<f32>(subgroupBroadcast(xv, 3u)), acc[3]);
+                    acc[4] = fma(w, vec4<f32>(subgroupBroadcast(xv, 4u)), acc[4]);
+                    acc[5] = fma(w, vec4<f32>(subgroupBroadcast(xv, 5u)), acc[5]);
+                    acc[6] = fma(w, vec4<f32>(subgroupBroadcast(xv, 6u)), acc[6]);
+                    acc[7] = fma(w, vec4<f32>(subgroupBroadcast(xv, 7u)), acc[7]);
+                }
+            }
+        }
+
+        // Where each of the 8 pixels' outputs start (held by lanes 0..7).
+        var out_at: array<u32, 8>;
+        out_at[0] = subgroupBroadcast(y_base, 0u);
+        out_at[1] = subgroupBroadcast(y_base, 1u);
+        out_at[2] = subgroupBroadcast(y_base, 2u);
+        out_at[3] = subgroupBroadcast(y_base, 3u);
+        out_at[4] = subgroupBroadcast(y_base, 4u);
+        out_at[5] = subgroupBroadcast(y_base, 5u);
+        out_at[6] = subgroupBroadcast(y_base, 6u);
+        out_at[7] = subgroupBroadcast(y_base, 7u);
+        for (var c = 0u; c < 4u; c++) {
+            let co = co_q * 4u + c;
+            if (co < p.cout) {
+                let bias_co = bias_of(co);
+                for (var j = 0u; j < 8u; j++) {
+                    if (n0 + j < p.n_pix) { y[out_at[j] + co * plane_out] = {{TX}}(acc[j][c] + bias_co); }
+                }
+            }
+        }
+    }
+}
+#endif

@@ -1,0 +1,157 @@
+// Diffusion-sampler kernels: classifier-free guidance, the DDIM update, and
+// seeded Gaussian noise. Storage types come from defines; arithmetic is f32.
+// Defines: T (storage type), WG (workgroup size), one of GUIDANCE, DDIM, RANDN.
+
+struct Params {
+    n: u32,            // output elements
+    half: u32,         // GUIDANCE: elements of one half of the [2B, ...] model output
+    prediction: u32,   // DDIM: 0 epsilon, 1 v_prediction, 2 sample
+    clip: u32,         // DDIM: clamp x̂0 to ±clip_range when 1
+    a: f32,            // GUIDANCE: scale s; DDIM: ᾱ_t
+    b: f32,            // DDIM: ᾱ_prev
+    clip_range: f32,
+    seed_lo: u32,      // RANDN: the stream key (seed, step, purpose)
+    seed_hi: u32,
+    step: u32,
+    purpose: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
+}
+
+#if GUIDANCE
+// ε̂ = ε_∅ + s·(ε_y − ε_∅); the model output holds [uncond; cond] along the batch.
+@group(0) @binding(1) var<storage, read> eps: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> o: array<{{T}}>;
+
+@compute @workgroup_size({{WG}})
+fn guidance(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    let u = f32(eps[i]);
+    let c = f32(eps[i + p.half]);
+    o[i] = {{T}}(u + p.a * (c - u));
+}
+#endif
+
+#if DDIM
+// x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev)·ε̂, with (x̂0, ε̂) from the model output.
+@group(0) @binding(1) var<storage, read> x: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> model_out: array<{{T}}>;
+@group(0) @binding(3) var<storage, read_write> o: array<{{T}}>;
+
+@compute @workgroup_size({{WG}})
+fn ddim(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    let xt = f32(x[i]);
+    let m = f32(model_out[i]);
+    let sa = sqrt(p.a);
+    let sb = sqrt(1.0 - p.a);
+    var x0: f32;
+    var e: f32;
+    if (p.prediction == 0u) {
+        x0 = (xt - sb * m) / sa;
+        e = m;
+    } else if (p.prediction == 1u) {
+        x0 = sa * xt - sb * m;
+        e = sa * m + sb * xt;
+    } else {
+        x0 = m;
+        e = (xt - sa * m) / sb;
+    }
+    if (p.clip == 1u) {
+        x0 = clamp(x0, -p.clip_range, p.clip_range);
+    }
+    o[i] = {{T}}(sqrt(p.b) * x0 + sqrt(1.0 - p.b) * e);
+}
+#endif
+
+#if RANDN
+// Counter-based Gaussian noise: element i of stream (seed, step, purpose) is a
+// pure function of those numbers, so any element can be recomputed anywhere
+// (the CPU reference in ops::diffusion does exactly this).
+@group(0) @binding(1) var<storage, read_write> o: array<{{T}}>;
+
+// pcg4d (Jarzynski & Olano 2020): a 4-lane integer hash.
+fn pcg4d(v_in: vec4<u32>) -> vec4<u32> {
+    var v = v_in * 1664525u + 1013904223u;
+    v.x += v.y * v.w; v.y += v.z * v.x; v.z += v.x * v.y; v.w += v.y * v.z;
+    v = v ^ (v >> vec4<u32>(16u));
+    v.x += v.y * v.w; v.y += v.z * v.x; v.z += v.x * v.y; v.w += v.y * v.z;
+    return v;
+}
+
+@compute @workgroup_size({{WG}})
+fn randn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    // Each invocation makes a pair (Box-Muller), elements 2k and 2k+1.
+    let k = linear_id(wid, lid, nwg);
+    if (2u * k >= p.n) { return; }
+    let h = pcg4d(vec4<u32>(k, p.seed_lo, p.seed_hi ^ (p.purpose * 0x9E3779B9u), p.step));
+    // 24-bit uniforms in (0, 1].
+    let u1 = (f32(h.x >> 8u) + 1.0) / 16777216.0;
+    let u2 = f32(h.y >> 8u) / 16777216.0;
+    let r = sqrt(-2.0 * log(u1));
+    let th = 6.283185307179586 * u2;
+    o[2u * k] = {{T}}(r * cos(th));
+    if (2u * k + 1u < p.n) {
+        o[2u * k + 1u] = {{T}}(r * sin(th));
+    }
+}
+#endif
+
+#if WORLDMAP
+// FSD's view-aligned noise ε(c) (FSD_SPEC §4): for view b, element (d, i, j):
+//   P = map[d, row0_b + i, (col0_b + j) mod W]   (an integer crop: never interpolated)
+//   M = [mean of the opacity cell over (i, j) > α0]
+//   ε = √β·((1 − M)·bg[d, i, j] + M·P) + √(1 − β)·fresh[b, d, i, j]
+// Reuses Params: n = B·D·h·w, half = D, prediction = h, clip = w,
+// a = β, b = α0, clip_range = pool factor (opacity pixels per noise pixel, per axis),
+// seed_lo = map rows (H + h), seed_hi = map columns W.
+@group(0) @binding(1) var<storage, read> world: array<f32>;     // [D, H + h, W]
+@group(0) @binding(2) var<storage, read> background: array<f32>; // [D, h, w]
+@group(0) @binding(3) var<storage, read> fresh: array<f32>;      // [B, D, h, w]
+@group(0) @binding(4) var<storage, read> opacity: array<f32>;    // [B, 1, h·k, w·k]
+@group(0) @binding(5) var<storage, read> origins: array<u32>;    // [B, 2]: row0, col0
+@group(0) @binding(6) var<storage, read_write> o: array<{{T}}>;  // [B, D, h, w]
+
+@compute @workgroup_size({{WG}})
+fn worldmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = linear_id(wid, lid, nwg);
+    if (idx >= p.n) { return; }
+    let h = p.prediction;
+    let w = p.clip;
+    let dch = p.half;
+    let j = idx % w;
+    let i = (idx / w) % h;
+    let d = (idx / (w * h)) % dch;
+    let b = idx / (w * h * dch);
+    let k = u32(p.clip_range);
+    let W = p.seed_hi;
+    let rows = p.seed_lo;
+    // Mean opacity over the k×k cell of this noise pixel.
+    var acc = 0.0;
+    let ow = w * k;
+    let obase = b * (h * k) * ow;
+    for (var y = 0u; y < k; y++) {
+        for (var x = 0u; x < k; x++) {
+            acc += opacity[obase + (i * k + y) * ow + (j * k + x)];
+        }
+    }
+    let m = select(0.0, 1.0, acc / f32(k * k) > p.b);
+    let row = origins[2u * b] + i;
+    let col = (origins[2u * b + 1u] + j) % W;
+    let crop = world[(d * rows + row) * W + col];
+    let bg = background[(d * h + i) * w + j];
+    let det = (1.0 - m) * bg + m * crop;
+    o[idx] = {{T}}(sqrt(p.a) * det + sqrt(1.0 - p.a) * fresh[idx]);
+}
+#endif

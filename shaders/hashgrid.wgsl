@@ -1,0 +1,497 @@
+// Multiresolution hash-grid encoding (instant-ngp / tiny-cuda-nn) and the
+// field fused on top of it (grid -> density and albedo MLP heads).
+//
+// Grid: level l has a grid of `resolution` vertices per axis over [0,1]^3 with
+// `scale = base·s^l − 1` (s = per-level scale); a point u maps to u·scale + 0.5,
+// the 8 vertices of its cell are looked up and blended trilinearly. A level
+// whose resolution³ fits the table is indexed densely (x + y·res + z·res²), a
+// finer one by the spatial hash x·1 ^ y·2654435761 ^ z·805459861; either index
+// is taken modulo the level's size, as tcnn does. Table entry e, feature f is
+// table[e·FEATS + f]; the per-level entry offsets, sizes and resolutions come
+// from the host (ops/hashgrid.rs, GridLayout). Points outside [0,1]³ are
+// clamped onto it.
+//
+// The backward passes scatter-add into the gradient table: atomicAdd on
+// atomic<f32> where the adapter has SHADER_FLOAT32_ATOMIC (F32_ATOMICS), a
+// compare-and-swap loop on atomic<u32> with bitcasts where not. Zero
+// contributions are skipped (most rows of a render have no gradient).
+//
+// Field (world box [-radius, radius]³, features x = grid((pos + r)/(2r))):
+//   density σ = softplus(W2d·relu(W1d·x) + blob_scale·(1 − |pos|/blob_std))
+//   albedo  a = sigmoid(W2a·relu(W1a·x))
+// mlp weights are row-major [out][in] as torch.nn.Linear, without biases
+// (threestudio's VanillaMLP / tcnn), packed
+//   [W1d (H×IN) | W2d (1×H) | W1a (H×IN) | W2a (3×H)].
+// A point p gives K rows: row 0 at p, and with K = 7 (finite-difference
+// normals) rows 1..6 at p + eps·e_x, p − eps·e_x, p ± eps·e_y, p ± eps·e_z,
+// clamped to the box (threestudio's finite_difference normals). density is
+// [n, K]; albedo is [n, 3], for row 0 only, when ALBEDO.
+//
+// field_backward takes dL/dσ per row and dL/da per point, recomputes the
+// row's features and hidden layers, scatters dL/dx into the grid gradient
+// and reduces the weight gradients over the workgroup's rows: each thread
+// then owns hidden unit j = its index (HIDDEN ≤ 64 = WG) and accumulates row j
+// of dW1 and column j of dW2 from the tile's (x, dz) held in workgroup memory
+// (recomputing its own pre-activation is cheaper than storing all of them).
+// Every workgroup writes its sums to partials[workgroup, P] (P = mlp size);
+// mlp.wgsl's reduce_partials adds them up (deterministically).
+// The kernels stride over rows (a fixed number of workgroups), so that a
+// sample count only the device knows (SAMPLES) needs no readback.
+//
+// Defines: LEVELS, FEATS, HIDDEN (a literal such as `16u`, or `p.levels`,
+// `p.feats`, `p.hidden` for the generic variant), F32_ATOMICS, SAMPLES (points
+// are the renderer's samples [capacity, 4] (xyz, t) and their count is info[0],
+// instead of a [n, 3] tensor and p.n), ALBEDO, and one entry flag:
+// ENCODE, ENCODE_BACKWARD, FIELD_FORWARD, FIELD_BACKWARD.
+
+const WG: u32 = 64u;
+const MAX_IN: u32 = 64u;       // levels × features per level
+const MAX_HIDDEN: u32 = 64u;   // ≤ WG: one reduction thread per hidden unit
+const PRIME_Y: u32 = 2654435761u;
+const PRIME_Z: u32 = 805459861u;
+
+struct Params {
+    n: u32,            // points, or the sample capacity with SAMPLES
+    levels: u32,
+    feats: u32,
+    hidden: u32,
+    k: u32,            // rows per point: 1, or 7 with normals
+    radius: f32,       // field: half-size of the world box
+    normal_eps: f32,   // field: finite-difference offset (world units)
+    blob_scale: f32,   // field: density bias scale
+    blob_std: f32,     // field: density bias radius
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    level_info: array<vec4<u32>, 16>,  // per level: resolution, offset (entries), size (entries), dense
+    level_scale: array<vec4<f32>, 4>,  // per level: scale
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn n_levels() -> u32 { return {{LEVELS}}; }
+fn n_feats() -> u32 { return {{FEATS}}; }
+fn n_in() -> u32 { return {{LEVELS}} * {{FEATS}}; }
+fn n_hidden() -> u32 { return {{HIDDEN}}; }
+
+fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// ---------------------------------------------------------------------------
+// Bindings of each entry.
+
+#if ENCODE
+@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(2) var<storage, read> points: array<f32>;            // [n, 3] in [0,1]^3
+@group(0) @binding(3) var<storage, read_write> features: array<f32>;    // [n, LEVELS·FEATS]
+#endif
+
+#if ENCODE_BACKWARD
+#if F32_ATOMICS
+@group(0) @binding(1) var<storage, read_write> grad: array<atomic<f32>>;
+#else
+@group(0) @binding(1) var<storage, read_write> grad: array<atomic<u32>>;
+#endif
+@group(0) @binding(2) var<storage, read> points: array<f32>;            // [n, 3]
+@group(0) @binding(3) var<storage, read> d_features: array<f32>;        // [n, LEVELS·FEATS]
+#endif
+
+#if FIELD_FORWARD
+@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(2) var<storage, read> mlp: array<f32>;
+#if SAMPLES
+@group(0) @binding(3) var<storage, read> samples: array<vec4<f32>>;     // [capacity] (xyz, t)
+#else
+@group(0) @binding(3) var<storage, read> points: array<f32>;            // [n, 3] world
+#endif
+@group(0) @binding(4) var<storage, read_write> density_out: array<f32>; // [n, K]
+@group(0) @binding(5) var<storage, read_write> albedo_out: array<f32>;  // [n, 3]
+#if SAMPLES
+@group(0) @binding(6) var<storage, read> info: array<u32>;              // [0] = sample count
+#endif
+#endif
+
+#if FIELD_BACKWARD
+#if F32_ATOMICS
+@group(0) @binding(1) var<storage, read_write> grad: array<atomic<f32>>;
+#else
+@group(0) @binding(1) var<storage, read_write> grad: array<atomic<u32>>;
+#endif
+@group(0) @binding(2) var<storage, read> mlp: array<f32>;
+@group(0) @binding(3) var<storage, read> table: array<f32>;
+#if SAMPLES
+@group(0) @binding(4) var<storage, read> samples: array<vec4<f32>>;
+#else
+@group(0) @binding(4) var<storage, read> points: array<f32>;
+#endif
+@group(0) @binding(5) var<storage, read> d_density: array<f32>;         // [n, K]
+@group(0) @binding(6) var<storage, read> d_albedo: array<f32>;          // [n, 3]
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;    // [workgroups, P]
+#if SAMPLES
+@group(0) @binding(8) var<storage, read> info: array<u32>;
+#endif
+#endif
+
+// ---------------------------------------------------------------------------
+// The grid.
+
+// The 8 vertices of the cell containing u at level l: table entries and
+// trilinear weights (vertex c has offset (c & 1, c >> 1 & 1, c >> 2 & 1)).
+struct Cell {
+    entry: array<u32, 8>,
+    weight: array<f32, 8>,
+}
+
+fn level_cell(u: vec3<f32>, l: u32) -> Cell {
+    let info = p.level_info[l];
+    let pos = clamp(u, vec3<f32>(0.0), vec3<f32>(1.0)) * p.level_scale[l / 4u][l % 4u] + 0.5;
+    let g = floor(pos);
+    let f = pos - g;
+    let gi = vec3<u32>(g);
+    var cell: Cell;
+    for (var c = 0u; c < 8u; c++) {
+        let bit = vec3<u32>(c & 1u, (c >> 1u) & 1u, (c >> 2u) & 1u);
+        let v = gi + bit;
+        let w3 = select(1.0 - f, f, bit == vec3<u32>(1u));
+        cell.weight[c] = w3.x * w3.y * w3.z;
+        var index: u32;
+        if (info.w != 0u) {
+            index = v.x + v.y * info.x + v.z * info.x * info.x;
+        } else {
+            index = v.x ^ (v.y * PRIME_Y) ^ (v.z * PRIME_Z);
+        }
+        cell.entry[c] = info.y + index % info.z;
+    }
+    return cell;
+}
+
+#if !ENCODE_BACKWARD
+// x[l·F + f] = Σ_c w_c · table[entry_c·F + f], for every level l.
+fn grid_features(u: vec3<f32>, x: ptr<function, array<f32, MAX_IN>>) {
+    let nf = n_feats();
+    for (var l = 0u; l < n_levels(); l++) {
+        let cell = level_cell(u, l);
+        for (var f = 0u; f < nf; f++) {
+            var s = 0.0;
+            for (var c = 0u; c < 8u; c++) {
+                s += cell.weight[c] * table[cell.entry[c] * nf + f];
+            }
+            (*x)[l * nf + f] = s;
+        }
+    }
+}
+#endif
+
+#if !ENCODE
+#if !FIELD_FORWARD
+// grad[i] += v, atomically.
+fn scatter_add(i: u32, v: f32) {
+#if F32_ATOMICS
+    atomicAdd(&grad[i], v);
+#else
+    var old = atomicLoad(&grad[i]);
+    loop {
+        let r = atomicCompareExchangeWeak(&grad[i], old, bitcast<u32>(bitcast<f32>(old) + v));
+        if (r.exchanged) { break; }
+        old = r.old_value;
+    }
+#endif
+}
+
+// The transpose of grid_features: grad[entry_c·F + f] += w_c · dx[l·F + f].
+fn grid_scatter(u: vec3<f32>, dx: ptr<function, array<f32, MAX_IN>>) {
+    let nf = n_feats();
+    for (var l = 0u; l < n_levels(); l++) {
+        var any_grad = false;
+        for (var f = 0u; f < nf; f++) { any_grad = any_grad || (*dx)[l * nf + f] != 0.0; }
+        if (!any_grad) { continue; }
+        let cell = level_cell(u, l);
+        for (var c = 0u; c < 8u; c++) {
+            for (var f = 0u; f < nf; f++) {
+                let v = cell.weight[c] * (*dx)[l * nf + f];
+                if (v != 0.0) { scatter_add(cell.entry[c] * nf + f, v); }
+            }
+        }
+    }
+}
+#endif
+#endif
+
+// ---------------------------------------------------------------------------
+// Standalone encoding: points [n, 3] in [0,1]^3 -> features [n, LEVELS·FEATS].
+
+#if ENCODE
+@compute @workgroup_size(WG)
+fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    let u = vec3<f32>(points[3u * i], points[3u * i + 1u], points[3u * i + 2u]);
+    var x: array<f32, MAX_IN>;
+    grid_features(u, &x);
+    let nin = n_in();
+    for (var d = 0u; d < nin; d++) { features[i * nin + d] = x[d]; }
+}
+#endif
+
+#if ENCODE_BACKWARD
+@compute @workgroup_size(WG)
+fn encode_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    let u = vec3<f32>(points[3u * i], points[3u * i + 1u], points[3u * i + 2u]);
+    var dx: array<f32, MAX_IN>;
+    let nin = n_in();
+    for (var d = 0u; d < nin; d++) { dx[d] = d_features[i * nin + d]; }
+    grid_scatter(u, &dx);
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// The field.
+
+#if !ENCODE
+#if !ENCODE_BACKWARD
+// Offsets of the four weight matrices in `mlp`.
+fn w1d_at() -> u32 { return 0u; }
+fn w2d_at() -> u32 { return n_hidden() * n_in(); }
+fn w1a_at() -> u32 { return n_hidden() * n_in() + n_hidden(); }
+fn w2a_at() -> u32 { return 2u * n_hidden() * n_in() + n_hidden(); }
+
+fn point_count() -> u32 {
+#if SAMPLES
+    return min(info[0], p.n);
+#else
+    return p.n;
+#endif
+}
+
+fn point_position(i: u32) -> vec3<f32> {
+#if SAMPLES
+    return samples[i].xyz;
+#else
+    return vec3<f32>(points[3u * i], points[3u * i + 1u], points[3u * i + 2u]);
+#endif
+}
+
+// World position of row k of point i (k > 0: finite-difference offsets).
+fn row_position(i: u32, k: u32) -> vec3<f32> {
+    var pos = point_position(i);
+    if (k > 0u) {
+        let axis = (k - 1u) / 2u;
+        let sign = select(-1.0, 1.0, (k - 1u) % 2u == 0u);
+        pos[axis] += sign * p.normal_eps;
+        pos = clamp(pos, vec3<f32>(-p.radius), vec3<f32>(p.radius));
+    }
+    return pos;
+}
+
+// World box -> the grid's unit cube.
+fn unit_position(pos: vec3<f32>) -> vec3<f32> {
+    return (pos + p.radius) / (2.0 * p.radius);
+}
+
+// threestudio's blob_magic3d density bias.
+fn blob_bias(pos: vec3<f32>) -> f32 {
+    return p.blob_scale * (1.0 - length(pos) / p.blob_std);
+}
+
+// log(1 + e) for e ≥ 0, accurate also where 1 + e rounds (Goldberg's trick).
+fn log1p_pos(e: f32) -> f32 {
+    let u = 1.0 + e;
+    if (u == 1.0) { return e; }
+    return log(u) * e / (u - 1.0);
+}
+
+fn softplus(z: f32) -> f32 {
+    return max(z, 0.0) + log1p_pos(exp(-abs(z)));
+}
+
+fn sigmoid(z: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-clamp(z, -80.0, 80.0)));
+}
+
+// pre[j] = Σ_i W1[j, i]·x[i] for the head whose W1 starts at w1.
+fn hidden_pre(x: ptr<function, array<f32, MAX_IN>>, w1: u32, pre: ptr<function, array<f32, MAX_HIDDEN>>) {
+    let nin = n_in();
+    for (var j = 0u; j < n_hidden(); j++) {
+        var s = 0.0;
+        let row = w1 + j * nin;
+        for (var i = 0u; i < nin; i++) { s += mlp[row + i] * (*x)[i]; }
+        (*pre)[j] = s;
+    }
+}
+
+// Σ_j W2[o, j]·relu(pre[j]) for output o of the head whose W2 starts at w2.
+fn head_out(pre: ptr<function, array<f32, MAX_HIDDEN>>, w2: u32, o: u32) -> f32 {
+    let nh = n_hidden();
+    var s = 0.0;
+    for (var j = 0u; j < nh; j++) { s += mlp[w2 + o * nh + j] * max((*pre)[j], 0.0); }
+    return s;
+}
+#endif
+#endif
+
+#if FIELD_FORWARD
+@compute @workgroup_size(WG)
+fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n_rows = point_count() * p.k;
+    let stride = nwg.x * nwg.y * WG;
+    for (var row = thread_id(wid, lid, nwg); row < n_rows; row += stride) {
+        let i = row / p.k;
+        let k = row % p.k;
+        let pos = row_position(i, k);
+        var x: array<f32, MAX_IN>;
+        grid_features(unit_position(pos), &x);
+        var pre: array<f32, MAX_HIDDEN>;
+        hidden_pre(&x, w1d_at(), &pre);
+        density_out[row] = softplus(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
+#if ALBEDO
+        if (k == 0u) {
+            hidden_pre(&x, w1a_at(), &pre);
+            for (var c = 0u; c < 3u; c++) {
+                albedo_out[3u * i + c] = sigmoid(head_out(&pre, w2a_at(), c));
+            }
+        }
+#endif
+    }
+}
+#endif
+
+#if FIELD_BACKWARD
+var<workgroup> tile_x: array<array<f32, MAX_IN>, WG>;  // features of the tile's rows
+var<workgroup> tile_dz: array<vec4<f32>, WG>;          // dL/d(pre-activation outputs): density, albedo rgb
+var<workgroup> wg_rows: u32;
+
+// Backward of one row: scatters dL/dx into the grid, leaves x in tile_x[slot]
+// and returns dL/d(raw density, raw albedo) (zero: nothing flows back).
+fn row_backward(row: u32, slot: u32) -> vec4<f32> {
+    let i = row / p.k;
+    let k = row % p.k;
+    let d_sigma = d_density[row];
+    var d_alb = vec3<f32>(0.0);
+#if ALBEDO
+    if (k == 0u) { d_alb = vec3<f32>(d_albedo[3u * i], d_albedo[3u * i + 1u], d_albedo[3u * i + 2u]); }
+#endif
+    if (d_sigma == 0.0 && all(d_alb == vec3<f32>(0.0))) { return vec4<f32>(0.0); }
+
+    let pos = row_position(i, k);
+    let u = unit_position(pos);
+    var x: array<f32, MAX_IN>;
+    grid_features(u, &x);
+    let nin = n_in();
+    let nh = n_hidden();
+    var dx: array<f32, MAX_IN>;
+    for (var d = 0u; d < nin; d++) { dx[d] = 0.0; tile_x[slot][d] = x[d]; }
+
+    var pre: array<f32, MAX_HIDDEN>;
+    hidden_pre(&x, w1d_at(), &pre);
+    // softplus' = sigmoid
+    let dz_d = d_sigma * sigmoid(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
+    if (dz_d != 0.0) {
+        for (var j = 0u; j < nh; j++) {
+            if (pre[j] <= 0.0) { continue; }
+            let dh = mlp[w2d_at() + j] * dz_d;
+            let w1 = w1d_at() + j * nin;
+            for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
+        }
+    }
+    var dz_a = vec3<f32>(0.0);
+#if ALBEDO
+    if (any(d_alb != vec3<f32>(0.0))) {
+        hidden_pre(&x, w1a_at(), &pre);
+        var a: vec3<f32>;
+        for (var c = 0u; c < 3u; c++) { a[c] = sigmoid(head_out(&pre, w2a_at(), c)); }
+        dz_a = d_alb * a * (1.0 - a);
+        for (var j = 0u; j < nh; j++) {
+            if (pre[j] <= 0.0) { continue; }
+            let w2 = w2a_at() + j;
+            let dh = mlp[w2] * dz_a.x + mlp[w2 + nh] * dz_a.y + mlp[w2 + 2u * nh] * dz_a.z;
+            let w1 = w1a_at() + j * nin;
+            for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
+        }
+    }
+#endif
+    grid_scatter(u, &dx);
+    return vec4<f32>(dz_d, dz_a);
+}
+
+@compute @workgroup_size(WG)
+fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nin = n_in();
+    let nh = n_hidden();
+    if (lid == 0u) { wg_rows = point_count() * p.k; }
+    let n_rows = workgroupUniformLoad(&wg_rows);
+    let n_tiles = (n_rows + WG - 1u) / WG;
+    let group = wid.x + wid.y * nwg.x;
+    let n_groups = nwg.x * nwg.y;
+
+    // This thread's hidden unit j: its weights and gradient sums.
+    let j = lid;
+    let owns_unit = j < nh;
+    var w1d_row: array<f32, MAX_IN>;
+    var w1a_row: array<f32, MAX_IN>;
+    var acc_w1d: array<f32, MAX_IN>;
+    var acc_w1a: array<f32, MAX_IN>;
+    var w2d_j = 0.0;
+    var w2a_j = vec3<f32>(0.0);
+    var acc_w2d = 0.0;
+    var acc_w2a = vec3<f32>(0.0);
+    if (owns_unit) {
+        for (var d = 0u; d < nin; d++) {
+            w1d_row[d] = mlp[w1d_at() + j * nin + d];
+            w1a_row[d] = mlp[w1a_at() + j * nin + d];
+            acc_w1d[d] = 0.0;
+            acc_w1a[d] = 0.0;
+        }
+        w2d_j = mlp[w2d_at() + j];
+        w2a_j = vec3<f32>(mlp[w2a_at() + j], mlp[w2a_at() + nh + j], mlp[w2a_at() + 2u * nh + j]);
+    }
+
+    for (var tile = group; tile < n_tiles; tile += n_groups) {
+        let row = tile * WG + lid;
+        var dz = vec4<f32>(0.0);
+        if (row < n_rows) { dz = row_backward(row, lid); }
+        tile_dz[lid] = dz;
+        workgroupBarrier();
+        if (owns_unit) {
+            for (var r = 0u; r < WG; r++) {
+                let dzr = tile_dz[r];
+                if (dzr.x != 0.0) {
+                    var pre = 0.0;
+                    for (var d = 0u; d < nin; d++) { pre += w1d_row[d] * tile_x[r][d]; }
+                    if (pre > 0.0) {
+                        let dh = w2d_j * dzr.x;
+                        for (var d = 0u; d < nin; d++) { acc_w1d[d] += dh * tile_x[r][d]; }
+                        acc_w2d += dzr.x * pre;
+                    }
+                }
+                if (any(dzr.yzw != vec3<f32>(0.0))) {
+                    var pre = 0.0;
+                    for (var d = 0u; d < nin; d++) { pre += w1a_row[d] * tile_x[r][d]; }
+                    if (pre > 0.0) {
+                        let dh = dot(w2a_j, dzr.yzw);
+                        for (var d = 0u; d < nin; d++) { acc_w1a[d] += dh * tile_x[r][d]; }
+                        acc_w2a += dzr.yzw * pre;
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if (owns_unit) {
+        let base = group * (w2a_at() + 3u * nh);
+        for (var d = 0u; d < nin; d++) {
+            partials[base + w1d_at() + j * nin + d] = acc_w1d[d];
+            partials[base + w1a_at() + j * nin + d] = acc_w1a[d];
+        }
+        partials[base + w2d_at() + j] = acc_w2d;
+        for (var c = 0u; c < 3u; c++) { partials[base + w2a_at() + c * nh + j] = acc_w2a[c]; }
+    }
+}
+#endif

@@ -1,0 +1,89 @@
+// Softmax along the last dimension: y = softmax(scale·x), numerically stable
+// (the row maximum is subtracted before exponentiating). Storage types come
+// from defines; arithmetic is f32.
+//
+// One workgroup per row, three passes over it: the maximum, the sum of
+// exp(scale·x − max), and the normalised write.
+// Defines: T (storage), WG (workgroup size, a power of two), SUBGROUP_OPS.
+// SUBGROUP_OPS (not SUBGROUPS: that name makes the preprocessor add
+// `enable subgroups;`, which naga 30 rejects; subgroup builtins need no enable there).
+
+struct Params {
+    rows: u32,
+    len: u32,     // D
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> y: array<{{T}}>;
+
+struct Ids {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+#if SUBGROUP_OPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) n_sg: u32,
+#endif
+}
+
+var<workgroup> red: array<f32, {{WG}}>;
+
+// Maximum (is_max) or sum of `v` over the workgroup, returned to every
+// invocation. Called by all invocations; `red` is free again on return.
+fn wg_reduce(v: f32, ids: Ids, is_max: bool) -> f32 {
+#if SUBGROUP_OPS
+    // Any subgroup size works: one partial per subgroup, num_subgroups of them.
+    var s: f32;
+    if (is_max) { s = subgroupMax(v); } else { s = subgroupAdd(v); }
+    if (ids.sg_lane == 0u) { red[ids.sg_id] = s; }
+    workgroupBarrier();
+    var t = red[0];
+    for (var i = 1u; i < ids.n_sg; i++) {
+        if (is_max) { t = max(t, red[i]); } else { t += red[i]; }
+    }
+    workgroupBarrier();
+    return t;
+#else
+    red[ids.lid] = v;
+    workgroupBarrier();
+    for (var half = {{WG}}u / 2u; half > 0u; half >>= 1u) {
+        if (ids.lid < half) {
+            let o = red[ids.lid + half];
+            if (is_max) { red[ids.lid] = max(red[ids.lid], o); } else { red[ids.lid] += o; }
+        }
+        workgroupBarrier();
+    }
+    let t = red[0];
+    workgroupBarrier();
+    return t;
+#endif
+}
+
+// One workgroup per row (rows folded into x·y).
+@compute @workgroup_size({{WG}})
+fn softmax(ids: Ids) {
+    let row = ids.wid.x + ids.wid.y * ids.nwg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.len;
+
+    // Invocations with no element contribute the lowest f32 (max) and 0 (sum).
+    var m = -3.4028234663852886e38;
+    for (var i = ids.lid; i < p.len; i += {{WG}}u) {
+        m = max(m, p.scale * f32(x[base + i]));
+    }
+    let row_max = wg_reduce(m, ids, true);
+
+    var s = 0.0;
+    for (var i = ids.lid; i < p.len; i += {{WG}}u) {
+        s += exp(p.scale * f32(x[base + i]) - row_max);
+    }
+    let inv_sum = 1.0 / wg_reduce(s, ids, false);
+
+    for (var i = ids.lid; i < p.len; i += {{WG}}u) {
+        y[base + i] = {{T}}(exp(p.scale * f32(x[base + i]) - row_max) * inv_sum);
+    }
+}

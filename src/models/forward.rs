@@ -1,0 +1,118 @@
+//! `fsd3d forward`: run one module of a diffusers checkpoint on named input
+//! tensors from a safetensors file and write named outputs, so that anyone can
+//! check the engine against their own reference outputs.
+//!
+//! | module         | inputs                                             | outputs             |
+//! |----------------|----------------------------------------------------|---------------------|
+//! | `unet`         | `sample` [B,C,H,W], `timestep` [B], `encoder_hidden_states` [B,L,D] | `sample` |
+//! | `text-encoder` | `input_ids` [B,77] (i32, i64 or float)             | `last_hidden_state` |
+//! | `vae-encode`   | `sample` [B,3,H,W] in [-1,1]                       | `mean`, `logvar`    |
+//! | `vae-decode`   | `latent` [B,4,h,w] (unscaled)                      | `decoded`           |
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu};
+use crate::models::{clip_text::ClipTextModel, unet::UNet, vae::Vae};
+
+/// A host tensor: f32 values and a shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub data: Vec<f32>,
+    pub shape: Vec<usize>,
+}
+
+/// The modules `fsd3d forward` runs.
+pub const MODULES: [&str; 4] = ["unet", "text-encoder", "vae-encode", "vae-decode"];
+
+/// Reads every tensor of a safetensors file as f32 (integer ids included).
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
+    let mut out = HashMap::new();
+    for (name, v) in st.tensors() {
+        use safetensors::Dtype as D;
+        let d = v.data();
+        let data: Vec<f32> = match v.dtype() {
+            D::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            D::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            D::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            D::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            D::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            D::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            other => return Err(Error::Invalid(format!("{}: tensor {name:?} has unsupported dtype {other:?}", path.display()))),
+        };
+        out.insert(name, HostTensor { data, shape: v.shape().to_vec() });
+    }
+    Ok(out)
+}
+
+/// Writes f32 tensors to a safetensors file, atomically (temp file + rename).
+pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::Invalid(e.to_string()))?)))
+        .collect::<Result<_>>()?;
+    let data = safetensors::serialize(views, None).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::io::write_atomic(path, &data)
+}
+
+fn input<'a>(inputs: &'a HashMap<String, HostTensor>, name: &str, module: &str) -> Result<&'a HostTensor> {
+    inputs.get(name).ok_or_else(|| {
+        let have: Vec<&String> = inputs.keys().collect();
+        Error::Invalid(format!("module {module} needs an input tensor named {name:?}; the file has {have:?}"))
+    })
+}
+
+/// Runs `module` of the checkpoint in `dir` (a pipeline folder or the
+/// component's own) with weights and activations stored as `dtype`.
+pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTensor>, dtype: DType) -> Result<BTreeMap<String, HostTensor>> {
+    let mut out = BTreeMap::new();
+    let up = |t: &HostTensor| gpu.upload(&t.data, &t.shape, dtype);
+    let down = |t: &crate::gpu::Tensor| -> Result<HostTensor> { Ok(HostTensor { data: gpu.download(t)?, shape: t.shape().to_vec() }) };
+    match module {
+        "unet" => {
+            let unet = UNet::load(gpu, dir, dtype)?;
+            let s = input(inputs, "sample", module)?;
+            let t = input(inputs, "timestep", module)?;
+            let e = input(inputs, "encoder_hidden_states", module)?;
+            // A scalar timestep applies to the whole batch, as in diffusers.
+            let b = s.shape.first().copied().unwrap_or(1);
+            let ts: Vec<f32> = if t.data.len() == 1 { vec![t.data[0]; b] } else { t.data.clone() };
+            let tt = gpu.upload(&ts, &[ts.len()], DType::F32)?;
+            let y = unet.forward(gpu, &up(s)?, &tt, &up(e)?)?;
+            out.insert("sample".into(), down(&y)?);
+        }
+        "text-encoder" => {
+            let te = ClipTextModel::load(gpu, dir, dtype)?;
+            let ids = input(inputs, "input_ids", module)?;
+            if ids.data.iter().any(|&x| x < 0.0 || x as usize >= te.config.vocab_size || x.fract() != 0.0) {
+                return Err(Error::Invalid(format!("input_ids must be integers in 0..{}", te.config.vocab_size)));
+            }
+            let u: Vec<u32> = ids.data.iter().map(|&x| x as u32).collect();
+            let y = te.forward(gpu, &gpu.upload_u32(&u, &ids.shape)?)?;
+            out.insert("last_hidden_state".into(), down(&y)?);
+        }
+        "vae-encode" => {
+            let vae = Vae::load(gpu, dir, dtype)?;
+            if inputs.contains_key("mean_grad") {
+                return Err(Error::Invalid("vae-encode with mean_grad (the encoder's backward pass) is not implemented yet".into()));
+            }
+            let p = vae.encode(gpu, &up(input(inputs, "sample", module)?)?)?;
+            out.insert("mean".into(), down(&p.mean)?);
+            out.insert("logvar".into(), down(&p.logvar)?);
+        }
+        "vae-decode" => {
+            let vae = Vae::load(gpu, dir, dtype)?;
+            let y = vae.decode(gpu, &up(input(inputs, "latent", module)?)?)?;
+            out.insert("decoded".into(), down(&y)?);
+        }
+        other => return Err(Error::Invalid(format!("unknown module {other:?}: expected one of {}", MODULES.join(", ")))),
+    }
+    Ok(out)
+}

@@ -1,0 +1,147 @@
+//! Layers shared by the networks (Linear, Conv2d, GroupNorm, LayerNorm,
+//! attention), each loaded from its diffusers parameter prefix with the shape
+//! the config implies, and run with the ops.
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::weights::Weights;
+use crate::ops::attention::{self as attn_op, AttentionOpts};
+use crate::ops::conv2d::{Conv2dOpts, conv2d};
+use crate::ops::norm::{group_norm, layer_norm};
+use crate::ops::{concat, matmul, softmax};
+
+/// Loads tensors of one component onto the device in one storage type.
+pub struct Loader<'a> {
+    pub gpu: &'a Gpu,
+    pub weights: &'a Weights,
+    pub dtype: DType,
+}
+
+impl Loader<'_> {
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.weights.load(self.gpu, name, shape, self.dtype)
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.weights.contains(name)
+    }
+}
+
+/// torch.nn.Linear: y = x·Wᵀ + b, W [out, in].
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(l: &Loader, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: l.tensor(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: if bias { Some(l.tensor(&format!("{prefix}.bias"), &[out])?) } else { None },
+        })
+    }
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        matmul::linear(gpu, x, &self.weight, self.bias.as_ref())
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dim(0)
+    }
+}
+
+/// torch.nn.Conv2d with square kernel, symmetric padding.
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub fn load(l: &Loader, prefix: &str, inp: usize, out: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+        Ok(Conv2d {
+            weight: l.tensor(&format!("{prefix}.weight"), &[out, inp, k, k])?,
+            bias: Some(l.tensor(&format!("{prefix}.bias"), &[out])?),
+            stride,
+            padding,
+        })
+    }
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        conv2d(gpu, x, &self.weight, self.bias.as_ref(), Conv2dOpts { stride: self.stride, padding: self.padding, variant: None })
+    }
+}
+
+/// torch.nn.GroupNorm (affine), optionally followed by SiLU.
+pub struct GroupNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl GroupNorm {
+    pub fn load(l: &Loader, prefix: &str, channels: usize, groups: usize, eps: f64) -> Result<GroupNorm> {
+        Ok(GroupNorm {
+            gamma: l.tensor(&format!("{prefix}.weight"), &[channels])?,
+            beta: l.tensor(&format!("{prefix}.bias"), &[channels])?,
+            groups,
+            eps: eps as f32,
+        })
+    }
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor, silu: bool) -> Result<Tensor> {
+        group_norm(gpu, x, self.groups, Some(&self.gamma), Some(&self.beta), self.eps, silu)
+    }
+}
+
+/// torch.nn.LayerNorm over the last dimension.
+pub struct LayerNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(l: &Loader, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: l.tensor(&format!("{prefix}.weight"), &[dim])?,
+            beta: l.tensor(&format!("{prefix}.bias"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        layer_norm(gpu, x, Some(&self.gamma), Some(&self.beta), self.eps)
+    }
+}
+
+/// Multi-head attention on [B, L, H·D] tensors: the fused kernel where the
+/// head dim has one, else scores by matmul, softmax and a second matmul
+/// (any head dim, e.g. the VAE's single 512-wide head).
+pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    let (b, lq, hd) = (q.dim(0), q.dim(1), q.dim(2));
+    let lk = k.dim(1);
+    let d = hd / heads;
+    if attn_op::SUPPORTED_HEAD_DIMS.contains(&d) {
+        return attn_op::attention(gpu, q, k, v, &AttentionOpts { causal, ..AttentionOpts::new(heads) });
+    }
+    if causal {
+        return Err(crate::Error::Invalid(format!("causal attention needs a compiled head dim; {d} is not one")));
+    }
+    // [B, L, H, D] -> [B, H, L, D]
+    let split = |t: &Tensor, l: usize| -> Result<Tensor> {
+        concat::permute(gpu, &t.reshape(&[b, l, heads, d])?, &[0, 2, 1, 3])?.reshape(&[b * heads, l, d])
+    };
+    let (qh, kh, vh) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
+    let scores = matmul::matmul(gpu, &qh, &kh, None, &matmul::MatmulOpts { trans_b: true, ..Default::default() })?;
+    let p = softmax::softmax(gpu, &scores, 1.0 / (d as f32).sqrt())?;
+    let o = matmul::matmul(gpu, &p, &vh, None, &Default::default())?;
+    concat::permute(gpu, &o.reshape(&[b, heads, lq, d])?, &[0, 2, 1, 3])?.reshape(&[b, lq, hd])
+}
+
+/// [B, C, H, W] -> [B, H·W, C]
+pub fn nchw_to_tokens(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    concat::permute(gpu, x, &[0, 2, 3, 1])?.reshape(&[b, h * w, c])
+}
+
+/// [B, H·W, C] -> [B, C, H, W]
+pub fn tokens_to_nchw(gpu: &Gpu, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, c) = (x.dim(0), x.dim(2));
+    concat::permute(gpu, &x.reshape(&[b, h, w, c])?, &[0, 3, 1, 2])
+}

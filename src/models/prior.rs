@@ -1,0 +1,137 @@
+//! The Prior: where a diffusion model plugs into the samplers and the
+//! distillation loops, which never name a model. Stable Diffusion 1.x / 2.x
+//! pipelines and the embedded pixel-space prior (a pipeline without a VAE)
+//! are both [`StableDiffusion`].
+use std::path::{Path, PathBuf};
+
+use crate::diffusion::schedule::SchedulerConfig;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::clip_text::ClipTextModel;
+use crate::models::tokenizer::PromptTokenizer;
+use crate::models::unet::UNet;
+use crate::models::vae::Vae;
+use crate::ops::{concat, diffusion as dops, elementwise as ew};
+
+/// What the samplers and loops ask of a diffusion model.
+pub trait Prior {
+    /// Shape of one sample x the model denoises: [C, h, w] (latents or pixels).
+    fn sample_shape(&self) -> [usize; 3];
+    /// Resolution of the images it makes (equal to h, w for pixel priors).
+    fn image_size(&self) -> [usize; 2];
+    fn scheduler_config(&self) -> &SchedulerConfig;
+    /// Text embeddings [B, L, D] of prompts.
+    fn embed(&self, gpu: &Gpu, prompts: &[&str]) -> Result<Tensor>;
+    /// The model output (in its parameterisation: ε or v) for x_t [B, C, h, w]
+    /// at timestep t, guided: `out_∅ + s·(out_y − out_∅)` when `uncond` is given.
+    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor>;
+    /// Samples to images [B, 3, H, W] in [-1, 1] (VAE decode for latent priors).
+    fn to_image(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor>;
+    /// Storage type of its activations.
+    fn dtype(&self) -> DType;
+}
+
+/// A diffusers text-to-image pipeline folder: tokenizer, CLIP text encoder,
+/// UNet, scheduler, and a VAE unless it is a pixel-space model.
+pub struct StableDiffusion {
+    pub dir: PathBuf,
+    pub tokenizer: PromptTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet,
+    pub vae: Option<Vae>,
+    pub scheduler: SchedulerConfig,
+    dtype: DType,
+}
+
+impl StableDiffusion {
+    pub fn load(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<StableDiffusion> {
+        for part in ["unet", "text_encoder", "tokenizer", "scheduler"] {
+            if !dir.join(part).is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{} is not a diffusers pipeline folder: it has no {part}/ (expected model_index.json, unet/, text_encoder/, tokenizer/, scheduler/ and, for latent models, vae/)",
+                    dir.display()
+                )));
+            }
+        }
+        let tokenizer = PromptTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let text_encoder = ClipTextModel::load(gpu, &dir.join("text_encoder"), dtype)?;
+        let unet = UNet::load(gpu, &dir.join("unet"), dtype)?;
+        let vae = if dir.join("vae").join("config.json").is_file() { Some(Vae::load(gpu, &dir.join("vae"), dtype)?) } else { None };
+        let scheduler = SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
+        let ctx = unet.config.cross_attention_dim.expand(1, "cross_attention_dim")?[0];
+        if ctx != text_encoder.hidden_size() {
+            return Err(Error::Invalid(format!(
+                "{}: the UNet's cross_attention_dim {ctx} differs from the text encoder's hidden_size {}",
+                dir.display(),
+                text_encoder.hidden_size()
+            )));
+        }
+        if let Some(v) = &vae {
+            if v.config.latent_channels != unet.config.in_channels {
+                return Err(Error::Invalid(format!(
+                    "{}: the VAE has {} latent channels, the UNet takes {}",
+                    dir.display(),
+                    v.config.latent_channels,
+                    unet.config.in_channels
+                )));
+            }
+        }
+        Ok(StableDiffusion { dir: dir.to_path_buf(), tokenizer, text_encoder, unet, vae, scheduler, dtype })
+    }
+
+    fn sample_size(&self) -> usize {
+        match (self.unet.config.sample_size, &self.vae) {
+            (Some(s), _) => s,
+            (None, Some(v)) => v.config.sample_size.unwrap_or(512) / v.downscale(),
+            (None, None) => 64,
+        }
+    }
+}
+
+impl Prior for StableDiffusion {
+    fn sample_shape(&self) -> [usize; 3] {
+        let s = self.sample_size();
+        [self.unet.config.in_channels, s, s]
+    }
+    fn image_size(&self) -> [usize; 2] {
+        let f = self.vae.as_ref().map_or(1, |v| v.downscale());
+        let s = self.sample_size() * f;
+        [s, s]
+    }
+    fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn embed(&self, gpu: &Gpu, prompts: &[&str]) -> Result<Tensor> {
+        let ids: Vec<u32> = self.tokenizer.encode_batch(prompts)?.concat();
+        let ids = gpu.upload_u32(&ids, &[prompts.len(), self.tokenizer.max_length()])?;
+        self.text_encoder.forward(gpu, &ids)
+    }
+
+    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
+        let b = x_t.dim(0);
+        match uncond {
+            None => {
+                let ts = gpu.upload(&vec![t; b], &[b], DType::F32)?;
+                self.unet.forward(gpu, x_t, &ts, cond)
+            }
+            Some(u) => {
+                // One UNet call on [uncond; cond], as diffusers batches it.
+                let x2 = concat::concat(gpu, &[x_t, x_t], 0)?;
+                let ctx = concat::concat(gpu, &[u, cond], 0)?;
+                let ts = gpu.upload(&vec![t; 2 * b], &[2 * b], DType::F32)?;
+                dops::guidance(gpu, &self.unet.forward(gpu, &x2, &ts, &ctx)?, cfg)
+            }
+        }
+    }
+
+    fn to_image(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        match &self.vae {
+            Some(v) => v.decode(gpu, &ew::scale(gpu, x, (1.0 / v.scaling_factor()) as f32)?),
+            None => Ok(x.clone()),
+        }
+    }
+}

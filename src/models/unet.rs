@@ -1,0 +1,346 @@
+//! diffusers' UNet2DConditionModel (SD 1.x / 2.x and smaller configs):
+//! timestep embedding, down blocks (ResNet + optional cross-attention
+//! transformer + downsample), the cross-attention mid block, up blocks with
+//! skip connections, output head. Names mirror the diffusers safetensors keys.
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::config::UNetConfig;
+use crate::models::nn::{Conv2d, GroupNorm, LayerNorm, Linear, Loader, attention, nchw_to_tokens, tokens_to_nchw};
+use crate::models::weights::{Variant, Weights};
+use crate::ops::concat::concat;
+use crate::ops::elementwise::{self as ew};
+use crate::ops::embedding::timestep_embedding;
+use crate::ops::resample::upsample_nearest2x;
+
+/// ResnetBlock2D: GroupNorm-SiLU-conv, + time embedding, GroupNorm-SiLU-conv, + shortcut.
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    /// `temb` = width of the time embedding (None in the VAE).
+    pub fn load(l: &Loader, p: &str, cin: usize, cout: usize, temb: Option<usize>, groups: usize, eps: f64) -> Result<ResnetBlock> {
+        Ok(ResnetBlock {
+            norm1: GroupNorm::load(l, &format!("{p}.norm1"), cin, groups, eps)?,
+            conv1: Conv2d::load(l, &format!("{p}.conv1"), cin, cout, 3, 1, 1)?,
+            time_emb_proj: match temb {
+                Some(t) => Some(Linear::load(l, &format!("{p}.time_emb_proj"), t, cout, true)?),
+                None => None,
+            },
+            norm2: GroupNorm::load(l, &format!("{p}.norm2"), cout, groups, eps)?,
+            conv2: Conv2d::load(l, &format!("{p}.conv2"), cout, cout, 3, 1, 1)?,
+            shortcut: if cin != cout { Some(Conv2d::load(l, &format!("{p}.conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
+        })
+    }
+
+    /// `temb_silu` is SiLU(time embedding) [B, T], shared by every block.
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_silu: Option<&Tensor>) -> Result<Tensor> {
+        let mut h = self.conv1.forward(gpu, &self.norm1.forward(gpu, x, true)?)?;
+        if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
+            let t = proj.forward(gpu, t)?; // [B, C]
+            let t = t.reshape(&[t.dim(0), t.dim(1), 1, 1])?;
+            h = ew::add(gpu, &h, &t)?;
+        }
+        let h = self.conv2.forward(gpu, &self.norm2.forward(gpu, &h, true)?)?;
+        let skip = match &self.shortcut {
+            Some(c) => c.forward(gpu, x)?,
+            None => x.clone(),
+        };
+        ew::add(gpu, &skip, &h)
+    }
+}
+
+/// diffusers `Attention` as used in BasicTransformerBlock (no q/k/v bias).
+struct CrossAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl CrossAttention {
+    fn load(l: &Loader, p: &str, dim: usize, ctx: usize, heads: usize) -> Result<CrossAttention> {
+        Ok(CrossAttention {
+            q: Linear::load(l, &format!("{p}.to_q"), dim, dim, false)?,
+            k: Linear::load(l, &format!("{p}.to_k"), ctx, dim, false)?,
+            v: Linear::load(l, &format!("{p}.to_v"), ctx, dim, false)?,
+            out: Linear::load(l, &format!("{p}.to_out.0"), dim, dim, true)?,
+            heads,
+        })
+    }
+    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = (self.q.forward(gpu, x)?, self.k.forward(gpu, ctx)?, self.v.forward(gpu, ctx)?);
+        self.out.forward(gpu, &attention(gpu, &q, &k, &v, self.heads, false)?)
+    }
+}
+
+/// BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward.
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: CrossAttention,
+    norm2: LayerNorm,
+    attn2: CrossAttention,
+    norm3: LayerNorm,
+    ff_in: Linear,
+    ff_out: Linear,
+}
+
+impl TransformerBlock {
+    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let n = self.norm1.forward(gpu, x)?;
+        let x = ew::add(gpu, x, &self.attn1.forward(gpu, &n, &n)?)?;
+        let n = self.norm2.forward(gpu, &x)?;
+        let x = ew::add(gpu, &x, &self.attn2.forward(gpu, &n, ctx)?)?;
+        let n = self.norm3.forward(gpu, &x)?;
+        let f = self.ff_out.forward(gpu, &ew::geglu(gpu, &self.ff_in.forward(gpu, &n)?)?)?;
+        ew::add(gpu, &x, &f)
+    }
+}
+
+/// Transformer2DModel: GroupNorm, proj_in (1×1 conv or linear), blocks, proj_out, + input.
+struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Proj,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Proj,
+}
+
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl SpatialTransformer {
+    #[allow(clippy::too_many_arguments)]
+    fn load(l: &Loader, p: &str, ch: usize, heads: usize, ctx: usize, layers: usize, groups: usize, linear: bool) -> Result<SpatialTransformer> {
+        let proj = |name: &str| -> Result<Proj> {
+            let name = format!("{p}.{name}");
+            Ok(if linear { Proj::Linear(Linear::load(l, &name, ch, ch, true)?) } else { Proj::Conv(Conv2d::load(l, &name, ch, ch, 1, 1, 0)?) })
+        };
+        let blocks = (0..layers)
+            .map(|i| {
+                let b = format!("{p}.transformer_blocks.{i}");
+                Ok(TransformerBlock {
+                    norm1: LayerNorm::load(l, &format!("{b}.norm1"), ch, 1e-5)?,
+                    attn1: CrossAttention::load(l, &format!("{b}.attn1"), ch, ch, heads)?,
+                    norm2: LayerNorm::load(l, &format!("{b}.norm2"), ch, 1e-5)?,
+                    attn2: CrossAttention::load(l, &format!("{b}.attn2"), ch, ctx, heads)?,
+                    norm3: LayerNorm::load(l, &format!("{b}.norm3"), ch, 1e-5)?,
+                    ff_in: Linear::load(l, &format!("{b}.ff.net.0.proj"), ch, ch * 8, true)?,
+                    ff_out: Linear::load(l, &format!("{b}.ff.net.2"), ch * 4, ch, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SpatialTransformer {
+            norm: GroupNorm::load(l, &format!("{p}.norm"), ch, groups, 1e-6)?,
+            proj_in: proj("proj_in")?,
+            blocks,
+            proj_out: proj("proj_out")?,
+        })
+    }
+
+    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let (h, w) = (x.dim(2), x.dim(3));
+        let n = self.norm.forward(gpu, x, false)?;
+        let mut t = match &self.proj_in {
+            Proj::Conv(c) => nchw_to_tokens(gpu, &c.forward(gpu, &n)?)?,
+            Proj::Linear(li) => li.forward(gpu, &nchw_to_tokens(gpu, &n)?)?,
+        };
+        for b in &self.blocks {
+            t = b.forward(gpu, &t, ctx)?;
+        }
+        let out = match &self.proj_out {
+            Proj::Conv(c) => c.forward(gpu, &tokens_to_nchw(gpu, &t, h, w)?)?,
+            Proj::Linear(li) => tokens_to_nchw(gpu, &li.forward(gpu, &t)?, h, w)?,
+        };
+        ew::add(gpu, &out, x)
+    }
+}
+
+/// One level of the down or up path.
+struct Level {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<SpatialTransformer>,
+    /// Downsample (stride-2 conv) or upsample (nearest ×2 then conv).
+    resample: Option<Conv2d>,
+}
+
+pub struct UNet {
+    pub config: UNetConfig,
+    dtype: DType,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    conv_in: Conv2d,
+    down: Vec<Level>,
+    mid_resnets: [ResnetBlock; 2],
+    mid_attention: SpatialTransformer,
+    up: Vec<Level>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+/// The component folder: `DIR/unet` of a pipeline, or DIR itself.
+pub fn component_dir(dir: &Path) -> std::path::PathBuf {
+    let sub = dir.join("unet");
+    if sub.join("config.json").is_file() { sub } else { dir.to_path_buf() }
+}
+
+impl UNet {
+    pub fn load(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<UNet> {
+        let dir = component_dir(dir);
+        let c = UNetConfig::load(&dir.join("config.json"))?;
+        let weights = Weights::open(&dir, if dtype == DType::F16 { Variant::Fp16 } else { Variant::Full })?;
+        let l = Loader { gpu, weights: &weights, dtype };
+        let n = c.block_out_channels.len();
+        let ch = &c.block_out_channels;
+        let heads = c.heads()?;
+        let layers = c.layers_per_block.expand(n, "layers_per_block")?;
+        let ctx = c.cross_attention_dim.expand(n, "cross_attention_dim")?;
+        let tlayers = c.transformer_layers_per_block.expand(n, "transformer_layers_per_block")?;
+        let (g, eps) = (c.norm_num_groups, c.norm_eps);
+        let temb = c.time_embedding_dim.unwrap_or(ch[0] * 4);
+        let transformer = |p: &str, chn: usize, i: usize| {
+            SpatialTransformer::load(&l, p, chn, heads[i], ctx[i], tlayers[i], g, c.use_linear_projection)
+        };
+        let kin = c.conv_in_kernel;
+        let conv_in = Conv2d::load(&l, "conv_in", c.in_channels, ch[0], kin, 1, (kin - 1) / 2)?;
+
+        let mut down = Vec::new();
+        let mut prev = ch[0];
+        for i in 0..n {
+            let cross = c.down_block_types[i] == "CrossAttnDownBlock2D";
+            let mut lv = Level { resnets: vec![], attentions: vec![], resample: None };
+            for j in 0..layers[i] {
+                let cin = if j == 0 { prev } else { ch[i] };
+                lv.resnets.push(ResnetBlock::load(&l, &format!("down_blocks.{i}.resnets.{j}"), cin, ch[i], Some(temb), g, eps)?);
+                if cross {
+                    lv.attentions.push(transformer(&format!("down_blocks.{i}.attentions.{j}"), ch[i], i)?);
+                }
+            }
+            if i + 1 < n {
+                lv.resample = Some(Conv2d::load(&l, &format!("down_blocks.{i}.downsamplers.0.conv"), ch[i], ch[i], 3, 2, c.downsample_padding)?);
+            }
+            prev = ch[i];
+            down.push(lv);
+        }
+
+        let last = ch[n - 1];
+        let mid_resnets = [
+            ResnetBlock::load(&l, "mid_block.resnets.0", last, last, Some(temb), g, eps)?,
+            ResnetBlock::load(&l, "mid_block.resnets.1", last, last, Some(temb), g, eps)?,
+        ];
+        let mid_attention = transformer("mid_block.attentions.0", last, n - 1)?;
+
+        let mut up = Vec::new();
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut prev_out = rev[0];
+        for i in 0..n {
+            let out = rev[i];
+            let input = rev[(i + 1).min(n - 1)];
+            let bi = n - 1 - i; // the matching down level, for per-block settings
+            let cross = c.up_block_types[i] == "CrossAttnUpBlock2D";
+            let nl = layers[bi] + 1;
+            let mut lv = Level { resnets: vec![], attentions: vec![], resample: None };
+            for j in 0..nl {
+                let skip = if j == nl - 1 { input } else { out };
+                let cin = if j == 0 { prev_out } else { out };
+                lv.resnets.push(ResnetBlock::load(&l, &format!("up_blocks.{i}.resnets.{j}"), cin + skip, out, Some(temb), g, eps)?);
+                if cross {
+                    lv.attentions.push(transformer(&format!("up_blocks.{i}.attentions.{j}"), out, bi)?);
+                }
+            }
+            if i + 1 < n {
+                lv.resample = Some(Conv2d::load(&l, &format!("up_blocks.{i}.upsamplers.0.conv"), out, out, 3, 1, 1)?);
+            }
+            prev_out = out;
+            up.push(lv);
+        }
+        let kout = c.conv_out_kernel;
+        Ok(UNet {
+            time_linear_1: Linear::load(&l, "time_embedding.linear_1", ch[0], temb, true)?,
+            time_linear_2: Linear::load(&l, "time_embedding.linear_2", temb, temb, true)?,
+            conv_in,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            norm_out: GroupNorm::load(&l, "conv_norm_out", ch[0], g, eps)?,
+            conv_out: Conv2d::load(&l, "conv_out", ch[0], c.out_channels, kout, 1, (kout - 1) / 2)?,
+            config: c,
+            dtype,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn in_channels(&self) -> usize {
+        self.config.in_channels
+    }
+
+    /// ε̂ (or v, per the scheduler) for sample [B, C, H, W], timesteps [B] (f32),
+    /// encoder_hidden_states [B, L, D].
+    pub fn forward(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let n = c.block_out_channels.len();
+        let down_factor = 1usize << (n - 1);
+        if sample.rank() != 4 || sample.dim(1) != c.in_channels {
+            return Err(Error::shape("unet", format!("sample must be [B, {}, H, W], got {:?}", c.in_channels, sample.shape())));
+        }
+        if sample.dim(2) % down_factor != 0 || sample.dim(3) % down_factor != 0 {
+            return Err(Error::shape("unet", format!("sample height and width must be multiples of {down_factor}, got {:?}", sample.shape())));
+        }
+        let b = sample.dim(0);
+        if timesteps.shape() != [b] || ctx.rank() != 3 || ctx.dim(0) != b {
+            return Err(Error::shape(
+                "unet",
+                format!("timestep must be [{b}] and encoder_hidden_states [{b}, L, D]; got {:?} and {:?}", timesteps.shape(), ctx.shape()),
+            ));
+        }
+        let t = timestep_embedding(gpu, timesteps, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift as f32, 1.0, 10000.0)?;
+        let t = gpu.to_dtype(&t, self.dtype)?;
+        let temb = self.time_linear_2.forward(gpu, &ew::silu(gpu, &self.time_linear_1.forward(gpu, &t)?)?)?;
+        let temb = ew::silu(gpu, &temb)?;
+        let temb = Some(&temb);
+
+        let mut h = self.conv_in.forward(gpu, sample)?;
+        let mut skips = vec![h.clone()];
+        for lv in &self.down {
+            for (j, r) in lv.resnets.iter().enumerate() {
+                h = r.forward(gpu, &h, temb)?;
+                if let Some(a) = lv.attentions.get(j) {
+                    h = a.forward(gpu, &h, ctx)?;
+                }
+                skips.push(h.clone());
+            }
+            if let Some(d) = &lv.resample {
+                h = d.forward(gpu, &h)?;
+                skips.push(h.clone());
+            }
+        }
+        h = self.mid_resnets[0].forward(gpu, &h, temb)?;
+        h = self.mid_attention.forward(gpu, &h, ctx)?;
+        h = self.mid_resnets[1].forward(gpu, &h, temb)?;
+        for lv in &self.up {
+            for (j, r) in lv.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| Error::Invalid("unet: skip connections ran out".into()))?;
+                h = r.forward(gpu, &concat(gpu, &[&h, &skip], 1)?, temb)?;
+                if let Some(a) = lv.attentions.get(j) {
+                    h = a.forward(gpu, &h, ctx)?;
+                }
+            }
+            if let Some(u) = &lv.resample {
+                h = u.forward(gpu, &upsample_nearest2x(gpu, &h)?)?;
+            }
+        }
+        self.conv_out.forward(gpu, &self.norm_out.forward(gpu, &h, true)?)
+    }
+}

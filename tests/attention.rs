@@ -1,0 +1,207 @@
+//! Fused attention against a plain CPU softmax(q·kᵀ)·v, on awkward sequence
+//! lengths (not multiples of the 64-query / BK-key tiles), 1..8 heads, the
+//! supported head dims, causal on and off, f32 and f16, features on and off.
+mod common;
+use common::*;
+use fsd3d::gpu::{DType, Gpu, Tensor};
+use fsd3d::ops::attention::{self, AttentionOpts, AttentionVariant, SUPPORTED_HEAD_DIMS};
+
+/// One attention problem.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    batch: usize,
+    lq: usize,
+    lk: usize,
+    heads: usize,
+    d: usize,
+    causal: bool,
+}
+
+/// softmax(scale · q kᵀ) v per batch and head, f64 accumulation; key j is
+/// visible to query i under the causal mask when j <= i.
+fn reference(c: &Case, scale: f64, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    let hd = c.heads * c.d;
+    let mut out = vec![0.0f32; c.batch * c.lq * hd];
+    let mut scores = vec![0.0f64; c.lk];
+    for b in 0..c.batch {
+        for h in 0..c.heads {
+            for i in 0..c.lq {
+                let visible = if c.causal { (i + 1).min(c.lk) } else { c.lk };
+                let qrow = &q[(b * c.lq + i) * hd + h * c.d..][..c.d];
+                for (j, s) in scores[..visible].iter_mut().enumerate() {
+                    let krow = &k[(b * c.lk + j) * hd + h * c.d..][..c.d];
+                    *s = scale * qrow.iter().zip(krow).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+                }
+                let max = scores[..visible].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores[..visible].iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = weights.iter().sum();
+                for e in 0..c.d {
+                    let acc: f64 = (0..visible).map(|j| weights[j] * v[(b * c.lk + j) * hd + h * c.d + e] as f64).sum();
+                    out[(b * c.lq + i) * hd + h * c.d + e] = (acc / sum) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Uploads random q, k, v (values in ±amp), runs the kernel, returns (got, want).
+fn run_case(gpu: &Gpu, dt: DType, variant: AttentionVariant, c: &Case, seed: u64, amp: f32, scale: Option<f32>) -> (Vec<f32>, Vec<f32>) {
+    let hd = c.heads * c.d;
+    let q = quantize(&rand_vec(seed, c.batch * c.lq * hd, -amp, amp), dt);
+    let k = quantize(&rand_vec(seed + 1, c.batch * c.lk * hd, -amp, amp), dt);
+    let v = quantize(&rand_vec(seed + 2, c.batch * c.lk * hd, -1.0, 1.0), dt);
+    let qt = gpu.upload(&q, &[c.batch, c.lq, hd], dt).unwrap();
+    let kt = gpu.upload(&k, &[c.batch, c.lk, hd], dt).unwrap();
+    let vt = gpu.upload(&v, &[c.batch, c.lk, hd], dt).unwrap();
+    let opts = AttentionOpts { heads: c.heads, scale, causal: c.causal, variant: Some(variant) };
+    let y = attention::attention(gpu, &qt, &kt, &vt, &opts).unwrap();
+    assert_eq!(y.shape(), &[c.batch, c.lq, hd]);
+    assert_eq!(y.dtype(), dt);
+    let want = reference(c, scale.map_or(1.0 / (c.d as f64).sqrt(), |s| s as f64), &q, &k, &v);
+    (gpu.download(&y).unwrap(), quantize(&want, dt))
+}
+
+/// f32: the outputs are convex combinations of v (|v| <= 1) with weights from
+/// short dot products: a few ulp. f16: the output itself is rounded to f16.
+fn attention_tol(dt: DType) -> f32 {
+    match dt {
+        DType::F16 => tol(DType::F16),
+        _ => 1e-5,
+    }
+}
+
+#[test]
+fn matches_reference_on_awkward_sizes() {
+    let cases = [
+        Case { batch: 1, lq: 1, lk: 1, heads: 1, d: 8, causal: false },
+        Case { batch: 2, lq: 7, lk: 33, heads: 3, d: 16, causal: false },
+        Case { batch: 1, lq: 33, lk: 33, heads: 2, d: 40, causal: true },
+        Case { batch: 1, lq: 77, lk: 77, heads: 1, d: 64, causal: true }, // CLIP's text encoder
+        Case { batch: 2, lq: 130, lk: 77, heads: 2, d: 40, causal: false }, // SD cross-attention
+        Case { batch: 1, lq: 130, lk: 7, heads: 8, d: 8, causal: false },
+        Case { batch: 1, lq: 7, lk: 130, heads: 1, d: 80, causal: false },
+        Case { batch: 1, lq: 33, lk: 130, heads: 1, d: 160, causal: true }, // Lq < Lk, causal
+        Case { batch: 1, lq: 130, lk: 33, heads: 2, d: 24, causal: true }, // Lq > Lk, causal
+    ];
+    for (gpu, dt) in configs() {
+        for variant in AttentionVariant::ALL {
+            for (n, c) in cases.iter().enumerate() {
+                let (got, want) = run_case(&gpu, dt, variant, c, 100 + n as u64, 1.0, None);
+                assert_close(&format!("{variant} {c:?} {}", label(&gpu, dt)), &got, &want, attention_tol(dt));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_head_dim_variant_runs() {
+    // Each compiled head dim once, f32, on both devices (one head, short sequences).
+    for gpu in gpus() {
+        for (n, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
+            let c = Case { batch: 1, lq: 9, lk: 35, heads: 2, d, causal: n % 2 == 0 };
+            for variant in AttentionVariant::ALL {
+                let (got, want) = run_case(&gpu, DType::F32, variant, &c, 300 + n as u64, 1.0, None);
+                assert_close(&format!("{variant} {c:?} {}", label(&gpu, DType::F32)), &got, &want, attention_tol(DType::F32));
+            }
+        }
+    }
+}
+
+#[test]
+fn long_sequence_with_large_score_range() {
+    // 1000 keys and scores spanning about ±50: the running max changes many
+    // times and exp of unshifted scores would overflow f32.
+    let c = Case { batch: 1, lq: 33, lk: 1000, heads: 2, d: 40, causal: false };
+    let scale = 12.0;
+    let amp = 1.0;
+    for (gpu, dt) in configs() {
+        for variant in AttentionVariant::ALL {
+            let (got, want) = run_case(&gpu, dt, variant, &c, 7, amp, Some(scale));
+            // Scores of ±50 carry an absolute rounding of ~50·2⁻²⁴ per operation:
+            // f32 results are good to a few 1e-6 of the output scale.
+            let rtol = if dt == DType::F16 { tol(DType::F16) } else { 5e-5 };
+            assert_close(&format!("{variant} Lk=1000 scale {scale} {}", label(&gpu, dt)), &got, &want, rtol);
+        }
+    }
+    // The inputs do reach the intended range.
+    let hd = c.heads * c.d;
+    let q = rand_vec(7, c.lq * hd, -amp, amp);
+    let k = rand_vec(8, c.lk * hd, -amp, amp);
+    let max_score = (0..c.lk)
+        .map(|j| scale * (0..c.d).map(|e| q[e] * k[j * hd + e]).sum::<f32>())
+        .fold(0.0f32, |m, s| m.max(s.abs()));
+    assert!(max_score > 40.0, "scores reach only ±{max_score}");
+}
+
+#[test]
+fn causal_first_query_copies_the_first_value() {
+    // Under the causal mask query 0 sees key 0 alone: out[0] = v[0] exactly.
+    let gpu = gpu();
+    let c = Case { batch: 1, lq: 5, lk: 5, heads: 2, d: 16, causal: true };
+    let v = rand_vec(13, c.lk * 32, -1.0, 1.0);
+    for variant in AttentionVariant::ALL {
+        let (got, _) = run_case(&gpu, DType::F32, variant, &c, 11, 1.0, None);
+        assert_eq!(&got[..32], &v[..32], "{variant}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let gpu = gpu();
+    let t = |shape: &[usize]| gpu.upload(&vec![0.0; shape.iter().product()], shape, DType::F32).unwrap();
+    let q = t(&[1, 4, 24]);
+    let kv = t(&[1, 6, 24]);
+    let run = |q: &Tensor, k: &Tensor, v: &Tensor, heads: usize| attention::attention(&gpu, q, k, v, &AttentionOpts::new(heads)).unwrap_err().to_string();
+
+    let err = run(&q, &kv, &kv, 2); // D = 12
+    assert!(err.contains("head dim 12") && err.contains("supported head dims"), "{err}");
+    let err = run(&q, &kv, &kv, 5);
+    assert!(err.contains("does not split into 5 heads"), "{err}");
+    let err = run(&q, &kv, &t(&[1, 7, 24]), 3);
+    assert!(err.contains("same shape"), "{err}");
+    let err = run(&q, &t(&[2, 6, 24]), &t(&[2, 6, 24]), 3);
+    assert!(err.contains("batch"), "{err}");
+    let err = run(&t(&[4, 24]), &kv, &kv, 3);
+    assert!(err.contains("[B, L, H·D]"), "{err}");
+    let err = run(&q, &t(&[1, 0, 24]), &t(&[1, 0, 24]), 3);
+    assert!(err.contains("Lk = 0"), "{err}");
+    let ids = gpu.upload_u32(&[0; 24], &[1, 1, 24]).unwrap();
+    let err = run(&ids, &kv, &kv, 3);
+    assert!(err.contains("float"), "{err}");
+}
+
+#[test]
+fn variant_names_round_trip() {
+    for v in AttentionVariant::ALL {
+        assert_eq!(AttentionVariant::parse(v.name()).unwrap(), v);
+    }
+    let err = AttentionVariant::parse("nope").unwrap_err().to_string();
+    assert!(err.contains("fused"), "{err}");
+}
+
+#[test]
+#[ignore]
+fn perf_probe() {
+    // TEMPORARY: ATT_SHAPE="b,lq,lk,h,d" cargo test --test attention perf_probe -- --ignored --nocapture
+    let s: Vec<usize> = std::env::var("ATT_SHAPE").unwrap_or("2,1024,1024,8,40".into()).split(',').map(|x| x.parse().unwrap()).collect();
+    let (b, lq, lk, h, d) = (s[0], s[1], s[2], s[3], s[4]);
+    let gpu = fsd3d::gpu::Gpu::from_env().unwrap();
+    let hd = h * d;
+    let q = gpu.upload(&rand_vec(1, b * lq * hd, -1.0, 1.0), &[b, lq, hd], DType::F32).unwrap();
+    let k = gpu.upload(&rand_vec(2, b * lk * hd, -1.0, 1.0), &[b, lk, hd], DType::F32).unwrap();
+    let v = gpu.upload(&rand_vec(3, b * lk * hd, -1.0, 1.0), &[b, lk, hd], DType::F32).unwrap();
+    let mut opts = AttentionOpts::new(h);
+    opts.variant = std::env::var("ATT_VARIANT").ok().map(|v| AttentionVariant::parse(&v).unwrap());
+    let t = std::time::Instant::now();
+    attention::attention(&gpu, &q, &k, &v, &opts).unwrap();
+    gpu.sync().unwrap();
+    eprintln!("first call (compile) {:.2} s", t.elapsed().as_secs_f64());
+    for _ in 0..std::env::var("ATT_ITERS").map_or(3, |s| s.parse().unwrap()) {
+        let t = std::time::Instant::now();
+        attention::attention(&gpu, &q, &k, &v, &opts).unwrap();
+        gpu.sync().unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        eprintln!("{:?} {:?} {ms:.1} ms {:.2} GFLOP/s", opts.variant, gpu.features().names(), 4.0 * (b * h * lq * lk * d) as f64 / ms / 1e6);
+    }
+}

@@ -1,0 +1,71 @@
+//! Sampler kernels against their CPU references: guidance, the DDIM update
+//! (every parameterisation, with and without clipping), keyed Gaussian noise.
+mod common;
+use common::*;
+use fsd3d::ops::diffusion::{self as dops, DdimCoefficients, NoiseKey, NoisePurpose, Prediction};
+
+#[test]
+fn guidance_matches_reference() {
+    for (gpu, dt) in configs() {
+        for &(b, n) in &[(1usize, 7usize), (2, 33), (3, 255)] {
+            let e = quantize(&rand_vec(b as u64 * 7 + n as u64, 2 * b * n, -2.0, 2.0), dt);
+            let y = dops::guidance(&gpu, &gpu.upload(&e, &[2 * b, n], dt).unwrap(), 7.5).unwrap();
+            assert_eq!(y.shape(), &[b, n]);
+            let want: Vec<f32> = (0..b * n).map(|i| e[i] + 7.5 * (e[i + b * n] - e[i])).collect();
+            assert_close(&format!("guidance {b}x{n} {}", label(&gpu, dt)), &gpu.download(&y).unwrap(), &quantize(&want, dt), tol(dt) * 10.0);
+        }
+    }
+}
+
+#[test]
+fn ddim_step_matches_reference() {
+    for (gpu, dt) in configs() {
+        let x = quantize(&rand_vec(1, 301, -3.0, 3.0), dt);
+        let m = quantize(&rand_vec(2, 301, -3.0, 3.0), dt);
+        let (xt, mt) = (gpu.upload(&x, &[301], dt).unwrap(), gpu.upload(&m, &[301], dt).unwrap());
+        for prediction in [Prediction::Epsilon, Prediction::VPrediction, Prediction::Sample] {
+            for clip in [None, Some(1.0)] {
+                let c = DdimCoefficients { alpha_bar_t: 0.3, alpha_bar_prev: 0.7, prediction, clip };
+                let got = gpu.download(&dops::ddim_step(&gpu, &xt, &mt, &c).unwrap()).unwrap();
+                let want: Vec<f32> = x.iter().zip(&m).map(|(&a, &b)| c.step(a as f64, b as f64) as f32).collect();
+                assert_close(&format!("ddim {prediction:?} clip {clip:?} {}", label(&gpu, dt)), &got, &quantize(&want, dt), tol(dt) * 5.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn noise_is_a_pure_function_of_its_key() {
+    let gpu = gpu();
+    let key = NoiseKey { seed: 0x1234_5678_9abc, step: 3, purpose: NoisePurpose::InitialLatents };
+    for n in [1usize, 7, 1001] {
+        let g = gpu.download(&dops::randn(&gpu, &[n], fsd3d::gpu::DType::F32, key).unwrap()).unwrap();
+        assert_close(&format!("randn n={n}"), &g, &dops::randn_cpu(n, key), 1e-4);
+    }
+    let a = dops::randn_cpu(64, key);
+    for other in [
+        NoiseKey { seed: key.seed + 1, ..key },
+        NoiseKey { step: 4, ..key },
+        NoiseKey { purpose: NoisePurpose::WorldMap, ..key },
+    ] {
+        let b = dops::randn_cpu(64, other);
+        assert!(a.iter().zip(&b).filter(|(x, y)| x == y).count() < 2, "{other:?} repeats the stream of {key:?}");
+    }
+}
+
+#[test]
+fn noise_is_standard_normal() {
+    let n = 200_000;
+    let v = dops::randn_cpu(n, NoiseKey { seed: 7, step: 0, purpose: NoisePurpose::Fresh });
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    // Sampling error of the mean is 1/sqrt(n) ≈ 0.0022, of the variance √(2/n) ≈ 0.0032.
+    assert!(mean.abs() < 0.01, "mean {mean}");
+    assert!((var - 1.0).abs() < 0.015, "variance {var}");
+    // Tail mass beyond 3σ should be about 0.27 %.
+    let tail = v.iter().filter(|x| x.abs() > 3.0).count() as f64 / n as f64;
+    assert!((tail - 0.0027).abs() < 0.001, "tail {tail}");
+    // Neighbouring elements are uncorrelated.
+    let corr = v.windows(2).map(|w| (w[0] * w[1]) as f64).sum::<f64>() / (n - 1) as f64;
+    assert!(corr.abs() < 0.01, "lag-1 correlation {corr}");
+}

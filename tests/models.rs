@@ -1,0 +1,87 @@
+//! The Stable Diffusion forward pass against diffusers / transformers on tiny
+//! random-weight models (fixtures by tools/golden/make_model_fixtures.py):
+//! f32 within 1e-3 of the output's scale, f16 within 2e-2.
+mod common;
+use std::path::Path;
+
+use fsd3d::gpu::DType;
+use fsd3d::models::forward::{read_tensors, run};
+
+fn check(case: &str, module: &str, dtype: DType) {
+    let dir = Path::new("tests/fixtures/models").join(case);
+    let mut inputs = read_tensors(&dir.join(format!("inputs_{module}.safetensors"))).unwrap();
+    inputs.remove("mean_grad"); // the encoder backward pass is checked elsewhere
+    let want = read_tensors(&dir.join(format!("outputs_{module}.safetensors"))).unwrap();
+    for gpu in common::gpus() {
+        if dtype == DType::F16 && !gpu.features().f16 {
+            continue;
+        }
+        let got = run(&gpu, &dir, module, &inputs, dtype).unwrap_or_else(|e| panic!("{case}/{module}: {e}"));
+        for (name, w) in &want {
+            if name == "sample_grad" {
+                continue;
+            }
+            let g = &got[name];
+            assert_eq!(g.shape, w.shape, "{case}/{module}/{name} shape");
+            let rtol = if dtype == DType::F16 { 2e-2 } else { 1e-3 };
+            let scale = w.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = g.data.iter().zip(&w.data).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("{case}/{module}/{name} {dtype} [{}]: max abs err {err:.2e}, scale {scale:.3}", gpu.features().names().join(","));
+            assert!(err <= rtol * scale, "{case}/{module}/{name} {dtype}: max abs error {err} over {} (scale {scale})", rtol * scale);
+        }
+    }
+}
+
+#[test]
+fn clip_text_quick_gelu() {
+    check("clip_quick_gelu", "text-encoder", DType::F32);
+    check("clip_quick_gelu", "text-encoder", DType::F16);
+}
+
+#[test]
+fn clip_text_gelu() {
+    check("clip_gelu", "text-encoder", DType::F32);
+}
+
+#[test]
+fn unet_sd1_style() {
+    check("sd1_unet", "unet", DType::F32);
+    check("sd1_unet", "unet", DType::F16);
+}
+
+#[test]
+fn unet_sd2_style() {
+    check("sd2_unet", "unet", DType::F32);
+}
+
+#[test]
+fn vae_encode_and_decode() {
+    check("vae", "vae-encode", DType::F32);
+    check("vae", "vae-decode", DType::F32);
+    check("vae", "vae-decode", DType::F16);
+}
+
+#[test]
+fn pipeline_folder_components_load() {
+    // The same loaders find components inside a pipeline folder.
+    let gpu = common::gpu();
+    let dir = Path::new("tests/fixtures/models/pipeline");
+    fsd3d::models::unet::UNet::load(&gpu, dir, DType::F32).unwrap();
+    fsd3d::models::vae::Vae::load(&gpu, dir, DType::F32).unwrap();
+    fsd3d::models::clip_text::ClipTextModel::load(&gpu, dir, DType::F32).unwrap();
+}
+
+#[test]
+fn mismatched_config_is_a_clear_error() {
+    let gpu = common::gpu();
+    let dir = std::env::temp_dir().join(format!("fsd3d-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = Path::new("tests/fixtures/models/sd2_unet");
+    std::fs::copy(src.join("diffusion_pytorch_model.safetensors"), dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap().replace("\"cross_attention_dim\": 48", "\"cross_attention_dim\": 64");
+    assert!(cfg.contains("64"));
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let err = fsd3d::models::unet::UNet::load(&gpu, &dir, DType::F32).err().unwrap().to_string();
+    assert!(err.contains("does not match") || err.contains("config.json"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

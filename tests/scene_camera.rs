@@ -1,0 +1,154 @@
+//! Cameras: the z-up convention of the embedded prior's data generator,
+//! view matrices, per-pixel rays, threestudio's sampling distribution,
+//! reproducibility from the seed, and the evaluation orbit.
+mod common;
+use fsd3d::scene::camera::{self, Camera, CameraConfig, CameraSampler, RAY_FLOATS, RayBatch};
+use glam::{Vec3, Vec4};
+
+fn close(a: Vec3, b: Vec3, tol: f32) -> bool {
+    (a - b).length() <= tol
+}
+
+#[test]
+fn orbit_follows_the_prior_convention() {
+    // tools/tiny_shapes: azimuth 0 looks from +x, azimuth 90 from +y, z up.
+    let c = Camera::orbit(0.0, 0.0, 2.0, 60.0);
+    assert!(close(c.position, Vec3::new(2.0, 0.0, 0.0), 1e-6));
+    assert!(close(c.forward, -Vec3::X, 1e-6));
+    assert!(close(c.up, Vec3::Z, 1e-6));
+    let c = Camera::orbit(0.0, 90.0, 2.0, 60.0);
+    assert!(close(c.position, Vec3::new(0.0, 2.0, 0.0), 1e-6));
+    let c = Camera::orbit(30.0, 40.0, 1.7, 45.0);
+    assert!((c.position.z - 1.7 * 30f32.to_radians().sin()).abs() < 1e-6);
+    assert!((c.elevation - 30.0).abs() < 1e-4 && (c.azimuth - 40.0).abs() < 1e-4 && (c.distance - 1.7).abs() < 1e-6);
+}
+
+/// The prior's formula, written out from weights/tiny-shapes/fsd3d_prior.json.
+fn prior_ray(elev: f32, azim: f32, dist: f32, fovy: f32, res: u32, i: u32, j: u32) -> Vec3 {
+    let (e, a) = (elev.to_radians(), azim.to_radians());
+    let cam = dist * Vec3::new(e.cos() * a.cos(), e.cos() * a.sin(), e.sin());
+    let fwd = -cam / cam.length();
+    let right = fwd.cross(Vec3::Z).normalize();
+    let up = right.cross(fwd);
+    let s = (fovy.to_radians() / 2.0).tan();
+    let u = ((j as f32 + 0.5) / res as f32 * 2.0 - 1.0) * s;
+    let v = (1.0 - (i as f32 + 0.5) / res as f32 * 2.0) * s;
+    (fwd + u * right + v * up).normalize()
+}
+
+#[test]
+fn rays_match_the_prior_data_generator() {
+    for &(e, a, d, f) in &[(10.0f32, -30.0f32, 1.8f32, 42.0f32), (-5.0, 170.0, 2.0, 40.0), (44.0, 0.0, 1.7, 45.0)] {
+        let c = Camera::orbit(e, a, d, f);
+        let res = 32;
+        let rays = c.rays(res, res);
+        assert_eq!(rays.len(), (res * res) as usize * RAY_FLOATS);
+        for &(i, j) in &[(0u32, 0u32), (0, 31), (31, 0), (16, 16), (7, 23)] {
+            let r = &rays[((i * res + j) as usize) * RAY_FLOATS..][..RAY_FLOATS];
+            assert!(close(Vec3::new(r[0], r[1], r[2]), c.position, 1e-6));
+            let dir = Vec3::new(r[4], r[5], r[6]);
+            assert!(close(dir, prior_ray(e, a, d, f, res, i, j), 1e-5), "pixel ({i},{j}): {dir} vs {}", prior_ray(e, a, d, f, res, i, j));
+            assert!((dir.length() - 1.0).abs() < 1e-6);
+        }
+    }
+    // Top rows look up (+z seen from a level camera), left columns to the left.
+    let c = Camera::orbit(0.0, 0.0, 2.0, 60.0);
+    assert!(c.ray_direction(0, 8, 16, 16).z > 0.0);
+    assert!(c.ray_direction(8, 0, 16, 16).y < 0.0, "looking along −x with z up, the left is −y");
+    // Non-square: fovy is vertical; the corner ray's vertical angle is fovy/2 at the edge.
+    let d = c.ray_direction(0, 0, 64, 32);
+    assert!(d.y.abs() > d.z.abs(), "wider than tall");
+}
+
+#[test]
+fn view_matrix_puts_the_camera_at_the_origin_looking_down_minus_z() {
+    let c = Camera::look_at(Vec3::new(1.0, -1.5, 0.7), Vec3::new(0.1, 0.0, -0.1), Vec3::new(0.02, 0.0, 1.0), 50.0);
+    let v = c.view_matrix();
+    assert!(close((v * c.position.extend(1.0)).truncate(), Vec3::ZERO, 1e-5));
+    let f = v * c.forward.extend(0.0);
+    assert!(close(f.truncate(), -Vec3::Z, 1e-5));
+    assert!(close((v * c.up.extend(0.0)).truncate(), Vec3::Y, 1e-5));
+    assert!(close((c.c2w() * Vec4::new(0.0, 0.0, 0.0, 1.0)).truncate(), c.position, 1e-6));
+    // An orthonormal frame even with a tilted up hint.
+    assert!(c.right.dot(c.up).abs() < 1e-6 && c.right.dot(c.forward).abs() < 1e-6 && c.up.dot(c.forward).abs() < 1e-6);
+}
+
+#[test]
+fn sampling_is_reproducible_and_follows_the_config() {
+    let cfg = CameraConfig { batch_size: 4, ..Default::default() };
+    let s = CameraSampler::new(cfg.clone(), 7).unwrap();
+    assert_eq!(s.sample(3), s.sample(3), "same seed and step, same cameras");
+    assert_ne!(s.sample(3), s.sample(4));
+    assert_ne!(s.sample(3), CameraSampler::new(cfg.clone(), 8).unwrap().sample(3));
+    let mut uniform_deg_like = 0;
+    let steps = 400;
+    for step in 0..steps {
+        let cams = s.sample(step);
+        assert_eq!(cams.len(), 4);
+        for (b, c) in cams.iter().enumerate() {
+            assert!((-10.0..=45.0).contains(&c.elevation), "elevation {}", c.elevation);
+            // Batch-uniform azimuth: view b in the b-th quarter of (−180, 180).
+            let lo = -180.0 + 90.0 * b as f32;
+            assert!(c.azimuth >= lo - 1e-3 && c.azimuth <= lo + 90.0 + 1e-3, "view {b} azimuth {}", c.azimuth);
+            assert!((1.5..=2.0).contains(&c.distance));
+            assert!((40.0..=70.0).contains(&c.fovy));
+            // Position = orbit + uniform perturbation of at most 0.1 per axis.
+            let orbit = camera::orbit_position(c.elevation, c.azimuth, c.distance);
+            let off = c.position - orbit;
+            assert!(off.abs().max_element() <= 0.1 + 1e-5, "perturbation {off}");
+            let ld = c.light.length();
+            assert!((0.8 - 1e-5..=1.5 + 1e-5).contains(&ld), "light distance {ld}");
+        }
+        // The mean elevation tells the two strategies apart statistically:
+        // uniform in degrees has mean 17.5°, uniform on the sphere less.
+        if cams.iter().map(|c| c.elevation).sum::<f32>() / 4.0 > 15.0 {
+            uniform_deg_like += 1;
+        }
+    }
+    assert!(uniform_deg_like > 100 && uniform_deg_like < 300, "{uniform_deg_like} of {steps}");
+}
+
+#[test]
+fn light_follows_the_camera_on_average() {
+    let s = CameraSampler::new(CameraConfig::default(), 1).unwrap();
+    let mut dot = 0.0;
+    for step in 0..200 {
+        let c = s.sample(step)[0];
+        dot += c.light.normalize().dot(c.position.normalize());
+    }
+    assert!(dot / 200.0 > 0.5, "light direction = normalize(camera + N(0,1)): mostly towards the camera");
+}
+
+#[test]
+fn eval_cameras_circle_the_object() {
+    let cfg = CameraConfig::default();
+    let cams = camera::eval_cameras(&cfg, 8);
+    assert_eq!(cams.len(), 8);
+    for (i, c) in cams.iter().enumerate() {
+        assert!((c.azimuth - 45.0 * i as f32).abs() < 1e-4);
+        assert!((c.elevation - 15.0).abs() < 1e-4 && (c.distance - 1.5).abs() < 1e-5 && c.fovy == 70.0);
+        assert!(close(c.light, c.position, 1e-6));
+    }
+}
+
+#[test]
+fn bad_configs_are_errors() {
+    let bad = CameraConfig { elevation_range: [50.0, 10.0], ..Default::default() };
+    let e = CameraSampler::new(bad, 0).unwrap_err().to_string();
+    assert!(e.contains("elevation"), "{e}");
+    let bad = CameraConfig { fovy_range: [40.0, 190.0], ..Default::default() };
+    assert!(CameraSampler::new(bad, 0).is_err());
+}
+
+#[test]
+fn ray_batch_uploads_every_view() {
+    let gpu = common::gpu();
+    let cams = CameraSampler::new(CameraConfig { batch_size: 2, ..Default::default() }, 0).unwrap().sample(0);
+    let rb = RayBatch::new(&gpu, &cams, 5, 3).unwrap();
+    assert_eq!(rb.rays.shape(), &[30, RAY_FLOATS]);
+    assert_eq!(rb.views(), 2);
+    let host = gpu.download(&rb.rays).unwrap();
+    let want = cams[1].rays(5, 3);
+    assert_eq!(&host[15 * RAY_FLOATS..], &want[..]);
+    assert!(RayBatch::new(&gpu, &[], 5, 3).is_err());
+}
