@@ -37,6 +37,8 @@ fn op_add(a: f32, b: f32) -> f32 { return a + b; }
 fn op_sub(a: f32, b: f32) -> f32 { return a - b; }
 fn op_mul(a: f32, b: f32) -> f32 { return a * b; }
 fn op_div(a: f32, b: f32) -> f32 { return a / b; }
+// a·scale + b·shift: the scalars of Params weight the two inputs.
+fn op_axpby(a: f32, b: f32) -> f32 { return a * p.scale + b * p.shift; }
 
 fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;

@@ -7,6 +7,7 @@
 //! - [`bench`]: kernel measurements shared by `cargo bench` and `fsd3d bench`.
 pub mod bench;
 pub mod diffusion;
+pub mod distill;
 pub mod error;
 pub mod export;
 pub mod gpu;

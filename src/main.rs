@@ -104,6 +104,35 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// 2D distillation of one image (the paper's Table 3 settings by default).
+    Image {
+        prompt: String,
+        /// sds | nfsd | fsd | fsd-euler | ddim
+        #[arg(long, default_value = "fsd")]
+        method: String,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Steps (default: 500 for Adam methods, 50 for fsd-euler and ddim).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Guidance scale (default per method, Table 3).
+        #[arg(long)]
+        cfg: Option<f32>,
+        /// Adam learning rate (default per method, Table 3).
+        #[arg(long)]
+        lr: Option<f32>,
+        /// Negative prompt (NFSD's default list for nfsd).
+        #[arg(long)]
+        negative: Option<String>,
+        #[arg(long, default_value = "image.png")]
+        out: PathBuf,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long)]
+        profile: bool,
+    },
     /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
     Tokenize {
         /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
@@ -169,6 +198,38 @@ fn run(cli: Cli) -> Result<()> {
             let bar = progress_bar(*steps as u64, "sampling");
             let started = std::time::Instant::now();
             let img = fsd3d::diffusion::sampler::ddim_sample(&gpu, &prior, &req, |i, _| bar.set_position(i as u64))?;
+            let values = gpu.download(&img)?;
+            bar.finish_and_clear();
+            let rgb = fsd3d::export::image::from_signed_nchw(&values, img.shape(), 0)?;
+            fsd3d::export::image::write_png(out, &rgb)?;
+            eprintln!("wrote {} ({}x{}) in {:.1} s", out.display(), rgb.width, rgb.height, started.elapsed().as_secs_f64());
+            report_profile(&gpu, *profile, out)?;
+            Ok(())
+        }
+        Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, out, dtype, profile } => {
+            let gpu = cli.gpu.open(*profile)?;
+            let dir = fsd3d::models::model_dir(model.as_deref());
+            let prior = fsd3d::models::prior::StableDiffusion::load(&gpu, &dir, fsd3d::gpu::DType::parse(dtype)?)
+                .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+            let m = fsd3d::distill::image2d::Method2d::parse(method)?;
+            let mut c = fsd3d::distill::image2d::Image2dConfig::paper_defaults(m);
+            c.seed = *seed;
+            c.negative = negative.clone();
+            if let Some(v) = steps {
+                c.steps = *v;
+            }
+            if let Some(v) = cfg {
+                c.cfg = *v;
+            }
+            if let Some(v) = lr {
+                c.lr = *v;
+            }
+            let bar = progress_bar(c.steps as u64, method);
+            let started = std::time::Instant::now();
+            let img = fsd3d::distill::image2d::distill_image(&gpu, &prior, prompt, &c, |i, _, t| {
+                bar.set_position(i as u64);
+                bar.set_message(format!("{method} t={t}"));
+            })?;
             let values = gpu.download(&img)?;
             bar.finish_and_clear();
             let rgb = fsd3d::export::image::from_signed_nchw(&values, img.shape(), 0)?;

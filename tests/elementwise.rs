@@ -133,3 +133,14 @@ fn large_launches_fold_into_two_dimensions() {
         assert_eq!(y[i], x[i] * 2.0 + 1.0, "element {i}");
     }
 }
+
+#[test]
+fn axpby_matches_reference() {
+    for (gpu, dt) in configs() {
+        let x = quantize(&rand_vec(41, 129, -2.0, 2.0), dt);
+        let y = quantize(&rand_vec(42, 129, -2.0, 2.0), dt);
+        let got = ew::axpby(&gpu, 0.75, &gpu.upload(&x, &[129], dt).unwrap(), -1.5, &gpu.upload(&y, &[129], dt).unwrap()).unwrap();
+        let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| 0.75 * a - 1.5 * b).collect();
+        assert_close(&format!("axpby {}", label(&gpu, dt)), &gpu.download(&got).unwrap(), &quantize(&want, dt), tol(dt));
+    }
+}

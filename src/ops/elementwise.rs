@@ -95,6 +95,8 @@ pub enum BinOp {
     Sub,
     Mul,
     Div,
+    /// a·x + b·y with two scalars (see [`axpby`]).
+    Axpby,
 }
 
 impl BinOp {
@@ -105,6 +107,7 @@ impl BinOp {
             BinOp::Sub => "op_sub",
             BinOp::Mul => "op_mul",
             BinOp::Div => "op_div",
+            BinOp::Axpby => "op_axpby",
         }
     }
     pub fn apply(self, a: f32, b: f32) -> f32 {
@@ -113,6 +116,7 @@ impl BinOp {
             BinOp::Sub => a - b,
             BinOp::Mul => a * b,
             BinOp::Div => a / b,
+            BinOp::Axpby => panic!("Axpby needs its scalars: use axpby"),
         }
     }
 }
@@ -172,6 +176,7 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
             }
         }
         v.push(binary_key(ta, ta, ta, BinOp::Add, Act::Silu, false));
+        v.push(binary_key(ta, ta, ta, BinOp::Axpby, Act::None, true));
         v.push(clamp_key(ta));
         v.push(key("geglu", ta, ta, ta));
     }
@@ -278,6 +283,18 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> [u32; MAX_RANK] {
 
 /// act(a ∘ b) with numpy broadcasting; the result has `a`'s dtype.
 pub fn binary_act(gpu: &Gpu, a: &Tensor, b: &Tensor, op: BinOp, act: Act) -> Result<Tensor> {
+    binary_scalars(gpu, a, b, op, act, 1.0, 0.0)
+}
+
+/// α·x + β·y for same-shape tensors, in one dispatch.
+pub fn axpby(gpu: &Gpu, alpha: f32, x: &Tensor, beta: f32, y: &Tensor) -> Result<Tensor> {
+    if x.shape() != y.shape() {
+        return Err(Error::shape("axpby", format!("{x:?} and {y:?} differ in shape")));
+    }
+    binary_scalars(gpu, x, y, BinOp::Axpby, Act::None, alpha, beta)
+}
+
+fn binary_scalars(gpu: &Gpu, a: &Tensor, b: &Tensor, op: BinOp, act: Act, scale: f32, shift: f32) -> Result<Tensor> {
     expect_float("binary", a)?;
     expect_float("binary", b)?;
     let out_shape = broadcast_shape(a.shape(), b.shape())
@@ -288,6 +305,8 @@ pub fn binary_act(gpu: &Gpu, a: &Tensor, b: &Tensor, op: BinOp, act: Act) -> Res
     let y = gpu.empty(&out_shape, a.dtype())?;
     let same = a.shape() == out_shape.as_slice() && b.shape() == out_shape.as_slice();
     let mut p = params(y.numel());
+    p.scale = scale;
+    p.shift = shift;
     for (k, d) in out_shape.iter().rev().enumerate() {
         p.shape[MAX_RANK - 1 - k] = *d as u32;
     }

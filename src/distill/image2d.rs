@@ -1,0 +1,192 @@
+//! 2D distillation (the paper's §3 and Table 3): optimise one image (pixel
+//! priors) or its latent (latent priors) with a distillation gradient.
+//!
+//! - `sds`, `nfsd`, `fsd`: Adam on x̂ with the method's gradient and noise
+//!   (FSD: one fixed ε̃ for the whole run, as a single view's world-map noise is);
+//! - `fsd-euler`: FSD's first-order update (Eq. 26), which reproduces DDIM
+//!   (Proposition 1) from the same ε̃ and timesteps;
+//! - `ddim`: the sampler itself, for reference.
+use crate::diffusion::guidance::{NFSD_NEGATIVE, Weighting, noisy, to_epsilon};
+use crate::diffusion::sampler::{SampleRequest, ddim_sample};
+use crate::diffusion::schedule::{Ddim, NoiseSchedule};
+use crate::diffusion::timesteps::{TimestepSchedule, uniform};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::prior::Prior;
+use crate::ops::adam::{AdamHyper, adam_step};
+use crate::ops::diffusion::{self as dops, NoiseKey, NoisePurpose};
+use crate::ops::elementwise as ew;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method2d {
+    Sds,
+    Nfsd,
+    Fsd,
+    FsdEuler,
+    Ddim,
+}
+
+impl Method2d {
+    pub fn parse(s: &str) -> Result<Method2d> {
+        Ok(match s {
+            "sds" => Method2d::Sds,
+            "nfsd" => Method2d::Nfsd,
+            "fsd" => Method2d::Fsd,
+            "fsd-euler" => Method2d::FsdEuler,
+            "ddim" => Method2d::Ddim,
+            _ => return Err(Error::Invalid(format!("unknown 2D method {s:?}: expected sds, nfsd, fsd, fsd-euler or ddim"))),
+        })
+    }
+}
+
+/// One 2D run. [`Image2dConfig::paper_defaults`] gives Table 3's settings.
+#[derive(Clone, Debug)]
+pub struct Image2dConfig {
+    pub method: Method2d,
+    /// Optimisation steps (Adam methods) or sampler steps (fsd-euler, ddim).
+    pub steps: usize,
+    /// Guidance scale, diffusers' convention.
+    pub cfg: f32,
+    pub lr: f32,
+    pub seed: u64,
+    pub timesteps: TimestepSchedule,
+    pub weighting: Weighting,
+    /// NFSD's negative prompt; the sampler's negative prompt for ddim.
+    pub negative: Option<String>,
+}
+
+impl Image2dConfig {
+    /// Table 3: 500 iterations with Adam and linear annealing; SDS CFG 100
+    /// lr 2e-2; NFSD CFG 7.5 lr 2e-2; FSD CFG 7.5 lr 3e-3; DDIM 50 steps CFG 7.5.
+    pub fn paper_defaults(method: Method2d) -> Image2dConfig {
+        let (steps, cfg, lr) = match method {
+            Method2d::Sds => (500, 100.0, 2e-2),
+            Method2d::Nfsd => (500, 7.5, 2e-2),
+            Method2d::Fsd => (500, 7.5, 3e-3),
+            Method2d::FsdEuler | Method2d::Ddim => (50, 7.5, 0.0),
+        };
+        Image2dConfig {
+            method,
+            steps,
+            cfg,
+            lr,
+            seed: 0,
+            timesteps: TimestepSchedule::Linear { t_min: 0.02, t_max: 0.98 },
+            weighting: Weighting::Sds,
+            negative: None,
+        }
+    }
+}
+
+/// Runs a 2D distillation; returns the image [1, 3, H, W] in [-1, 1].
+/// `on_step(done, total, t)` reports progress after each recorded step.
+pub fn distill_image(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut on_step: impl FnMut(usize, usize, i64)) -> Result<Tensor> {
+    if c.steps == 0 {
+        return Err(Error::Invalid("2D distillation needs at least one step".into()));
+    }
+    match c.method {
+        Method2d::Ddim => {
+            let req = SampleRequest {
+                prompt: prompt.into(),
+                negative: c.negative.clone(),
+                steps: c.steps,
+                cfg: c.cfg,
+                seed: c.seed,
+                latents: None,
+            };
+            ddim_sample(gpu, prior, &req, |i, n| on_step(i, n, 0))
+        }
+        Method2d::FsdEuler => fsd_euler(gpu, prior, prompt, c, on_step),
+        _ => adam_run(gpu, prior, prompt, c, on_step),
+    }
+}
+
+/// The run's fixed noise ε̃: the same stream DDIM starts from with this seed.
+fn fixed_noise(gpu: &Gpu, prior: &dyn Prior, seed: u64) -> Result<Tensor> {
+    let [ch, h, w] = prior.sample_shape();
+    dops::randn(gpu, &[1, ch, h, w], DType::F32, NoiseKey { seed, step: 0, purpose: NoisePurpose::InitialLatents })
+}
+
+fn predict_eps(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
+    let xin = gpu.to_dtype(x_t, prior.dtype())?;
+    let out = gpu.to_dtype(&prior.predict(gpu, &xin, t as f32, cond, uncond, cfg)?, DType::F32)?;
+    to_epsilon(gpu, s, t, x_t, &out)
+}
+
+/// Eq. 26 with the clipping of FSD_SPEC §3: from x̂_s at timestep s,
+/// x̂_gt = (x_s − σ_s·ε̂)/α_s, x̂_p = clip(x̂_gt) + (σ_p/α_p)·(ε̂ − ε̃).
+fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut on_step: impl FnMut(usize, usize, i64)) -> Result<Tensor> {
+    let ddim = Ddim::new(prior.scheduler_config(), c.steps)?;
+    let s = &ddim.schedule;
+    let eps_fixed = fixed_noise(gpu, prior, c.seed)?;
+    let cond = prior.embed(gpu, &[prompt])?;
+    let uncond = if c.cfg > 1.0 { Some(prior.embed(gpu, &[c.negative.as_deref().unwrap_or("")])?) } else { None };
+    // x̂_T = (1 − σ_T)·ε̃ / α_T makes x_T = α_T·x̂_T + σ_T·ε̃ = ε̃, DDIM's start.
+    let t0 = ddim.timesteps[0];
+    let mut xhat = ew::scale(gpu, &eps_fixed, ((1.0 - s.sigma(t0)) / s.alpha(t0)) as f32)?;
+    let clip = prior.scheduler_config().clip_sample.then_some(prior.scheduler_config().clip_sample_range as f32);
+    let n = ddim.timesteps.len();
+    for (i, &t) in ddim.timesteps.iter().enumerate() {
+        let x_t = noisy(gpu, s, t, &xhat, &eps_fixed)?;
+        let eps = predict_eps(gpu, prior, s, t, &x_t, &cond, uncond.as_ref(), c.cfg)?;
+        let mut xgt = ew::axpby(gpu, (1.0 / s.alpha(t)) as f32, &x_t, (-s.sigma(t) / s.alpha(t)) as f32, &eps)?;
+        if let Some(r) = clip {
+            xgt = ew::clamp(gpu, &xgt, -r, r)?;
+        }
+        let p = ddim.prev_timestep(t);
+        let diff = ew::sub(gpu, &eps, &eps_fixed)?;
+        xhat = ew::axpby(gpu, 1.0, &xgt, (s.sigma(p) / s.alpha(p)) as f32, &diff)?;
+        gpu.flush()?;
+        on_step(i + 1, n, t);
+    }
+    // The image DDIM returns: x_p = α_p·x̂_p + σ_p·ε̃ at the final ᾱ.
+    let last = ddim.prev_timestep(*ddim.timesteps.last().unwrap());
+    let x = noisy(gpu, s, last, &xhat, &eps_fixed)?;
+    prior.to_image(gpu, &gpu.to_dtype(&x, prior.dtype())?)
+}
+
+fn adam_run(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut on_step: impl FnMut(usize, usize, i64)) -> Result<Tensor> {
+    c.timesteps.check()?;
+    let s = NoiseSchedule::new(prior.scheduler_config())?;
+    let [ch, h, w] = prior.sample_shape();
+    let shape = [1, ch, h, w];
+    let xhat = gpu.zeros(&shape, DType::F32)?;
+    let m = gpu.zeros(&shape, DType::F32)?;
+    let v = gpu.zeros(&shape, DType::F32)?;
+    let eps_fixed = fixed_noise(gpu, prior, c.seed)?;
+    let cond = prior.embed(gpu, &[prompt])?;
+    let uncond = prior.embed(gpu, &[""])?;
+    let negative = match c.method {
+        Method2d::Nfsd => Some(prior.embed(gpu, &[c.negative.as_deref().unwrap_or(NFSD_NEGATIVE)])?),
+        _ => None,
+    };
+    let hyper = AdamHyper { lr: c.lr, beta1: 0.9, beta2: 0.99, eps: 1e-15 };
+    for step in 0..c.steps {
+        let t = c.timesteps.timestep(step as u64, c.steps as u64, s.num_train_timesteps(), uniform(c.seed, step as u64));
+        let eps = match c.method {
+            Method2d::Fsd => eps_fixed.clone(),
+            _ => dops::randn(gpu, &shape, DType::F32, NoiseKey { seed: c.seed, step: step as u32, purpose: NoisePurpose::DistillNoise })?,
+        };
+        let x_t = noisy(gpu, &s, t, &xhat, &eps)?;
+        let wt = c.weighting.weight(&s, t) as f32;
+        let grad = match &negative {
+            None => {
+                let e = predict_eps(gpu, prior, &s, t, &x_t, &cond, Some(&uncond), c.cfg)?;
+                ew::axpby(gpu, wt, &e, -wt, &eps)?
+            }
+            Some(neg) => {
+                // NFSD: s·(ε_y − ε_∅) + (ε_∅ − ε_neg).
+                let ey = predict_eps(gpu, prior, &s, t, &x_t, &cond, None, 1.0)?;
+                let e0 = predict_eps(gpu, prior, &s, t, &x_t, &uncond, None, 1.0)?;
+                let en = predict_eps(gpu, prior, &s, t, &x_t, neg, None, 1.0)?;
+                let guide = ew::axpby(gpu, c.cfg, &ey, -c.cfg, &e0)?;
+                let shift = ew::sub(gpu, &e0, &en)?;
+                ew::axpby(gpu, wt, &guide, wt, &shift)?
+            }
+        };
+        adam_step(gpu, &xhat, &grad, &m, &v, &hyper, step as u64 + 1, 1.0)?;
+        gpu.flush()?;
+        on_step(step + 1, c.steps, t);
+    }
+    prior.to_image(gpu, &gpu.to_dtype(&xhat, prior.dtype())?)
+}
