@@ -175,10 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sample { prompt, model, steps, cfg, seed, negative, latents, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
-            let dir = fsd3d::models::model_dir(model.as_deref());
-            let dtype = fsd3d::gpu::DType::parse(dtype)?;
-            let prior = fsd3d::models::prior::StableDiffusion::load(&gpu, &dir, dtype)
-                .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+            let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
             let latents = match latents {
                 Some(p) => {
                     let t = fsd3d::models::forward::read_tensors(p)?;
@@ -198,19 +195,13 @@ fn run(cli: Cli) -> Result<()> {
             let bar = progress_bar(*steps as u64, "sampling");
             let started = std::time::Instant::now();
             let img = fsd3d::diffusion::sampler::ddim_sample(&gpu, &prior, &req, |i, _| bar.set_position(i as u64))?;
-            let values = gpu.download(&img)?;
             bar.finish_and_clear();
-            let rgb = fsd3d::export::image::from_signed_nchw(&values, img.shape(), 0)?;
-            fsd3d::export::image::write_png(out, &rgb)?;
-            eprintln!("wrote {} ({}x{}) in {:.1} s", out.display(), rgb.width, rgb.height, started.elapsed().as_secs_f64());
-            report_profile(&gpu, *profile, out)?;
-            Ok(())
+            write_image(&gpu, &img, out, started)?;
+            report_profile(&gpu, *profile, out)
         }
         Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
-            let dir = fsd3d::models::model_dir(model.as_deref());
-            let prior = fsd3d::models::prior::StableDiffusion::load(&gpu, &dir, fsd3d::gpu::DType::parse(dtype)?)
-                .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+            let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
             let m = fsd3d::distill::image2d::Method2d::parse(method)?;
             let mut c = fsd3d::distill::image2d::Image2dConfig::paper_defaults(m);
             c.seed = *seed;
@@ -230,13 +221,9 @@ fn run(cli: Cli) -> Result<()> {
                 bar.set_position(i as u64);
                 bar.set_message(format!("{method} t={t}"));
             })?;
-            let values = gpu.download(&img)?;
             bar.finish_and_clear();
-            let rgb = fsd3d::export::image::from_signed_nchw(&values, img.shape(), 0)?;
-            fsd3d::export::image::write_png(out, &rgb)?;
-            eprintln!("wrote {} ({}x{}) in {:.1} s", out.display(), rgb.width, rgb.height, started.elapsed().as_secs_f64());
-            report_profile(&gpu, *profile, out)?;
-            Ok(())
+            write_image(&gpu, &img, out, started)?;
+            report_profile(&gpu, *profile, out)
         }
         Command::Tokenize { model, prompts } => {
             let dir = fsd3d::models::model_dir(model.as_deref());
@@ -288,5 +275,19 @@ fn report_profile(gpu: &Gpu, profile: bool, out: &std::path::Path) -> Result<()>
     let json = serde_json::json!({ "adapter": gpu.adapter_name(), "timestamps": timestamps, "kernels": entries });
     fsd3d::io::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     eprintln!("profile written to {}", path.display());
+    Ok(())
+}
+
+fn load_pipeline(gpu: &Gpu, model: Option<&std::path::Path>, dtype: &str) -> Result<fsd3d::models::prior::StableDiffusion> {
+    let dir = fsd3d::models::model_dir(model);
+    fsd3d::models::prior::StableDiffusion::load(gpu, &dir, fsd3d::gpu::DType::parse(dtype)?)
+        .with_context(|| format!("loading the pipeline in {}", dir.display()))
+}
+
+/// Writes image 0 of a [B, 3, H, W] tensor in [-1, 1] as a PNG and says so.
+fn write_image(gpu: &Gpu, img: &fsd3d::gpu::Tensor, out: &std::path::Path, started: std::time::Instant) -> Result<()> {
+    let rgb = fsd3d::export::image::from_signed_nchw(&gpu.download(img)?, img.shape(), 0)?;
+    fsd3d::export::image::write_png(out, &rgb)?;
+    eprintln!("wrote {} ({}x{}) in {:.1} s", out.display(), rgb.width, rgb.height, started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -10,6 +10,11 @@
 //!   the lines between them; `NAME` is true when defined and not `0`/`false`.
 //!   Dropped lines become empty lines so naga's line numbers stay those of the file.
 //!
+//! - `#include "name.wgsl"` pulls in a shared file (activations, say). WGSL
+//!   allows module-scope declarations in any order, so included text is
+//!   appended after the file's last line (each file once) and the including
+//!   file's line numbers stay true.
+//!
 //! `enable f16;` is added on the first line when some define's value is `f16`
 //! (a storage type), `enable subgroups;` when the define `SUBGROUPS` is true:
 //! kernels never write enable directives themselves.
@@ -108,11 +113,37 @@ fn truthy(defines: &[(&str, String)], name: &str) -> bool {
     defines.iter().any(|(n, v)| *n == name && v != "0" && v != "false")
 }
 
-/// Expands `#if` blocks and `{{NAME}}` placeholders (see the module docs).
+/// Expands `#if` blocks and `{{NAME}}` placeholders (see the module docs);
+/// a file with `#include` needs [`preprocess_with`].
 pub fn preprocess(file: &str, source: &str, defines: &[(&str, String)]) -> Result<String> {
+    preprocess_with(file, source, defines, &|name: &str| {
+        Err(Error::Shader { file: file.to_string(), message: format!("#include {name:?}: no shader source to include from") })
+    })
+}
+
+/// As [`preprocess`], loading included files with `load` (name -> (path, text)).
+pub fn preprocess_with(
+    file: &str,
+    source: &str,
+    defines: &[(&str, String)],
+    load: &dyn Fn(&str) -> Result<(String, String)>,
+) -> Result<String> {
+    let mut included = vec![file.to_string()];
+    let body = expand(file, source, defines, load, &mut included)?;
+    finish(body, defines)
+}
+
+fn expand(
+    file: &str,
+    source: &str,
+    defines: &[(&str, String)],
+    load: &dyn Fn(&str) -> Result<(String, String)>,
+    included: &mut Vec<String>,
+) -> Result<String> {
     let err = |line: usize, msg: String| Error::Shader { file: format!("{file}:{}", line + 1), message: msg };
     // Stack of (this block is active, some branch taken already).
     let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut includes: Vec<String> = Vec::new();
     let mut out = String::with_capacity(source.len() + 64);
     for (ln, line) in source.lines().enumerate() {
         let t = line.trim_start();
@@ -141,6 +172,15 @@ pub fn preprocess(file: &str, source: &str, defines: &[(&str, String)]) -> Resul
             out.push('\n');
             continue;
         }
+        if let Some(rest) = t.strip_prefix("#include") {
+            let name = rest.trim().trim_matches('"');
+            if !included.iter().any(|n| n == name) {
+                included.push(name.to_string());
+                includes.push(name.to_string());
+            }
+            out.push('\n');
+            continue;
+        }
         let mut rest = line;
         while let Some(i) = rest.find("{{") {
             out.push_str(&rest[..i]);
@@ -159,7 +199,16 @@ pub fn preprocess(file: &str, source: &str, defines: &[(&str, String)]) -> Resul
     if !stack.is_empty() {
         return Err(err(source.lines().count(), "#if without #endif".into()));
     }
-    // Enable directives go on the first line so that line numbers do not move.
+    for name in includes {
+        let (path, text) = load(&name)?;
+        out.push_str(&format!("// ---- included from {path} ----\n"));
+        out.push_str(&expand(&path, &text, defines, load, included)?);
+    }
+    Ok(out)
+}
+
+/// Adds the enable directives on the first line (so line numbers do not move).
+fn finish(out: String, defines: &[(&str, String)]) -> Result<String> {
     let mut enables = String::new();
     if defines.iter().any(|(_, v)| v == "f16") {
         enables.push_str("enable f16; ");
@@ -189,7 +238,7 @@ fn naga_caps(caps: Caps) -> naga::valid::Capabilities {
 /// `caps` would see it. Errors name the file and line.
 pub fn validate(source: &ShaderSource, key: &KernelKey, caps: Caps) -> Result<(String, naga::Module)> {
     let (path, text) = source.load(&key.file())?;
-    let expanded = preprocess(&path, &text, &key.defines)?;
+    let expanded = preprocess_with(&path, &text, &key.defines, &|name: &str| source.load(name))?;
     let module = naga::front::wgsl::parse_str(&expanded).map_err(|e| Error::Shader {
         file: path.clone(),
         message: format!("[{key}]\n{}", e.emit_to_string_with_path(&expanded, &path)),
@@ -318,6 +367,24 @@ mod tests {
         let d0 = vec![("F", "0".to_string()), ("X", "7".to_string())];
         let out0 = preprocess("t", src, &d0).unwrap();
         assert!(out0.contains("no") && out0.contains("neg") && !out0.contains("yes"));
+    }
+
+    #[test]
+    fn includes_are_appended_once_after_the_file() {
+        let load = |name: &str| -> Result<(String, String)> {
+            match name {
+                "a.wgsl" => Ok(("a.wgsl".into(), "fn a() {}\n#include \"b.wgsl\"".into())),
+                "b.wgsl" => Ok(("b.wgsl".into(), "fn b() -> {{T}} {}".into())),
+                _ => Err(Error::Invalid(name.into())),
+            }
+        };
+        let src = "#include \"a.wgsl\"\nline2\n#include \"b.wgsl\"";
+        let out = preprocess_with("main", src, &[("T", "f32".into())], &load).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[1], "line2", "the includer's lines keep their numbers");
+        assert_eq!(out.matches("fn b()").count(), 1, "each file once");
+        assert!(out.contains("fn a() {}") && out.contains("fn b() -> f32"));
+        assert!(preprocess("t", "#include \"x.wgsl\"", &[]).is_err());
     }
 
     #[test]
