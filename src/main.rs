@@ -29,6 +29,9 @@ struct GpuArgs {
     /// Submit and wait after every kernel (slow; finds the first failing one).
     #[arg(long, global = true)]
     sync_each_kernel: bool,
+    /// Kernel variant for a family, e.g. `--variant matmul=simple` (repeatable; env FSD3D_VARIANTS=a=b,c=d).
+    #[arg(long = "variant", global = true, value_name = "FAMILY=NAME")]
+    variants: Vec<String>,
 }
 
 impl GpuArgs {
@@ -39,6 +42,13 @@ impl GpuArgs {
             profile,
             sync_each_dispatch: self.sync_each_kernel || std::env::var("FSD3D_SYNC").is_ok_and(|v| v != "0"),
             shader_dir: self.shaders.clone(),
+            variants: {
+                let mut v = fsd3d::gpu::device::parse_variants(&std::env::var(fsd3d::gpu::device::ENV_VARIANTS).unwrap_or_default())?;
+                for item in &self.variants {
+                    v.extend(fsd3d::gpu::device::parse_variants(item)?);
+                }
+                v
+            },
         };
         Ok(Gpu::new(&opts)?)
     }

@@ -143,6 +143,26 @@ pub struct GpuOptions {
     pub sync_each_dispatch: bool,
     /// Directory whose `.wgsl` files replace the built-in ones, file by file.
     pub shader_dir: Option<std::path::PathBuf>,
+    /// Kernel variant per family (`matmul` -> `simple`), over each op's default.
+    pub variants: Vec<(String, String)>,
+}
+
+/// Environment variable: kernel variants per family, `matmul=simple,conv2d=direct`.
+/// Same as repeating `--variant FAMILY=NAME`.
+pub const ENV_VARIANTS: &str = "FSD3D_VARIANTS";
+
+/// Parses `FAMILY=NAME` pairs separated by commas.
+pub fn parse_variants(s: &str) -> Result<Vec<(String, String)>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|item| {
+            let (f, n) = item.split_once('=').ok_or_else(|| {
+                Error::Invalid(format!("variant {item:?} should be FAMILY=NAME, e.g. matmul=simple"))
+            })?;
+            Ok((f.trim().to_string(), n.trim().to_string()))
+        })
+        .collect()
 }
 
 impl GpuOptions {
@@ -154,7 +174,8 @@ impl GpuOptions {
         };
         let sync_each_dispatch = std::env::var(ENV_SYNC).map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
         let shader_dir = std::env::var_os(crate::gpu::kernel::ENV_SHADER_DIR).map(Into::into);
-        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir })
+        let variants = parse_variants(&std::env::var(ENV_VARIANTS).unwrap_or_default())?;
+        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir, variants })
     }
 }
 
@@ -173,6 +194,7 @@ pub struct Gpu {
     /// Validation errors caught by the uncaptured-error handler, reported at the next flush.
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
     pub(crate) sync_each_dispatch: bool,
+    variants: Vec<(String, String)>,
 }
 
 fn device_rank(t: wgpu::DeviceType) -> u32 {
@@ -263,6 +285,7 @@ impl Gpu {
             profiler: Mutex::new(profiler),
             errors,
             sync_each_dispatch: opts.sync_each_dispatch,
+            variants: opts.variants.clone(),
             device,
             queue,
             info,
@@ -381,6 +404,12 @@ impl std::fmt::Display for InfoReport {
 }
 
 impl Gpu {
+    /// The variant the user chose for a kernel family (`--variant FAMILY=NAME`),
+    /// which the family's op uses when the call itself does not name one.
+    pub fn variant_override(&self, family: &str) -> Option<&str> {
+        self.variants.iter().rev().find(|(f, _)| f == family).map(|(_, n)| n.as_str())
+    }
+
     /// Allocation counters of the buffer pool.
     pub fn pool_stats(&self) -> crate::gpu::pool::PoolStats {
         self.pool.stats()
