@@ -43,8 +43,8 @@ struct Params {
     stride: u32,
     pad: u32,
     n_pix: u32,     // B·Ho·Wo
-    cout_pad: u32,  // Cout rounded up to the channel block (packed weights)
-    _pad0: u32,
+    cout_pad: u32,  // Cout rounded up to the channel tile (packed weights)
+    tile_c: u32,    // output channels per tile of the packed weights
     _pad1: u32,
     _pad2: u32,
 }
@@ -104,10 +104,12 @@ fn conv_simple(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 #endif
 
 #if PACK
-// Weights [Cout, Cin, kh, kw] -> packed [kh·kw·Cin, cout_pad]: for one tap and
-// input channel, the weights of consecutive output channels are contiguous, so
-// conv_gemm loads four channels' weights with one vec4 load. Channels from
-// Cout up to cout_pad (a multiple of BM) are zero.
+// Weights [Cout, Cin, kh, kw] -> packed [cout_pad / tile_c, kh·kw·Cin, tile_c]:
+// the GEMMs' workgroups each own a tile of tile_c output channels and stream
+// its weights front to back, contiguously (a plain [K, Cout] layout has them
+// read with a stride of Cout: 5× slower at Cout = 1280 on llvmpipe, TLB
+// misses); within a row (tap, ci) the tile's channels are contiguous, so
+// four come in one vec4 load. Channels from Cout up to cout_pad are zero.
 @group(0) @binding(1) var<storage, read> w_src: array<{{TW}}>;
 @group(0) @binding(2) var<storage, read_write> w_packed: array<{{TW}}>;
 
@@ -116,9 +118,10 @@ fn conv_pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
              @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = (wid.x + wid.y * nwg.x) * {{WG}}u + lid;
     let taps = p.kh * p.kw;
-    if (i >= taps * p.cin * p.cout_pad) { return; }
-    let co = i % p.cout_pad;
-    let k = i / p.cout_pad;         // tap · Cin + ci
+    let k_len = taps * p.cin;
+    if (i >= k_len * p.cout_pad) { return; }
+    let k = (i / p.tile_c) % k_len;   // tap · Cin + ci
+    let co = (i / (p.tile_c * k_len)) * p.tile_c + i % p.tile_c;
     let ci = k % p.cin;
     let tap = k / p.cin;
     var v = {{TW}}(0.0);
@@ -131,14 +134,18 @@ fn conv_pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // Packed weights (see conv_pack), read four output channels at a time.
 @group(0) @binding(2) var<storage, read> w4: array<vec4<{{TW}}>>;
 
-// Grid: x = pixel tiles of WG·4·PV pixels, y = channel tiles of BM channels.
-// Invocation pixel j = 4·v + c (vec4 v, component c) is pixel tile + j·WG + lid.
+// Grid: x·z folded = pixel tiles of WG·4·PV pixels, y = channel tiles of BM
+// channels. Invocation pixel j = 4·v + c (vec4 v, component c) is pixel
+// tile + j·WG + lid.
 @compute @workgroup_size({{WG}})
-fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
     let plane_out = p.ho * p.wo;
     let plane_in = p.h * p.w;
     let co0 = wid.y * {{BM}}u;
-    let tile = wid.x * ({{WG}}u * 4u * {{PV}}u) + lid;
+    let tile_start = (wid.x + wid.z * nwg.x) * ({{WG}}u * 4u * {{PV}}u);
+    if (tile_start >= p.n_pix) { return; }
+    let tile = tile_start + lid;
     let lanes = vec4<u32>(0u, 1u, 2u, 3u) * {{WG}}u;
 
     // Per pixel: whether it exists, where x[b] starts, where its receptive field starts.
@@ -160,8 +167,9 @@ fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 
     // acc[i·PV + v]: output channel co0 + i at the four pixels of vec4 v.
     var acc: array<vec4<f32>, {{BM}} * {{PV}}>;
-    var w_at = co0 / 4u;   // packed row (tap, ci) = w_at / (cout_pad / 4)
-    let w_step = p.cout_pad / 4u;
+    // This tile's packed weights, one row of BM / 4 vec4s per (tap, ci).
+    var w_at = co0 * p.kh * p.kw * p.cin / 4u;
+    let w_step = {{BM}}u / 4u;
     for (var ky = 0u; ky < p.kh; ky++) {
         for (var kx = 0u; kx < p.kw; kx++) {
             // This tap's offsets at input channel 0; taps in the padding read
@@ -234,17 +242,22 @@ fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // its subgroups share the tile's (8 pixels × 4·S channels) pieces. The loop
 // over pieces is subgroup-uniform, so the broadcasts see every lane.
 @compute @workgroup_size({{WG}})
-fn conv_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
+fn conv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg_size: u32,
                  @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
+    // Grid: x·z folded = pixel tiles, y = channel tiles.
+    let tile = wid.x + wid.z * nwg.x;
+    if (tile * {{TP}}u >= p.n_pix) { return; }
     let plane_out = p.ho * p.wo;
     let plane_in = p.h * p.w;
     let pieces_c = {{TC}}u / (4u * sg_size);
     let pieces = ({{TP}}u / 8u) * pieces_c;
-    let w_step = p.cout_pad / 4u;
+    // This tile's packed weights, one row of TC / 4 vec4s per (tap, ci).
+    let w_tile = wid.y * {{TC}}u * p.kh * p.kw * p.cin / 4u;
+    let w_step = {{TC}}u / 4u;
     for (var piece = sg_id; piece < pieces; piece += n_sg) {
         // Pixels n0..n0+7 (this lane loads n0 + lane % 8); channels co_q·4 .. +3.
-        let n0 = wid.x * {{TP}}u + (piece / pieces_c) * 8u;
+        let n0 = tile * {{TP}}u + (piece / pieces_c) * 8u;
         let co_q = (wid.y * {{TC}}u + (piece % pieces_c) * 4u * sg_size) / 4u + lane;
         let n = n0 + lane % 8u;
         let pix_ok = n < p.n_pix;
@@ -257,7 +270,7 @@ fn conv_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
 
         // acc[j]: this lane's 4 channels at pixel n0 + j.
         var acc: array<vec4<f32>, 8>;
-        var w_at = co_q;
+        var w_at = w_tile + (piece % pieces_c) * sg_size + lane;
         for (var ky = 0u; ky < p.kh; ky++) {
             for (var kx = 0u; kx < p.kw; kx++) {
                 let hi = hi0 + i32(ky);

@@ -23,8 +23,7 @@
 // size, a power of two), SUBGROUP_OPS, GAMMA, BETA, BETA_SLOT (binding of
 // beta), SILU, and one of
 // GN_STATS, GN_FINALIZE, GN_APPLY, LAYER_NORM.
-// SUBGROUP_OPS (not SUBGROUPS: that name makes the preprocessor add
-// `enable subgroups;`, which naga 30 rejects; subgroup builtins need no enable there).
+// SUBGROUP_OPS = 1 uses subgroup reductions (any subgroup size), else workgroup memory.
 
 struct Params {
     n_rows: u32,       // groups B·G (stats, finalize), rows (layer norm), planes B·C (apply)

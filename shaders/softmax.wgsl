@@ -5,8 +5,7 @@
 // One workgroup per row, three passes over it: the maximum, the sum of
 // exp(scale·x − max), and the normalised write.
 // Defines: T (storage), WG (workgroup size, a power of two), SUBGROUP_OPS.
-// SUBGROUP_OPS (not SUBGROUPS: that name makes the preprocessor add
-// `enable subgroups;`, which naga 30 rejects; subgroup builtins need no enable there).
+// SUBGROUP_OPS = 1 uses subgroup reductions (any subgroup size), else workgroup memory.
 
 struct Params {
     rows: u32,

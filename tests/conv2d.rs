@@ -21,6 +21,7 @@ struct Case {
     pad: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn case(b: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Case {
     Case { b, cin, h, w, cout, kh: k, kw: k, stride, pad }
 }
@@ -206,4 +207,29 @@ fn gemm_variants_agree_with_simple_on_a_unet_like_shape() {
             assert_close(&format!("{} vs simple {}", variant.name(), label(&gpu, dt)), &run(variant), &simple, tol(dt));
         }
     }
+}
+
+#[test]
+fn the_device_variant_choice_is_used_when_the_call_names_none() {
+    use fsd3d::gpu::{Gpu, GpuOptions};
+    let c = &CASES[1];
+    let x = rand_vec(1, c.x_shape().iter().product(), -1.0, 1.0);
+    let w = rand_vec(2, c.w_shape().iter().product(), -1.0, 1.0);
+    let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None };
+
+    let variants = vec![("conv2d".to_string(), "simple".to_string())];
+    let gpu = Gpu::new(&GpuOptions { profile: true, variants, ..Default::default() }).unwrap();
+    let (xt, wt) = (gpu.upload(&x, &c.x_shape(), DType::F32).unwrap(), gpu.upload(&w, &c.w_shape(), DType::F32).unwrap());
+    let y = gpu.download(&conv2d(&gpu, &xt, &wt, None, opts).unwrap()).unwrap();
+    assert_close("conv2d=simple", &y, &reference_conv(c, &x, &w, None), tol(DType::F32));
+    if gpu.profile_uses_timestamps() {
+        let labels: Vec<String> = gpu.profile_report().into_iter().map(|e| e.label).collect();
+        assert!(labels.iter().any(|l| l == "conv2d.simple"), "{labels:?}");
+    }
+
+    let variants = vec![("conv2d".to_string(), "winograd".to_string())];
+    let gpu = Gpu::new(&GpuOptions { variants, ..Default::default() }).unwrap();
+    let (xt, wt) = (gpu.upload(&x, &c.x_shape(), DType::F32).unwrap(), gpu.upload(&w, &c.w_shape(), DType::F32).unwrap());
+    let err = conv2d(&gpu, &xt, &wt, None, opts).unwrap_err().to_string();
+    assert!(err.contains("unknown conv2d variant \"winograd\""), "{err}");
 }

@@ -20,7 +20,6 @@ fn reference_norm(
     gamma: Option<&[f32]>,
     beta: Option<&[f32]>,
     param_of: impl Fn(usize, usize) -> usize,
-    eps: f32,
     silu: bool,
 ) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
@@ -28,7 +27,7 @@ fn reference_norm(
         let run = &x[r * len..(r + 1) * len];
         let mean = run.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
         let var = run.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
-        let rstd = 1.0 / (var + eps as f64).sqrt();
+        let rstd = 1.0 / (var + EPS as f64).sqrt();
         for (i, &v) in run.iter().enumerate() {
             let c = param_of(r, i);
             let mut y = (v as f64 - mean) * rstd;
@@ -49,11 +48,14 @@ fn reference_group_norm(x: &[f32], shape: &[usize], groups: usize, gamma: Option
     let group_len = c / groups * plane;
     // Run r is (batch, group) = (r / groups, r % groups); element i is channel g·C/G + i / plane.
     let param_of = |r: usize, i: usize| (r % groups) * (c / groups) + i / plane;
-    reference_norm(x, b * groups, group_len, gamma, beta, param_of, EPS, silu)
+    reference_norm(x, b * groups, group_len, gamma, beta, param_of, silu)
 }
 
+/// (gamma, beta) as the reference sees them, and as uploaded.
+type AffineParams = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Tensor>, Option<Tensor>);
+
 /// Uploads the optional gamma [len] (around 1) and beta [len] (around 0).
-fn affine_params(gpu: &Gpu, seed: u64, len: usize, mode: (bool, bool), dt: DType) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Tensor>, Option<Tensor>) {
+fn affine_params(gpu: &Gpu, seed: u64, len: usize, mode: (bool, bool), dt: DType) -> AffineParams {
     let g = mode.0.then(|| quantize(&rand_vec(seed, len, 0.5, 1.5), dt));
     let b = mode.1.then(|| quantize(&rand_vec(seed + 1, len, -1.0, 1.0), dt));
     let gt = g.as_ref().map(|v| gpu.upload(v, &[len], dt).unwrap());
@@ -159,7 +161,7 @@ fn layer_norm_matches_reference() {
             let xt = gpu.upload(&x, shape, dt).unwrap();
             for (mi, &mode) in AFFINE_MODES.iter().enumerate() {
                 let (g, b, gt, bt) = affine_params(&gpu, 40 + si as u64, d, mode, dt);
-                let want = quantize(&reference_norm(&x, n / d, d, g.as_deref(), b.as_deref(), |_, i| i, EPS, false), dt);
+                let want = quantize(&reference_norm(&x, n / d, d, g.as_deref(), b.as_deref(), |_, i| i, false), dt);
                 for wg in norm::WORKGROUP_SIZES {
                     let y = norm::layer_norm_with_workgroup(&gpu, &xt, gt.as_ref(), bt.as_ref(), EPS, wg).unwrap();
                     assert_eq!(y.shape(), shape);
@@ -177,7 +179,7 @@ fn layer_norm_with_large_mean_and_small_variance() {
         let (rows, d) = (4, 777);
         let x = large_mean_small_variance(50, rows * d);
         let xt = gpu.upload(&x, &[rows, d], DType::F32).unwrap();
-        let want = reference_norm(&x, rows, d, None, None, |_, i| i, EPS, false);
+        let want = reference_norm(&x, rows, d, None, None, |_, i| i, false);
         for wg in norm::WORKGROUP_SIZES {
             let y = norm::layer_norm_with_workgroup(&gpu, &xt, None, None, EPS, wg).unwrap();
             let what = format!("layer_norm large mean wg={wg} {}", label(&gpu, DType::F32));
@@ -198,7 +200,7 @@ fn default_workgroup_size_matches_reference() {
         assert_close(&format!("group_norm default wg {}", label(&gpu, dt)), &gpu.download(&y).unwrap(), &quantize(&want, dt), tol(dt));
         let (g, b, gt, bt) = affine_params(&gpu, 62, 7, (true, true), dt);
         let y = norm::layer_norm(&gpu, &xt, gt.as_ref(), bt.as_ref(), EPS).unwrap();
-        let want = reference_norm(&x, 60, 7, g.as_deref(), b.as_deref(), |_, i| i, EPS, false);
+        let want = reference_norm(&x, 60, 7, g.as_deref(), b.as_deref(), |_, i| i, false);
         assert_close(&format!("layer_norm default wg {}", label(&gpu, dt)), &gpu.download(&y).unwrap(), &quantize(&want, dt), tol(dt));
     }
 }

@@ -96,11 +96,18 @@ pub fn cases(gpu: &Gpu, quick: bool) -> Result<Vec<Case<'_>>> {
     if gpu.features().f16 {
         dtypes.push(DType::F16);
     }
+    // The tiny shapes also with the fallback GEMM and the direct baseline.
+    let mut baselines = vec![Conv2dVariant::Simple];
+    if best != Conv2dVariant::Gemm8x4 {
+        baselines.insert(0, Conv2dVariant::Gemm8x4);
+    }
     for s in &TINY {
         for &dt in &dtypes {
             v.push(conv_case(gpu, s, dt, best)?);
         }
-        v.push(conv_case(gpu, s, DType::F32, Conv2dVariant::Simple)?);
+        for &variant in &baselines {
+            v.push(conv_case(gpu, s, DType::F32, variant)?);
+        }
     }
     for s in &SD15 {
         for &dt in &dtypes {

@@ -147,7 +147,7 @@ pub struct GpuOptions {
     pub variants: Vec<(String, String)>,
 }
 
-/// Environment variable: kernel variants per family, `matmul=simple,conv2d=direct`.
+/// Environment variable: kernel variants per family, `matmul=simple,conv2d=gemm8x4`.
 /// Same as repeating `--variant FAMILY=NAME`.
 pub const ENV_VARIANTS: &str = "FSD3D_VARIANTS";
 

@@ -16,8 +16,9 @@
 //!   file's line numbers stay true.
 //!
 //! `enable f16;` is added on the first line when some define's value is `f16`
-//! (a storage type), `enable subgroups;` when the define `SUBGROUPS` is true:
-//! kernels never write enable directives themselves.
+//! (a storage type): kernels never write enable directives themselves.
+//! (naga 30 takes subgroup builtins without `enable subgroups;` and rejects
+//! the directive, so none is added for them.)
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -213,9 +214,6 @@ fn finish(out: String, defines: &[(&str, String)]) -> Result<String> {
     if defines.iter().any(|(_, v)| v == "f16") {
         enables.push_str("enable f16; ");
     }
-    if truthy(defines, "SUBGROUPS") {
-        enables.push_str("enable subgroups; ");
-    }
     Ok(enables + &out)
 }
 
@@ -400,7 +398,5 @@ mod tests {
         assert!(out.starts_with("enable f16; var<private> x: f16;"));
         let out = preprocess("t", "var<private> x: {{T}}; // f16", &[("T", "f32".into())]).unwrap();
         assert!(!out.contains("enable"));
-        let out = preprocess("t", "x", &[("SUBGROUPS", "1".into())]).unwrap();
-        assert!(out.starts_with("enable subgroups;"));
     }
 }

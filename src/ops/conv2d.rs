@@ -10,7 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
+use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
 use crate::ops::{expect_float, float_dtypes, grid_for};
 
 /// Workgroup size of every conv2d kernel.
@@ -103,7 +103,8 @@ pub struct Conv2dOpts {
     pub stride: usize,
     /// Zero padding added on every side.
     pub padding: usize,
-    /// Kernel to run; `None` picks [`Conv2dVariant::default_for`] the device.
+    /// Kernel to run; `None` takes the device's `--variant conv2d=NAME` if
+    /// given, else [`Conv2dVariant::default_for`] the device.
     pub variant: Option<Conv2dVariant>,
 }
 
@@ -129,7 +130,8 @@ struct Params {
     pad: u32,
     n_pix: u32,
     cout_pad: u32,
-    _pad: [u32; 3],
+    tile_c: u32,
+    _pad: [u32; 2],
 }
 
 fn key(entry: &'static str, tx: DType, tw: DType, bias: Option<DType>) -> KernelKey {
@@ -162,7 +164,7 @@ fn conv_key(variant: Conv2dVariant, caps: Caps, tx: DType, tw: DType, bias: Opti
     }
 }
 
-/// The key of the weight packing kernel (conv_gemm's weight layout).
+/// The key of the weight packing kernel (the GEMMs' weight layout).
 fn pack_key(tw: DType) -> KernelKey {
     key("conv_pack", DType::F32, tw, None)
 }
@@ -185,11 +187,12 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     v
 }
 
-/// Records the repacking of `weight` into conv_gemm's layout
-/// `[kh·kw·Cin, cout_pad]` (see conv_pack in the shader).
+/// Records the repacking of `weight` into the GEMMs' layout
+/// `[cout_pad / tile_c, kh·kw·Cin, tile_c]` (see conv_pack in the shader).
 fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
     let rows = (p.kh * p.kw * p.cin) as usize;
-    let packed = gpu.empty(&[rows, p.cout_pad as usize], weight.dtype())?;
+    let tiles = (p.cout_pad / p.tile_c) as usize;
+    let packed = gpu.empty(&[tiles, rows, p.tile_c as usize], weight.dtype())?;
     u32_of("elements of the packed weight", packed.numel())?;
     gpu.dispatch(
         "conv2d.pack",
@@ -199,6 +202,12 @@ fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
         grid_for(gpu, packed.numel(), WG),
     )?;
     Ok(packed)
+}
+
+/// Workgroups for the GEMMs: pixel tiles folded into x and z, channel tiles in y.
+fn pixel_tiles_grid(gpu: &Gpu, pixel_tiles: u32, channel_tiles: u32) -> [u32; 3] {
+    let [x, z, _] = grid_1d(pixel_tiles, gpu.limits().max_compute_workgroups_per_dimension);
+    [x, channel_tiles, z]
 }
 
 fn u32_of(what: &str, n: usize) -> Result<u32> {
@@ -267,11 +276,16 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opt
         pad: u32_of("padding", opts.padding)?,
         n_pix: u32_of("output pixels", b * ho * wo)?,
         cout_pad: cout as u32,
-        _pad: [0; 3],
+        tile_c: 1,
+        _pad: [0; 2],
     };
     u32_of("elements of the output", y.numel())?;
 
-    let variant = opts.variant.unwrap_or_else(|| Conv2dVariant::default_for(gpu));
+    let variant = match (opts.variant, gpu.variant_override("conv2d")) {
+        (Some(v), _) => v,
+        (None, Some(name)) => Conv2dVariant::parse(name)?,
+        (None, None) => Conv2dVariant::default_for(gpu),
+    };
     if !variant.available(gpu.caps()) {
         return Err(Error::Unsupported {
             what: format!("conv2d variant {}", variant.name()),
@@ -285,13 +299,13 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opt
     let (weight, p, workgroups) = match (variant, variant.block()) {
         (Conv2dVariant::Subgroup, _) => {
             let tc = subgroup_tile_channels(gpu.caps());
-            let p = Params { cout_pad: p.cout.next_multiple_of(tc), ..p };
-            (pack_weights(gpu, weight, &p)?, p, [p.n_pix.div_ceil(SUBGROUP_TILE_PIXELS), p.cout_pad / tc, 1])
+            let p = Params { cout_pad: p.cout.next_multiple_of(tc), tile_c: tc, ..p };
+            (pack_weights(gpu, weight, &p)?, p, pixel_tiles_grid(gpu, p.n_pix.div_ceil(SUBGROUP_TILE_PIXELS), p.cout_pad / tc))
         }
         (_, None) => (weight.clone(), p, grid_for(gpu, y.numel(), WG)),
         (_, Some((bm, bn))) => {
-            let p = Params { cout_pad: p.cout.next_multiple_of(bm), ..p };
-            (pack_weights(gpu, weight, &p)?, p, [p.n_pix.div_ceil(WG * bn), p.cout_pad / bm, 1])
+            let p = Params { cout_pad: p.cout.next_multiple_of(bm), tile_c: bm, ..p };
+            (pack_weights(gpu, weight, &p)?, p, pixel_tiles_grid(gpu, p.n_pix.div_ceil(WG * bn), p.cout_pad / bm))
         }
     };
     let mut tensors = vec![x, &weight];

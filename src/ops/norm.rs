@@ -83,10 +83,10 @@ impl Affine {
                 }
             }
         }
-        if let (Some(g), Some(b)) = (gamma, beta) {
-            if g.dtype() != b.dtype() {
-                return Err(Error::shape(op, format!("gamma ({}) and beta ({}) must have the same dtype", g.dtype(), b.dtype())));
-            }
+        if let (Some(g), Some(b)) = (gamma, beta)
+            && g.dtype() != b.dtype()
+        {
+            return Err(Error::shape(op, format!("gamma ({}) and beta ({}) must have the same dtype", g.dtype(), b.dtype())));
         }
         let dtype = gamma.or(beta).map_or(DType::F32, |t| t.dtype());
         Ok(Affine { gamma: gamma.is_some(), beta: beta.is_some(), dtype })
