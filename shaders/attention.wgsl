@@ -6,10 +6,10 @@
 //   q [B, Lq, H·D], k and v [B, Lk, H·D], out [B, Lq, H·D]
 // Workgroup (x, y) = (query tile, batch·head). The workgroup walks the keys in
 // tiles of BK: it stages the K and V tile in workgroup memory (f32), then each
-// invocation scores its queries against the BK keys, folds the tile into its
-// running max m and sum l (rescaling its accumulator once per tile, not once
-// per key) and accumulates p·v. q and the output accumulator stay in private
-// registers. Scores are in the log2 domain (q is pre-multiplied by
+// invocation scores its queries against the keys, folds them into its running
+// max m and sum l (rescaling its accumulator once per tile, or per 8 keys in
+// the quad kernel, not once per key) and accumulates p·v. q and the output
+// accumulator stay in private registers. Scores are in the log2 domain (q is pre-multiplied by
 // scale·log2(e)), so the softmax uses exp2.
 //
 // Two entry points:
@@ -18,13 +18,13 @@
 // - `attention_quad`: four queries per invocation, for CPU drivers (lavapipe),
 //   where every load inside a loop costs a loop over the SIMD lanes: each
 //   loaded vec4 then serves four queries. With SUBGROUP_BCAST, lane l of each
-//   subgroup loads chunk 8t + l of the tile and subgroupBroadcast hands the 8
-//   chunks to every lane, so a chunk is loaded once per subgroup instead of
-//   once per lane. Needs full subgroups of at least 8 lanes (the host checks).
+//   subgroup loads a chunk of key l of eight and subgroupBroadcast hands the
+//   eight chunks to every lane, so a chunk is loaded once per subgroup instead
+//   of once per lane. Needs full subgroups of at least 8 lanes (the host checks).
 //
 // Defines: T (storage type), D (head dim), WG (invocations per workgroup),
-// BK (keys per tile), ONE / QUAD (entry point), SUBGROUP_BCAST (0/1; not named
-// SUBGROUPS: the runtime would add `enable subgroups;`, which naga 30 rejects).
+// BK (keys per tile), ONE / QUAD (entry point), SUBGROUP_BCAST (0/1: read the
+// tiles through subgroup broadcasts).
 
 struct Params {
     lq: u32,
@@ -156,9 +156,9 @@ fn attention_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // index qg/og by the loop variable over exactly their length, which Mesa's NIR
 // unrolls (up to 32 iterations) so that the arrays become registers; the
 // eight keys are spelled out because NIR leaves such inner loops rolled, and a
-// private array indexed by a variable costs a per-lane loop on llvmpipe. With SUBGROUP_BCAST, lane l of
-// a subgroup loads chunk c of key l of the eight and subgroupBroadcast hands
-// each key's chunk to every lane.
+// private array indexed by a variable costs a per-lane loop on llvmpipe. With
+// SUBGROUP_BCAST, lane l of a subgroup loads chunk c of key l of the eight and
+// subgroupBroadcast hands each key's chunk to every lane.
 const G: u32 = D / 8u;
 
 // Chunk c of keys jb .. jb+8 of the K (or V) tile.
@@ -192,9 +192,9 @@ fn outer(p: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(p * v.x, p * v.y, p * v.z, p * v.w);
 }
 
-fn diagonal(d: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(vec4<f32>(d.x, 0.0, 0.0, 0.0), vec4<f32>(0.0, d.y, 0.0, 0.0),
-                       vec4<f32>(0.0, 0.0, d.z, 0.0), vec4<f32>(0.0, 0.0, 0.0, d.w));
+// Each query's accumulator (a row) scaled by its softmax correction.
+fn rescaled(o: mat4x4<f32>, c: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(o[0] * c, o[1] * c, o[2] * c, o[3] * c);
 }
 
 // The four rows' chunks as the columns of a matrix over the four queries.
@@ -277,14 +277,13 @@ fn attention_quad(@builtin(workgroup_id) wid: vec3<u32>,
             let p6 = exp2(s[6] - m_new);
             let p7 = exp2(s[7] - m_new);
             l = l * correction + ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7));
-            let rescale = diagonal(correction);
             for (var g = 0u; g < G; g++) {
                 let v_lo = eight_keys_v(jb, 2u * g, lane8);
                 let v_hi = eight_keys_v(jb, 2u * g + 1u, lane8);
-                og[g][0] = rescale * og[g][0]
+                og[g][0] = rescaled(og[g][0], correction)
                     + outer(p0, v_lo[0]) + outer(p1, v_lo[1]) + outer(p2, v_lo[2]) + outer(p3, v_lo[3])
                     + outer(p4, v_lo[4]) + outer(p5, v_lo[5]) + outer(p6, v_lo[6]) + outer(p7, v_lo[7]);
-                og[g][1] = rescale * og[g][1]
+                og[g][1] = rescaled(og[g][1], correction)
                     + outer(p0, v_hi[0]) + outer(p1, v_hi[1]) + outer(p2, v_hi[2]) + outer(p3, v_hi[3])
                     + outer(p4, v_hi[4]) + outer(p5, v_hi[5]) + outer(p6, v_hi[6]) + outer(p7, v_hi[7]);
             }

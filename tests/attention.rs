@@ -71,39 +71,57 @@ fn attention_tol(dt: DType) -> f32 {
     }
 }
 
-#[test]
-fn matches_reference_on_awkward_sizes() {
-    let cases = [
-        Case { batch: 1, lq: 1, lk: 1, heads: 1, d: 8, causal: false },
-        Case { batch: 2, lq: 7, lk: 33, heads: 3, d: 16, causal: false },
-        Case { batch: 1, lq: 33, lk: 33, heads: 2, d: 40, causal: true },
-        Case { batch: 1, lq: 77, lk: 77, heads: 1, d: 64, causal: true }, // CLIP's text encoder
-        Case { batch: 2, lq: 130, lk: 77, heads: 2, d: 40, causal: false }, // SD cross-attention
-        Case { batch: 1, lq: 130, lk: 7, heads: 8, d: 8, causal: false },
-        Case { batch: 1, lq: 7, lk: 130, heads: 1, d: 80, causal: false },
-        Case { batch: 1, lq: 33, lk: 130, heads: 1, d: 160, causal: true }, // Lq < Lk, causal
-        Case { batch: 1, lq: 130, lk: 33, heads: 2, d: 24, causal: true }, // Lq > Lk, causal
-    ];
-    for (gpu, dt) in configs() {
-        for variant in AttentionVariant::ALL {
-            for (n, c) in cases.iter().enumerate() {
-                let (got, want) = run_case(&gpu, dt, variant, c, 100 + n as u64, 1.0, None);
-                assert_close(&format!("{variant} {c:?} {}", label(&gpu, dt)), &got, &want, attention_tol(dt));
-            }
+/// The variants run for head dim `d`. FusedQuad's body is one loop over the
+/// D/8 dim groups at every D, but llvmpipe needs 9 to 60 s to compile it
+/// beyond D = 40 (then cached on disk), so the tests run it up to D = 40.
+fn variants_for(d: usize) -> Vec<AttentionVariant> {
+    AttentionVariant::ALL.into_iter().filter(|&v| v == AttentionVariant::Fused || d <= 40).collect()
+}
+
+const AWKWARD: [Case; 9] = [
+    Case { batch: 1, lq: 1, lk: 1, heads: 1, d: 8, causal: false },
+    Case { batch: 2, lq: 7, lk: 33, heads: 3, d: 16, causal: false },
+    Case { batch: 1, lq: 33, lk: 33, heads: 2, d: 40, causal: true },
+    Case { batch: 1, lq: 77, lk: 77, heads: 1, d: 64, causal: true }, // CLIP's text encoder
+    Case { batch: 2, lq: 130, lk: 77, heads: 2, d: 40, causal: false }, // SD cross-attention
+    Case { batch: 1, lq: 130, lk: 7, heads: 8, d: 8, causal: false },
+    Case { batch: 1, lq: 7, lk: 130, heads: 1, d: 80, causal: false },
+    Case { batch: 1, lq: 33, lk: 130, heads: 1, d: 160, causal: true }, // Lq < Lk, causal
+    Case { batch: 1, lq: 130, lk: 33, heads: 2, d: 24, causal: true }, // Lq > Lk, causal
+];
+
+fn check_cases(gpu: &Gpu, dt: DType, cases: &[Case], seed: u64) {
+    for (n, c) in cases.iter().enumerate() {
+        for variant in variants_for(c.d) {
+            let (got, want) = run_case(gpu, dt, variant, c, seed + n as u64, 1.0, None);
+            assert_close(&format!("{variant} {c:?} {}", label(gpu, dt)), &got, &want, attention_tol(dt));
         }
     }
 }
 
 #[test]
-fn every_head_dim_variant_runs() {
-    // Each compiled head dim once, f32, on both devices (one head, short sequences).
-    for gpu in gpus() {
-        for (n, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
-            let c = Case { batch: 1, lq: 9, lk: 35, heads: 2, d, causal: n % 2 == 0 };
-            for variant in AttentionVariant::ALL {
-                let (got, want) = run_case(&gpu, DType::F32, variant, &c, 300 + n as u64, 1.0, None);
-                assert_close(&format!("{variant} {c:?} {}", label(&gpu, DType::F32)), &got, &want, attention_tol(DType::F32));
-            }
+fn matches_reference_on_awkward_sizes() {
+    // Every case in f32 with the features on; a few in f16 and without
+    // features (subgroups off: FusedQuad's fallback), to bound compile time.
+    for (gpu, dt) in configs() {
+        let all_features = gpu.features() == gpus()[0].features();
+        if all_features && dt == DType::F32 {
+            check_cases(&gpu, dt, &AWKWARD, 100);
+        } else {
+            check_cases(&gpu, dt, &[AWKWARD[1], AWKWARD[2], AWKWARD[4]], 200);
+        }
+    }
+}
+
+#[test]
+fn every_head_dim_runs() {
+    // Each compiled head dim once (f32, features on), short sequences.
+    let gpu = gpu();
+    for (n, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
+        let c = Case { batch: 1, lq: 9, lk: 35, heads: 2, d, causal: n % 2 == 0 };
+        for variant in variants_for(d) {
+            let (got, want) = run_case(&gpu, DType::F32, variant, &c, 300 + n as u64, 1.0, None);
+            assert_close(&format!("{variant} {c:?}"), &got, &want, attention_tol(DType::F32));
         }
     }
 }
@@ -113,25 +131,41 @@ fn long_sequence_with_large_score_range() {
     // 1000 keys and scores spanning about ±50: the running max changes many
     // times and exp of unshifted scores would overflow f32.
     let c = Case { batch: 1, lq: 33, lk: 1000, heads: 2, d: 40, causal: false };
-    let scale = 12.0;
-    let amp = 1.0;
+    let scale = 6.0;
     for (gpu, dt) in configs() {
-        for variant in AttentionVariant::ALL {
-            let (got, want) = run_case(&gpu, dt, variant, &c, 7, amp, Some(scale));
-            // Scores of ±50 carry an absolute rounding of ~50·2⁻²⁴ per operation:
-            // f32 results are good to a few 1e-6 of the output scale.
+        for variant in variants_for(c.d) {
+            let (got, want) = run_case(&gpu, dt, variant, &c, 7, 1.0, Some(scale));
+            // Scores of ±50 carry an absolute rounding of ~50·2⁻²⁴ per
+            // operation: f32 results are good to a few 1e-6 of the output scale.
             let rtol = if dt == DType::F16 { tol(DType::F16) } else { 5e-5 };
             assert_close(&format!("{variant} Lk=1000 scale {scale} {}", label(&gpu, dt)), &got, &want, rtol);
         }
     }
-    // The inputs do reach the intended range.
+    // The inputs do reach the intended range (q: seed 7, k: seed 8, as run_case draws them).
     let hd = c.heads * c.d;
-    let q = rand_vec(7, c.lq * hd, -amp, amp);
-    let k = rand_vec(8, c.lk * hd, -amp, amp);
-    let max_score = (0..c.lk)
-        .map(|j| scale * (0..c.d).map(|e| q[e] * k[j * hd + e]).sum::<f32>())
+    let q = rand_vec(7, c.lq * hd, -1.0, 1.0);
+    let k = rand_vec(8, c.lk * hd, -1.0, 1.0);
+    let max_score = (0..c.lq)
+        .flat_map(|i| (0..c.lk).map(move |j| (i, j)))
+        .map(|(i, j)| scale * (0..c.d).map(|e| q[i * hd + e] * k[j * hd + e]).sum::<f32>())
         .fold(0.0f32, |m, s| m.max(s.abs()));
     assert!(max_score > 40.0, "scores reach only ±{max_score}");
+}
+
+#[test]
+fn default_variant_matches_too() {
+    // variant: None picks per device and head dim (FusedQuad on lavapipe up to D = 80).
+    let gpu = gpu();
+    let c = AWKWARD[4];
+    let hd = c.heads * c.d;
+    let q = rand_vec(1, c.batch * c.lq * hd, -1.0, 1.0);
+    let k = rand_vec(2, c.batch * c.lk * hd, -1.0, 1.0);
+    let v = rand_vec(3, c.batch * c.lk * hd, -1.0, 1.0);
+    let up = |x: &[f32], l: usize| gpu.upload(x, &[c.batch, l, hd], DType::F32).unwrap();
+    let y = attention::attention(&gpu, &up(&q, c.lq), &up(&k, c.lk), &up(&v, c.lk), &AttentionOpts::new(c.heads)).unwrap();
+    let want = reference(&c, 1.0 / (c.d as f64).sqrt(), &q, &k, &v);
+    assert_close("default variant", &gpu.download(&y).unwrap(), &want, attention_tol(DType::F32));
+    eprintln!("default variant for D={} on {}: {}", c.d, gpu.adapter_name(), AttentionVariant::default_for(&gpu, c.d));
 }
 
 #[test]
@@ -140,7 +174,7 @@ fn causal_first_query_copies_the_first_value() {
     let gpu = gpu();
     let c = Case { batch: 1, lq: 5, lk: 5, heads: 2, d: 16, causal: true };
     let v = rand_vec(13, c.lk * 32, -1.0, 1.0);
-    for variant in AttentionVariant::ALL {
+    for variant in variants_for(c.d) {
         let (got, _) = run_case(&gpu, DType::F32, variant, &c, 11, 1.0, None);
         assert_eq!(&got[..32], &v[..32], "{variant}");
     }
@@ -178,30 +212,4 @@ fn variant_names_round_trip() {
     }
     let err = AttentionVariant::parse("nope").unwrap_err().to_string();
     assert!(err.contains("fused"), "{err}");
-}
-
-#[test]
-#[ignore]
-fn perf_probe() {
-    // TEMPORARY: ATT_SHAPE="b,lq,lk,h,d" cargo test --test attention perf_probe -- --ignored --nocapture
-    let s: Vec<usize> = std::env::var("ATT_SHAPE").unwrap_or("2,1024,1024,8,40".into()).split(',').map(|x| x.parse().unwrap()).collect();
-    let (b, lq, lk, h, d) = (s[0], s[1], s[2], s[3], s[4]);
-    let gpu = fsd3d::gpu::Gpu::from_env().unwrap();
-    let hd = h * d;
-    let q = gpu.upload(&rand_vec(1, b * lq * hd, -1.0, 1.0), &[b, lq, hd], DType::F32).unwrap();
-    let k = gpu.upload(&rand_vec(2, b * lk * hd, -1.0, 1.0), &[b, lk, hd], DType::F32).unwrap();
-    let v = gpu.upload(&rand_vec(3, b * lk * hd, -1.0, 1.0), &[b, lk, hd], DType::F32).unwrap();
-    let mut opts = AttentionOpts::new(h);
-    opts.variant = std::env::var("ATT_VARIANT").ok().map(|v| AttentionVariant::parse(&v).unwrap());
-    let t = std::time::Instant::now();
-    attention::attention(&gpu, &q, &k, &v, &opts).unwrap();
-    gpu.sync().unwrap();
-    eprintln!("first call (compile) {:.2} s", t.elapsed().as_secs_f64());
-    for _ in 0..std::env::var("ATT_ITERS").map_or(3, |s| s.parse().unwrap()) {
-        let t = std::time::Instant::now();
-        attention::attention(&gpu, &q, &k, &v, &opts).unwrap();
-        gpu.sync().unwrap();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        eprintln!("{:?} {:?} {ms:.1} ms {:.2} GFLOP/s", opts.variant, gpu.features().names(), 4.0 * (b * h * lq * lk * d) as f64 / ms / 1e6);
-    }
 }

@@ -16,6 +16,12 @@ use crate::ops::{expect_float, expect_rank, float_dtypes};
 /// small ones of tiny models, and the usual powers of two.
 pub const SUPPORTED_HEAD_DIMS: [usize; 11] = [8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160];
 
+/// Largest head dim for which CPU adapters default to FusedQuad. Its fully
+/// unrolled body takes llvmpipe long to compile as D grows (about 4 s at
+/// D = 40, 12 s at 80, 60 s at 160, once per machine thanks to Mesa's shader
+/// cache); Fused compiles in about a second at any D.
+pub const QUAD_MAX_DEFAULT_HEAD_DIM: usize = 80;
+
 /// Invocations per workgroup.
 const WORKGROUP_SIZE: u32 = 64;
 
@@ -33,7 +39,8 @@ pub enum AttentionVariant {
     /// Four queries per invocation, so that each value loaded from the K/V
     /// tile serves four queries; with subgroups (of 8+ lanes) each value is
     /// loaded once per subgroup and broadcast. The default on CPU adapters
-    /// (lavapipe), where every load inside a loop is a loop over the SIMD lanes.
+    /// (lavapipe), where every load inside a loop is a loop over the SIMD
+    /// lanes, up to [`QUAD_MAX_DEFAULT_HEAD_DIM`].
     FusedQuad,
 }
 
@@ -54,9 +61,11 @@ impl AttentionVariant {
         })
     }
 
-    /// The variant `attention` uses when none is asked for.
-    pub fn default_for(gpu: &Gpu) -> AttentionVariant {
-        if gpu.info().device_type == wgpu::DeviceType::Cpu { AttentionVariant::FusedQuad } else { AttentionVariant::Fused }
+    /// The variant `attention` uses for head dim `d` when none is asked for:
+    /// FusedQuad on CPU adapters up to [`QUAD_MAX_DEFAULT_HEAD_DIM`], Fused otherwise.
+    pub fn default_for(gpu: &Gpu, d: usize) -> AttentionVariant {
+        let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+        if cpu && d <= QUAD_MAX_DEFAULT_HEAD_DIM { AttentionVariant::FusedQuad } else { AttentionVariant::Fused }
     }
 
     /// Queries one workgroup handles.
@@ -85,7 +94,7 @@ pub struct AttentionOpts {
     /// Lq != Lk the mask is aligned at the top left, as torch's
     /// `scaled_dot_product_attention(is_causal=True)`.
     pub causal: bool,
-    /// `None` = the best variant for the device.
+    /// `None` = [`AttentionVariant::default_for`] the device and head dim.
     pub variant: Option<AttentionVariant>,
 }
 
@@ -195,7 +204,7 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
         return Ok(out);
     }
     let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let variant = opts.variant.unwrap_or_else(|| AttentionVariant::default_for(gpu));
+    let variant = opts.variant.unwrap_or_else(|| AttentionVariant::default_for(gpu, d));
     let p = Params {
         lq: lq as u32,
         lk: lk as u32,

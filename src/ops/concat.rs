@@ -204,7 +204,7 @@ pub fn narrow(gpu: &Gpu, x: &Tensor, axis: usize, start: usize, len: usize) -> R
 pub fn split_equal(gpu: &Gpu, x: &Tensor, axis: usize, parts: usize) -> Result<Vec<Tensor>> {
     check_axis("split_equal", x, axis)?;
     let size = x.shape()[axis];
-    if parts == 0 || size % parts != 0 {
+    if parts == 0 || !size.is_multiple_of(parts) {
         return Err(Error::shape("split_equal", format!("axis {axis} of {x:?} does not split into {parts} equal parts")));
     }
     let len = size / parts;

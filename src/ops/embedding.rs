@@ -232,7 +232,8 @@ pub fn timestep_embedding(
             "timestep_embedding: dim {dim} with downscale_freq_shift {downscale_freq_shift} divides by zero (needs dim >= 1 and dim/2 != shift)"
         )));
     }
-    if !(max_period > 0.0) {
+    // Also rejects NaN.
+    if max_period.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return Err(Error::Invalid(format!("timestep_embedding: max_period must be positive, got {max_period}")));
     }
     let out = gpu.empty(&[timesteps.dim(0), dim], timesteps.dtype())?;
