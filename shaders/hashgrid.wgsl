@@ -276,16 +276,26 @@ fn point_position(i: u32) -> vec3<f32> {
 #endif
 }
 
-// World position of row k of point i (k > 0: finite-difference offsets).
+// Rows, in the order the kernels walk them: the n centre rows (k = 0) first,
+// then the 6 offset rows of each point, so that tiles of 64 rows are either
+// all centre rows (which also evaluate the albedo head) or all offset rows.
+struct Row {
+    point: u32,
+    k: u32,
+}
+
+fn row_of(r: u32, n: u32) -> Row {
+    if (r < n) { return Row(r, 0u); }
+    return Row((r - n) / 6u, 1u + (r - n) % 6u);
+}
+
+// World position of row k of point i (k > 0: finite-difference offsets, clamped to the box).
 fn row_position(i: u32, k: u32) -> vec3<f32> {
-    var pos = point_position(i);
-    if (k > 0u) {
-        let axis = (k - 1u) / 2u;
-        let sign = select(-1.0, 1.0, (k - 1u) % 2u == 0u);
-        pos[axis] += sign * p.normal_eps;
-        pos = clamp(pos, vec3<f32>(-p.radius), vec3<f32>(p.radius));
-    }
-    return pos;
+    let pos = point_position(i);
+    let kk = max(k, 1u) - 1u;
+    var off = vec3<f32>(0.0);
+    off[kk / 2u] = select(-p.normal_eps, p.normal_eps, kk % 2u == 0u);
+    return select(pos, clamp(pos + off, vec3<f32>(-p.radius), vec3<f32>(p.radius)), k > 0u);
 }
 
 // World box -> the grid's unit cube.
@@ -334,26 +344,42 @@ fn head_out(pre: ptr<function, array<f32, MAX_HIDDEN>>, w2: u32, o: u32) -> f32 
 #endif
 #endif
 
+// The kernels stride over tiles of WG rows with the whole workgroup (not over
+// rows per thread): every loop over levels, hidden units and inputs then runs
+// in workgroup-uniform control flow, so weight loads and private-array
+// indices are uniform (broadcasts on SIMD CPUs such as llvmpipe; no
+// divergence on GPUs). Rows past the end compute a clamped row and are not written.
+
+// The number of points, as a workgroup-uniform value.
+var<workgroup> wg_points: u32;
+
 #if FIELD_FORWARD
 @compute @workgroup_size(WG)
 fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n_rows = point_count() * p.k;
-    let stride = nwg.x * nwg.y * WG;
-    for (var row = thread_id(wid, lid, nwg); row < n_rows; row += stride) {
-        let i = row / p.k;
-        let k = row % p.k;
-        let pos = row_position(i, k);
+    if (lid == 0u) { wg_points = point_count(); }
+    let n = workgroupUniformLoad(&wg_points);
+    let n_rows = n * p.k;
+    let n_tiles = (n_rows + WG - 1u) / WG;
+    let group = wid.x + wid.y * nwg.x;
+    let n_groups = nwg.x * nwg.y;
+    for (var tile = group; tile < n_tiles; tile += n_groups) {
+        let row = tile * WG + lid;
+        let rw = row_of(min(row, n_rows - 1u), n);
+        let pos = row_position(rw.point, rw.k);
         var x: array<f32, MAX_IN>;
         grid_features(unit_position(pos), &x);
         var pre: array<f32, MAX_HIDDEN>;
         hidden_pre(&x, w1d_at(), &pre);
-        density_out[row] = softplus(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
+        let sigma = softplus(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
+        if (row < n_rows) { density_out[rw.point * p.k + rw.k] = sigma; }
 #if ALBEDO
-        if (k == 0u) {
+        if (tile * WG < n) {
             hidden_pre(&x, w1a_at(), &pre);
-            for (var c = 0u; c < 3u; c++) {
-                albedo_out[3u * i + c] = sigmoid(head_out(&pre, w2a_at(), c));
+            var a: vec3<f32>;
+            for (var c = 0u; c < 3u; c++) { a[c] = sigmoid(head_out(&pre, w2a_at(), c)); }
+            if (row < n) {
+                for (var c = 0u; c < 3u; c++) { albedo_out[3u * rw.point + c] = a[c]; }
             }
         }
 #endif
@@ -364,21 +390,13 @@ fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 #if FIELD_BACKWARD
 var<workgroup> tile_x: array<array<f32, MAX_IN>, WG>;  // features of the tile's rows
 var<workgroup> tile_dz: array<vec4<f32>, WG>;          // dL/d(pre-activation outputs): density, albedo rgb
-var<workgroup> wg_rows: u32;
+var<workgroup> tile_active: array<u32, WG>;            // the row has a gradient
 
-// Backward of one row: scatters dL/dx into the grid, leaves x in tile_x[slot]
-// and returns dL/d(raw density, raw albedo) (zero: nothing flows back).
-fn row_backward(row: u32, slot: u32) -> vec4<f32> {
-    let i = row / p.k;
-    let k = row % p.k;
-    let d_sigma = d_density[row];
-    var d_alb = vec3<f32>(0.0);
-#if ALBEDO
-    if (k == 0u) { d_alb = vec3<f32>(d_albedo[3u * i], d_albedo[3u * i + 1u], d_albedo[3u * i + 2u]); }
-#endif
-    if (d_sigma == 0.0 && all(d_alb == vec3<f32>(0.0))) { return vec4<f32>(0.0); }
-
-    let pos = row_position(i, k);
+// Backward of one row given its upstream gradients: scatters dL/dx into the
+// grid, leaves x in tile_x[slot] and returns dL/d(raw density, raw albedo).
+// `centre_tile`: the tile holds centre rows (workgroup-uniform).
+fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_tile: bool) -> vec4<f32> {
+    let pos = row_position(rw.point, rw.k);
     let u = unit_position(pos);
     var x: array<f32, MAX_IN>;
     grid_features(u, &x);
@@ -391,25 +409,22 @@ fn row_backward(row: u32, slot: u32) -> vec4<f32> {
     hidden_pre(&x, w1d_at(), &pre);
     // softplus' = sigmoid
     let dz_d = d_sigma * sigmoid(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
-    if (dz_d != 0.0) {
-        for (var j = 0u; j < nh; j++) {
-            if (pre[j] <= 0.0) { continue; }
-            let dh = mlp[w2d_at() + j] * dz_d;
-            let w1 = w1d_at() + j * nin;
-            for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
-        }
+    for (var j = 0u; j < nh; j++) {
+        let dh = select(0.0, mlp[w2d_at() + j] * dz_d, pre[j] > 0.0);
+        let w1 = w1d_at() + j * nin;
+        for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
     }
     var dz_a = vec3<f32>(0.0);
 #if ALBEDO
-    if (any(d_alb != vec3<f32>(0.0))) {
+    if (centre_tile) {
         hidden_pre(&x, w1a_at(), &pre);
         var a: vec3<f32>;
         for (var c = 0u; c < 3u; c++) { a[c] = sigmoid(head_out(&pre, w2a_at(), c)); }
         dz_a = d_alb * a * (1.0 - a);
         for (var j = 0u; j < nh; j++) {
-            if (pre[j] <= 0.0) { continue; }
             let w2 = w2a_at() + j;
-            let dh = mlp[w2] * dz_a.x + mlp[w2 + nh] * dz_a.y + mlp[w2 + 2u * nh] * dz_a.z;
+            let g = mlp[w2] * dz_a.x + mlp[w2 + nh] * dz_a.y + mlp[w2 + 2u * nh] * dz_a.z;
+            let dh = select(0.0, g, pre[j] > 0.0);
             let w1 = w1a_at() + j * nin;
             for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
         }
@@ -424,67 +439,75 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                   @builtin(num_workgroups) nwg: vec3<u32>) {
     let nin = n_in();
     let nh = n_hidden();
-    if (lid == 0u) { wg_rows = point_count() * p.k; }
-    let n_rows = workgroupUniformLoad(&wg_rows);
+    if (lid == 0u) { wg_points = point_count(); }
+    let n = workgroupUniformLoad(&wg_points);
+    let n_rows = n * p.k;
     let n_tiles = (n_rows + WG - 1u) / WG;
     let group = wid.x + wid.y * nwg.x;
     let n_groups = nwg.x * nwg.y;
 
-    // This thread's hidden unit j: its weights and gradient sums.
-    let j = lid;
-    let owns_unit = j < nh;
+    // This thread's hidden unit j (threads past the last unit shadow it and
+    // write nothing): its weights and gradient sums.
+    let j = min(lid, nh - 1u);
     var w1d_row: array<f32, MAX_IN>;
     var w1a_row: array<f32, MAX_IN>;
     var acc_w1d: array<f32, MAX_IN>;
     var acc_w1a: array<f32, MAX_IN>;
-    var w2d_j = 0.0;
-    var w2a_j = vec3<f32>(0.0);
+    for (var d = 0u; d < nin; d++) {
+        w1d_row[d] = mlp[w1d_at() + j * nin + d];
+        w1a_row[d] = mlp[w1a_at() + j * nin + d];
+        acc_w1d[d] = 0.0;
+        acc_w1a[d] = 0.0;
+    }
+    let w2d_j = mlp[w2d_at() + j];
+    let w2a_j = vec3<f32>(mlp[w2a_at() + j], mlp[w2a_at() + nh + j], mlp[w2a_at() + 2u * nh + j]);
     var acc_w2d = 0.0;
     var acc_w2a = vec3<f32>(0.0);
-    if (owns_unit) {
-        for (var d = 0u; d < nin; d++) {
-            w1d_row[d] = mlp[w1d_at() + j * nin + d];
-            w1a_row[d] = mlp[w1a_at() + j * nin + d];
-            acc_w1d[d] = 0.0;
-            acc_w1a[d] = 0.0;
-        }
-        w2d_j = mlp[w2d_at() + j];
-        w2a_j = vec3<f32>(mlp[w2a_at() + j], mlp[w2a_at() + nh + j], mlp[w2a_at() + 2u * nh + j]);
-    }
 
     for (var tile = group; tile < n_tiles; tile += n_groups) {
         let row = tile * WG + lid;
+        let rw = row_of(min(row, n_rows - 1u), n);
+        var d_sigma = 0.0;
+        var d_alb = vec3<f32>(0.0);
+        if (row < n_rows) {
+            d_sigma = d_density[rw.point * p.k + rw.k];
+#if ALBEDO
+            if (rw.k == 0u) { d_alb = vec3<f32>(d_albedo[3u * rw.point], d_albedo[3u * rw.point + 1u], d_albedo[3u * rw.point + 2u]); }
+#endif
+        }
+        tile_active[lid] = select(0u, 1u, d_sigma != 0.0 || any(d_alb != vec3<f32>(0.0)));
+        workgroupBarrier();
+        // Skip tiles without any gradient (the samples past a ray's early stop).
+        var tile_has_grad = 0u;
+        for (var q = 0u; q < WG; q++) { tile_has_grad |= tile_active[q]; }
         var dz = vec4<f32>(0.0);
-        if (row < n_rows) { dz = row_backward(row, lid); }
+        if (tile_has_grad != 0u) { dz = row_backward(rw, d_sigma, d_alb, lid, tile * WG < n); }
         tile_dz[lid] = dz;
         workgroupBarrier();
-        if (owns_unit) {
+        if (tile_has_grad != 0u) {
             for (var r = 0u; r < WG; r++) {
                 let dzr = tile_dz[r];
-                if (dzr.x != 0.0) {
-                    var pre = 0.0;
-                    for (var d = 0u; d < nin; d++) { pre += w1d_row[d] * tile_x[r][d]; }
-                    if (pre > 0.0) {
-                        let dh = w2d_j * dzr.x;
-                        for (var d = 0u; d < nin; d++) { acc_w1d[d] += dh * tile_x[r][d]; }
-                        acc_w2d += dzr.x * pre;
-                    }
-                }
+                if (all(dzr == vec4<f32>(0.0))) { continue; }
+                var pre = 0.0;
+                for (var d = 0u; d < nin; d++) { pre += w1d_row[d] * tile_x[r][d]; }
+                let dh = select(0.0, w2d_j * dzr.x, pre > 0.0);
+                for (var d = 0u; d < nin; d++) { acc_w1d[d] += dh * tile_x[r][d]; }
+                acc_w2d += dzr.x * max(pre, 0.0);
+#if ALBEDO
                 if (any(dzr.yzw != vec3<f32>(0.0))) {
-                    var pre = 0.0;
-                    for (var d = 0u; d < nin; d++) { pre += w1a_row[d] * tile_x[r][d]; }
-                    if (pre > 0.0) {
-                        let dh = dot(w2a_j, dzr.yzw);
-                        for (var d = 0u; d < nin; d++) { acc_w1a[d] += dh * tile_x[r][d]; }
-                        acc_w2a += dzr.yzw * pre;
-                    }
+                    var pre_a = 0.0;
+                    for (var d = 0u; d < nin; d++) { pre_a += w1a_row[d] * tile_x[r][d]; }
+                    let dh_a = select(0.0, dot(w2a_j, dzr.yzw), pre_a > 0.0);
+                    for (var d = 0u; d < nin; d++) { acc_w1a[d] += dh_a * tile_x[r][d]; }
+                    acc_w2a += dzr.yzw * max(pre_a, 0.0);
                 }
+#endif
             }
         }
         workgroupBarrier();
     }
 
-    if (owns_unit) {
+    if (lid < nh) {
         let base = group * (w2a_at() + 3u * nh);
         for (var d = 0u; d < nin; d++) {
             partials[base + w1d_at() + j * nin + d] = acc_w1d[d];

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use fsd3d::gpu::DType;
 use fsd3d::ops::adam::{self, AdamHyper};
-use fsd3d::scene::{self, AdamConfig, BackgroundKind, FieldConfig, Scene, SceneConfig};
+use fsd3d::scene::{self, AdamConfig, BackgroundConfig, BackgroundKind, FieldConfig, RenderConfig, Scene, SceneConfig};
 
 /// torch.optim.Adam (no weight decay, no amsgrad), f64.
 fn torch_adam(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], h: &AdamHyper, step: i32) {
@@ -32,7 +32,7 @@ fn adam_matches_torch() {
             let (mut rp, mut rm, mut rv) = (p0.iter().map(|x| *x as f64).collect::<Vec<_>>(), vec![0.0; n], vec![0.0; n]);
             for step in 1..=5 {
                 // Gradients of mixed scales, some exactly zero.
-                let mut g = rand_vec(10 + step as u64, n, -1.0, 1.0);
+                let mut g = rand_vec(10 + step, n, -1.0, 1.0);
                 for (i, x) in g.iter_mut().enumerate() {
                     if i % 7 == 3 {
                         *x = 0.0;
@@ -65,12 +65,13 @@ fn adam_rejects_bad_input() {
 }
 
 fn small_scene_config() -> SceneConfig {
-    let mut cfg = SceneConfig::default();
-    cfg.field = FieldConfig { levels: 4, log2_table_size: 8, base_resolution: 4, per_level_scale: 1.5, hidden: 16, radius: 1.0, ..Default::default() };
-    cfg.render.occupancy_resolution = 8;
-    cfg.background.kind = BackgroundKind::Mlp;
-    cfg.adam = AdamConfig { lr_grid: 0.05, ..Default::default() };
-    cfg
+    SceneConfig {
+        field: FieldConfig { levels: 4, log2_table_size: 8, base_resolution: 4, per_level_scale: 1.5, hidden: 16, radius: 1.0, ..Default::default() },
+        render: RenderConfig { occupancy_resolution: 8, ..Default::default() },
+        background: BackgroundConfig { kind: BackgroundKind::Mlp, ..Default::default() },
+        adam: AdamConfig { lr_grid: 0.05, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 fn all_state(gpu: &fsd3d::gpu::Gpu, s: &Scene) -> Vec<Vec<f32>> {

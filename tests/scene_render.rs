@@ -556,7 +556,7 @@ fn occupancy_update_matches_reference() {
                 assert_eq!(bit, want[i] > t, "cell {i}: occ {} threshold {t}", want[i]);
             }
         }
-        if cells % 32 != 0 {
+        if !cells.is_multiple_of(32) {
             assert_eq!(got_bits[cells / 32] >> (cells % 32), 0, "no bits past the last cell");
         }
     }
@@ -578,4 +578,81 @@ fn bad_render_input_is_a_clear_error() {
     let bits = gpu.zeros(&[3], DType::U32).unwrap();
     let e = render::march(&gpu, &m.rays, &bits, &march_spec(false)).unwrap_err().to_string();
     assert!(e.contains("occupancy"), "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// The Scene API with every feature on.
+
+/// A small scene with the learned background.
+fn small_scene() -> fsd3d::scene::SceneConfig {
+    use fsd3d::scene::{BackgroundConfig, BackgroundKind, FieldConfig, RenderConfig, SceneConfig};
+    SceneConfig {
+        field: FieldConfig { levels: 4, log2_table_size: 10, base_resolution: 8, per_level_scale: 1.5, hidden: 16, ..Default::default() },
+        background: BackgroundConfig { kind: BackgroundKind::Mlp, ..Default::default() },
+        render: RenderConfig { samples_per_ray: 64, occupancy_resolution: 8, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn scene_step_with_every_feature() {
+    use fsd3d::scene::{CameraConfig, CameraSampler, RayBatch, RenderOptions, Scene};
+    let gpu = gpu();
+    let cfg = small_scene();
+    let mut scene = Scene::new(&gpu, &cfg, 3).unwrap();
+    scene.update_occupancy(&gpu, 0).unwrap();
+    let occupied = scene.occupancy.occupied_fraction(&gpu).unwrap();
+    assert!(occupied > 0.0 && occupied < 0.5, "the blob occupies the middle of the box: {occupied}");
+    let cams = CameraSampler::new(CameraConfig { batch_size: 2, ..Default::default() }, 0).unwrap().sample(0);
+    let rays = RayBatch::new(&gpu, &cams, 8, 8).unwrap();
+    let reg = RegulariserWeights { orientation: 10.0, sparsity: 1.0, opaque: 0.5 };
+    let before = gpu.download(&scene.field.table).unwrap();
+    for shading in [Shading::Diffuse, Shading::Textureless, Shading::Albedo] {
+        let opts = RenderOptions { normal_image: true, ..RenderOptions::training(shading, 1, true) };
+        let r = scene.render(&gpu, &rays, &opts).unwrap();
+        assert_eq!(r.images.rgb.shape(), &[2, 3, 64]);
+        let op = gpu.download(&r.images.opacity).unwrap();
+        assert!(op.iter().all(|o| (0.0..=1.0 + 1e-6).contains(o)) && op.iter().any(|o| *o > 0.5), "the blob is seen: {op:?}");
+        let nrm = gpu.download(r.images.normal.as_ref().unwrap()).unwrap();
+        assert!(nrm.iter().all(|v| v.is_finite()) && nrm.iter().any(|v| *v != 0.0));
+        let d_rgb = gpu.upload(&rand_vec(1, 2 * 3 * 64, -0.01, 0.01), &[2, 3, 64], DType::F32).unwrap();
+        let d_op = gpu.upload(&rand_vec(2, 2 * 64, -0.01, 0.01), &[2, 1, 64], DType::F32).unwrap();
+        scene.backward(&gpu, &r, &d_rgb, Some(&d_op), &reg).unwrap();
+        let vals = gpu.download(&scene.regulariser_values(&gpu, &r).unwrap()).unwrap();
+        assert!(vals.iter().all(|v| v.is_finite()) && vals[3] > 0.0, "{vals:?}");
+        for g in &scene.adam.groups {
+            let grad = gpu.download(&g.grad).unwrap();
+            assert!(grad.iter().all(|v| v.is_finite()), "{} gradient not finite", g.name);
+            assert!(grad.iter().any(|v| *v != 0.0), "{} got no gradient with {shading:?}", g.name);
+        }
+        scene.optimizer_step(&gpu, 1.0).unwrap();
+    }
+    assert_eq!(scene.adam.step, 3);
+    assert_ne!(gpu.download(&scene.field.table).unwrap(), before, "Adam moved the grid");
+}
+
+#[test]
+fn render_image_in_chunks_matches_one_render() {
+    use fsd3d::scene::camera::Camera;
+    use fsd3d::scene::{RayBatch, RenderOptions, Scene};
+    let gpu = gpu();
+    let cfg = small_scene();
+    let whole = Scene::new(&gpu, &cfg, 4).unwrap();
+    whole.update_occupancy(&gpu, 0).unwrap();
+    let cam = Camera::orbit(10.0, 70.0, 1.8, 60.0);
+    let (w, h) = (9, 7);
+    let img = whole.render_image(&gpu, &cam, w, h, Shading::Diffuse).unwrap();
+    // The same through one render call.
+    let r = whole.render(&gpu, &RayBatch::new(&gpu, &[cam], w, h).unwrap(), &RenderOptions::eval(Shading::Diffuse)).unwrap();
+    assert_close("rgb", &img.rgb, &gpu.download(&r.images.rgb).unwrap(), 1e-6);
+    assert_close("normal", &img.normal, &gpu.download(r.images.normal.as_ref().unwrap()).unwrap(), 1e-6);
+    assert!(img.opacity.iter().any(|o| *o > 0.5));
+    // A capacity of 3 rays' samples per render: 21 chunks, the same images.
+    let mut small = cfg.clone();
+    small.render.max_samples_total = 3 * 64;
+    let mut chunked = Scene::new(&gpu, &small, 4).unwrap();
+    chunked.occupancy = whole.occupancy;
+    let img2 = chunked.render_image(&gpu, &cam, w, h, Shading::Diffuse).unwrap();
+    assert_close("chunked rgb", &img2.rgb, &img.rgb, 1e-6);
+    assert_close("chunked depth", &img2.depth, &img.depth, 1e-6);
 }

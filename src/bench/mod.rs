@@ -14,11 +14,12 @@ use crate::gpu::{DType, Gpu};
 pub mod attention;
 pub mod conv;
 pub mod matmul;
+pub mod scene;
 
 /// Options of `fsd3d bench`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Kernel family to measure: matmul, conv, attention (all when omitted).
+    /// Kernel family to measure: matmul, conv, attention, scene (all when omitted).
     pub family: Option<String>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
@@ -101,9 +102,12 @@ pub fn cases<'a>(gpu: &'a Gpu, family: Option<&str>, quick: bool) -> Result<Vec<
     if want("attention") {
         v.extend(attention::cases(gpu, quick)?);
     }
+    if want("scene") {
+        v.extend(scene::cases(gpu, quick)?);
+    }
     if let Some(f) = family {
-        if !["matmul", "conv", "attention"].contains(&f) {
-            return Err(crate::Error::Invalid(format!("unknown bench family {f:?}: expected matmul, conv or attention")));
+        if !["matmul", "conv", "attention", "scene"].contains(&f) {
+            return Err(crate::Error::Invalid(format!("unknown bench family {f:?}: expected matmul, conv, attention or scene")));
         }
     }
     Ok(v)

@@ -40,6 +40,7 @@ pub fn variants(_caps: Caps) -> Vec<KernelKey> {
     vec![key()]
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Step `step` (1-based) of Adam: updates `param`, `exp_avg` and
 /// `exp_avg_sq` in place from `grad`·`grad_scale` (all f32, same size).
 pub fn adam_step(
@@ -61,7 +62,7 @@ pub fn adam_step(
     if step == 0 {
         return Err(Error::Invalid("adam: steps count from 1".into()));
     }
-    if !(0.0..1.0).contains(&hyper.beta1) || !(0.0..1.0).contains(&hyper.beta2) || !(hyper.eps >= 0.0) {
+    if !(0.0..1.0).contains(&hyper.beta1) || !(0.0..1.0).contains(&hyper.beta2) || hyper.eps.is_nan() || hyper.eps < 0.0 {
         return Err(Error::Invalid(format!("adam: bad hyper-parameters {hyper:?}")));
     }
     let t = step.min(i32::MAX as u64) as i32;

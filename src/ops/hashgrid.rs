@@ -255,10 +255,8 @@ fn expect_f32(op: &'static str, what: &str, t: &Tensor, numel: Option<usize>) ->
     if t.dtype() != DType::F32 {
         return Err(Error::shape(op, format!("{what} must be f32 (the field is f32), got {t:?}")));
     }
-    if let Some(n) = numel {
-        if t.numel() != n {
-            return Err(Error::shape(op, format!("{what} has {} elements, expected {n}: {t:?}", t.numel())));
-        }
+    if let Some(n) = numel.filter(|&n| n != t.numel()) {
+        return Err(Error::shape(op, format!("{what} has {} elements, expected {n}: {t:?}", t.numel())));
     }
     Ok(())
 }

@@ -140,6 +140,7 @@ pub fn forward(gpu: &Gpu, shape: &MlpShape, weights: &Tensor, x: &Tensor, act: O
     Ok(y)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Backward of [`forward`] given dL/dy `[n, dL]`: adds dL/dweights to
 /// `grad_weights` and returns dL/dx `[n, d0]` when `want_dx`.
 pub fn backward(

@@ -281,7 +281,7 @@ pub struct Composited {
 
 impl CompositeSpec {
     fn check(&self, op: &'static str, n_rays: usize) -> Result<(usize, u32)> {
-        if self.rays_per_view == 0 || n_rays % self.rays_per_view != 0 {
+        if self.rays_per_view == 0 || !n_rays.is_multiple_of(self.rays_per_view) {
             return Err(Error::shape(op, format!("{n_rays} rays are not whole views of {} pixels", self.rays_per_view)));
         }
         let views = n_rays / self.rays_per_view;
@@ -490,7 +490,7 @@ pub fn occupancy_words(res: u32) -> usize {
 /// One point per cell of the `res`³ grid over [-radius, radius]³, uniformly
 /// jittered inside its cell: f32 `[res³, 3]`, cell index x + y·res + z·res².
 pub fn occupancy_points(gpu: &Gpu, res: u32, radius: f32, seed: u32) -> Result<Tensor> {
-    if res == 0 || res > 512 || !(radius > 0.0) {
+    if res == 0 || res > 512 || radius.is_nan() || radius <= 0.0 {
         return Err(Error::Invalid(format!("occupancy grid: resolution {res} (1..=512), radius {radius} (> 0)")));
     }
     let cells = (res as usize).pow(3);
@@ -500,6 +500,7 @@ pub fn occupancy_points(gpu: &Gpu, res: u32, radius: f32, seed: u32) -> Result<T
     Ok(points)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// `occ = max(occ·decay, density·dt)` per cell, then the bits where
 /// `occ > min(mean occ, threshold)`.
 pub fn occupancy_update(gpu: &Gpu, density: &Tensor, occ: &Tensor, bits: &Tensor, res: u32, decay: f32, dt: f32, threshold: f32) -> Result<()> {

@@ -39,7 +39,7 @@ pub mod purpose {
 /// A random stream keyed by (seed, step, purpose): the same key always gives
 /// the same numbers, different keys independent-looking ones.
 pub fn rng_for(seed: u64, step: u64, purpose: u64) -> StdRng {
-    let mut h = splitmix64(seed ^ 0x5EED_0F_F5D3D);
+    let mut h = splitmix64(seed ^ 0x5EED_F5D3_D000_0001);
     h = splitmix64(h ^ step);
     h = splitmix64(h ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     StdRng::seed_from_u64(h)

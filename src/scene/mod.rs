@@ -87,6 +87,21 @@ pub struct SceneRender {
     pub spec: CompositeSpec,
 }
 
+/// Images of one view on the host, channel-major `[C, H, W]`, row 0 the top row.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    /// `[3, H, W]`, background included.
+    pub rgb: Vec<f32>,
+    /// `[H, W]`.
+    pub opacity: Vec<f32>,
+    /// `[H, W]`: Σ w·t (divide by the opacity for the expected depth).
+    pub depth: Vec<f32>,
+    /// `[3, H, W]`: Σ w·n.
+    pub normal: Vec<f32>,
+}
+
 /// The optimised scene: field, background, occupancy grid and optimiser.
 pub struct Scene {
     pub cfg: SceneConfig,
@@ -120,7 +135,7 @@ impl Scene {
 
     /// Updates the occupancy grid when `step` is a multiple of the interval.
     pub fn update_occupancy(&self, gpu: &Gpu, step: u64) -> Result<()> {
-        if step % self.cfg.render.occupancy_interval == 0 {
+        if step.is_multiple_of(self.cfg.render.occupancy_interval) {
             self.occupancy.update(gpu, &self.field, &self.cfg.render, self.seed, step)?;
         }
         Ok(())
@@ -182,6 +197,32 @@ impl Scene {
             self.background.backward(gpu, &r.rays, d_bg, self.adam.grad(GROUP_BACKGROUND)?)?;
         }
         Ok(())
+    }
+
+    /// Renders one camera at any resolution for evaluation (mid-step samples,
+    /// normals), in chunks of rays small enough that no sample is dropped,
+    /// and reads the images back.
+    pub fn render_image(&self, gpu: &Gpu, camera: &Camera, width: u32, height: u32, shading: Shading) -> Result<Image> {
+        let n = (width * height) as usize;
+        let rays = camera.rays(width, height);
+        let chunk = (self.cfg.render.max_samples_total / self.cfg.render.samples_per_ray as usize).clamp(1, n.max(1));
+        let mut img = Image { width, height, rgb: vec![0.0; 3 * n], opacity: vec![0.0; n], depth: vec![0.0; n], normal: vec![0.0; 3 * n] };
+        for start in (0..n).step_by(chunk) {
+            let m = chunk.min(n - start);
+            let t = gpu.upload(&rays[start * camera::RAY_FLOATS..(start + m) * camera::RAY_FLOATS], &[m, camera::RAY_FLOATS], crate::gpu::DType::F32)?;
+            let batch = RayBatch::from_tensor(t, vec![camera.light], m as u32, 1)?;
+            let r = self.render(gpu, &batch, &RenderOptions::eval(shading))?;
+            let rgb = gpu.download(&r.images.rgb)?;
+            let normal_image = r.images.normal.as_ref().ok_or_else(|| Error::Invalid("eval render without a normal image".into()))?;
+            let normal = gpu.download(normal_image)?;
+            for c in 0..3 {
+                img.rgb[c * n + start..c * n + start + m].copy_from_slice(&rgb[c * m..(c + 1) * m]);
+                img.normal[c * n + start..c * n + start + m].copy_from_slice(&normal[c * m..(c + 1) * m]);
+            }
+            img.opacity[start..start + m].copy_from_slice(&gpu.download(&r.images.opacity)?);
+            img.depth[start..start + m].copy_from_slice(&gpu.download(&r.images.depth)?);
+        }
+        Ok(img)
     }
 
     /// Regulariser values of a render (orientation, sparsity, entropy, foreground rays), f32 `[4]`.

@@ -9,9 +9,8 @@ use fsd3d::ops::hashgrid::{FieldSpec, GridLayout};
 pub fn grid_features(layout: &GridLayout, table: &[f64], u: [f32; 3]) -> Vec<f64> {
     let f = layout.features_per_level as usize;
     let mut out = vec![0.0; layout.output_dim()];
-    for (l, lv) in layout.levels.iter().enumerate() {
+    for l in 0..layout.levels.len() {
         for (c, w) in level_corners(layout, l, u) {
-            let _ = lv;
             for k in 0..f {
                 out[l * f + k] += w * table[c * f + k];
             }
@@ -67,7 +66,7 @@ pub fn row_position(spec: &FieldSpec, p: [f32; 3], k: usize) -> [f32; 3] {
     let mut q = p;
     if k > 0 {
         let axis = (k - 1) / 2;
-        let sign = if (k - 1) % 2 == 0 { 1.0 } else { -1.0 };
+        let sign = if (k - 1).is_multiple_of(2) { 1.0 } else { -1.0 };
         q[axis] += sign * spec.normal_eps;
         for v in &mut q {
             *v = v.clamp(-spec.radius, spec.radius);

@@ -1,0 +1,130 @@
+//! Bench cases of the 3D side at threestudio's sizes: the fused field
+//! (hash grid 16 levels × 2 features × 2^19, MLPs of 64) forward + backward
+//! over a batch of points, a whole render forward + backward of 64×64 rays
+//! with up to 512 samples each, and the Adam step over all parameters.
+//!
+//! Throughput in points/s or rays/s is the `shape`'s count divided by `ms`.
+//! FLOP counts are estimates (MLP multiply-adds and trilinear blends only).
+use crate::bench::Case;
+use crate::error::Result;
+use crate::gpu::{DType, Gpu};
+use crate::ops::hashgrid::{self, FieldPoints};
+use crate::ops::render::RegulariserWeights;
+use crate::scene::camera::{Camera, RayBatch};
+use crate::scene::{RenderOptions, Scene, SceneConfig};
+use crate::ops::render::Shading;
+
+/// Deterministic pseudo-random values in [lo, hi).
+fn fill(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            lo + (hi - lo) * (s >> 8) as f32 / (1u32 << 24) as f32
+        })
+        .collect()
+}
+
+/// Forward FLOPs of one field row: two trilinear blends per level and feature
+/// over 8 corners, the first layers of both heads and their outputs.
+fn field_row_flops(cfg: &SceneConfig) -> f64 {
+    let f = &cfg.field;
+    let inputs = (f.levels * f.features_per_level) as f64;
+    let h = f.hidden as f64;
+    2.0 * 8.0 * inputs + 2.0 * (2.0 * inputs * h + 4.0 * h)
+}
+
+fn field_case<'a>(gpu: &'a Gpu, points: usize, normals: bool) -> Result<Case<'a>> {
+    let cfg = SceneConfig::default();
+    let scene = Scene::new(gpu, &cfg, 0)?;
+    let k = hashgrid::rows_per_point(normals) as usize;
+    let pts = gpu.upload(&fill(points * 3, 1, -0.6, 0.6), &[points, 3], DType::F32)?;
+    let d_density = gpu.upload(&fill(points * k, 2, -1.0, 1.0), &[points, k], DType::F32)?;
+    let d_albedo = gpu.upload(&fill(points * 3, 3, -1.0, 1.0), &[points, 3], DType::F32)?;
+    let rows = (points * k) as f64;
+    let flops = rows * field_row_flops(&cfg) * 4.0; // forward, then backward ≈ 3 forwards
+    let bytes = rows * (16.0 * 8.0 * 2.0 * 4.0) * 3.0; // table reads (forward, backward) and scatters
+    Ok(Case {
+        kernel: format!("scene.field fwd+bwd{}", if normals { " +normals" } else { "" }),
+        shape: format!("{points} points x {k} rows, grid 16x2x2^19, mlp 64"),
+        dtype: DType::F32,
+        flops,
+        bytes,
+        record: Box::new(move || {
+            let f = &scene.field;
+            let (_d, _a) = hashgrid::field_forward(gpu, &f.spec, &f.table, &f.mlp, FieldPoints::Points(&pts), normals)?;
+            hashgrid::field_backward(
+                gpu,
+                &f.spec,
+                &f.table,
+                &f.mlp,
+                FieldPoints::Points(&pts),
+                normals,
+                &d_density,
+                &d_albedo,
+                scene.adam.grad(crate::scene::GROUP_GRID)?,
+                scene.adam.grad(crate::scene::GROUP_MLP)?,
+            )
+        }),
+    })
+}
+
+/// A render of `res`² rays from one camera, forward and backward, with the
+/// occupancy grid all set (`blob` false: every one of the 512 samples per ray
+/// through the box) or updated from the initial blob density.
+fn render_case<'a>(gpu: &'a Gpu, res: u32, shading: Shading, blob: bool) -> Result<Case<'a>> {
+    let cfg = SceneConfig::default();
+    let scene = Scene::new(gpu, &cfg, 0)?;
+    if blob {
+        scene.update_occupancy(gpu, 0)?;
+    }
+    let cam = Camera::orbit(15.0, 30.0, 1.75, 55.0);
+    let rays = RayBatch::new(gpu, &[cam], res, res)?;
+    let n = (res * res) as usize;
+    let d_rgb = gpu.upload(&fill(3 * n, 4, -1e-3, 1e-3), &[1, 3, n], DType::F32)?;
+    let opts = RenderOptions::training(shading, 1, shading != Shading::Albedo);
+    let reg = RegulariserWeights { orientation: if opts.normals { 10.0 } else { 0.0 }, sparsity: 1.0, opaque: 0.0 };
+    let samples = n as f64 * cfg.render.samples_per_ray as f64;
+    let k = hashgrid::rows_per_point(opts.normals) as f64;
+    Ok(Case {
+        kernel: format!("scene.render fwd+bwd {shading:?}").to_lowercase(),
+        shape: format!("{res}x{res} rays x {} samples ({})", cfg.render.samples_per_ray, if blob { "blob occupancy" } else { "all occupied" }),
+        dtype: DType::F32,
+        // At most: every sample of every ray (all occupied).
+        flops: if blob { 0.0 } else { samples * k * field_row_flops(&cfg) * 4.0 },
+        bytes: 0.0,
+        record: Box::new(move || {
+            let r = scene.render(gpu, &rays, &opts)?;
+            scene.backward(gpu, &r, &d_rgb, None, &reg)
+        }),
+    })
+}
+
+fn adam_case(gpu: &Gpu) -> Result<Case<'_>> {
+    let cfg = SceneConfig::default();
+    let mut scene = Scene::new(gpu, &cfg, 0)?;
+    let params: usize = scene.adam.groups.iter().map(|g| g.param.numel()).sum();
+    Ok(Case {
+        kernel: "scene.adam".into(),
+        shape: format!("{params} parameters"),
+        dtype: DType::F32,
+        flops: params as f64 * 12.0,
+        bytes: params as f64 * 4.0 * 7.0, // read p, g, m, v; write p, m, v
+        record: Box::new(move || scene.optimizer_step(gpu, 1.0)),
+    })
+}
+
+pub fn cases(gpu: &Gpu, quick: bool) -> Result<Vec<Case<'_>>> {
+    let points = if quick { 1 << 12 } else { 1 << 18 };
+    let mut v = vec![field_case(gpu, points, false)?, field_case(gpu, points / 8, true)?];
+    let res = if quick { 16 } else { 64 };
+    v.push(render_case(gpu, res, Shading::Albedo, true)?);
+    v.push(render_case(gpu, res, Shading::Diffuse, true)?);
+    if !quick {
+        v.push(render_case(gpu, res, Shading::Albedo, false)?);
+    }
+    v.push(adam_case(gpu)?);
+    Ok(v)
+}
