@@ -12,9 +12,12 @@ use crate::ops::{expect_float, float_dtypes};
 pub enum MatmulVariant {
     /// One output per invocation, 16×16 tiles in workgroup memory: the baseline.
     Simple,
-    /// Register-blocked: each invocation computes a block of outputs from vec4 loads.
+    /// Register-blocked: each invocation computes a 32×16 block of C from 4×4
+    /// quads of the operands (vec4 loads where aligned); no workgroup memory.
     Blocked,
-    /// `Blocked` sharing the loads of A across a subgroup (needs subgroups of ≥ 8).
+    /// Like `Blocked`, but the 8 lanes of a subgroup share 32 rows (8 columns
+    /// each) and load A between them, passing it round with subgroupBroadcast.
+    /// Needs subgroups of at least 8 invocations.
     Subgroup,
 }
 
@@ -73,9 +76,10 @@ impl Default for MatmulOpts {
     }
 }
 
-/// The kernel used when [`MatmulOpts::variant`] is `None`.
-pub fn default_variant(_caps: Caps) -> MatmulVariant {
-    MatmulVariant::Blocked
+/// The kernel used when [`MatmulOpts::variant`] is `None`: the fastest the device
+/// can run (on lavapipe `subgroup` is ~1.4× `blocked`, see docs/performance.md).
+pub fn default_variant(caps: Caps) -> MatmulVariant {
+    if MatmulVariant::Subgroup.available(caps) { MatmulVariant::Subgroup } else { MatmulVariant::Blocked }
 }
 
 #[repr(C)]
@@ -84,7 +88,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    batch: u32,
+    has_bias: u32,
     a_batch: u32,
     b_batch: u32,
     alpha: f32,
@@ -102,38 +106,24 @@ fn act_code(act: Act) -> u32 {
     }
 }
 
-/// Outputs per invocation and invocations per workgroup of the blocked kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Block {
-    /// Rows per invocation.
-    bm: u32,
-    /// Groups of four columns per invocation.
-    bn4: u32,
-    wg_x: u32,
-    wg_y: u32,
-}
-
-impl Block {
-    fn tile(self) -> (u32, u32) {
-        (self.bm * self.wg_y, 4 * self.bn4 * self.wg_x)
+/// Rows and columns of C that one workgroup of `variant` computes (fixed in the shader).
+fn tile(variant: MatmulVariant) -> (u32, u32) {
+    match variant {
+        MatmulVariant::Simple => (16, 16),
+        // 8 invocations × 32 rows × 16 columns.
+        MatmulVariant::Blocked => (32, 128),
+        // 8 lanes sharing 32 rows, 8 columns each.
+        MatmulVariant::Subgroup => (32, 64),
     }
 }
 
-fn block(_variant: MatmulVariant) -> Block {
-    if let Ok(s) = std::env::var("FSD3D_MATMUL_BLOCK") {
-        let v: Vec<u32> = s.split('x').map(|t| t.parse().unwrap()).collect();
-        return Block { bm: v[0], bn4: v[1], wg_x: v[2], wg_y: v[3] };
-    }
-    Block { bm: 4, bn4: 1, wg_x: 8, wg_y: 8 }
-}
-
-/// What a dispatch depends on besides the variant: storage types, layouts, alignment.
+/// What a kernel depends on besides the variant: storage types, transposes, alignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shape {
+struct Layout {
     ta: DType,
     tb: DType,
-    /// Storage type of the bias, `None` without one.
-    tbias: Option<DType>,
+    /// Storage type of the bias binding (A's without a bias: A is bound in its place).
+    tbias: DType,
     to: DType,
     trans_a: bool,
     trans_b: bool,
@@ -142,31 +132,21 @@ struct Shape {
     vec_b: bool,
 }
 
-fn key(variant: MatmulVariant, s: Shape) -> KernelKey {
-    let entry = match variant {
-        MatmulVariant::Simple => "simple",
-        MatmulVariant::Blocked => "blocked",
-        MatmulVariant::Subgroup => "subgroup",
-    };
-    let mut k = KernelKey::new("matmul", entry)
+fn key(variant: MatmulVariant, s: Layout) -> KernelKey {
+    // The entry points are named as the variants.
+    let k = KernelKey::new("matmul", variant.name())
         .def("TA", s.ta.wgsl())
         .def("TB", s.tb.wgsl())
-        .def("TBIAS", s.tbias.unwrap_or(DType::F32).wgsl())
+        .def("TBIAS", s.tbias.wgsl())
         .def("TO", s.to.wgsl())
         .flag("TRANS_A", s.trans_a)
         .flag("TRANS_B", s.trans_b)
-        .flag("HAS_BIAS", s.tbias.is_some())
         .flag("SIMPLE", variant == MatmulVariant::Simple)
         .flag("BLOCKED", variant == MatmulVariant::Blocked)
         .flag("SUBGROUP", variant == MatmulVariant::Subgroup);
     // The simple kernel reads single elements: the vec4 flags would only multiply its variants.
     let vec = variant != MatmulVariant::Simple;
-    k = k.flag("VEC_A", vec && s.vec_a).flag("VEC_B", vec && s.vec_b);
-    if vec {
-        let b = block(variant);
-        k = k.def("BM", b.bm).def("BN4", b.bn4).def("WG_X", b.wg_x).def("WG_Y", b.wg_y);
-    }
-    k
+    k.flag("VEC_A", vec && s.vec_a).flag("VEC_B", vec && s.vec_b)
 }
 
 /// Every variant this family dispatches (for validation).
@@ -178,13 +158,12 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
         for &ta in &dts {
             for &tb in &dts {
                 for &to in &dts {
-                    let biases = std::iter::once(None).chain(dts.iter().map(|&d| Some(d)));
-                    for tbias in biases {
+                    for &tbias in &dts {
                         for trans_a in [false, true] {
                             for trans_b in [false, true] {
                                 for &vec_a in vecs {
                                     for &vec_b in vecs {
-                                        let s = Shape { ta, tb, tbias, to, trans_a, trans_b, vec_a, vec_b };
+                                        let s = Layout { ta, tb, tbias, to, trans_a, trans_b, vec_a, vec_b };
                                         v.push(key(variant, s));
                                     }
                                 }
@@ -243,6 +222,9 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
             return Err(Error::shape(OP, format!("bias must be [{n}] (N), got {t:?}")));
         }
     }
+    if opts.out_dtype == Some(DType::U32) {
+        return Err(Error::shape(OP, "the result must be f32 or f16, not u32"));
+    }
     let out_shape: Vec<usize> = if a.rank() == 2 && b.rank() == 2 { vec![m, n] } else { vec![batch, m, n] };
     let out = gpu.empty(&out_shape, opts.out_dtype.unwrap_or(a.dtype()))?;
     if out.numel() == 0 {
@@ -256,10 +238,10 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
             hint: "use the blocked variant",
         });
     }
-    let shape = Shape {
+    let layout = Layout {
         ta: a.dtype(),
         tb: b.dtype(),
-        tbias: bias.map(|t| t.dtype()),
+        tbias: bias.unwrap_or(a).dtype(),
         to: out.dtype(),
         trans_a: opts.trans_a,
         trans_b: opts.trans_b,
@@ -274,21 +256,17 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
         m: as_u32(m)?,
         n: as_u32(n)?,
         k: as_u32(k)?,
-        batch: as_u32(batch)?,
+        has_bias: bias.is_some() as u32,
         a_batch: if ba == 1 { 0 } else { as_u32(m * k)? },
         b_batch: if bb == 1 { 0 } else { as_u32(k * n)? },
         alpha: opts.alpha,
         act: act_code(opts.act),
     };
-    let (tile_m, tile_n) = match variant {
-        MatmulVariant::Simple => (16, 16),
-        v => block(v).tile(),
-    };
-    let groups = [p.n.div_ceil(tile_n), p.m.div_ceil(tile_m), p.batch];
-    let mut tensors = vec![a, b];
-    tensors.extend(bias);
-    tensors.push(&out);
-    gpu.dispatch(&format!("matmul.{variant}"), &key(variant, shape), bytemuck::bytes_of(&p), &tensors, groups)?;
+    let (tile_m, tile_n) = tile(variant);
+    let groups = [p.n.div_ceil(tile_n), p.m.div_ceil(tile_m), as_u32(batch)?];
+    // Without a bias, A stands in for the unread bias binding.
+    let tensors = [a, b, bias.unwrap_or(a), &out];
+    gpu.dispatch(&format!("matmul.{variant}"), &key(variant, layout), bytemuck::bytes_of(&p), &tensors, groups)?;
     Ok(out)
 }
 
@@ -300,7 +278,7 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
     if weight.rank() != 2 || weight.shape()[1] != inner {
         return Err(Error::shape(OP, format!("weight must be [out, {inner}] for x {x:?}, got {weight:?}")));
     }
-    let rows = x.numel() / inner.max(1);
+    let rows: usize = x.shape()[..x.rank() - 1].iter().product();
     let x2 = x.reshape(&[rows, inner])?;
     let opts = MatmulOpts { trans_b: true, ..Default::default() };
     let y = matmul(gpu, &x2, weight, bias, &opts)?;
