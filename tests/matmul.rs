@@ -1,7 +1,7 @@
 //! The matmul kernels against a CPU reference: every variant × transposes ×
 //! bias/activation × batch broadcasting, f32 and f16 storage, with the
 //! optional features on and off, on awkward sizes (1, 7, 33, 65, 130: none a
-//! multiple of the kernels' 32×64 tiles); and the errors bad shapes give.
+//! multiple of the kernels' tile sizes); and the errors bad shapes give.
 //!
 //! Each distinct kernel (variant, storage types, layout, vec4 alignment) costs
 //! lavapipe about a second to compile, so the cases are chosen to reach every
