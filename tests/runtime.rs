@@ -154,3 +154,22 @@ fn kernel_keys_ignore_define_order() {
     let b = KernelKey::new("f", "e").def("B", 2).def("A", 1);
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_variant_chosen_for_the_device_is_used() {
+    let opts = GpuOptions { profile: true, variants: vec![("matmul".into(), "simple".into())], ..Default::default() };
+    let gpu = Gpu::new(&opts).unwrap();
+    let a = gpu.upload(&[1.0; 12], &[3, 4], DType::F32).unwrap();
+    let b = gpu.upload(&[1.0; 8], &[4, 2], DType::F32).unwrap();
+    let c = fsd3d::ops::matmul::matmul(&gpu, &a, &b, None, &Default::default()).unwrap();
+    assert_eq!(gpu.download(&c).unwrap(), vec![4.0; 6]);
+    if gpu.profile_uses_timestamps() {
+        let labels: Vec<String> = gpu.profile_report().into_iter().map(|e| e.label).collect();
+        assert!(labels.iter().any(|l| l == "matmul.simple"), "{labels:?}");
+    }
+    let bad = Gpu::new(&GpuOptions { variants: vec![("matmul".into(), "nope".into())], ..Default::default() }).unwrap();
+    let a2 = bad.upload(&[1.0; 12], &[3, 4], DType::F32).unwrap();
+    let b2 = bad.upload(&[1.0; 8], &[4, 2], DType::F32).unwrap();
+    let err = fsd3d::ops::matmul::matmul(&bad, &a2, &b2, None, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("nope"), "{err}");
+}

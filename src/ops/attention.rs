@@ -204,7 +204,11 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
         return Ok(out);
     }
     let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let variant = opts.variant.unwrap_or_else(|| AttentionVariant::default_for(gpu, d));
+    let variant = match (opts.variant, gpu.variant_override("attention")) {
+        (Some(v), _) => v,
+        (None, Some(name)) => AttentionVariant::parse(name)?,
+        (None, None) => AttentionVariant::default_for(gpu, d),
+    };
     let p = Params {
         lq: lq as u32,
         lk: lk as u32,

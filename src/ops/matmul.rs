@@ -230,7 +230,11 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
     if out.numel() == 0 {
         return Ok(out);
     }
-    let variant = opts.variant.unwrap_or_else(|| default_variant(gpu.caps()));
+    let variant = match (opts.variant, gpu.variant_override("matmul")) {
+        (Some(v), _) => v,
+        (None, Some(name)) => MatmulVariant::parse(name)?,
+        (None, None) => default_variant(gpu.caps()),
+    };
     if !variant.available(gpu.caps()) {
         return Err(Error::Unsupported {
             what: format!("the {variant} matmul kernel"),
