@@ -97,25 +97,12 @@ fn b_index(base: u32, k: u32, n: u32) -> u32 {
 #endif
 }
 
-fn act_silu(x: f32) -> f32 { return x / (1.0 + exp(-x)); }
-fn act_quick_gelu(x: f32) -> f32 { return x / (1.0 + exp(-1.702 * x)); }
-fn act_gelu_tanh(x: f32) -> f32 {
-    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    return 0.5 * x * (1.0 + tanh(u));
-}
-// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), for exact GELU.
-fn erf_approx(x: f32) -> f32 {
-    let s = sign(x);
-    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
-    return s * y;
-}
-fn act_gelu(x: f32) -> f32 { return 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476)); }
+#include "activations.wgsl"
 
 fn activation(x: f32) -> f32 {
     switch p.act {
         case 1u: { return act_silu(x); }
-        case 2u: { return max(x, 0.0); }
+        case 2u: { return act_relu(x); }
         case 3u: { return act_gelu(x); }
         case 4u: { return act_gelu_tanh(x); }
         case 5u: { return act_quick_gelu(x); }
