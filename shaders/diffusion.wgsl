@@ -155,3 +155,37 @@ fn worldmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     o[idx] = {{T}}(sqrt(p.a) * det + sqrt(1.0 - p.a) * fresh[idx]);
 }
 #endif
+
+#if DISTILL_GRAD
+// The distillation gradient on the render (FSD_SPEC §2):
+// g = w·(pred − goal), non-finite values zeroed (and counted, so the host
+// can stop the run with a clear error instead of poisoning the optimiser),
+// clamped to ±clip when clip > 0, then multiplied by the output scale.
+// Params: a = w, b = output scale, clip_range = clip (0: none).
+@group(0) @binding(1) var<storage, read> pred: array<f32>;
+@group(0) @binding(2) var<storage, read> goal: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+@group(0) @binding(4) var<storage, read_write> nonfinite: array<atomic<u32>>;
+
+// Inf and NaN have an all-ones exponent; checking the bits survives
+// compilers that assume finite math.
+fn is_finite_bits(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+@compute @workgroup_size({{WG}})
+fn distill_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    var g = p.a * (pred[i] - goal[i]);
+    if (!is_finite_bits(g)) {
+        atomicAdd(&nonfinite[0], 1u);
+        g = 0.0;
+    }
+    if (p.clip_range > 0.0) {
+        g = clamp(g, -p.clip_range, p.clip_range);
+    }
+    o[i] = g * p.b;
+}
+#endif

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod diffusion;
 pub mod distill;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod gpu;
 pub mod io;

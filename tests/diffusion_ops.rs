@@ -69,3 +69,40 @@ fn noise_is_standard_normal() {
     let corr = v.windows(2).map(|w| (w[0] * w[1]) as f64).sum::<f64>() / (n - 1) as f64;
     assert!(corr.abs() < 0.01, "lag-1 correlation {corr}");
 }
+
+#[test]
+fn distill_grad_weights_clips_and_zeroes_non_finite_values() {
+    use fsd3d::gpu::DType;
+    for gpu in gpus() {
+        for &(n, clip) in &[(1usize, 0.0f32), (37, 0.0), (1000, 0.5)] {
+            let mut pred = rand_vec(n as u64, n, -2.0, 2.0);
+            let target = rand_vec(n as u64 + 99, n, -2.0, 2.0);
+            // Plant non-finite values where the array is long enough.
+            let planted: Vec<usize> = [3usize, 17, 500].into_iter().filter(|&i| i < n).collect();
+            for (k, &i) in planted.iter().enumerate() {
+                pred[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][k];
+            }
+            let counter = gpu.upload_u32(&[0, 0], &[2]).unwrap();
+            let g = dops::DistillGrad { weight: 0.7, clip, out_scale: 0.25 };
+            let y = dops::distill_grad(&gpu, &gpu.upload(&pred, &[n], DType::F32).unwrap(), &gpu.upload(&target, &[n], DType::F32).unwrap(), &g, &counter).unwrap();
+            let got = gpu.download(&y).unwrap();
+            let want: Vec<f32> = pred
+                .iter()
+                .zip(&target)
+                .map(|(&p, &t)| {
+                    let v = 0.7 * (p as f64 - t as f64);
+                    let v = if v.is_finite() { v } else { 0.0 };
+                    let v = if clip > 0.0 { v.clamp(-clip as f64, clip as f64) } else { v };
+                    (v * 0.25) as f32
+                })
+                .collect();
+            assert_close(&format!("distill_grad n={n} clip={clip}"), &got, &want, 1e-6);
+            assert_eq!(gpu.download_u32(&counter).unwrap()[0] as usize, planted.len(), "non-finite count, n={n}");
+        }
+        let bad = gpu.upload(&[1.0, 2.0], &[2], DType::F32).unwrap();
+        let other = gpu.upload(&[1.0], &[1], DType::F32).unwrap();
+        let counter = gpu.upload_u32(&[0], &[1]).unwrap();
+        let g = dops::DistillGrad { weight: 1.0, clip: 0.0, out_scale: 1.0 };
+        assert!(dops::distill_grad(&gpu, &bad, &other, &g, &counter).is_err());
+    }
+}

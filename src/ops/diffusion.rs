@@ -31,6 +31,7 @@ fn key(entry: &'static str, dt: DType) -> KernelKey {
         .flag("DDIM", entry == "ddim")
         .flag("RANDN", entry == "randn")
         .flag("WORLDMAP", entry == "worldmap")
+        .flag("DISTILL_GRAD", entry == "distill_grad")
 }
 
 /// What the network predicts.
@@ -79,7 +80,9 @@ impl DdimCoefficients {
 
 
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
-    float_dtypes(caps).into_iter().flat_map(|dt| ["guidance", "ddim", "randn", "worldmap"].map(|e| key(e, dt))).collect()
+    let mut v: Vec<KernelKey> = float_dtypes(caps).into_iter().flat_map(|dt| ["guidance", "ddim", "randn", "worldmap"].map(|e| key(e, dt))).collect();
+    v.push(key("distill_grad", DType::F32));
+    v
 }
 
 /// What a noise stream is for: part of its key, so streams never overlap.
@@ -244,5 +247,37 @@ pub fn worldmap_noise(gpu: &Gpu, inp: &WorldMapInputs, dtype: DType) -> Result<T
         ..Default::default()
     };
     gpu.dispatch("diffusion.worldmap", &key("worldmap", dtype), bytemuck::bytes_of(&p), &[w3, bg, fr, op, or, &y], grid_for(gpu, n, WG_1D))?;
+    Ok(y)
+}
+
+/// How [`distill_grad`] shapes the gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistillGrad {
+    /// w(t).
+    pub weight: f32,
+    /// Clamp each element to ±clip after weighting (0: no clamp).
+    pub clip: f32,
+    /// Multiplies the result (e.g. 1/B, and the chain rule of a pixel mapping).
+    pub out_scale: f32,
+}
+
+/// `out_scale · clamp(nan_to_zero(w·(pred − target)), ±clip)`, all f32 of one
+/// shape. Every non-finite element is zeroed and counted into `nonfinite[0]`
+/// (a U32 tensor the caller zeroes and reads back when it wants to know).
+pub fn distill_grad(gpu: &Gpu, pred: &Tensor, target: &Tensor, g: &DistillGrad, nonfinite: &Tensor) -> Result<Tensor> {
+    const OP: &str = "distill_grad";
+    if pred.shape() != target.shape() || pred.dtype() != DType::F32 || target.dtype() != DType::F32 {
+        return Err(Error::shape(OP, format!("pred {pred:?} and target {target:?} must be f32 of one shape")));
+    }
+    if nonfinite.dtype() != DType::U32 || nonfinite.numel() < 1 {
+        return Err(Error::shape(OP, format!("the non-finite counter must be u32 with at least one element, got {nonfinite:?}")));
+    }
+    if !(g.clip >= 0.0) {
+        return Err(Error::Invalid(format!("{OP}: clip {} must be >= 0 (0 disables it)", g.clip)));
+    }
+    let y = gpu.empty(pred.shape(), DType::F32)?;
+    let n = y.numel();
+    let p = Params { n: n as u32, a: g.weight, b: g.out_scale, clip_range: g.clip, ..Default::default() };
+    gpu.dispatch("diffusion.distill_grad", &key("distill_grad", DType::F32), bytemuck::bytes_of(&p), &[pred, target, &y, nonfinite], grid_for(gpu, n, WG_1D))?;
     Ok(y)
 }

@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (weights and optimiser stay f32)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", default=None, help="warm start: load text encoder and UNet from this diffusers folder (e.g. the shipped weights; both the live and the EMA copy start from them)")
+    ap.add_argument("--start-step", type=int, default=0, help="with --init-from: the step count the loaded weights stand for (batches continue from there, warm-up is skipped)")
     ap.add_argument("--bench", type=int, default=0, help="only time this many steps and exit")
     ap.add_argument("--no-sample", action="store_true")
     args = ap.parse_args()
@@ -114,6 +116,12 @@ def main():
     ac = prior.alphas_cumprod()
 
     step = 0
+    if args.init_from:
+        te0, unet0, _ = prior.load(args.init_from)
+        for m, m0 in ((te, te0), (unet, unet0), (ema_te, te0), (ema_unet, unet0)):
+            m.load_state_dict(m0.state_dict())
+        step = args.start_step
+        print(f"warm start from {args.init_from} at step {step}", flush=True)
     ckpt_path = os.path.join(args.workdir, "ckpt.pt")
     if args.resume and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False)
@@ -126,7 +134,7 @@ def main():
         print(f"resumed at step {step}", flush=True)
 
     log_path = os.path.join(args.workdir, "loss.csv")
-    if step == 0 and not args.bench:
+    if (step == 0 or (args.init_from and not args.resume)) and not args.bench:
         with open(log_path, "w") as f:
             f.write("step,loss,lr,sec_per_step,wall\n")
 
@@ -174,7 +182,7 @@ def main():
         sg = (1 - ac[t]).sqrt()[:, None, None, None]
         xt = a * x0 + sg * eps
 
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step + 1 - (args.start_step if args.init_from else 0)) / args.warmup)
         for pg in opt.param_groups:
             pg["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
