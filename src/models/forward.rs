@@ -6,7 +6,7 @@
 //! |----------------|----------------------------------------------------|---------------------|
 //! | `unet`         | `sample` [B,C,H,W], `timestep` [B], `encoder_hidden_states` [B,L,D] | `sample` |
 //! | `text-encoder` | `input_ids` [B,77] (i32, i64 or float)             | `last_hidden_state` |
-//! | `vae-encode`   | `sample` [B,3,H,W] in [-1,1]                       | `mean`, `logvar`    |
+//! | `vae-encode`   | `sample` [B,3,H,W] in [-1,1]; optional `mean_grad` [B,4,h,w] | `mean`, `logvar`; with `mean_grad` also `sample_grad` = ∂(Σ mean·mean_grad)/∂sample [B,3,H,W] |
 //! | `vae-decode`   | `latent` [B,4,h,w] (unscaled)                      | `decoded`           |
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -100,12 +100,29 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
         }
         "vae-encode" => {
             let vae = Vae::load(gpu, dir, dtype)?;
-            if inputs.contains_key("mean_grad") {
-                return Err(Error::Invalid("vae-encode with mean_grad (the encoder's backward pass) is not implemented yet".into()));
+            let sample = up(input(inputs, "sample", module)?)?;
+            match inputs.get("mean_grad") {
+                None => {
+                    let p = vae.encode(gpu, &sample)?;
+                    out.insert("mean".into(), down(&p.mean)?);
+                    out.insert("logvar".into(), down(&p.logvar)?);
+                }
+                Some(g) => {
+                    // The encoder's backward pass: ∂(Σ mean·mean_grad)/∂sample.
+                    let (p, tape) = vae.encode_with_tape(gpu, &sample)?;
+                    if g.shape != p.mean.shape() {
+                        return Err(Error::Invalid(format!(
+                            "mean_grad must have the shape of the posterior mean {:?} for this sample, got {:?}",
+                            p.mean.shape(),
+                            g.shape
+                        )));
+                    }
+                    let d_sample = vae.encode_backward(gpu, &tape, &gpu.upload(&g.data, &g.shape, DType::F32)?)?;
+                    out.insert("mean".into(), down(&p.mean)?);
+                    out.insert("logvar".into(), down(&p.logvar)?);
+                    out.insert("sample_grad".into(), down(&d_sample)?);
+                }
             }
-            let p = vae.encode(gpu, &up(input(inputs, "sample", module)?)?)?;
-            out.insert("mean".into(), down(&p.mean)?);
-            out.insert("logvar".into(), down(&p.logvar)?);
         }
         "vae-decode" => {
             let vae = Vae::load(gpu, dir, dtype)?;

@@ -9,6 +9,7 @@ pub mod prior;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vae_backward;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

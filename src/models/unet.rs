@@ -16,12 +16,12 @@ use crate::ops::resample::upsample_nearest2x;
 
 /// ResnetBlock2D: GroupNorm-SiLU-conv, + time embedding, GroupNorm-SiLU-conv, + shortcut.
 pub struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
+    pub(crate) norm1: GroupNorm,
+    pub(crate) conv1: Conv2d,
     time_emb_proj: Option<Linear>,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+    pub(crate) norm2: GroupNorm,
+    pub(crate) conv2: Conv2d,
+    pub(crate) shortcut: Option<Conv2d>,
 }
 
 impl ResnetBlock {

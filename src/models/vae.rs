@@ -16,12 +16,12 @@ use crate::ops::resample::upsample_nearest2x;
 const EPS: f64 = 1e-6;
 
 /// The mid block's single-head self-attention with its own GroupNorm.
-struct MidAttention {
-    norm: GroupNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+pub(crate) struct MidAttention {
+    pub(crate) norm: GroupNorm,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) out: Linear,
 }
 
 impl MidAttention {
@@ -43,9 +43,9 @@ impl MidAttention {
     }
 }
 
-struct Mid {
-    resnets: [ResnetBlock; 2],
-    attention: Option<MidAttention>,
+pub(crate) struct Mid {
+    pub(crate) resnets: [ResnetBlock; 2],
+    pub(crate) attention: Option<MidAttention>,
 }
 
 impl Mid {
@@ -67,20 +67,20 @@ impl Mid {
     }
 }
 
-struct Level {
-    resnets: Vec<ResnetBlock>,
-    resample: Option<Conv2d>,
+pub(crate) struct Level {
+    pub(crate) resnets: Vec<ResnetBlock>,
+    pub(crate) resample: Option<Conv2d>,
 }
 
 pub struct Vae {
     pub config: VaeConfig,
     dtype: DType,
-    enc_conv_in: Conv2d,
-    enc_down: Vec<Level>,
-    enc_mid: Mid,
-    enc_norm_out: GroupNorm,
-    enc_conv_out: Conv2d,
-    quant_conv: Option<Conv2d>,
+    pub(crate) enc_conv_in: Conv2d,
+    pub(crate) enc_down: Vec<Level>,
+    pub(crate) enc_mid: Mid,
+    pub(crate) enc_norm_out: GroupNorm,
+    pub(crate) enc_conv_out: Conv2d,
+    pub(crate) quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     dec_conv_in: Conv2d,
     dec_mid: Mid,

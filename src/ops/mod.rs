@@ -19,6 +19,10 @@ pub mod matmul;
 pub mod norm;
 pub mod resample;
 pub mod softmax;
+// Input gradients (the VAE encoder's backward pass).
+pub mod backward_misc;
+pub mod conv2d_backward;
+pub mod norm_backward;
 // The 3D side's kernels.
 pub mod adam;
 pub mod hashgrid;
@@ -43,6 +47,9 @@ pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
     v.extend(mlp::variants(caps));
     v.extend(render::variants(caps));
     v.extend(adam::variants(caps));
+    v.extend(conv2d_backward::variants(caps));
+    v.extend(norm_backward::variants(caps));
+    v.extend(backward_misc::variants(caps));
     v
 }
 

@@ -1,0 +1,184 @@
+//! Small input gradients (`shaders/backward_misc.wgsl`): SiLU and softmax;
+//! and the input gradients of attention composed from them and matmul.
+//!
+//! Every op takes the forward's tensor in its own storage type and the
+//! gradient in another (the VAE backward keeps its gradients in f32 while an
+//! f16 model stores its activations in f16); the result has the gradient's.
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
+use crate::ops::concat::permute;
+use crate::ops::matmul::{MatmulOpts, matmul};
+use crate::ops::norm::{WORKGROUP_SIZES, workgroup_size};
+use crate::ops::softmax::softmax;
+use crate::ops::{WG_1D, expect_float, expect_rank, float_dtypes, grid_for};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    len: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+fn key(entry: &'static str, t: DType, tg: DType, wg: u32, subgroups: bool) -> KernelKey {
+    KernelKey::new("backward_misc", entry)
+        .def("T", t.wgsl())
+        .def("TG", tg.wgsl())
+        .def("WG", wg)
+        .flag("SUBGROUP_OPS", subgroups)
+        .flag("SILU_GRAD", entry == "silu_grad")
+        .flag("SOFTMAX_GRAD", entry == "softmax_grad")
+}
+
+fn silu_key(t: DType, tg: DType) -> KernelKey {
+    key("silu_grad", t, tg, WG_1D, false)
+}
+fn softmax_key(t: DType, tg: DType, wg: u32, subgroups: bool) -> KernelKey {
+    key("softmax_grad", t, tg, wg, subgroups)
+}
+
+/// Every variant this family dispatches (for validation).
+pub fn variants(caps: Caps) -> Vec<KernelKey> {
+    let subgroups: &[bool] = if caps.features.subgroups { &[false, true] } else { &[false] };
+    let mut v = Vec::new();
+    for t in float_dtypes(caps) {
+        for tg in float_dtypes(caps) {
+            v.push(silu_key(t, tg));
+            for wg in WORKGROUP_SIZES {
+                for &sg in subgroups {
+                    v.push(softmax_key(t, tg, wg, sg));
+                }
+            }
+        }
+    }
+    v
+}
+
+fn u32_of(op: &'static str, what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::shape(op, format!("{what} = {n} is over the 32-bit index range")))
+}
+
+fn same_shape(op: &'static str, fwd_name: &str, fwd: &Tensor, dy: &Tensor) -> Result<()> {
+    expect_float(op, fwd)?;
+    expect_float(op, dy)?;
+    if fwd.shape() != dy.shape() {
+        return Err(Error::shape(op, format!("dy {:?} must have the shape of {fwd_name} {:?}", dy.shape(), fwd.shape())));
+    }
+    Ok(())
+}
+
+/// The gradient of `silu(x)` with respect to x given the output gradient
+/// `dy` (same shape): `dy · silu'(x)`, in dy's dtype.
+pub fn silu_input_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    const OP: &str = "silu_input_grad";
+    same_shape(OP, "the forward's input x", x, dy)?;
+    let dx = gpu.empty(dy.shape(), dy.dtype())?;
+    let p = Params { n: u32_of(OP, "elements", x.numel())?, len: 0, scale: 1.0, _pad: 0 };
+    gpu.dispatch("backward_misc.silu_grad", &silu_key(x.dtype(), dy.dtype()), bytemuck::bytes_of(&p), &[x, dy, &dx], grid_for(gpu, x.numel(), WG_1D))?;
+    Ok(dx)
+}
+
+/// The gradient of `y = softmax(scale·x)` (along the last dimension, as
+/// [`crate::ops::softmax::softmax`]) with respect to x, from the forward's
+/// output `y` and the output gradient `dy` (same shape):
+/// `scale · y ⊙ (dy − Σ dy⊙y)` per row, in dy's dtype.
+pub fn softmax_input_grad(gpu: &Gpu, y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
+    softmax_input_grad_with_workgroup(gpu, y, dy, scale, workgroup_size(gpu))
+}
+
+/// [`softmax_input_grad`] with an explicit workgroup size, one of [`WORKGROUP_SIZES`].
+pub fn softmax_input_grad_with_workgroup(gpu: &Gpu, y: &Tensor, dy: &Tensor, scale: f32, wg: u32) -> Result<Tensor> {
+    const OP: &str = "softmax_input_grad";
+    if !WORKGROUP_SIZES.contains(&wg) {
+        return Err(Error::Invalid(format!("{OP}: workgroup size {wg} is not one of {WORKGROUP_SIZES:?}")));
+    }
+    same_shape(OP, "the forward's output y", y, dy)?;
+    let len = *y.shape().last().ok_or_else(|| Error::shape(OP, "expected y of shape [..., D], got a scalar"))?;
+    let dx = gpu.empty(dy.shape(), dy.dtype())?;
+    if y.numel() == 0 {
+        return Ok(dx);
+    }
+    let rows = u32_of(OP, "rows", y.numel() / len)?;
+    u32_of(OP, "elements", y.numel())?;
+    let p = Params { n: rows, len: len as u32, scale, _pad: 0 };
+    gpu.dispatch(
+        "backward_misc.softmax_grad",
+        &softmax_key(y.dtype(), dy.dtype(), wg, gpu.features().subgroups),
+        bytemuck::bytes_of(&p),
+        &[y, dy, &dx],
+        grid_1d(rows, gpu.limits().max_compute_workgroups_per_dimension),
+    )?;
+    Ok(dx)
+}
+
+/// The input gradients of multi-head attention.
+pub struct AttentionGrads {
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+}
+
+/// The gradients of `o = softmax(q·kᵀ/√D)·v` per head with respect to q, k
+/// and v, given `d_out` = ∂L/∂o. Layouts as [`crate::ops::attention::attention`]:
+/// q `[B, Lq, H·D]`, k and v `[B, Lk, H·D]`, d_out `[B, Lq, H·D]`; the
+/// gradients have their inputs' shapes and d_out's dtype.
+///
+/// The naive formulation, by matmuls and [`softmax_input_grad`]: it
+/// recomputes the probabilities P = softmax(q·kᵀ/√D) and then
+/// dv = Pᵀ·do, dP = do·vᵀ, dS = P ⊙ (dP − Σ dP⊙P)/√D, dq = dS·k, dk = dSᵀ·q.
+/// Memory: it materialises B·H × Lq × Lk f32 matrices (scores, P, dP, dS,
+/// a few alive at once), each under the adapter's storage binding limit: with
+/// 128 MiB, B·H·Lq·Lk ≤ 32M, e.g. one 64×64-latent VAE image (4096 tokens,
+/// 64 MiB per matrix) but not two. Larger problems need a fused (flash)
+/// backward.
+pub fn attention_input_grads(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, d_out: &Tensor, heads: usize) -> Result<AttentionGrads> {
+    const OP: &str = "attention_input_grads";
+    for (name, t) in [("q", q), ("k", k), ("v", v), ("d_out", d_out)] {
+        expect_float(OP, t)?;
+        expect_rank(OP, t, 3).map_err(|_| Error::shape(OP, format!("{name} must be [B, L, H·D], got {t:?}")))?;
+    }
+    let (b, lq, hd) = (q.dim(0), q.dim(1), q.dim(2));
+    let lk = k.dim(1);
+    if k.shape() != [b, lk, hd] || v.shape() != k.shape() || d_out.shape() != q.shape() {
+        return Err(Error::shape(
+            OP,
+            format!("q {:?} and d_out {:?} must be [B, Lq, H·D], k {:?} and v {:?} [B, Lk, H·D]", q.shape(), d_out.shape(), k.shape(), v.shape()),
+        ));
+    }
+    if heads == 0 || hd % heads != 0 {
+        return Err(Error::shape(OP, format!("{heads} heads do not divide the width {hd}")));
+    }
+    let d = hd / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let grad = d_out.dtype();
+    // [B, L, H·D] -> [B·H, L, D] and back (no copies for one head).
+    let split = |t: &Tensor, l: usize| -> Result<Tensor> {
+        if heads == 1 {
+            return Ok(t.clone());
+        }
+        permute(gpu, &t.reshape(&[b, l, heads, d])?, &[0, 2, 1, 3])?.reshape(&[b * heads, l, d])
+    };
+    let merge = |t: &Tensor, l: usize| -> Result<Tensor> {
+        if heads == 1 {
+            return Ok(t.clone());
+        }
+        permute(gpu, &t.reshape(&[b, heads, l, d])?, &[0, 2, 1, 3])?.reshape(&[b, l, hd])
+    };
+    let (qh, kh, vh, doh) = (split(q, lq)?, split(k, lk)?, split(v, lk)?, split(d_out, lq)?);
+    let f32_out = |trans_a: bool, trans_b: bool, out: DType| MatmulOpts { trans_a, trans_b, out_dtype: Some(out), ..Default::default() };
+
+    // The probabilities, in f32 whatever the storage.
+    let scores = matmul(gpu, &qh, &kh, None, &f32_out(false, true, DType::F32))?;
+    let probs = softmax(gpu, &scores, scale)?;
+    drop(scores);
+    let dv = matmul(gpu, &probs, &doh, None, &f32_out(true, false, grad))?;
+    let dprobs = matmul(gpu, &doh, &vh, None, &f32_out(false, true, DType::F32))?;
+    let dscores = softmax_input_grad(gpu, &probs, &dprobs, scale)?;
+    drop((probs, dprobs));
+    let dq = matmul(gpu, &dscores, &kh, None, &f32_out(false, false, grad))?;
+    let dk = matmul(gpu, &dscores, &qh, None, &f32_out(true, false, grad))?;
+    Ok(AttentionGrads { dq: merge(&dq, lq)?, dk: merge(&dk, lk)?, dv: merge(&dv, lk)? })
+}
