@@ -11,6 +11,7 @@ pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod gpu;
 pub mod io;
 pub mod models;

@@ -143,6 +143,8 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// Text to 3D: optimise a NeRF with FSD (or SDS / NFSD) and write renders, a turntable, a mesh and a summary.
+    Generate(GenerateArgs),
     /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
     Tokenize {
         /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
@@ -152,6 +154,54 @@ enum Command {
         #[arg(required = true)]
         prompts: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The prompt (not needed with --resume).
+    #[arg(required_unless_present = "resume")]
+    prompt: Option<String>,
+    /// fsd | sds | nfsd | fsd-constant
+    #[arg(long, default_value = "fsd")]
+    method: String,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Optimisation steps (default per prior: 600 for the embedded prior, 10 000 for Stable Diffusion).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A TOML file with any keys of the run config (see `config.toml` of a run) to change.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output folder (default: runs/<prompt>-<method>-s<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its checkpoint (its config.toml is used; --steps may extend it).
+    #[arg(long, conflicts_with_all = ["prompt", "config", "model", "out"])]
+    resume: Option<PathBuf>,
+    /// Guidance scale (default per prior: 7.5 embedded, 100 Stable Diffusion).
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// World-map noise: angular span Θ of one patch, degrees (default 180).
+    #[arg(long)]
+    theta: Option<f64>,
+    /// World-map noise: blend β, 1 = fully deterministic (default 1).
+    #[arg(long)]
+    beta: Option<f32>,
+    /// World-map noise: opacity threshold α0 of the foreground mask (default 0.5).
+    #[arg(long)]
+    alpha0: Option<f32>,
+    /// World-map noise: redraw the background noise every step instead of keeping it fixed.
+    #[arg(long)]
+    fresh_background: bool,
+    /// Storage type of the prior's weights and activations.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Print per-kernel timings at the end and write them as profile.json in the output folder.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() {
@@ -207,7 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             let img = fsd3d::diffusion::sampler::ddim_sample(&gpu, &prior, &req, |i, _| bar.set_position(i as u64))?;
             bar.finish_and_clear();
             write_image(&gpu, &img, out, started)?;
-            report_profile(&gpu, *profile, out)
+            report_profile(&gpu, *profile, &out.with_extension("profile.json"))
         }
         Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
@@ -233,8 +283,9 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             bar.finish_and_clear();
             write_image(&gpu, &img, out, started)?;
-            report_profile(&gpu, *profile, out)
+            report_profile(&gpu, *profile, &out.with_extension("profile.json"))
         }
+        Command::Generate(args) => generate(&cli.gpu, args),
         Command::Tokenize { model, prompts } => {
             let dir = fsd3d::models::model_dir(model.as_deref());
             let tok = fsd3d::models::tokenizer::PromptTokenizer::from_dir(&dir)
@@ -244,6 +295,146 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Set by Ctrl-C: the loop writes a checkpoint and stops. A second Ctrl-C exits at once.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
+    use fsd3d::generate::{self as g, GenerateConfig, PriorKind};
+    let gpu = gpu_args.open(a.profile)?;
+    let (cfg, out, resume) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join(g::files::CONFIG);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (is {} a run folder?)", path.display(), dir.display()))?;
+            let mut cfg = GenerateConfig::from_toml(&text, &path.display().to_string())?;
+            if let Some(s) = a.steps {
+                cfg.steps = s;
+            }
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let prompt = a.prompt.clone().expect("clap requires a prompt without --resume");
+            let method = fsd3d::diffusion::guidance::Method::parse(&a.method)?;
+            let dir = fsd3d::models::model_dir(a.model.as_deref());
+            let kind = match fsd3d::models::pixel_prior::PixelPriorSpec::load(&dir)? {
+                Some(spec) => PriorKind::Pixel(spec),
+                None => PriorKind::Latent,
+            };
+            let mut cfg = GenerateConfig::defaults(&prompt, method, &kind);
+            if let Some(path) = &a.config {
+                cfg = cfg.overlay_file(path)?;
+            }
+            cfg.model = a.model.clone();
+            if let Some(v) = a.seed {
+                cfg.seed = v;
+            }
+            if let Some(v) = a.steps {
+                cfg.steps = v;
+            }
+            if let Some(v) = a.cfg {
+                cfg.guidance.cfg = v;
+            }
+            if let Some(v) = a.theta {
+                cfg.noise.theta_deg = v;
+            }
+            if let Some(v) = a.beta {
+                cfg.noise.beta = v;
+            }
+            if let Some(v) = a.alpha0 {
+                cfg.noise.alpha0 = v;
+            }
+            if a.fresh_background {
+                cfg.noise.fixed_background = false;
+            }
+            if let Some(v) = &a.dtype {
+                cfg.dtype = v.clone();
+            }
+            let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}-s{}", slug(&cfg.prompt), cfg.method.name(), cfg.seed)));
+            (cfg, out, false)
+        }
+    };
+    cfg.validate()?;
+    let model_dir = fsd3d::models::model_dir(cfg.model.as_deref());
+    let prior = load_pipeline(&gpu, Some(&model_dir), &cfg.dtype)?;
+    let mut run = if resume {
+        let ck = out.join(g::files::CHECKPOINT);
+        g::Generator::resume(&gpu, &prior, cfg.clone(), &ck).with_context(|| format!("resuming from {}", ck.display()))?
+    } else {
+        g::Generator::new(&gpu, &prior, cfg.clone())?
+    };
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    eprintln!(
+        "{} \"{}\": {} steps on {} (seed {}), writing to {}{}",
+        cfg.method.name(),
+        cfg.prompt,
+        cfg.steps,
+        gpu.adapter_name(),
+        cfg.seed,
+        out.display(),
+        if resume { format!(", resuming at step {}", run.step) } else { String::new() }
+    );
+    let bar = progress_bar(cfg.steps, cfg.method.name());
+    bar.set_position(run.step);
+    bar.reset_eta();
+    let started = std::time::Instant::now();
+    let first = run.step;
+    let mut last_rms = None;
+    let finish = g::optimise(&mut run, &out, &STOP, |r| {
+        bar.set_position(r.step);
+        if let Some(rms) = r.grad_rms {
+            last_rms = Some(rms);
+            bar.set_message(format!("{} t={} |g|={rms:.3}", cfg.method.name(), r.t));
+        }
+    })?;
+    bar.finish_and_clear();
+    let optimise_seconds = started.elapsed().as_secs_f64();
+    if finish == g::Finish::Interrupted {
+        eprintln!("interrupted at step {}: checkpoint written; continue with `fsd3d generate --resume {}`", run.step, out.display());
+        std::process::exit(130);
+    }
+    let done = run.step - first;
+    eprintln!("optimised {done} steps in {optimise_seconds:.1} s ({:.0} ms/step); writing renders and the mesh", 1e3 * optimise_seconds / done.max(1) as f64);
+    let classifier = if model_dir.join("classifier").is_dir() { Some(fsd3d::models::classifier::Classifier::load(&gpu, &model_dir)?) } else { None };
+    let spinner = indicatif::ProgressBar::new_spinner();
+    let outputs = g::outputs::write_outputs(&gpu, &run.scene, &run.cfg, classifier.as_ref(), &out, |what| spinner.set_message(what.to_string()))?;
+    spinner.finish_and_clear();
+    let summary = g::outputs::Summary {
+        prompt: &cfg.prompt,
+        method: cfg.method.name(),
+        seed: cfg.seed,
+        steps: cfg.steps,
+        steps_done: run.step,
+        completed: true,
+        optimise_seconds,
+        outputs_seconds: outputs.seconds,
+        mean_step_ms: 1e3 * optimise_seconds / done.max(1) as f64,
+        adapter: gpu.adapter_name(),
+        model: model_dir.display().to_string(),
+        final_grad_rms: last_rms,
+        outputs: &outputs,
+    };
+    g::outputs::write_summary(&out, &summary)?;
+    if let Some(e) = &outputs.mesh_error {
+        eprintln!("warning: no mesh: {e}");
+    }
+    if let Some(v) = &outputs.verdict {
+        let pct = |x: Option<f32>| x.map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
+        eprintln!("classifier over the turntable: shape {} colour {} both {}", pct(v.shape_agreement), pct(v.colour_agreement), pct(v.both_agreement));
+    }
+    eprintln!("wrote {} in {}", outputs.files.join(", "), out.display());
+    report_profile(&gpu, a.profile, &out.join("profile.json"))
+}
+
+/// A folder-name form of a prompt: lowercase words joined by '-'.
+fn slug(prompt: &str) -> String {
+    let s: String = prompt.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let s = s.split('-').filter(|w| !w.is_empty()).collect::<Vec<_>>().join("-");
+    if s.is_empty() { "untitled".into() } else { s.chars().take(60).collect() }
 }
 
 fn info(args: &GpuArgs, all: bool, json: bool) -> Result<()> {
@@ -273,17 +464,16 @@ fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Prints the per-kernel profile and writes it as JSON beside `out`.
-fn report_profile(gpu: &Gpu, profile: bool, out: &std::path::Path) -> Result<()> {
+/// Prints the per-kernel profile and writes it as JSON to `path`.
+fn report_profile(gpu: &Gpu, profile: bool, path: &std::path::Path) -> Result<()> {
     if !profile {
         return Ok(());
     }
     let entries = gpu.profile_report();
     let timestamps = gpu.profile_uses_timestamps();
     eprint!("{}", fsd3d::gpu::profile::format_report(&entries, timestamps));
-    let path = out.with_extension("profile.json");
     let json = serde_json::json!({ "adapter": gpu.adapter_name(), "timestamps": timestamps, "kernels": entries });
-    fsd3d::io::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    fsd3d::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     eprintln!("profile written to {}", path.display());
     Ok(())
 }

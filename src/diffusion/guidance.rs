@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::noise::NoiseMode;
 use crate::diffusion::schedule::{NoiseSchedule, Prediction};
 use crate::error::Result;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::prior::Prior;
 use crate::ops::elementwise as ew;
 
 /// The distillation method.
@@ -87,4 +88,13 @@ pub fn to_epsilon(gpu: &Gpu, s: &NoiseSchedule, t: i64, x_t: &Tensor, out: &Tens
         // x̂0 = out: ε = (x_t − α·x̂0)/σ
         Prediction::Sample => ew::axpby(gpu, (1.0 / s.sigma(t)) as f32, x_t, (-s.alpha(t) / s.sigma(t)) as f32, out),
     }
+}
+
+/// ε̂ (f32) of the prior at x_t (f32), guided when `uncond` is given: runs the
+/// model in its own dtype and converts v- or x̂₀-predictions to ε.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_epsilon(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
+    let xin = gpu.to_dtype(x_t, prior.dtype())?;
+    let out = gpu.to_dtype(&prior.predict(gpu, &xin, t as f32, cond, uncond, cfg)?, DType::F32)?;
+    to_epsilon(gpu, s, t, x_t, &out)
 }

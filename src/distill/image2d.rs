@@ -6,7 +6,7 @@
 //! - `fsd-euler`: FSD's first-order update (Eq. 26), which reproduces DDIM
 //!   (Proposition 1) from the same ε̃ and timesteps;
 //! - `ddim`: the sampler itself, for reference.
-use crate::diffusion::guidance::{NFSD_NEGATIVE, Weighting, noisy, to_epsilon};
+use crate::diffusion::guidance::{NFSD_NEGATIVE, Weighting, noisy, predict_epsilon};
 use crate::diffusion::sampler::{SampleRequest, ddim_sample};
 use crate::diffusion::schedule::{Ddim, NoiseSchedule};
 use crate::diffusion::timesteps::{TimestepSchedule, uniform};
@@ -107,11 +107,6 @@ fn fixed_noise(gpu: &Gpu, prior: &dyn Prior, seed: u64) -> Result<Tensor> {
     dops::randn(gpu, &[1, ch, h, w], DType::F32, NoiseKey { seed, step: 0, purpose: NoisePurpose::InitialLatents })
 }
 
-fn predict_eps(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
-    let xin = gpu.to_dtype(x_t, prior.dtype())?;
-    let out = gpu.to_dtype(&prior.predict(gpu, &xin, t as f32, cond, uncond, cfg)?, DType::F32)?;
-    to_epsilon(gpu, s, t, x_t, &out)
-}
 
 /// Eq. 26 with the clipping of FSD_SPEC §3: from x̂_s at timestep s,
 /// x̂_gt = (x_s − σ_s·ε̂)/α_s, x̂_p = clip(x̂_gt) + (σ_p/α_p)·(ε̂ − ε̃).
@@ -128,7 +123,7 @@ fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut 
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
         let x_t = noisy(gpu, s, t, &xhat, &eps_fixed)?;
-        let eps = predict_eps(gpu, prior, s, t, &x_t, &cond, uncond.as_ref(), c.cfg)?;
+        let eps = predict_epsilon(gpu, prior, s, t, &x_t, &cond, uncond.as_ref(), c.cfg)?;
         let mut xgt = ew::axpby(gpu, (1.0 / s.alpha(t)) as f32, &x_t, (-s.sigma(t) / s.alpha(t)) as f32, &eps)?;
         if let Some(r) = clip {
             xgt = ew::clamp(gpu, &xgt, -r, r)?;
@@ -171,14 +166,14 @@ fn adam_run(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut o
         let wt = c.weighting.weight(&s, t) as f32;
         let grad = match &negative {
             None => {
-                let e = predict_eps(gpu, prior, &s, t, &x_t, &cond, Some(&uncond), c.cfg)?;
+                let e = predict_epsilon(gpu, prior, &s, t, &x_t, &cond, Some(&uncond), c.cfg)?;
                 ew::axpby(gpu, wt, &e, -wt, &eps)?
             }
             Some(neg) => {
                 // NFSD: s·(ε_y − ε_∅) + (ε_∅ − ε_neg).
-                let ey = predict_eps(gpu, prior, &s, t, &x_t, &cond, None, 1.0)?;
-                let e0 = predict_eps(gpu, prior, &s, t, &x_t, &uncond, None, 1.0)?;
-                let en = predict_eps(gpu, prior, &s, t, &x_t, neg, None, 1.0)?;
+                let ey = predict_epsilon(gpu, prior, &s, t, &x_t, &cond, None, 1.0)?;
+                let e0 = predict_epsilon(gpu, prior, &s, t, &x_t, &uncond, None, 1.0)?;
+                let en = predict_epsilon(gpu, prior, &s, t, &x_t, neg, None, 1.0)?;
                 let guide = ew::axpby(gpu, c.cfg, &ey, -c.cfg, &e0)?;
                 let shift = ew::sub(gpu, &e0, &en)?;
                 ew::axpby(gpu, wt, &guide, wt, &shift)?

@@ -5,6 +5,7 @@ pub mod clip_text;
 pub mod config;
 pub mod forward;
 pub mod nn;
+pub mod pixel_prior;
 pub mod prior;
 pub mod tokenizer;
 pub mod unet;

@@ -18,7 +18,7 @@
 //! drawn from [`rng_for`]`(seed, step, purpose)`, so a run is reproducible.
 use glam::{Mat4, Vec3};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
@@ -74,7 +74,7 @@ fn uniform(rng: &mut StdRng, [lo, hi]: [f32; 2]) -> f32 {
 
 /// The training-camera distribution (threestudio's `random-camera` data
 /// module) and the evaluation orbit. Angles in degrees.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CameraConfig {
     /// Image size of a training render.

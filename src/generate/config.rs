@@ -1,0 +1,295 @@
+//! The configuration of one 3D run, as written to `config.toml` in its output
+//! folder: enough to reproduce it.
+//!
+//! Layers, later ones win: the defaults for the prior and method
+//! ([`GenerateConfig::defaults`]), then a `--config FILE.toml`, then the
+//! command-line options. A TOML file only needs the keys it changes.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::diffusion::guidance::{Method, Weighting};
+use crate::diffusion::noise::WorldMapConfig;
+use crate::diffusion::timesteps::TimestepSchedule;
+use crate::error::{Error, Result};
+use crate::models::pixel_prior::PixelPriorSpec;
+use crate::scene::{BackgroundKind, CameraConfig, SceneConfig};
+
+/// Everything a `generate` run is.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    pub prompt: String,
+    pub method: Method,
+    pub seed: u64,
+    /// Optimisation steps (one Adam step each).
+    pub steps: u64,
+    /// The prior's folder; absent: the embedded default prior.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    /// Storage type of the prior's weights and activations: "f32" or "f16".
+    pub dtype: String,
+    pub guidance: GuidanceConfig,
+    /// World-map noise parameters (FSD_SPEC §4); used by `fsd`.
+    pub noise: WorldMapConfig,
+    pub camera: CameraConfig,
+    pub scene: SceneConfig,
+    pub loss: LossConfig,
+    pub output: OutputConfig,
+}
+
+/// How the prior's prediction becomes a gradient (FSD_SPEC §2, §3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceConfig {
+    /// Classifier-free guidance scale (diffusers' convention).
+    pub cfg: f32,
+    pub weighting: Weighting,
+    pub timesteps: TimestepSchedule,
+    /// Clamp each gradient element to ±this (0: no clamp).
+    pub grad_clip: f32,
+    /// NFSD's negative prompt (its default list when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative: Option<String>,
+    /// Append ", front view" / ", side view" / ", back view" / ", overhead view".
+    pub view_dependent_prompt: bool,
+}
+
+/// Regulariser weights (FSD_SPEC §5 "losses").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Orientation loss weight at step 0 and at `orientation_ramp_steps` (linear between).
+    pub orientation: [f32; 2],
+    pub orientation_ramp_steps: u64,
+    /// mean √(opacity² + 0.01).
+    pub sparsity: f32,
+    /// Opacity entropy (pushes opacity to 0 or 1).
+    pub opaque: f32,
+}
+
+impl LossConfig {
+    /// λ_orient at `step`.
+    pub fn orientation_at(&self, step: u64) -> f32 {
+        let f = if self.orientation_ramp_steps == 0 { 1.0 } else { (step as f32 / self.orientation_ramp_steps as f32).min(1.0) };
+        self.orientation[0] + (self.orientation[1] - self.orientation[0]) * f
+    }
+}
+
+/// What the run writes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Side of the final renders (grids and turntable).
+    pub render_size: u32,
+    /// Views of the final render grid (evenly spaced azimuths).
+    pub grid_views: usize,
+    /// Frames of the turntable animation.
+    pub turntable_frames: usize,
+    /// Marching-cubes grid cells per axis, and the density threshold.
+    pub mesh_resolution: usize,
+    pub mesh_threshold: f32,
+    /// Write a checkpoint every this many steps (0: only at the end and on Ctrl-C).
+    pub checkpoint_every: u64,
+    /// Read the loss back and write a log line every this many steps.
+    pub log_every: u64,
+}
+
+/// Which defaults a prior gets.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PriorKind {
+    /// A latent diffusion model (Stable Diffusion): FSD_SPEC §5.
+    Latent,
+    /// A pixel-space prior with the distribution it was trained on.
+    Pixel(PixelPriorSpec),
+}
+
+impl GenerateConfig {
+    /// The defaults for a prior and method: FSD_SPEC §5 for Stable
+    /// Diffusion; for a pixel prior, its own training distribution and a
+    /// budget that finishes in minutes on a laptop CPU.
+    pub fn defaults(prompt: &str, method: Method, kind: &PriorKind) -> GenerateConfig {
+        let annealed = matches!(method, Method::Fsd | Method::FsdConstant);
+        let timesteps = if annealed {
+            TimestepSchedule::Sqrt { t_min: 0.02, t_max: 0.98 }
+        } else {
+            TimestepSchedule::Random { t_min: 0.02, t_max: 0.98 }
+        };
+        let mut c = GenerateConfig {
+            prompt: prompt.to_string(),
+            method,
+            seed: 0,
+            steps: 10_000,
+            model: None,
+            dtype: "f32".into(),
+            guidance: GuidanceConfig {
+                cfg: 100.0,
+                weighting: Weighting::Sds,
+                timesteps,
+                grad_clip: 0.0,
+                negative: None,
+                view_dependent_prompt: true,
+            },
+            noise: WorldMapConfig::default(),
+            camera: CameraConfig::default(),
+            scene: SceneConfig::default(),
+            loss: LossConfig { orientation: [10.0, 1000.0], orientation_ramp_steps: 5000, sparsity: 1.0, opaque: 0.0 },
+            output: OutputConfig {
+                render_size: 256,
+                grid_views: 8,
+                turntable_frames: 36,
+                mesh_resolution: 128,
+                mesh_threshold: 25.0,
+                checkpoint_every: 1000,
+                log_every: 10,
+            },
+        };
+        if let PriorKind::Pixel(spec) = kind {
+            c.apply_pixel_prior(spec);
+        }
+        c
+    }
+
+    /// Cameras, light, material, background and resolution of the prior's
+    /// training data, and a small scene and budget for a CPU.
+    fn apply_pixel_prior(&mut self, spec: &PixelPriorSpec) {
+        let r = spec.resolution as u32;
+        let cam = &mut self.camera;
+        cam.width = r;
+        cam.height = r;
+        cam.batch_size = 1;
+        cam.elevation_range = spec.camera.elevation_deg;
+        cam.elevation_degrees_probability = 1.0;
+        cam.azimuth_range = spec.camera.azimuth_deg;
+        cam.distance_range = spec.camera.distance;
+        cam.fovy_range = spec.camera.fovy_deg;
+        // The training renders had no perturbation of camera, centre or up.
+        cam.camera_perturb = 0.0;
+        cam.center_perturb = 0.0;
+        cam.up_perturb = 0.0;
+        cam.light_position_perturb = spec.light.perturb;
+        cam.light_distance_range = spec.light.distance;
+        let mid = |r: [f32; 2]| 0.5 * (r[0] + r[1]);
+        cam.eval_elevation = mid(spec.camera.elevation_deg).max(0.0);
+        cam.eval_distance = mid(spec.camera.distance);
+        cam.eval_fovy = mid(spec.camera.fovy_deg);
+        cam.eval_views = 8;
+        cam.eval_width = 4 * r;
+        cam.eval_height = 4 * r;
+
+        let s = &mut self.scene;
+        s.background.kind = BackgroundKind::Solid;
+        s.background.color = spec.background;
+        s.material.ambient = spec.shading.ambient;
+        s.material.diffuse = spec.shading.diffuse;
+        // Flat albedo first (cheap: no normals), then the diffuse shading the
+        // prior saw; white-albedo (textureless) renders look like nothing the
+        // prior was trained on, so none.
+        s.material.ambient_only_steps = 200;
+        s.material.textureless_probability = 0.0;
+        // Objects of radius 0.35–0.55 at the origin: a unit box, a grid whose
+        // finest level (~190 cells across the box) is finer than a 32² view.
+        s.field.radius = 1.0;
+        s.field.levels = 8;
+        s.field.log2_table_size = 16;
+        s.field.base_resolution = 16;
+        s.field.per_level_scale = 1.42;
+        s.field.hidden = 32;
+        s.field.normal_eps = 0.01;
+        s.render.samples_per_ray = 128;
+        s.render.max_samples_total = 1 << 18;
+        s.render.occupancy_interval = 8;
+        s.adam.lr_grid = 0.01;
+        s.adam.lr_mlp = 0.01;
+
+        self.steps = 600;
+        self.guidance.cfg = 7.5;
+        // The prior knows only "a {colour} {shape}" captions.
+        self.guidance.view_dependent_prompt = false;
+        self.loss = LossConfig { orientation: [1.0, 10.0], orientation_ramp_steps: 400, sparsity: 0.05, opaque: 0.0 };
+        // 24 frames of 3r² pixels: every third frame is a grid view.
+        self.output.render_size = 3 * r;
+        self.output.turntable_frames = 24;
+        self.output.checkpoint_every = 200;
+        self.output.log_every = 10;
+        self.output.mesh_resolution = 96;
+    }
+
+    /// Checks values the parts do not check themselves.
+    pub fn validate(&self) -> Result<()> {
+        self.guidance.timesteps.check()?;
+        self.camera.validate()?;
+        self.scene.render.validate()?;
+        if self.steps == 0 {
+            return Err(Error::Invalid("generate: steps must be at least 1".into()));
+        }
+        if !(self.guidance.cfg.is_finite() && self.guidance.cfg > 0.0) {
+            return Err(Error::Invalid(format!("generate: cfg {} must be a positive number", self.guidance.cfg)));
+        }
+        if !(self.guidance.grad_clip >= 0.0) {
+            return Err(Error::Invalid(format!("generate: grad_clip {} must be >= 0 (0 disables it)", self.guidance.grad_clip)));
+        }
+        if self.output.grid_views == 0 || self.output.turntable_frames == 0 || self.output.render_size == 0 || self.output.log_every == 0 {
+            return Err(Error::Invalid("generate: output render_size, grid_views, turntable_frames and log_every must be positive".into()));
+        }
+        if !["f32", "f16"].contains(&self.dtype.as_str()) {
+            return Err(Error::Invalid(format!("generate: dtype {:?} must be \"f32\" or \"f16\"", self.dtype)));
+        }
+        Ok(())
+    }
+
+    /// `self` with the keys of a TOML document laid over it (nested tables
+    /// merge; anything else replaces). Unknown keys are errors that name them.
+    pub fn overlay_toml(&self, text: &str, what: &str) -> Result<GenerateConfig> {
+        let overlay: toml::Table = toml::from_str(text).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+        let base = toml::Table::try_from(self).map_err(|e| Error::Invalid(format!("config to TOML: {e}")))?;
+        let merged = merge(base, overlay);
+        merged.try_into().map_err(|e: toml::de::Error| Error::Invalid(format!("{what}: {e}")))
+    }
+
+    /// Reads a config file written by a run (or by hand: see [`overlay_toml`](Self::overlay_toml)).
+    pub fn overlay_file(&self, path: &Path) -> Result<GenerateConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("reading the config {}: {e}", path.display())))?;
+        self.overlay_toml(&text, &path.display().to_string())
+    }
+
+    /// The complete config as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Invalid(format!("config to TOML: {e}")))
+    }
+
+    /// A complete config file (as a run writes it).
+    pub fn from_toml(text: &str, what: &str) -> Result<GenerateConfig> {
+        toml::from_str(text).map_err(|e| Error::Invalid(format!("{what}: {e}")))
+    }
+}
+
+fn merge(mut base: toml::Table, overlay: toml::Table) -> toml::Table {
+    for (k, v) in overlay {
+        match (base.remove(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                base.insert(k, toml::Value::Table(merge(b, o)));
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+/// The view-dependent prompt suffix of a camera (FSD_SPEC §5): overhead
+/// above 60° elevation, else front within 45° of azimuth 0, back beyond 135°,
+/// side in between.
+pub fn view_suffix(elevation_deg: f32, azimuth_deg: f32) -> &'static str {
+    let a = (azimuth_deg + 180.0).rem_euclid(360.0) - 180.0;
+    if elevation_deg > 60.0 {
+        ", overhead view"
+    } else if a.abs() < 45.0 {
+        ", front view"
+    } else if a.abs() > 135.0 {
+        ", back view"
+    } else {
+        ", side view"
+    }
+}

@@ -1,0 +1,329 @@
+//! `fsd3d generate`: text to 3D by score distillation (Algorithm 1 of the
+//! paper, FSD_SPEC §5).
+//!
+//! One step, all recorded into one command encoder and submitted once:
+//! ```text
+//! cameras (seed, step) → rays → occupancy update → render rgb + opacity
+//! → z = 2·rgb − 1 (pixel prior) → ε: world map ε(c) (fsd) / fresh (sds, nfsd) / constant
+//! → x_t = α_t·z + σ_t·ε → prior on [uncond; cond] → g = w(t)·(ε̂ − ε)
+//! → ∂L/∂rgb = 2·g / B → renderer backward + regularisers → Adam
+//! ```
+//! The host reads back only at log steps: the gradient's RMS for the
+//! progress bar and log, and the count of non-finite gradient values (a run
+//! that produces NaN stops with an error that says what to change).
+//!
+//! Everything random is keyed by (seed, step, purpose), and the checkpoint
+//! holds parameters, Adam's moments and the occupancy grid, so a resumed run
+//! continues exactly where an uninterrupted one would have been.
+pub mod config;
+pub mod outputs;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::diffusion::guidance::{Method, NFSD_NEGATIVE, noisy, predict_epsilon};
+use crate::diffusion::noise::{ViewAngles, ViewNoise};
+use crate::diffusion::schedule::NoiseSchedule;
+use crate::diffusion::timesteps::uniform;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::prior::Prior;
+use crate::ops::diffusion::{self as dops, DistillGrad};
+use crate::ops::elementwise as ew;
+use crate::ops::render::{RegulariserWeights, Shading};
+use crate::scene::camera::Camera;
+use crate::scene::{CameraSampler, RayBatch, RenderOptions, Scene};
+
+pub use config::{GenerateConfig, PriorKind};
+
+/// File names inside a run's output folder.
+pub mod files {
+    pub const CONFIG: &str = "config.toml";
+    pub const LOG: &str = "log.csv";
+    pub const CHECKPOINT: &str = "checkpoint.safetensors";
+    pub const SUMMARY: &str = "summary.json";
+}
+
+/// The log's header line.
+pub const LOG_HEADER: &str = "step,t,grad_rms,step_ms,shading,orientation_weight";
+
+/// What the progress display gets after each step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: u64,
+    pub steps: u64,
+    pub t: i64,
+    /// RMS of the gradient on the render, at log steps.
+    pub grad_rms: Option<f32>,
+    pub step_ms: f64,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Completed,
+    /// Stopped by the caller's flag (Ctrl-C); a checkpoint was written.
+    Interrupted,
+}
+
+/// Text embeddings the loop needs, computed once.
+struct PromptEmbeddings {
+    /// The prompt, or one per view direction (front, side, back, overhead).
+    cond: Vec<(&'static str, Tensor)>,
+    uncond: Tensor,
+    /// NFSD's negative prompt.
+    negative: Option<Tensor>,
+}
+
+impl PromptEmbeddings {
+    fn new(gpu: &Gpu, prior: &dyn Prior, cfg: &GenerateConfig) -> Result<PromptEmbeddings> {
+        let suffixes: &[&'static str] =
+            if cfg.guidance.view_dependent_prompt { &[", front view", ", side view", ", back view", ", overhead view"] } else { &[""] };
+        let cond = suffixes
+            .iter()
+            .map(|&s| Ok((s, prior.embed(gpu, &[&format!("{}{s}", cfg.prompt)])?)))
+            .collect::<Result<Vec<_>>>()?;
+        let uncond = prior.embed(gpu, &[""])?;
+        let negative = match cfg.method {
+            Method::Nfsd => Some(prior.embed(gpu, &[cfg.guidance.negative.as_deref().unwrap_or(NFSD_NEGATIVE)])?),
+            _ => None,
+        };
+        Ok(PromptEmbeddings { cond, uncond, negative })
+    }
+
+    /// [B, L, D]: each camera's prompt.
+    fn for_cameras(&self, gpu: &Gpu, cams: &[Camera]) -> Result<Tensor> {
+        let pick = |c: &Camera| -> &Tensor {
+            if self.cond.len() == 1 {
+                return &self.cond[0].1;
+            }
+            let s = config::view_suffix(c.elevation, c.azimuth);
+            &self.cond.iter().find(|(k, _)| *k == s).expect("every suffix is embedded").1
+        };
+        if cams.len() == 1 {
+            return Ok(pick(&cams[0]).clone());
+        }
+        let parts: Vec<&Tensor> = cams.iter().map(pick).collect();
+        crate::ops::concat::concat(gpu, &parts, 0)
+    }
+
+    /// The unconditional embedding repeated for B views.
+    fn uncond_for(&self, gpu: &Gpu, b: usize) -> Result<Tensor> {
+        repeat_batch(gpu, &self.uncond, b)
+    }
+}
+
+fn repeat_batch(gpu: &Gpu, x: &Tensor, b: usize) -> Result<Tensor> {
+    if b == 1 {
+        return Ok(x.clone());
+    }
+    let parts: Vec<&Tensor> = std::iter::repeat_n(x, b).collect();
+    crate::ops::concat::concat(gpu, &parts, 0)
+}
+
+/// One 3D run in progress.
+pub struct Generator<'a> {
+    gpu: &'a Gpu,
+    prior: &'a dyn Prior,
+    pub cfg: GenerateConfig,
+    pub scene: Scene,
+    sampler: CameraSampler,
+    noise: ViewNoise,
+    schedule: NoiseSchedule,
+    prompts: PromptEmbeddings,
+    /// u32 [1]: non-finite gradient values since the last check.
+    nonfinite: Tensor,
+    /// Steps done.
+    pub step: u64,
+}
+
+impl<'a> Generator<'a> {
+    /// A fresh run (step 0).
+    pub fn new(gpu: &'a Gpu, prior: &'a dyn Prior, cfg: GenerateConfig) -> Result<Generator<'a>> {
+        cfg.validate()?;
+        let [c, h, w] = prior.sample_shape();
+        let [ih, iw] = prior.image_size();
+        if c != 3 || (h, w) != (ih, iw) {
+            return Err(Error::Invalid(format!(
+                "generate supports pixel-space priors so far: this prior denoises [{c}, {h}, {w}] samples of {ih}x{iw} images; latent priors (a VAE encoder in the loop) are not wired in yet"
+            )));
+        }
+        if (cfg.camera.width as usize, cfg.camera.height as usize) != (w, h) {
+            return Err(Error::Invalid(format!(
+                "the training render is {}x{} but the prior works at {w}x{h}: set [camera] width = {w}, height = {h}",
+                cfg.camera.width, cfg.camera.height
+            )));
+        }
+        let scene = Scene::new(gpu, &cfg.scene, cfg.seed)?;
+        let sampler = CameraSampler::new(cfg.camera.clone(), cfg.seed)?;
+        let noise = ViewNoise::new(gpu, cfg.method.noise(), cfg.noise, [c, h, w], cfg.seed)?;
+        let schedule = NoiseSchedule::new(prior.scheduler_config())?;
+        let prompts = PromptEmbeddings::new(gpu, prior, &cfg)?;
+        let nonfinite = gpu.upload_u32(&[0], &[1])?;
+        Ok(Generator { gpu, prior, cfg, scene, sampler, noise, schedule, prompts, nonfinite, step: 0 })
+    }
+
+    /// Continues from a checkpoint written by [`Generator::save_checkpoint`].
+    pub fn resume(gpu: &'a Gpu, prior: &'a dyn Prior, cfg: GenerateConfig, checkpoint: &Path) -> Result<Generator<'a>> {
+        let mut g = Generator::new(gpu, prior, cfg)?;
+        g.scene.load(gpu, checkpoint)?;
+        // One Adam step per iteration: the optimiser's count is the run's.
+        g.step = g.scene.adam.step;
+        if g.step > g.cfg.steps {
+            return Err(Error::Invalid(format!(
+                "{}: the checkpoint is at step {} but the run has only {} steps; raise --steps to continue",
+                checkpoint.display(),
+                g.step,
+                g.cfg.steps
+            )));
+        }
+        Ok(g)
+    }
+
+    /// The shading of a training step.
+    pub fn shading_at(&self, step: u64) -> Shading {
+        self.cfg.scene.material.shading_for(self.cfg.seed, step)
+    }
+
+    /// Records and submits one optimisation step; reads back at log steps.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let started = Instant::now();
+        let gpu = self.gpu;
+        let step = self.step;
+        let cfg = &self.cfg;
+        let cams = self.sampler.sample(step);
+        let b = cams.len();
+        let rays = RayBatch::new(gpu, &cams, cfg.camera.width, cfg.camera.height)?;
+        self.scene.update_occupancy(gpu, step)?;
+        let shading = self.shading_at(step);
+        let orientation = cfg.loss.orientation_at(step);
+        let r = self.scene.render(gpu, &rays, &RenderOptions::training(shading, step, orientation > 0.0))?;
+
+        // The prior's pixels: x = 2·rgb − 1, as images [B, 3, H, W].
+        let (h, w) = (cfg.camera.height as usize, cfg.camera.width as usize);
+        let z = ew::affine(gpu, &r.images.rgb.reshape(&[b, 3, h, w])?, 2.0, -1.0)?;
+        let opacity = r.images.opacity.reshape(&[b, 1, h, w])?;
+        let t = cfg.guidance.timesteps.timestep(step, cfg.steps, self.schedule.num_train_timesteps(), uniform(cfg.seed, step));
+        let views: Vec<ViewAngles> = cams.iter().map(|c| ViewAngles::from_elevation_azimuth_deg(c.elevation as f64, c.azimuth as f64)).collect();
+        let eps = self.noise.sample(gpu, &views, Some(&opacity), step as u32, DType::F32)?;
+        let x_t = noisy(gpu, &self.schedule, t, &z, &eps)?;
+        let cond = self.prompts.for_cameras(gpu, &cams)?;
+        let uncond = self.prompts.uncond_for(gpu, b)?;
+        let s = &self.schedule;
+        let (pred, target) = match &self.prompts.negative {
+            None => (predict_epsilon(gpu, self.prior, s, t, &x_t, &cond, Some(&uncond), cfg.guidance.cfg)?, eps),
+            Some(neg) => {
+                // NFSD: s·(ε_y − ε_∅) + (ε_∅ − ε_neg), against zero.
+                let neg = repeat_batch(gpu, neg, b)?;
+                let ey = predict_epsilon(gpu, self.prior, s, t, &x_t, &cond, None, 1.0)?;
+                let e0 = predict_epsilon(gpu, self.prior, s, t, &x_t, &uncond, None, 1.0)?;
+                let en = predict_epsilon(gpu, self.prior, s, t, &x_t, &neg, None, 1.0)?;
+                let guide = ew::axpby(gpu, cfg.guidance.cfg, &ey, -cfg.guidance.cfg, &e0)?;
+                let shift = ew::sub(gpu, &e0, &en)?;
+                (ew::add(gpu, &guide, &shift)?, gpu.zeros(eps.shape(), DType::F32)?)
+            }
+        };
+        // ∂L/∂z = g / B, and z = 2·rgb − 1 gives ∂L/∂rgb = 2·g / B.
+        let g = DistillGrad { weight: cfg.guidance.weighting.weight(s, t) as f32, clip: cfg.guidance.grad_clip, out_scale: 2.0 / b as f32 };
+        let d_rgb = dops::distill_grad(gpu, &pred, &target, &g, &self.nonfinite)?.reshape(r.images.rgb.shape())?;
+        let reg = RegulariserWeights { orientation, sparsity: cfg.loss.sparsity, opaque: cfg.loss.opaque };
+        self.scene.backward(gpu, &r, &d_rgb, None, &reg)?;
+        self.scene.optimizer_step(gpu, 1.0)?;
+        gpu.flush()?;
+        self.step += 1;
+
+        let log_now = self.step.is_multiple_of(cfg.output.log_every) || self.step == cfg.steps;
+        let grad_rms = if log_now {
+            let bad = gpu.download_u32(&self.nonfinite)?[0];
+            if bad > 0 {
+                return Err(Error::Invalid(format!(
+                    "step {}: {bad} non-finite values in the distillation gradient (t = {t}); the scene is left as the last checkpoint has it. Try a lower --cfg, a lower learning rate ([scene.adam] in --config), or [guidance] grad_clip",
+                    self.step
+                )));
+            }
+            let gv = gpu.download(&d_rgb)?;
+            // Undo the 2/B of the chain rule: report the RMS of g itself.
+            let scale = b as f64 / 2.0;
+            Some(((gv.iter().map(|&v| (v as f64 * scale).powi(2)).sum::<f64>() / gv.len().max(1) as f64).sqrt()) as f32)
+        } else {
+            None
+        };
+        Ok(StepReport { step: self.step, steps: cfg.steps, t, grad_rms, step_ms: started.elapsed().as_secs_f64() * 1e3 })
+    }
+
+    /// Writes the checkpoint atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        self.scene.save(self.gpu, path)
+    }
+}
+
+/// Where a run writes, and how it reports.
+pub struct RunPaths {
+    pub out: PathBuf,
+}
+
+impl RunPaths {
+    pub fn config(&self) -> PathBuf {
+        self.out.join(files::CONFIG)
+    }
+    pub fn log(&self) -> PathBuf {
+        self.out.join(files::LOG)
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.out.join(files::CHECKPOINT)
+    }
+}
+
+/// Runs (or continues) the optimisation until `cfg.steps` or until `stop`
+/// is set; writes the config, the log and checkpoints into `out`.
+pub fn optimise(run: &mut Generator<'_>, out: &Path, stop: &AtomicBool, mut on_step: impl FnMut(&StepReport)) -> Result<Finish> {
+    let paths = RunPaths { out: out.to_path_buf() };
+    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?;
+    crate::io::write_atomic(&paths.config(), run.cfg.to_toml()?.as_bytes())?;
+    let mut log = open_log(&paths.log(), run.step)?;
+    let every = run.cfg.output.checkpoint_every;
+    while run.step < run.cfg.steps {
+        if stop.load(Ordering::SeqCst) {
+            run.save_checkpoint(&paths.checkpoint())?;
+            return Ok(Finish::Interrupted);
+        }
+        let shading = run.shading_at(run.step);
+        let orientation = run.cfg.loss.orientation_at(run.step);
+        let rep = run.step()?;
+        if let Some(rms) = rep.grad_rms {
+            writeln!(log, "{},{},{rms:.6e},{:.1},{shading:?},{orientation}", rep.step, rep.t, rep.step_ms)
+                .map_err(|e| Error::Io { path: paths.log(), source: e })?;
+            log.flush().map_err(|e| Error::Io { path: paths.log(), source: e })?;
+        }
+        on_step(&rep);
+        if every > 0 && run.step.is_multiple_of(every) && run.step < run.cfg.steps {
+            run.save_checkpoint(&paths.checkpoint())?;
+        }
+    }
+    run.save_checkpoint(&paths.checkpoint())?;
+    Ok(Finish::Completed)
+}
+
+/// Opens the log for appending from `step`: a fresh file at step 0; on
+/// resume, lines past the checkpoint's step (written after it, before a
+/// crash) are dropped so the log tells one consistent history.
+fn open_log(path: &Path, step: u64) -> Result<std::fs::File> {
+    let io_err = |e| Error::Io { path: path.to_path_buf(), source: e };
+    let mut kept = format!("{LOG_HEADER}\n");
+    if step > 0 {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines().skip(1) {
+                let s: Option<u64> = line.split(',').next().and_then(|v| v.parse().ok());
+                if s.is_some_and(|s| s <= step) {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+        }
+    }
+    crate::io::write_atomic(path, kept.as_bytes())?;
+    std::fs::OpenOptions::new().append(true).open(path).map_err(io_err)
+}
