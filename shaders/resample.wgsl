@@ -83,3 +83,50 @@ fn bilinear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     y[i] = {{T}}((1.0 - ty.w1) * top + ty.w1 * bottom);
 }
 #endif
+
+#if BILINEAR_BACKWARD
+// The transpose of `bilinear`: dx[plane, iy, ix] = Σ over the outputs that
+// read (iy, ix) of their weight · dy. A gather (one thread per input
+// element, a fixed walk over the outputs that can reach it) instead of a
+// scatter: deterministic, and no float atomics. Here x is dy (the output
+// gradient, out_h × out_w) and y is dx (in_h × in_w).
+
+// The weight output index `dst` gives input index `src_i` along one axis.
+fn tap_weight(dst: u32, src_i: u32, in_size: u32, scale: f32) -> f32 {
+    let t = linear_taps(dst, in_size, scale);
+    return select(0.0, 1.0 - t.w1, t.i0 == src_i) + select(0.0, t.w1, t.i1 == src_i);
+}
+
+// The outputs along one axis whose taps can include input index i: their
+// source coordinates lie within one input step of i.
+fn reach(i: u32, out_size: u32, scale: f32) -> vec2<u32> {
+    let lo = (f32(i) - 1.0 + 0.5) / scale - 0.5;
+    let hi = (f32(i) + 1.0 + 0.5) / scale - 0.5;
+    let first = u32(max(floor(lo) - 1.0, 0.0));
+    let last = u32(clamp(ceil(hi) + 1.0, 0.0, f32(out_size - 1u)));
+    return vec2<u32>(first, last);
+}
+
+@compute @workgroup_size({{WG}})
+fn bilinear_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    let ix = i % p.in_w;
+    let iy = (i / p.in_w) % p.in_h;
+    let plane = i / (p.in_w * p.in_h);
+    let ry = reach(iy, p.out_h, p.scale_h);
+    let rx = reach(ix, p.out_w, p.scale_w);
+    let base = plane * p.out_h * p.out_w;
+    var s = 0.0;
+    for (var oy = ry.x; oy <= ry.y; oy++) {
+        let wy = tap_weight(oy, iy, p.in_h, p.scale_h);
+        if (wy == 0.0) { continue; }
+        for (var ox = rx.x; ox <= rx.y; ox++) {
+            let wx = tap_weight(ox, ix, p.in_w, p.scale_w);
+            s += wy * wx * f32(x[base + oy * p.out_w + ox]);
+        }
+    }
+    y[i] = {{T}}(s);
+}
+#endif

@@ -137,3 +137,54 @@ fn bad_inputs_are_clear_errors() {
     let err = resize_nearest(&gpu, &ids, 4, 4).unwrap_err().to_string();
     assert!(err.contains("float"), "{err}");
 }
+
+/// The transpose of ref_bilinear: scatter each output's gradient to its four taps.
+fn ref_bilinear_backward(dy: &[f32], planes: usize, (ih, iw): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let mut dx = vec![0f64; planes * ih * iw];
+    for p in 0..planes {
+        for y in 0..oh {
+            let (y0, y1, wy) = taps(y, ih, oh);
+            for xx in 0..ow {
+                let (x0, x1, wx) = taps(xx, iw, ow);
+                let g = dy[(p * oh + y) * ow + xx] as f64;
+                for (yi, wyi) in [(y0, 1.0 - wy), (y1, wy)] {
+                    for (xi, wxi) in [(x0, 1.0 - wx), (x1, wx)] {
+                        dx[(p * ih + yi) * iw + xi] += wyi * wxi * g;
+                    }
+                }
+            }
+        }
+    }
+    dx.into_iter().map(|v| v as f32).collect()
+}
+
+#[test]
+fn bilinear_backward_is_the_transpose_of_the_resize() {
+    use fsd3d::ops::resample::resize_bilinear_backward;
+    // Up (the 64 -> 512 of a latent prior, shrunk), down, uneven, identity, to 1.
+    let cases = [((5usize, 7usize), (40usize, 56usize)), ((9, 6), (4, 5)), ((3, 3), (7, 2)), ((6, 5), (6, 5)), ((4, 3), (1, 1))];
+    for (gpu, dt) in configs() {
+        for (i, &((ih, iw), (oh, ow))) in cases.iter().enumerate() {
+            let planes = 2 * 3;
+            let dy = quantize(&rand_vec(i as u64 + 40, planes * oh * ow, -1.0, 1.0), dt);
+            let got = resize_bilinear_backward(&gpu, &gpu.upload(&dy, &[2, 3, oh, ow], dt).unwrap(), ih, iw).unwrap();
+            assert_eq!(got.shape(), &[2, 3, ih, iw]);
+            let got = gpu.download(&got).unwrap();
+            let want = ref_bilinear_backward(&dy, planes, (ih, iw), (oh, ow));
+            let what = format!("bilinear backward {ih}x{iw} <- {oh}x{ow} {}", label(&gpu, dt));
+            assert_close(&what, &got, &quantize(&want, dt), tol(dt) * 10.0);
+            // The adjoint identity <resize(x), dy> = <x, resize_backward(dy)> against the forward kernel.
+            if dt == DType::F32 {
+                let x = rand_vec(i as u64 + 90, planes * ih * iw, -1.0, 1.0);
+                let y = gpu.download(&resize_bilinear(&gpu, &gpu.upload(&x, &[2, 3, ih, iw], dt).unwrap(), oh, ow).unwrap()).unwrap();
+                let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let rhs: f64 = x.iter().zip(&got).map(|(a, b)| *a as f64 * *b as f64).sum();
+                assert!((lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()), "{what}: <Ax, dy> = {lhs}, <x, Aᵀdy> = {rhs}");
+            }
+        }
+    }
+    let gpu = gpu();
+    let dy = gpu.upload(&[1.0; 4], &[1, 1, 2, 2], DType::F32).unwrap();
+    assert!(resize_bilinear_backward(&gpu, &dy, 0, 3).is_err());
+    assert!(resize_bilinear_backward(&gpu, &gpu.upload(&[1.0; 4], &[4], DType::F32).unwrap(), 2, 2).is_err());
+}

@@ -24,6 +24,7 @@ struct Params {
 enum Mode {
     Nearest,
     Bilinear,
+    BilinearBackward,
 }
 
 impl Mode {
@@ -31,6 +32,7 @@ impl Mode {
         match self {
             Mode::Nearest => "nearest",
             Mode::Bilinear => "bilinear",
+            Mode::BilinearBackward => "bilinear_backward",
         }
     }
 }
@@ -40,7 +42,8 @@ fn key(mode: Mode, dtype: DType) -> KernelKey {
         .def("T", dtype.wgsl())
         .def("WG", WG_1D)
         .flag("NEAREST", mode == Mode::Nearest)
-        .flag("BILINEAR", mode == Mode::Bilinear)
+        .flag("BILINEAR", mode == Mode::Bilinear || mode == Mode::BilinearBackward)
+        .flag("BILINEAR_BACKWARD", mode == Mode::BilinearBackward)
 }
 
 /// Every variant this family dispatches (for validation).
@@ -49,6 +52,7 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     for dt in float_dtypes(caps) {
         v.push(key(Mode::Nearest, dt));
         v.push(key(Mode::Bilinear, dt));
+        v.push(key(Mode::BilinearBackward, dt));
     }
     v
 }
@@ -100,4 +104,30 @@ pub fn upsample_nearest2x(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 /// antialias=False)`: up or down, no anti-aliasing when shrinking.
 pub fn resize_bilinear(gpu: &Gpu, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     resize(gpu, "resize_bilinear", Mode::Bilinear, x, out_h, out_w)
+}
+
+/// The input gradient of [`resize_bilinear`]: dy [B, C, out_h, out_w] ->
+/// dx [B, C, in_h, in_w] (the adjoint of the resize from in_h × in_w), for
+/// a latent prior's loop, where the render is resized to the VAE's input.
+pub fn resize_bilinear_backward(gpu: &Gpu, dy: &Tensor, in_h: usize, in_w: usize) -> Result<Tensor> {
+    const OP: &str = "resize_bilinear_backward";
+    expect_float(OP, dy)?;
+    expect_rank(OP, dy, 4)?;
+    let [b, c, out_h, out_w] = [dy.dim(0), dy.dim(1), dy.dim(2), dy.dim(3)];
+    if in_h == 0 || in_w == 0 || out_h == 0 || out_w == 0 {
+        return Err(Error::shape(OP, format!("cannot take the gradient of a resize from {in_h}x{in_w} to {dy:?}: empty spatial size")));
+    }
+    let dx = gpu.empty(&[b, c, in_h, in_w], dy.dtype())?;
+    let p = Params {
+        n: dx.numel() as u32,
+        in_h: in_h as u32,
+        in_w: in_w as u32,
+        out_h: out_h as u32,
+        out_w: out_w as u32,
+        scale_h: in_h as f32 / out_h as f32,
+        scale_w: in_w as f32 / out_w as f32,
+        pad: 0,
+    };
+    gpu.dispatch("resample.bilinear_backward", &key(Mode::BilinearBackward, dy.dtype()), bytemuck::bytes_of(&p), &[dy, &dx], grid_for(gpu, dx.numel(), WG_1D))?;
+    Ok(dx)
 }
