@@ -202,11 +202,68 @@ fn every_method_runs_and_a_finished_run_writes_its_outputs() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+fn tiny_latent_pipeline(gpu: &fsd3d::gpu::Gpu) -> StableDiffusion {
+    StableDiffusion::load(gpu, std::path::Path::new("tests/fixtures/models/pipeline"), DType::F32).unwrap()
+}
+
 #[test]
-fn a_latent_prior_is_refused_with_a_clear_error() {
+fn a_latent_priors_encoder_gradient_matches_finite_differences() {
+    use fsd3d::models::prior::Prior;
     let gpu = common::gpu();
-    let prior = StableDiffusion::load(&gpu, std::path::Path::new("tests/fixtures/models/pipeline"), DType::F32).unwrap();
-    let cfg = GenerateConfig::defaults("a cat", Method::Fsd, &PriorKind::Latent);
-    let e = Generator::new(&gpu, &prior, cfg).err().expect("latent priors are not wired in yet").to_string();
-    assert!(e.contains("latent"), "{e}");
+    let prior = tiny_latent_pipeline(&gpu);
+    let [ih, iw] = prior.image_size();
+    let [c, h, w] = prior.sample_shape();
+    let images = common::rand_vec(1, 3 * ih * iw, -0.9, 0.9);
+    let probe = common::randn(2, c * h * w);
+    // f(images) = Σ encode(images) · probe, and its gradient.
+    let f = |x: &[f32]| -> f64 {
+        let enc = prior.encode(&gpu, &gpu.upload(x, &[1, 3, ih, iw], DType::F32).unwrap()).unwrap();
+        gpu.download(&enc.sample).unwrap().iter().zip(&probe).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let enc = prior.encode(&gpu, &gpu.upload(&images, &[1, 3, ih, iw], DType::F32).unwrap()).unwrap();
+    assert_eq!(enc.sample.shape(), &[1, c, h, w]);
+    let grad = gpu.download(&prior.encode_backward(&gpu, &enc, &gpu.upload(&probe, &[1, c, h, w], DType::F32).unwrap()).unwrap()).unwrap();
+    assert_eq!(grad.len(), images.len());
+    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(scale > 0.0);
+    let eps = 1e-2f32;
+    for &i in &[0usize, 37, ih * iw + 5, 3 * ih * iw - 1] {
+        let (mut up, mut down) = (images.clone(), images.clone());
+        up[i] += eps;
+        down[i] -= eps;
+        let fd = (f(&up) - f(&down)) / (2.0 * eps as f64);
+        assert!((fd - grad[i] as f64).abs() <= 2e-2 * scale, "pixel {i}: finite difference {fd}, backward {}, scale {scale}", grad[i]);
+    }
+    // A gradient of the wrong shape is refused.
+    assert!(prior.encode_backward(&gpu, &enc, &gpu.upload(&[0.0; 4], &[1, 4, 1, 1], DType::F32).unwrap()).is_err());
+}
+
+#[test]
+fn a_latent_prior_runs_the_loop_through_its_encoder() {
+    use fsd3d::models::prior::Prior;
+    let gpu = common::gpu();
+    let prior = tiny_latent_pipeline(&gpu);
+    let [_, h, _] = prior.sample_shape();
+    let mut cfg = GenerateConfig::defaults("a cat", Method::Fsd, &PriorKind::Latent);
+    cfg.steps = 2;
+    cfg.camera.width = h as u32;
+    cfg.camera.height = h as u32;
+    cfg.scene.field.levels = 8;
+    cfg.scene.field.hidden = 32;
+    cfg.scene.field.log2_table_size = 14;
+    cfg.scene.render.samples_per_ray = 48;
+    cfg.output.log_every = 1;
+    cfg.output.checkpoint_every = 0;
+    let mut run = Generator::new(&gpu, &prior, cfg.clone()).unwrap();
+    let before = params(&gpu, &run);
+    let mut rms = Vec::new();
+    let out = std::env::temp_dir().join(format!("fsd3d-generate-latent-{}", std::process::id()));
+    g::optimise(&mut run, &out, &AtomicBool::new(false), |r| rms.push(r.grad_rms.unwrap())).unwrap();
+    assert!(rms.iter().all(|v| v.is_finite() && *v > 0.0), "{rms:?}");
+    assert!(mean_abs_diff(&params(&gpu, &run), &before) > 0.0);
+    // A render that is no multiple of the latent grid is refused up front.
+    cfg.camera.width = h as u32 + 3;
+    let e = Generator::new(&gpu, &prior, cfg).err().expect("a mismatched render size").to_string();
+    assert!(e.contains("width"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
 }

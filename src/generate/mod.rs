@@ -4,9 +4,12 @@
 //! One step, all recorded into one command encoder and submitted once:
 //! ```text
 //! cameras (seed, step) → rays → occupancy update → render rgb + opacity
-//! → z = 2·rgb − 1 (pixel prior) → ε: world map ε(c) (fsd) / fresh (sds, nfsd) / constant
+//! → image = 2·rgb − 1 → bilinear resize to the prior's input (when sizes differ)
+//! → z = the image (pixel prior) or VAE mean × scaling factor (latent prior)
+//! → ε: world map ε(c) (fsd) / fresh (sds, nfsd) / constant
 //! → x_t = α_t·z + σ_t·ε → prior on [uncond; cond] → g = w(t)·(ε̂ − ε)
-//! → ∂L/∂rgb = 2·g / B → renderer backward + regularisers → Adam
+//! → ∂L/∂z = g / B → VAE encoder backward → resize backward → ×2
+//! → renderer backward + regularisers → Adam
 //! ```
 //! The host reads back only at log steps: the gradient's RMS for the
 //! progress bar and log, and the count of non-finite gradient values (a run
@@ -32,6 +35,7 @@ use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::prior::Prior;
 use crate::ops::diffusion::{self as dops, DistillGrad};
 use crate::ops::elementwise as ew;
+use crate::ops::resample;
 use crate::ops::render::{RegulariserWeights, Shading};
 use crate::scene::camera::Camera;
 use crate::scene::{CameraSampler, RayBatch, RenderOptions, Scene};
@@ -145,16 +149,11 @@ impl<'a> Generator<'a> {
     pub fn new(gpu: &'a Gpu, prior: &'a dyn Prior, cfg: GenerateConfig) -> Result<Generator<'a>> {
         cfg.validate()?;
         let [c, h, w] = prior.sample_shape();
-        let [ih, iw] = prior.image_size();
-        if c != 3 || (h, w) != (ih, iw) {
+        let (rw, rh) = (cfg.camera.width as usize, cfg.camera.height as usize);
+        // The world map's mask pools the render's opacity onto the sample grid.
+        if rh % h != 0 || rw % w != 0 || rh / h != rw / w {
             return Err(Error::Invalid(format!(
-                "generate supports pixel-space priors so far: this prior denoises [{c}, {h}, {w}] samples of {ih}x{iw} images; latent priors (a VAE encoder in the loop) are not wired in yet"
-            )));
-        }
-        if (cfg.camera.width as usize, cfg.camera.height as usize) != (w, h) {
-            return Err(Error::Invalid(format!(
-                "the training render is {}x{} but the prior works at {w}x{h}: set [camera] width = {w}, height = {h}",
-                cfg.camera.width, cfg.camera.height
+                "the training render is {rw}x{rh} but the prior's samples are {w}x{h}: set [camera] width and height to the same multiple of {w} (e.g. {w})"
             )));
         }
         let scene = Scene::new(gpu, &cfg.scene, cfg.seed)?;
@@ -202,14 +201,20 @@ impl<'a> Generator<'a> {
         let orientation = cfg.loss.orientation_at(step);
         let r = self.scene.render(gpu, &rays, &RenderOptions::training(shading, step, orientation > 0.0))?;
 
-        // The prior's pixels: x = 2·rgb − 1, as images [B, 3, H, W].
+        // Images [B, 3, H, W] in [-1, 1], resized to the prior's input and
+        // encoded (latent priors) into its sample space z.
         let (h, w) = (cfg.camera.height as usize, cfg.camera.width as usize);
-        let z = ew::affine(gpu, &r.images.rgb.reshape(&[b, 3, h, w])?, 2.0, -1.0)?;
+        let image = ew::affine(gpu, &r.images.rgb.reshape(&[b, 3, h, w])?, 2.0, -1.0)?;
         let opacity = r.images.opacity.reshape(&[b, 1, h, w])?;
+        let [ih, iw] = self.prior.image_size();
+        let resized = (ih, iw) != (h, w);
+        let image = if resized { resample::resize_bilinear(gpu, &image, ih, iw)? } else { image };
+        let encoded = self.prior.encode(gpu, &image)?;
+        let z = &encoded.sample;
         let t = cfg.guidance.timesteps.timestep(step, cfg.steps, self.schedule.num_train_timesteps(), uniform(cfg.seed, step));
         let views: Vec<ViewAngles> = cams.iter().map(|c| ViewAngles::from_elevation_azimuth_deg(c.elevation as f64, c.azimuth as f64)).collect();
         let eps = self.noise.sample(gpu, &views, Some(&opacity), step as u32, DType::F32)?;
-        let x_t = noisy(gpu, &self.schedule, t, &z, &eps)?;
+        let x_t = noisy(gpu, &self.schedule, t, z, &eps)?;
         let cond = self.prompts.for_cameras(gpu, &cams)?;
         let uncond = self.prompts.uncond_for(gpu, b)?;
         let s = &self.schedule;
@@ -226,9 +231,13 @@ impl<'a> Generator<'a> {
                 (ew::add(gpu, &guide, &shift)?, gpu.zeros(eps.shape(), DType::F32)?)
             }
         };
-        // ∂L/∂z = g / B, and z = 2·rgb − 1 gives ∂L/∂rgb = 2·g / B.
-        let g = DistillGrad { weight: cfg.guidance.weighting.weight(s, t) as f32, clip: cfg.guidance.grad_clip, out_scale: 2.0 / b as f32 };
-        let d_rgb = dops::distill_grad(gpu, &pred, &target, &g, &self.nonfinite)?.reshape(r.images.rgb.shape())?;
+        // ∂L/∂z = g / B, back through the encoder and the resize; the image
+        // is 2·rgb − 1, so ∂L/∂rgb = 2·∂L/∂image.
+        let g = DistillGrad { weight: cfg.guidance.weighting.weight(s, t) as f32, clip: cfg.guidance.grad_clip, out_scale: 1.0 / b as f32 };
+        let d_z = dops::distill_grad(gpu, &pred, &target, &g, &self.nonfinite)?;
+        let d_image = self.prior.encode_backward(gpu, &encoded, &d_z)?;
+        let d_image = if resized { resample::resize_bilinear_backward(gpu, &d_image, h, w)? } else { d_image };
+        let d_rgb = ew::scale(gpu, &d_image, 2.0)?.reshape(r.images.rgb.shape())?;
         let reg = RegulariserWeights { orientation, sparsity: cfg.loss.sparsity, opaque: cfg.loss.opaque };
         self.scene.backward(gpu, &r, &d_rgb, None, &reg)?;
         self.scene.optimizer_step(gpu, 1.0)?;
@@ -244,9 +253,9 @@ impl<'a> Generator<'a> {
                     self.step
                 )));
             }
-            let gv = gpu.download(&d_rgb)?;
-            // Undo the 2/B of the chain rule: report the RMS of g itself.
-            let scale = b as f64 / 2.0;
+            let gv = gpu.download(&d_z)?;
+            // Undo the 1/B: report the RMS of g itself.
+            let scale = b as f64;
             Some(((gv.iter().map(|&v| (v as f64 * scale).powi(2)).sum::<f64>() / gv.len().max(1) as f64).sqrt()) as f32)
         } else {
             None

@@ -11,6 +11,7 @@ use crate::models::clip_text::ClipTextModel;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::Vae;
+use crate::models::vae_backward::EncoderTape;
 use crate::ops::{concat, diffusion as dops, elementwise as ew};
 
 /// What the samplers and loops ask of a diffusion model.
@@ -29,6 +30,20 @@ pub trait Prior {
     fn to_image(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor>;
     /// Storage type of its activations.
     fn dtype(&self) -> DType;
+    /// Images [B, 3, H, W] in [-1, 1] at [`image_size`](Prior::image_size)
+    /// (f32) -> samples of its space (f32): the images themselves for pixel
+    /// priors; for latent priors the VAE posterior mean × scaling factor,
+    /// with what [`encode_backward`](Prior::encode_backward) needs.
+    fn encode(&self, gpu: &Gpu, images: &Tensor) -> Result<Encoded>;
+    /// ∂L/∂images (f32) from ∂L/∂sample (f32) of an [`encode`](Prior::encode).
+    fn encode_backward(&self, gpu: &Gpu, enc: &Encoded, d_sample: &Tensor) -> Result<Tensor>;
+}
+
+/// Images in the prior's sample space, and the encoder's tape (latent priors).
+pub struct Encoded {
+    /// [B, C, h, w], f32.
+    pub sample: Tensor,
+    tape: Option<EncoderTape>,
 }
 
 /// A diffusers text-to-image pipeline folder: tokenizer, CLIP text encoder,
@@ -125,6 +140,37 @@ impl Prior for StableDiffusion {
                 let ts = gpu.upload(&vec![t; 2 * b], &[2 * b], DType::F32)?;
                 dops::guidance(gpu, &self.unet.forward(gpu, &x2, &ts, &ctx)?, cfg)
             }
+        }
+    }
+
+    fn encode(&self, gpu: &Gpu, images: &Tensor) -> Result<Encoded> {
+        let [ih, iw] = self.image_size();
+        if images.rank() != 4 || images.dim(1) != 3 || images.dim(2) != ih || images.dim(3) != iw {
+            return Err(Error::shape("encode", format!("expected images [B, 3, {ih}, {iw}], got {images:?}")));
+        }
+        match &self.vae {
+            None => Ok(Encoded { sample: gpu.to_dtype(images, DType::F32)?, tape: None }),
+            Some(v) => {
+                let (posterior, tape) = v.encode_with_tape(gpu, &gpu.to_dtype(images, self.dtype)?)?;
+                let sample = ew::scale(gpu, &gpu.to_dtype(&posterior.mean, DType::F32)?, v.scaling_factor() as f32)?;
+                Ok(Encoded { sample, tape: Some(tape) })
+            }
+        }
+    }
+
+    fn encode_backward(&self, gpu: &Gpu, enc: &Encoded, d_sample: &Tensor) -> Result<Tensor> {
+        if d_sample.shape() != enc.sample.shape() {
+            return Err(Error::shape("encode_backward", format!("the gradient {d_sample:?} must have the sample's shape {:?}", enc.sample.shape())));
+        }
+        match (&self.vae, &enc.tape) {
+            (None, _) => gpu.to_dtype(d_sample, DType::F32),
+            (Some(v), Some(tape)) => {
+                // sample = s·mean: ∂L/∂mean = s·∂L/∂sample.
+                let d_mean = ew::scale(gpu, d_sample, v.scaling_factor() as f32)?;
+                let d_images = v.encode_backward(gpu, tape, &gpu.to_dtype(&d_mean, DType::F32)?)?;
+                gpu.to_dtype(&d_images, DType::F32)
+            }
+            (Some(_), None) => Err(Error::Invalid("encode_backward: this encoding has no tape (it was not made by this latent prior)".into())),
         }
     }
 
