@@ -166,7 +166,7 @@ struct GenerateArgs {
     method: String,
     #[arg(long)]
     seed: Option<u64>,
-    /// Optimisation steps (default per prior: 600 for the embedded prior, 10 000 for Stable Diffusion).
+    /// Optimisation steps (default per prior: 300 for the embedded prior, 10 000 for Stable Diffusion).
     #[arg(long)]
     steps: Option<u64>,
     /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior).

@@ -185,7 +185,7 @@ impl GenerateConfig {
         // Flat albedo first (cheap: no normals), then the diffuse shading the
         // prior saw; white-albedo (textureless) renders look like nothing the
         // prior was trained on, so none.
-        s.material.ambient_only_steps = 200;
+        s.material.ambient_only_steps = 100;
         s.material.textureless_probability = 0.0;
         // Objects of radius 0.35–0.55 at the origin: a unit box, a grid whose
         // finest level (~190 cells across the box) is finer than a 32² view.
@@ -202,17 +202,23 @@ impl GenerateConfig {
         s.adam.lr_grid = 0.01;
         s.adam.lr_mlp = 0.01;
 
-        self.steps = 600;
+        // 300 steps: a recognisable object in about 4–5 minutes on a 2-core
+        // laptop CPU under lavapipe (measured: docs/performance.md).
+        self.steps = 300;
         self.guidance.cfg = 7.5;
         // The prior knows only "a {colour} {shape}" captions.
         self.guidance.view_dependent_prompt = false;
-        self.loss = LossConfig { orientation: [1.0, 10.0], orientation_ramp_steps: 400, sparsity: 0.05, opaque: 0.0 };
+        self.loss = LossConfig { orientation: [1.0, 10.0], orientation_ramp_steps: 300, sparsity: 0.05, opaque: 0.0 };
         // 24 frames of 3r² pixels: every third frame is a grid view.
         self.output.render_size = 3 * r;
         self.output.turntable_frames = 24;
         self.output.checkpoint_every = 200;
         self.output.log_every = 10;
         self.output.mesh_resolution = 96;
+        // The small field reaches densities of 20–30 inside objects (a 32²
+        // view needs less than the 512-sample renders of SD runs), so the
+        // surface is taken lower than FSD_SPEC's 25.
+        self.output.mesh_threshold = 10.0;
     }
 
     /// Checks values the parts do not check themselves.
