@@ -145,6 +145,8 @@ enum Command {
     },
     /// Text to 3D: optimise a NeRF with FSD (or SDS / NFSD) and write renders, a turntable, a mesh and a summary.
     Generate(GenerateArgs),
+    /// The paper's evaluation: every prompt × method × seed as a 3D run (reused or resumed when its folder has one), the DDIM reference, results.md/json and a figure per prompt.
+    Eval(EvalArgs),
     /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
     Tokenize {
         /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
@@ -202,6 +204,55 @@ struct GenerateArgs {
     /// Print per-kernel timings at the end and write them as profile.json in the output folder.
     #[arg(long)]
     profile: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Text file with one prompt per line (blank lines and lines starting with # are skipped).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Seeds, comma-separated (the first half against the second for Cross-FID).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
+    seeds: Vec<u64>,
+    /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant (table rows in this order).
+    #[arg(long, value_delimiter = ',', default_value = "fsd,sds")]
+    methods: Vec<String>,
+    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior); it needs a classifier/.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Optimisation steps of every run (default per prior: 300 for the embedded prior, 10 000 for Stable Diffusion).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// A TOML file with any keys of the run config to change in every run.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output folder: results.md, results.json, figure_<prompt>.png and runs/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Views per object for the classifier (the paper: 24).
+    #[arg(long, default_value_t = 24)]
+    views: usize,
+    /// Side of the figure's renders as a multiple of the prior's resolution (4: 128² for the embedded prior).
+    #[arg(long, default_value_t = 4)]
+    figure_scale: u32,
+    /// DDIM steps of the reference row.
+    #[arg(long, default_value_t = 50)]
+    ddim_steps: usize,
+    /// Guidance scale of the reference row.
+    #[arg(long, default_value_t = 3.0)]
+    ddim_cfg: f32,
+    /// DDIM samples per seed in the reference row (Cross-FID needs at least 2 images per seed half).
+    #[arg(long, default_value_t = 6)]
+    ddim_samples: usize,
+    /// Leave out the DDIM reference row.
+    #[arg(long)]
+    no_ddim: bool,
+    /// Ablation: expand fsd into one row per world-map blend β, e.g. 0,0.25,0.5,0.75,1.
+    #[arg(long, value_delimiter = ',')]
+    beta: Vec<f32>,
+    /// Ablation: expand fsd into one row per world-map patch span Θ in degrees, e.g. 120,180,240,300,360.
+    #[arg(long, value_delimiter = ',')]
+    theta: Vec<f64>,
 }
 
 fn main() {
@@ -286,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             report_profile(&gpu, *profile, &out.with_extension("profile.json"))
         }
         Command::Generate(args) => generate(&cli.gpu, args),
+        Command::Eval(args) => eval(&cli.gpu, args),
         Command::Tokenize { model, prompts } => {
             let dir = fsd3d::models::model_dir(model.as_deref());
             let tok = fsd3d::models::tokenizer::PromptTokenizer::from_dir(&dir)
@@ -428,6 +480,86 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
     }
     eprintln!("wrote {} in {}", outputs.files.join(", "), out.display());
     report_profile(&gpu, a.profile, &out.join("profile.json"))
+}
+
+fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
+    use fsd3d::eval::run::{self as er, EvalEvent, Work};
+    let plan = er::EvalPlan {
+        prompts: er::read_prompts(&a.prompts)?,
+        seeds: a.seeds.clone(),
+        methods: er::expand_methods(&a.methods, &a.beta, &a.theta)?,
+        model: a.model.clone(),
+        steps: a.steps,
+        config: a.config.as_deref().map(er::ConfigOverlay::read).transpose()?,
+        views: a.views,
+        figure_scale: a.figure_scale,
+        reference: (!a.no_ddim).then_some(er::DdimReference { steps: a.ddim_steps, cfg: a.ddim_cfg, samples_per_seed: a.ddim_samples }),
+        command_line: std::env::args().map(|s| if s.contains(' ') { format!("\"{s}\"") } else { s }).collect::<Vec<_>>().join(" "),
+    };
+    plan.validate()?;
+    let gpu = gpu_args.open(false)?;
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    eprintln!(
+        "eval: {} prompts × {} methods × {} seeds{} on {}, writing to {}",
+        plan.prompts.len(),
+        plan.methods.len(),
+        plan.seeds.len(),
+        if plan.reference.is_some() { " + the DDIM reference" } else { "" },
+        gpu.adapter_name(),
+        a.out.display()
+    );
+    // One bar over the units (runs and reference seeds); its message is the current unit's step.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}").expect("valid template"),
+    );
+    let mut unit = String::new();
+    let summary = er::run_eval(&gpu, &plan, &a.out, &STOP, |e| match e {
+        EvalEvent::Unit { index, total, label, prompt, seed, work, step, steps } => {
+            bar.set_length(*total as u64);
+            bar.set_position(*index as u64);
+            unit = format!("{label} · \"{prompt}\" · seed {seed}");
+            let what = match work {
+                Work::Fresh => format!("step 0/{steps}"),
+                Work::Resumed => format!("resuming at step {step}/{steps}"),
+                Work::Reused => "reused".to_string(),
+                Work::Sampled => "sampling".to_string(),
+            };
+            bar.set_message(format!("{unit}: {what}"));
+        }
+        EvalEvent::Step(r) => {
+            let g = r.grad_rms.map_or(String::new(), |g| format!(" |g|={g:.3}"));
+            bar.set_message(format!("{unit}: step {}/{} t={}{g}", r.step, r.steps, r.t));
+        }
+        EvalEvent::Sample { sample, samples, step, steps } => bar.set_message(format!("{unit}: sample {}/{samples} step {step}/{steps}", sample + 1)),
+        EvalEvent::Views => bar.set_message(format!("{unit}: rendering and classifying the views")),
+        EvalEvent::Writing => {
+            bar.set_position(bar.length().unwrap_or(0));
+            bar.set_message("writing results and figures");
+        }
+    })?;
+    bar.finish_and_clear();
+    let counts = format!(
+        "runs: {} fresh, {} resumed, {} reused ({} steps); DDIM samples: {} drawn, {} reused; {:.1} s",
+        summary.fresh, summary.resumed, summary.reused, summary.steps_optimised, summary.samples_drawn, summary.samples_reused, summary.wall_seconds
+    );
+    if !summary.finished {
+        eprintln!("interrupted ({counts}): the current run is checkpointed; run the same command again to continue");
+        std::process::exit(130);
+    }
+    eprintln!("{counts}");
+    if let Some(r) = &summary.results {
+        eprint!("{}", fsd3d::eval::report::results_markdown(&r.evaluation).split("\n\n").next().unwrap_or(""));
+        eprintln!();
+    }
+    for f in &summary.files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 /// A folder-name form of a prompt: lowercase words joined by '-'.

@@ -1,0 +1,249 @@
+//! `fsd3d eval` as a library (`eval::run::run_eval`): on the embedded prior
+//! with tiny settings, the whole job writes results.md / results.json and a
+//! figure per prompt with the rows it should have; a second call reuses every
+//! run and sample and gives the same numbers; Ctrl-C stops after a
+//! checkpoint and the next call resumes; a changed config in an existing
+//! folder, an empty prompts file and an unknown method are clear errors.
+mod common;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fsd3d::diffusion::guidance::Method;
+use fsd3d::eval::run::{self as er, ConfigOverlay, DdimReference, EvalEvent, EvalPlan, EvalResults, Work};
+use fsd3d::generate as g;
+
+/// Small scene, cheap renders: what tests/generate.rs's tiny_config changes,
+/// plus a smaller hash table (the checkpoints stay small).
+const TINY: &str = "[scene.render]\nsamples_per_ray = 48\n[scene.material]\nambient_only_steps = 1\n\
+                    [scene.field]\nlog2_table_size = 12\n[output]\nlog_every = 1\ncheckpoint_every = 0\n";
+
+fn tiny_plan(prompts: &[&str], seeds: &[u64], methods: &[&str], steps: u64) -> EvalPlan {
+    EvalPlan {
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        seeds: seeds.to_vec(),
+        methods: er::expand_methods(&methods.iter().map(|m| m.to_string()).collect::<Vec<_>>(), &[], &[]).unwrap(),
+        model: None,
+        steps: Some(steps),
+        config: Some(ConfigOverlay { name: "tiny.toml".into(), text: TINY.into() }),
+        views: 4,
+        // 64² renders in the figure: a 128² one costs seconds per run on lavapipe.
+        figure_scale: 2,
+        reference: Some(DdimReference { steps: 2, cfg: 3.0, samples_per_seed: 2 }),
+        command_line: "fsd3d eval (test)".into(),
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fsd3d-eval-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn read_results(out: &Path) -> EvalResults {
+    serde_json::from_str(&std::fs::read_to_string(out.join(er::files::RESULTS_JSON)).unwrap()).unwrap()
+}
+
+#[test]
+fn eval_writes_results_reuses_runs_and_resumes_after_ctrl_c() {
+    let gpu = common::gpu();
+    let out = temp_dir("job");
+    let never = AtomicBool::new(false);
+    let prompts = ["a red cube", "a blue sphere"];
+    let plan = tiny_plan(&prompts, &[0, 1], &["fsd", "sds"], 2);
+
+    // First call: everything fresh.
+    let mut units = Vec::new();
+    let first = er::run_eval(&gpu, &plan, &out, &never, |e| {
+        if let EvalEvent::Unit { index, total, work, .. } = e {
+            units.push((*index, *total, *work));
+        }
+    })
+    .unwrap();
+    assert!(first.finished);
+    assert_eq!((first.runs, first.fresh, first.resumed, first.reused, first.steps_optimised), (8, 8, 0, 0, 16));
+    assert_eq!((first.samples_drawn, first.samples_reused), (8, 0));
+    // 8 runs + 2 prompts × 2 seeds of reference samples, in order, each announced once.
+    assert_eq!(units.iter().map(|u| u.0).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
+    assert!(units.iter().all(|u| u.1 == 12));
+    assert_eq!(units.iter().filter(|u| u.2 == Work::Sampled).count(), 4);
+
+    let results = read_results(&out);
+    let ev = &results.evaluation;
+    let labels: Vec<&str> = ev.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(labels, [er::DDIM_LABEL, "FSD", "SDS"]);
+    assert_eq!(ev.runs.len(), 12);
+    assert_eq!(ev.prompts.len(), 6);
+    for m in &ev.methods {
+        assert_eq!((m.runs, m.prompts), (4, 2), "{}", m.method);
+    }
+    for r in &ev.runs {
+        let views = if r.method == er::DDIM_LABEL { 2 } else { 4 };
+        assert_eq!(r.views, views, "{} {} seed {}", r.method, r.prompt, r.seed);
+        // Both prompts name a shape and a colour: every run has a fidelity, a probability.
+        assert!(r.fidelity.is_some_and(|f| (0.0..=1.0).contains(&f)), "{r:?}");
+    }
+    for p in &ev.prompts {
+        // Seeds {0} vs {1}: 4 views (2 reference samples) per half, enough for a covariance.
+        let fid = p.cross_fid.unwrap_or_else(|| panic!("no Cross-FID for {} / {}", p.method, p.prompt));
+        assert!(fid.is_finite() && fid >= 0.0);
+        assert!(p.inception_score >= 1.0 - 1e-9 && p.shape_inception_score >= 1.0 - 1e-9);
+    }
+    assert_eq!(ev.cross_fid_split.a, [0]);
+    assert_eq!(ev.cross_fid_split.b, [1]);
+    assert_eq!(results.steps_per_run, [2]);
+    assert_eq!(results.runs.iter().filter(|r| r.work == Work::Fresh).count(), 8);
+    assert_eq!(results.date.len(), 10);
+
+    let md = std::fs::read_to_string(out.join(er::files::RESULTS_MD)).unwrap();
+    for want in ["fsd3d eval (test)", "Steps per run: 2", er::DDIM_LABEL, "| FSD |", "| SDS |", &results.adapter, "Cross-FID"] {
+        assert!(md.contains(want), "results.md lacks {want:?}:\n{md}");
+    }
+    // Figures: 3 rows (reference, FSD, SDS) × 2 seeds of 64² cells (2 × 32), with labels.
+    for p in prompts {
+        let fig = fsd3d::export::image::read_png(&out.join(er::files::figure(&er::slug(p)))).unwrap();
+        assert!(fig.width > 2 * 64 && fig.height > 3 * 64 && fig.height < 4 * 64, "{p}: figure {}x{}", fig.width, fig.height);
+    }
+    // A run folder has what a person needs to look and to resume.
+    let run_dir = EvalPlan::run_dir(&out, "a red cube", "fsd", 1);
+    for f in [g::files::CONFIG, g::files::LOG, g::files::CHECKPOINT, g::files::SUMMARY, er::files::VIEW_GRID, er::files::FRONT, er::files::VIEWS] {
+        assert!(run_dir.join(f).is_file(), "{} lacks {f}", run_dir.display());
+    }
+    let front = fsd3d::export::image::read_png(&run_dir.join(er::files::FRONT)).unwrap();
+    assert_eq!((front.width, front.height), (64, 64));
+    let cfg = g::GenerateConfig::from_toml(&std::fs::read_to_string(run_dir.join(g::files::CONFIG)).unwrap(), "config").unwrap();
+    assert_eq!((cfg.seed, cfg.steps, cfg.method, cfg.scene.field.log2_table_size), (1, 2, Method::Fsd, 12));
+    assert!(out.join("runs/a-blue-sphere/ddim/s0").join(er::files::ddim_sample(1)).is_file());
+
+    // Second call: nothing optimised or sampled, the same numbers.
+    let again = er::run_eval(&gpu, &plan, &out, &never, |_| {}).unwrap();
+    assert!(again.finished);
+    assert_eq!((again.fresh, again.resumed, again.reused, again.steps_optimised), (0, 0, 8, 0));
+    assert_eq!((again.samples_drawn, again.samples_reused), (0, 8));
+    assert_eq!(read_results(&out).evaluation, results.evaluation);
+
+    // Ctrl-C in a longer run: it stops after step 3 of 4 with a checkpoint...
+    let longer = tiny_plan(&["a red cube"], &[0], &["sds"], 4);
+    let stop = AtomicBool::new(false);
+    let cut = er::run_eval(&gpu, &longer, &out, &stop, |e| {
+        if let EvalEvent::Step(r) = e
+            && r.step == 3
+        {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(!cut.finished);
+    assert_eq!(cut.steps_optimised, 1, "resumed from the finished 2-step run, stopped after step 3");
+    assert!(cut.files.is_empty());
+    // ...and the next call continues from it.
+    let mut resumed_at = None;
+    let rest = er::run_eval(&gpu, &longer, &out, &never, |e| {
+        if let EvalEvent::Unit { work: Work::Resumed, step, .. } = e {
+            resumed_at = Some(*step);
+        }
+    })
+    .unwrap();
+    assert!(rest.finished);
+    assert_eq!((rest.resumed, rest.steps_optimised, resumed_at), (1, 1, Some(3)));
+    assert_eq!(read_results(&out).steps_per_run, [4]);
+    let log = std::fs::read_to_string(EvalPlan::run_dir(&out, "a red cube", "sds", 0).join(g::files::LOG)).unwrap();
+    let steps: Vec<&str> = log.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(steps, ["1", "2", "3", "4"], "{log}");
+
+    // A folder made with another config is not silently redone.
+    let mut changed = tiny_plan(&["a red cube"], &[0], &["sds"], 4);
+    changed.config.as_mut().unwrap().text.push_str("[guidance]\ncfg = 5.0\n");
+    let e = er::run_eval(&gpu, &changed, &out, &never, |_| {}).expect_err("a changed config").to_string();
+    assert!(e.contains("guidance.cfg") && e.contains("--out"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn methods_expand_into_labelled_ablation_rows() {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let rows = er::expand_methods(&names(&["fsd", "sds", "fsd-constant"]), &[0.0, 0.5], &[]).unwrap();
+    let got: Vec<(&str, &str)> = rows.iter().map(|m| (m.label.as_str(), m.slug.as_str())).collect();
+    assert_eq!(got, [("FSD β=0", "fsd-beta-0"), ("FSD β=0.5", "fsd-beta-0.5"), ("SDS", "sds"), ("FSD constant noise", "fsd-constant")]);
+    let rows = er::expand_methods(&names(&["fsd"]), &[], &[120.0, 360.0]).unwrap();
+    assert_eq!(rows.iter().map(|m| m.slug.as_str()).collect::<Vec<_>>(), ["fsd-theta-120", "fsd-theta-360"]);
+    assert_eq!(rows[0].label, "FSD Θ=120");
+    // Both lists: every combination.
+    let both = er::expand_methods(&names(&["fsd"]), &[0.5, 1.0], &[120.0, 240.0]).unwrap();
+    assert_eq!(both.len(), 4);
+    assert_eq!(both[1].label, "FSD β=0.5 Θ=240");
+    // The row's setting lands in the run config over the defaults and the overlay.
+    let kind = g::PriorKind::Pixel(fsd3d::models::pixel_prior::PixelPriorSpec::load(&fsd3d::models::embedded_prior_dir()).unwrap().unwrap());
+    let mut plan = tiny_plan(&["a red cube"], &[3], &["fsd"], 7);
+    plan.config.as_mut().unwrap().text.push_str("[noise]\nbeta = 0.9\ntheta_deg = 90.0\n");
+    let cfg = plan.run_config("a red cube", &both[1], 3, &kind).unwrap();
+    assert_eq!((cfg.noise.beta, cfg.noise.theta_deg, cfg.seed, cfg.steps, cfg.scene.render.samples_per_ray), (0.5, 240.0, 3, 7, 48));
+    let plain = plan.run_config("a red cube", &er::EvalMethod::plain(Method::Fsd), 3, &kind).unwrap();
+    assert_eq!((plain.noise.beta, plain.noise.theta_deg), (0.9, 90.0));
+    // Folder names stay plain.
+    assert_eq!(er::slug("An orange Cube, front view!"), "an-orange-cube-front-view");
+    assert_eq!(er::slug("???"), "untitled");
+    assert_eq!(plan.cross_fid_split().a, Vec::<u64>::new());
+    let mut four = plan.clone();
+    four.seeds = vec![0, 1, 2, 3];
+    assert_eq!((four.cross_fid_split().a, four.cross_fid_split().b), (vec![0, 1], vec![2, 3]));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let e = er::expand_methods(&names(&["fsd", "dreamfusion"]), &[], &[]).unwrap_err().to_string();
+    assert!(e.contains("dreamfusion") && e.contains("sds") && e.contains("fsd-constant"), "{e}");
+    let e = er::expand_methods(&names(&["sds"]), &[0.5], &[]).unwrap_err().to_string();
+    assert!(e.contains("--beta") && e.contains("no fsd"), "{e}");
+    let e = er::expand_methods(&names(&["fsd"]), &[1.5], &[]).unwrap_err().to_string();
+    assert!(e.contains("1.5") && e.contains("[0, 1]"), "{e}");
+    let e = er::expand_methods(&names(&["fsd"]), &[], &[0.0]).unwrap_err().to_string();
+    assert!(e.contains("Θ"), "{e}");
+    let e = er::expand_methods(&names(&["sds", "sds"]), &[], &[]).unwrap_err().to_string();
+    assert!(e.contains("twice"), "{e}");
+    assert!(er::expand_methods(&names(&[""]), &[], &[]).is_err());
+
+    // Prompts files: comments and blank lines are skipped; none left is an error that says so.
+    let dir = temp_dir("prompts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompts.txt");
+    std::fs::write(&file, "# shapes\n\n  a red cube  \n#a blue cube\nan orange cone\n").unwrap();
+    assert_eq!(er::read_prompts(&file).unwrap(), ["a red cube", "an orange cone"]);
+    std::fs::write(&file, "# nothing yet\n\n   \n").unwrap();
+    let e = er::read_prompts(&file).unwrap_err().to_string();
+    assert!(e.contains("no prompts") && e.contains("prompts.txt"), "{e}");
+    assert!(er::read_prompts(&dir.join("missing.txt")).unwrap_err().to_string().contains("missing.txt"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Plans are checked before any work.
+    let mut plan = tiny_plan(&["a red cube", "A red cube!"], &[0, 1], &["fsd"], 2);
+    let e = plan.validate().unwrap_err().to_string();
+    assert!(e.contains("a-red-cube"), "{e}");
+    plan.prompts.pop();
+    plan.seeds = vec![0, 0];
+    assert!(plan.validate().unwrap_err().to_string().contains("seed 0"));
+    plan.seeds = vec![0];
+    plan.views = 0;
+    assert!(plan.validate().unwrap_err().to_string().contains("--views"));
+    plan.views = 4;
+    plan.figure_scale = 0;
+    assert!(plan.validate().unwrap_err().to_string().contains("--figure-scale"));
+    plan.figure_scale = 2;
+    plan.validate().unwrap();
+    // A bad overlay key is named before anything runs.
+    plan.config = Some(ConfigOverlay { name: "typo.toml".into(), text: "[guidance]\ncfgg = 3\n".into() });
+    let kind = g::PriorKind::Latent;
+    let e = plan.run_config("a red cube", &plan.methods[0], 0, &kind).unwrap_err().to_string();
+    assert!(e.contains("cfgg") && e.contains("typo.toml"), "{e}");
+}
+
+#[test]
+fn dates_are_civil_utc() {
+    assert_eq!(er::date_of_unix_days(0), "1970-01-01");
+    // 2000-02-29 (a leap day of a century divisible by 400) and 2026-11-25.
+    assert_eq!(er::date_of_unix_days(951_782_400 / 86_400), "2000-02-29");
+    assert_eq!(er::date_of_unix_days(1_795_611_600 / 86_400), "2026-11-25");
+    assert_eq!(er::date_of_unix_days(-1), "1969-12-31");
+    assert_eq!(er::reference_seed(3, 0), 3);
+    assert_eq!(er::reference_seed(3, 2), 3 + (2 << 32));
+}
