@@ -13,7 +13,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let args = BenchArgs { family, json: false, quick: false, seconds: 1.0 };
+    let args = BenchArgs { family, seconds: 1.0, ..Default::default() };
     if let Err(e) = run(&gpu, &args) {
         eprintln!("error: {e}");
         std::process::exit(1);

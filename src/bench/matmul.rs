@@ -1,19 +1,24 @@
 //! Bench cases of the matmul family: square matrices (256 … 2048, f32 and f16)
 //! and the projections of Stable Diffusion 1.5's UNet at a 64×64 latent.
 //!
-//! The default kernel is measured; the environment variable
-//! `FSD3D_MATMUL_VARIANTS` (a comma list of variant names, or `all`) measures
-//! those variants instead, for comparing kernels (see docs/performance.md).
-//! The `simple` baseline is only measured up to 1024³.
+//! The kernel the op would choose is measured (the default, or the autotuned
+//! or `--variant` one); the environment variable `FSD3D_MATMUL_VARIANTS` (a
+//! comma list of variant names, or `all`) measures those variants instead.
+//! `fsd3d bench --variants matmul` compares every variant, checked first (see
+//! [`crate::bench::variants`]); this file gives it the shapes and the CPU
+//! reference. The `simple` baseline is only measured up to 1024³.
 use crate::bench::Case;
+use crate::bench::variants::{Sample, VariantProblem, as_stored, matmul_bucket, pseudo_random};
 use crate::error::Result;
-use crate::gpu::{DType, Gpu, Tensor};
-use crate::ops::matmul::{MatmulOpts, MatmulVariant, default_variant, matmul};
+use crate::gpu::{Caps, DType, Gpu, Tensor};
+use crate::ops::elementwise::Act;
+use crate::ops::matmul::{MatmulOpts, MatmulVariant, choose_variant, default_variant, matmul};
 
-/// Environment variable choosing the kernels to measure (default: the default kernel).
+/// Environment variable choosing the kernels to measure (default: the one the op chooses).
 pub const ENV_VARIANTS: &str = "FSD3D_MATMUL_VARIANTS";
 
 /// One matmul problem: `[batch, M, K] · [K, N]`, or `· [N, K]ᵀ` for a Linear.
+#[derive(Clone, Copy, Debug)]
 struct Problem {
     batch: usize,
     m: usize,
@@ -35,14 +40,33 @@ const UNET: [Problem; 4] = [
     Problem { batch: 2, m: 256, n: 1280, k: 1280, linear: true },
 ];
 
-fn variants_to_measure(gpu: &Gpu) -> Result<Vec<MatmulVariant>> {
+/// SD 1.5's key and value projections of the 77 text tokens (768 wide) at the 64² level.
+const TEXT_PROJECTION: Problem = Problem { batch: 2, m: 77, n: 320, k: 768, linear: true };
+
+impl Problem {
+    fn square(s: usize) -> Problem {
+        Problem { batch: 1, m: s, n: s, k: s, linear: false }
+    }
+    fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+    /// `[batch x] M x K · K x N` (or `· (N x K)ᵀ`).
+    fn label(&self) -> String {
+        let batch = if self.batch > 1 { format!("{}x", self.batch) } else { String::new() };
+        let rhs = if self.linear { format!("({}x{})ᵀ", self.n, self.k) } else { format!("{}x{}", self.k, self.n) };
+        format!("{batch}{}x{} · {rhs}", self.m, self.k)
+    }
+}
+
+/// `None` measures what the op chooses.
+fn variants_to_measure(gpu: &Gpu) -> Result<Vec<Option<MatmulVariant>>> {
     let Ok(list) = std::env::var(ENV_VARIANTS) else {
-        return Ok(vec![default_variant(gpu.caps())]);
+        return Ok(vec![None]);
     };
     if list.trim() == "all" {
-        return Ok(MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu.caps())).collect());
+        return Ok(MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu.caps())).map(Some).collect());
     }
-    list.split(',').map(|s| MatmulVariant::parse(s.trim())).collect()
+    list.split(',').map(|s| MatmulVariant::parse(s.trim()).map(Some)).collect()
 }
 
 fn inputs(gpu: &Gpu, p: &Problem, dtype: DType) -> Result<(Tensor, Tensor)> {
@@ -54,20 +78,17 @@ fn inputs(gpu: &Gpu, p: &Problem, dtype: DType) -> Result<(Tensor, Tensor)> {
     Ok((a, b))
 }
 
-fn case<'a>(gpu: &'a Gpu, p: Problem, dtype: DType, variant: MatmulVariant) -> Result<Case<'a>> {
-    let (a, b) = inputs(gpu, &p, dtype)?;
-    let opts = MatmulOpts { trans_b: p.linear, variant: Some(variant), ..Default::default() };
-    let flops = 2.0 * (p.batch * p.m * p.n * p.k) as f64;
+/// A case of `p` with `variant` (`None`: the op's own choice, named in the label).
+fn case<'a>(gpu: &'a Gpu, p: &Problem, dtype: DType, variant: Option<MatmulVariant>) -> Result<Case<'a>> {
+    let (a, b) = inputs(gpu, p, dtype)?;
+    let opts = MatmulOpts { trans_b: p.linear, variant, ..Default::default() };
+    let chosen = choose_variant(gpu, &opts, dtype, p.m, p.n, p.k)?;
     let bytes = ((p.batch * p.m * p.k + p.n * p.k + p.batch * p.m * p.n) * dtype.size()) as f64;
-    // [batch x] M x K · K x N (or · (N x K)ᵀ).
-    let batch = if p.batch > 1 { format!("{}x", p.batch) } else { String::new() };
-    let rhs = if p.linear { format!("({}x{})ᵀ", p.n, p.k) } else { format!("{}x{}", p.k, p.n) };
-    let shape = format!("{batch}{}x{} · {rhs}", p.m, p.k);
     Ok(Case {
-        kernel: format!("matmul.{variant}"),
-        shape,
+        kernel: format!("matmul.{chosen}"),
+        shape: p.label(),
         dtype,
-        flops,
+        flops: p.flops(),
         bytes,
         record: Box::new(move || matmul(gpu, &a, &b, None, &opts).map(drop)),
     })
@@ -79,20 +100,116 @@ pub fn cases(gpu: &Gpu, quick: bool) -> Result<Vec<Case<'_>>> {
     let mut v = Vec::new();
     for variant in variants_to_measure(gpu)? {
         // The baseline reaches ~0.2 GFLOP/s on lavapipe: past 1024³ one product takes minutes.
-        let affordable = |flops: usize| variant != MatmulVariant::Simple || flops <= 2 * 1024 * 1024 * 1024;
+        let affordable = |flops: usize| variant != Some(MatmulVariant::Simple) || flops <= 2 * 1024 * 1024 * 1024;
         for &dtype in &dtypes {
             for &s in sizes.iter().filter(|&&s| affordable(2 * s * s * s)) {
-                let p = Problem { batch: 1, m: s, n: s, k: s, linear: false };
-                v.push(case(gpu, p, dtype, variant)?);
+                v.push(case(gpu, &Problem::square(s), dtype, variant)?);
             }
         }
         if !quick && affordable(usize::MAX) {
             for &dtype in &dtypes {
                 for p in UNET {
-                    v.push(case(gpu, p, dtype, variant)?);
+                    v.push(case(gpu, &p, dtype, variant)?);
                 }
             }
         }
     }
     Ok(v)
+}
+
+// ---- `bench --variants matmul` ----
+
+/// The matmul variants this device can run.
+pub(crate) fn variant_names(caps: Caps) -> Vec<&'static str> {
+    MatmulVariant::ALL.into_iter().filter(|v| v.available(caps)).map(MatmulVariant::name).collect()
+}
+
+/// Shapes every variant is timed on: quick, a small square and the text
+/// projection; else also 1024³ and SD 1.5's projections.
+pub(crate) fn variant_problems(quick: bool) -> Vec<Box<dyn VariantProblem>> {
+    let mut v = vec![Problem::square(256), TEXT_PROJECTION];
+    if !quick {
+        v.push(Problem::square(1024));
+        v.extend(UNET);
+    }
+    v.into_iter().map(|p| Box::new(p) as Box<dyn VariantProblem>).collect()
+}
+
+impl VariantProblem for Problem {
+    fn shape(&self) -> String {
+        self.label()
+    }
+    fn bucket(&self, dtype: DType) -> String {
+        matmul_bucket(dtype, self.m, self.n, self.k)
+    }
+    fn default_variant(&self, gpu: &Gpu) -> &'static str {
+        default_variant(gpu.caps()).name()
+    }
+    fn affordable(&self, variant: &str) -> bool {
+        variant != MatmulVariant::Simple.name() || self.flops() <= 2.2e9
+    }
+    fn case<'a>(&self, gpu: &'a Gpu, variant: &str, dtype: DType) -> Result<Case<'a>> {
+        case(gpu, self, dtype, Some(MatmulVariant::parse(variant)?))
+    }
+}
+
+/// A check problem: sizes off every tile (M, N, K not multiples of 4, 16, 32
+/// or 64) with a batch, and a Linear with bias, alpha and SiLU whose K is a
+/// multiple of 4 (the vec4 load paths).
+struct CheckCase {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_b: bool,
+    bias: bool,
+    alpha: f32,
+    silu: bool,
+}
+
+const CHECKS: [CheckCase; 2] = [
+    CheckCase { batch: 2, m: 37, n: 70, k: 19, trans_b: false, bias: false, alpha: 1.0, silu: false },
+    CheckCase { batch: 2, m: 33, n: 65, k: 36, trans_b: true, bias: true, alpha: 0.5, silu: true },
+];
+
+/// Runs `variant` on the check problems next to a CPU loop nest.
+pub(crate) fn check_samples(gpu: &Gpu, variant: &str, dtype: DType) -> Result<Vec<Sample>> {
+    let variant = MatmulVariant::parse(variant)?;
+    let mut out = Vec::new();
+    for (i, c) in CHECKS.iter().enumerate() {
+        let seed = 10 * i as u32;
+        let a = pseudo_random(c.batch * c.m * c.k, seed + 1);
+        let b = pseudo_random(c.n * c.k, seed + 2);
+        let bias = pseudo_random(c.n, seed + 3);
+        let b_shape = if c.trans_b { [c.n, c.k] } else { [c.k, c.n] };
+        let (ta, tb) = (gpu.upload(&a, &[c.batch, c.m, c.k], dtype)?, gpu.upload(&b, &b_shape, dtype)?);
+        let tbias = gpu.upload(&bias, &[c.n], dtype)?;
+        let act = if c.silu { Act::Silu } else { Act::None };
+        let opts = MatmulOpts { trans_b: c.trans_b, alpha: c.alpha, act, variant: Some(variant), ..Default::default() };
+        let got = gpu.download(&matmul(gpu, &ta, &tb, c.bias.then_some(&tbias), &opts)?)?;
+        out.push(Sample { shape: format!("{}x{}x{} · {}", c.batch, c.m, c.k, if c.trans_b { "Bᵀ" } else { "B" }), got, want: reference(c, &as_stored(&a, dtype), &as_stored(&b, dtype), &as_stored(&bias, dtype)) });
+    }
+    Ok(out)
+}
+
+/// `act(alpha · A[b]·op(B) + bias)` in f64.
+fn reference(c: &CheckCase, a: &[f64], b: &[f64], bias: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(c.batch * c.m * c.n);
+    for bi in 0..c.batch {
+        for i in 0..c.m {
+            for j in 0..c.n {
+                let mut sum = 0.0;
+                for l in 0..c.k {
+                    let bv = if c.trans_b { b[j * c.k + l] } else { b[l * c.n + j] };
+                    sum += a[(bi * c.m + i) * c.k + l] * bv;
+                }
+                let mut y = sum * c.alpha as f64 + if c.bias { bias[j] } else { 0.0 };
+                if c.silu {
+                    y /= 1.0 + (-y).exp();
+                }
+                out.push(y);
+            }
+        }
+    }
+    out
 }

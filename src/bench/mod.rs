@@ -4,22 +4,32 @@
 //! its FLOP and byte counts). The runner warms up, then records batches of
 //! iterations with one submit each until enough time has passed, and reports
 //! the mean time per iteration with GFLOP/s and GB/s.
+//!
+//! [`variants`] compares the kernel variants of a family (checked against a
+//! CPU reference first) and autotunes the ops' default choice; [`unet`] times
+//! whole UNet steps, with random weights where the checkpoint is not at hand.
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 
 pub mod attention;
 pub mod conv;
 pub mod matmul;
 pub mod scene;
+pub mod unet;
+pub mod variants;
+
+/// The bench families, in the order `fsd3d bench` runs them.
+pub const FAMILIES: [&str; 5] = ["matmul", "conv", "attention", "scene", "unet"];
 
 /// Options of `fsd3d bench`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Kernel family to measure: matmul, conv, attention, scene (all when omitted).
+    /// Family to measure: matmul, conv, attention, scene, unet (all when omitted).
     pub family: Option<String>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
@@ -27,9 +37,52 @@ pub struct BenchArgs {
     /// Smallest shapes only (a quick check that every case runs).
     #[arg(long)]
     pub quick: bool,
-    /// Seconds to spend measuring each case (after warm-up).
+    /// Seconds to spend measuring each case after warm-up; 0 = one timed iteration.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
+    /// Compare every kernel variant of matmul, conv and attention (or of FAMILY):
+    /// each is checked against a CPU reference first (a wrong one is reported as
+    /// WRONG and not timed), then timed on the same shapes.
+    // Its own id: the global `--variant` is stored under "variants".
+    #[arg(id = "compare_variants", long = "variants", value_name = "FAMILY", num_args = 0..=1, default_missing_value = "all")]
+    pub variants: Option<String>,
+    /// Like --variants, then writes the winners that beat the default to the
+    /// adapter's autotune cache, which the ops consult from then on
+    /// (FSD3D_AUTOTUNE_CACHE=FILE or off; default ~/.cache/fsd3d/autotune-ADAPTER.json).
+    #[arg(long)]
+    pub autotune: bool,
+    /// unet: also time Stable Diffusion 1.5 (or --model's config) with random
+    /// weights drawn from a seeded normal: speed needs the shapes, not the values.
+    #[arg(long)]
+    pub random_weights: bool,
+    /// unet: time this UNet folder (a pipeline or its unet/ folder) instead of the
+    /// built-in list; with --random-weights only its config.json is read.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Measure only this storage type (f32 or f16); default both where the adapter has f16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+/// The storage types to measure: `--dtype`, else f32 and (where the adapter has it) f16.
+pub fn dtypes(gpu: &Gpu, args: &BenchArgs) -> Result<Vec<DType>> {
+    match args.dtype.as_deref() {
+        Some(s) => {
+            let d = DType::parse(s)?;
+            if d == DType::U32 {
+                return Err(Error::Invalid("--dtype: the kernels are measured in f32 or f16, not u32".into()));
+            }
+            if d == DType::F16 && !gpu.features().f16 {
+                return Err(Error::Invalid(format!(
+                    "--dtype f16: {} has no SHADER_F16 (or it was switched off); use --dtype f32",
+                    gpu.adapter_name()
+                )));
+            }
+            Ok(vec![d])
+        }
+        None if gpu.features().f16 => Ok(vec![DType::F32, DType::F16]),
+        None => Ok(vec![DType::F32]),
+    }
 }
 
 /// One measured case: `record` records one iteration (it must not submit).
@@ -57,7 +110,9 @@ pub struct Measurement {
     pub iterations: u32,
 }
 
-/// Times one case: warm-up (pipeline compilation), then batches until `seconds` pass.
+/// Times one case: warm-up (pipeline compilation), then batches until
+/// `seconds` pass; with `seconds` ≤ 0 the one iteration after the warm-up is
+/// the measurement (for cases that take seconds each).
 pub fn measure(gpu: &Gpu, case: &mut Case<'_>, seconds: f64) -> Result<Measurement> {
     (case.record)()?;
     gpu.sync()?;
@@ -65,17 +120,22 @@ pub fn measure(gpu: &Gpu, case: &mut Case<'_>, seconds: f64) -> Result<Measureme
     (case.record)()?;
     gpu.sync()?;
     let one = t0.elapsed().max(Duration::from_micros(1));
-    let batch = ((0.1 / one.as_secs_f64()).ceil() as u32).clamp(1, 256);
-    let mut iterations = 0u32;
-    let start = Instant::now();
-    while iterations == 0 || start.elapsed().as_secs_f64() < seconds {
-        for _ in 0..batch {
-            (case.record)()?;
+    let (elapsed, iterations) = if seconds <= 0.0 {
+        (one, 1u32)
+    } else {
+        let batch = ((0.1 / one.as_secs_f64()).ceil() as u32).clamp(1, 256);
+        let mut iterations = 0u32;
+        let start = Instant::now();
+        while iterations == 0 || start.elapsed().as_secs_f64() < seconds {
+            for _ in 0..batch {
+                (case.record)()?;
+            }
+            gpu.sync()?;
+            iterations += batch;
         }
-        gpu.sync()?;
-        iterations += batch;
-    }
-    let ms = start.elapsed().as_secs_f64() * 1e3 / iterations as f64;
+        (start.elapsed(), iterations)
+    };
+    let ms = elapsed.as_secs_f64() * 1e3 / iterations as f64;
     let per_s = |x: f64| (x > 0.0).then(|| x / (ms * 1e-3) / 1e9);
     Ok(Measurement {
         kernel: case.kernel.clone(),
@@ -89,38 +149,71 @@ pub fn measure(gpu: &Gpu, case: &mut Case<'_>, seconds: f64) -> Result<Measureme
     })
 }
 
-/// The cases of a family (or of all when `family` is None).
+/// The cases of a family (or of all when `family` is None), with the default options.
 pub fn cases<'a>(gpu: &'a Gpu, family: Option<&str>, quick: bool) -> Result<Vec<Case<'a>>> {
-    let mut v = Vec::new();
+    cases_for(gpu, &BenchArgs { family: family.map(String::from), quick, ..Default::default() })
+}
+
+/// The cases `args` ask for (family, quick, UNet options, dtype).
+pub fn cases_for<'a>(gpu: &'a Gpu, args: &BenchArgs) -> Result<Vec<Case<'a>>> {
+    let family = args.family.as_deref();
+    if let Some(f) = family.filter(|f| !FAMILIES.contains(f)) {
+        return Err(Error::Invalid(format!("unknown bench family {f:?}: expected one of {}", FAMILIES.join(", "))));
+    }
     let want = |f: &str| family.is_none_or(|x| x == f);
+    let mut v = Vec::new();
     if want("matmul") {
-        v.extend(matmul::cases(gpu, quick)?);
+        v.extend(matmul::cases(gpu, args.quick)?);
     }
     if want("conv") {
-        v.extend(conv::cases(gpu, quick)?);
+        v.extend(conv::cases(gpu, args.quick)?);
     }
     if want("attention") {
-        v.extend(attention::cases(gpu, quick)?);
+        v.extend(attention::cases(gpu, args.quick)?);
     }
     if want("scene") {
-        v.extend(scene::cases(gpu, quick)?);
+        v.extend(scene::cases(gpu, args.quick)?);
     }
-    if let Some(f) = family {
-        if !["matmul", "conv", "attention", "scene"].contains(&f) {
-            return Err(crate::Error::Invalid(format!("unknown bench family {f:?}: expected matmul, conv, attention or scene")));
-        }
+    if want("unet") {
+        v.extend(unet::cases(gpu, args)?);
+    }
+    if args.dtype.is_some() {
+        let keep = dtypes(gpu, args)?;
+        v.retain(|c| keep.contains(&c.dtype));
     }
     Ok(v)
 }
 
-/// Runs and prints the cases (`fsd3d bench`, `cargo bench`).
+/// Runs and prints the cases (`fsd3d bench`, `cargo bench`); with
+/// `--variants` or `--autotune` the variants table instead
+/// ([`variants::run`]; its timed rows are returned).
 pub fn run(gpu: &Gpu, args: &BenchArgs) -> Result<Vec<Measurement>> {
+    if args.variants.is_some() || args.autotune {
+        let report = variants::run(gpu, args)?;
+        return Ok(report
+            .rows
+            .into_iter()
+            .filter_map(|r| {
+                let ms = r.ms?;
+                Some(Measurement {
+                    kernel: format!("{}.{}", r.family, r.variant),
+                    shape: r.shape,
+                    dtype: r.dtype,
+                    adapter: r.adapter,
+                    ms,
+                    gflops: r.gflops,
+                    gbps: None,
+                    iterations: 0,
+                })
+            })
+            .collect());
+    }
     let mut out = Vec::new();
     if !args.json {
         println!("adapter: {}", gpu.adapter_name());
         println!("{:<28} {:<28} {:<5} {:>10} {:>10} {:>9}", "kernel", "shape", "dtype", "ms", "GFLOP/s", "GB/s");
     }
-    for mut case in cases(gpu, args.family.as_deref(), args.quick)? {
+    for mut case in cases_for(gpu, args)? {
         let m = measure(gpu, &mut case, args.seconds)?;
         if args.json {
             println!("{}", serde_json::to_string(&m).expect("measurement serialises"));

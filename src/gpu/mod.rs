@@ -4,6 +4,7 @@
 //! Work is recorded lazily: every op appends its dispatch to the device's open
 //! command encoder ([`recorder`]); nothing is submitted until a readback or an
 //! explicit [`Gpu::flush`], so a whole step becomes one submit.
+pub mod autotune;
 pub mod device;
 pub mod kernel;
 pub mod pool;

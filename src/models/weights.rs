@@ -4,6 +4,12 @@
 //! `config.json`) holds one or more `.safetensors` files, possibly in an
 //! `.fp16.` variant and possibly sharded. Files are memory-mapped; each tensor
 //! is converted (f32 / f16 / bf16 -> the device dtype) when it is uploaded.
+//!
+//! For timing a model whose checkpoint is not at hand, weights can also be
+//! synthesised ([`Weights::random`]): every tensor a loader asks for is drawn
+//! from a seeded normal distribution with the shape the loader names. A folder
+//! with a `config.json` and a [`RANDOM_WEIGHTS_FILE`] but no `.safetensors`
+//! loads that way too, so every model loader gets random weights unchanged.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -30,11 +36,66 @@ struct Entry {
     range: std::ops::Range<usize>,
 }
 
-/// The weights of one component, memory-mapped.
+/// The weights of one component, memory-mapped (or synthesised, see [`RandomWeights`]).
 pub struct Weights {
     dir: PathBuf,
     maps: Vec<(PathBuf, memmap2::Mmap)>,
     index: HashMap<String, Entry>,
+    /// Set when the tensors are synthesised instead of read from files.
+    random: Option<RandomWeights>,
+}
+
+/// A file that makes a folder without `.safetensors` load random weights:
+/// JSON of a [`RandomWeights`], e.g. `{"seed": 0, "std": 0.02}`.
+pub const RANDOM_WEIGHTS_FILE: &str = "fsd3d-random-weights.json";
+
+/// How random weights are drawn. Every tensor gets its own stream, seeded by
+/// `seed` and its name, so its values do not depend on the order of loading.
+/// Rank-1 tensors named `*.weight` (the scales of group and layer norms) are
+/// 1: a scale near 0 would silence every block behind it. Everything else is
+/// normal with mean 0 and standard deviation `std`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RandomWeights {
+    pub seed: u64,
+    pub std: f32,
+}
+
+impl RandomWeights {
+    /// The values of tensor `name` with `shape`, row-major.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        if shape.len() == 1 && name.ends_with(".weight") {
+            return vec![1.0; n];
+        }
+        let mut state = self.seed ^ fnv1a(name.as_bytes());
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            // Box-Muller: two uniforms give two independent normals (1 − u1 is
+            // in (0, 1], so its logarithm is finite).
+            let u1 = (splitmix64(&mut state) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let u2 = (splitmix64(&mut state) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let r = (-2.0 * (1.0 - u1).ln()).sqrt() * self.std as f64;
+            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+            out.push((r * c) as f32);
+            out.push((r * s) as f32);
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+/// The next value of a SplitMix64 stream (small, fast, good enough for weights).
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a hash of a tensor name: its stream's offset from the seed.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -62,6 +123,11 @@ impl Weights {
             _ => fp16,
         };
         if chosen.is_empty() {
+            let marker = dir.join(RANDOM_WEIGHTS_FILE);
+            if marker.is_file() {
+                let spec: RandomWeights = crate::models::config::read_config(&marker)?;
+                return Ok(Weights { dir: dir.to_path_buf(), ..Weights::random(spec) });
+            }
             let has_bin = std::fs::read_dir(dir)
                 .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "bin")))
                 .unwrap_or(false);
@@ -86,14 +152,21 @@ impl Weights {
             }
             maps.push((path, map));
         }
-        Ok(Weights { dir: dir.to_path_buf(), maps, index })
+        Ok(Weights { dir: dir.to_path_buf(), maps, index, random: None })
+    }
+
+    /// Weights that synthesise every tensor a loader asks for (see [`RandomWeights`]).
+    /// Only [`Weights::load`], which names the shape, can use them.
+    pub fn random(spec: RandomWeights) -> Weights {
+        Weights { dir: PathBuf::from("(random weights)"), maps: Vec::new(), index: HashMap::new(), random: Some(spec) }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// Whether the weights have `name` (random weights have every name).
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.random.is_some() || self.index.contains_key(name)
     }
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
@@ -106,6 +179,12 @@ impl Weights {
     }
 
     fn view(&self, name: &str) -> Result<(StDtype, Vec<usize>, &[u8])> {
+        if self.random.is_some() {
+            return Err(Error::Invalid(format!(
+                "tensor {name:?}: random weights ({}) have no stored shape or values; only loaders that name the shape can use them",
+                self.dir.display()
+            )));
+        }
         let e = self.index.get(name).ok_or_else(|| {
             Error::Invalid(format!(
                 "tensor {name:?} is missing from the weights in {}: the checkpoint does not match its config.json",
@@ -128,6 +207,10 @@ impl Weights {
 
     /// Uploads a tensor, checking its shape, converted to `dtype`.
     pub fn load(&self, gpu: &Gpu, name: &str, expect: &[usize], dtype: DType) -> Result<Tensor> {
+        if let Some(spec) = &self.random {
+            let bytes = crate::gpu::tensor::encode(&spec.values(name, expect), dtype);
+            return gpu.upload_bytes(name, &bytes, expect, dtype);
+        }
         let (dt, shape, data) = self.view(name)?;
         if shape != expect {
             return Err(Error::Invalid(format!(

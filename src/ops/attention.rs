@@ -8,6 +8,7 @@
 //! variants. Storage f32 or f16, arithmetic f32.
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::autotune::{attention_bucket, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::{expect_float, expect_rank, float_dtypes};
@@ -81,6 +82,26 @@ impl std::fmt::Display for AttentionVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// The kernel an attention with head dim `d` runs with: `requested` (the
+/// call's [`AttentionOpts::variant`]), else the device's `--variant
+/// attention=NAME`, else the autotuned winner for its `bucket` (see
+/// `fsd3d bench --autotune`), else [`AttentionVariant::default_for`].
+pub fn choose_variant(
+    gpu: &Gpu,
+    requested: Option<AttentionVariant>,
+    d: usize,
+    bucket: impl FnOnce() -> String,
+) -> Result<AttentionVariant> {
+    if let Some(v) = requested {
+        return Ok(v);
+    }
+    if let Some(name) = gpu.variant_override("attention") {
+        return AttentionVariant::parse(name);
+    }
+    let tuned = tuned_variant(gpu, "attention", bucket).and_then(|name| AttentionVariant::parse(&name).ok());
+    Ok(tuned.unwrap_or_else(|| AttentionVariant::default_for(gpu, d)))
 }
 
 /// Options of [`attention`].
@@ -204,11 +225,7 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
         return Ok(out);
     }
     let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let variant = match (opts.variant, gpu.variant_override("attention")) {
-        (Some(v), _) => v,
-        (None, Some(name)) => AttentionVariant::parse(name)?,
-        (None, None) => AttentionVariant::default_for(gpu, d),
-    };
+    let variant = choose_variant(gpu, opts.variant, d, || attention_bucket(q.dtype(), d, lq, lk))?;
     let p = Params {
         lq: lq as u32,
         lk: lk as u32,

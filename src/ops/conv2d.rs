@@ -9,6 +9,7 @@
 //! come in one vec4 load.
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::autotune::{conv_bucket, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
 use crate::ops::{expect_float, float_dtypes, grid_for};
@@ -94,6 +95,24 @@ impl Conv2dVariant {
             Conv2dVariant::Gemm8x8 => Some((8, 8)),
         }
     }
+}
+
+/// The kernel a convolution runs with: `requested` (the call's
+/// [`Conv2dOpts::variant`]), else the device's `--variant conv2d=NAME`, else
+/// the autotuned winner for its `bucket` (see `fsd3d bench --autotune`), else
+/// [`Conv2dVariant::default_for`] the device.
+pub fn choose_variant(gpu: &Gpu, requested: Option<Conv2dVariant>, bucket: impl FnOnce() -> String) -> Result<Conv2dVariant> {
+    if let Some(v) = requested {
+        return Ok(v);
+    }
+    if let Some(name) = gpu.variant_override("conv2d") {
+        return Conv2dVariant::parse(name);
+    }
+    // A cache naming a variant this build or device lacks falls back to the default.
+    let tuned = tuned_variant(gpu, "conv2d", bucket)
+        .and_then(|name| Conv2dVariant::parse(&name).ok())
+        .filter(|v| v.available(gpu.caps()));
+    Ok(tuned.unwrap_or_else(|| Conv2dVariant::default_for(gpu)))
 }
 
 /// Stride, padding and kernel choice of [`conv2d`].
@@ -281,11 +300,9 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opt
     };
     u32_of("elements of the output", y.numel())?;
 
-    let variant = match (opts.variant, gpu.variant_override("conv2d")) {
-        (Some(v), _) => v,
-        (None, Some(name)) => Conv2dVariant::parse(name)?,
-        (None, None) => Conv2dVariant::default_for(gpu),
-    };
+    let variant = choose_variant(gpu, opts.variant, || {
+        conv_bucket(x.dtype(), cin, cout, (kh, kw), opts.stride, b * ho * wo)
+    })?;
     if !variant.available(gpu.caps()) {
         return Err(Error::Unsupported {
             what: format!("conv2d variant {}", variant.name()),

@@ -2,6 +2,7 @@
 //! (`shaders/matmul.wgsl`), and `linear` (torch's `x · Wᵀ + b`) on top of it.
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::autotune::{matmul_bucket, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::elementwise::Act;
@@ -80,6 +81,24 @@ impl Default for MatmulOpts {
 /// can run (on lavapipe `subgroup` is ~1.4× `blocked`, see docs/performance.md).
 pub fn default_variant(caps: Caps) -> MatmulVariant {
     if MatmulVariant::Subgroup.available(caps) { MatmulVariant::Subgroup } else { MatmulVariant::Blocked }
+}
+
+/// The kernel a product of op(A) `[M, K]` and op(B) `[K, N]` runs with: the
+/// call's own [`MatmulOpts::variant`], else the device's `--variant
+/// matmul=NAME`, else the autotuned winner for this size where
+/// `fsd3d bench --autotune` found one that pays, else [`default_variant`].
+pub fn choose_variant(gpu: &Gpu, opts: &MatmulOpts, dtype: DType, m: usize, n: usize, k: usize) -> Result<MatmulVariant> {
+    if let Some(v) = opts.variant {
+        return Ok(v);
+    }
+    if let Some(name) = gpu.variant_override("matmul") {
+        return MatmulVariant::parse(name);
+    }
+    // A cache naming a variant this build or device lacks falls back to the default.
+    let tuned = tuned_variant(gpu, "matmul", || matmul_bucket(dtype, m, n, k))
+        .and_then(|name| MatmulVariant::parse(&name).ok())
+        .filter(|v| v.available(gpu.caps()));
+    Ok(tuned.unwrap_or_else(|| default_variant(gpu.caps())))
 }
 
 #[repr(C)]
@@ -230,11 +249,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
     if out.numel() == 0 {
         return Ok(out);
     }
-    let variant = match (opts.variant, gpu.variant_override("matmul")) {
-        (Some(v), _) => v,
-        (None, Some(name)) => MatmulVariant::parse(name)?,
-        (None, None) => default_variant(gpu.caps()),
-    };
+    let variant = choose_variant(gpu, opts, a.dtype(), m, n, k)?;
     if !variant.available(gpu.caps()) {
         return Err(Error::Unsupported {
             what: format!("the {variant} matmul kernel"),
