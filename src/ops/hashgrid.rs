@@ -192,9 +192,9 @@ fn field_params(f: &FieldSpec, n: usize, k: u32) -> Params {
 
 /// The dimensions compiled as constants: threestudio's default field and the
 /// embedded prior's small one (`generate` defaults). Every other shape runs
-/// the generic variant, which reads them from the uniform: several times
-/// slower, as loops of unknown length over private arrays cannot be unrolled
-/// (llvmpipe measured: 2.1 s vs 0.5 s per 32² training step).
+/// the generic variant, which reads them from the uniform, so its loops over
+/// private arrays cannot be unrolled (on llvmpipe the difference was lost in
+/// the noise of a shared machine; GPUs are where it should show).
 const SPECIALIZED: [(u32, u32, u32); 2] = [(16, 2, 64), (8, 2, 32)];
 
 /// Compile-time dimensions of a variant: `None` = generic.
