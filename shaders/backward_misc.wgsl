@@ -49,29 +49,7 @@ fn silu_grad(ids: Ids) {
 #if SOFTMAX_GRAD
 var<workgroup> red: array<f32, {{WG}}>;
 
-// Sum of `v` over the workgroup, returned to every invocation. Called by all
-// invocations; `red` is free again on return.
-fn wg_sum(v: f32, ids: Ids) -> f32 {
-#if SUBGROUP_OPS
-    let s = subgroupAdd(v);
-    if (ids.sg_lane == 0u) { red[ids.sg_id] = s; }
-    workgroupBarrier();
-    var t = 0.0;
-    for (var i = 0u; i < ids.n_sg; i++) { t += red[i]; }
-    workgroupBarrier();
-    return t;
-#else
-    red[ids.lid] = v;
-    workgroupBarrier();
-    for (var half = {{WG}}u / 2u; half > 0u; half >>= 1u) {
-        if (ids.lid < half) { red[ids.lid] += red[ids.lid + half]; }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
-#endif
-}
+#include "wg_sum.wgsl"
 
 // One workgroup per row (rows folded into x·y); `fwd` holds y.
 @compute @workgroup_size({{WG}})

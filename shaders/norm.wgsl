@@ -54,30 +54,7 @@ struct Ids {
 #if !GN_FINALIZE
 var<workgroup> red: array<f32, {{WG}}>;
 
-// Sum of `v` over the workgroup, returned to every invocation. Must be called
-// by all invocations (workgroup-uniform control flow); `red` is free again on return.
-fn wg_sum(v: f32, ids: Ids) -> f32 {
-#if SUBGROUP_OPS
-    // Any subgroup size works: one partial per subgroup, num_subgroups of them.
-    let s = subgroupAdd(v);
-    if (ids.sg_lane == 0u) { red[ids.sg_id] = s; }
-    workgroupBarrier();
-    var t = 0.0;
-    for (var i = 0u; i < ids.n_sg; i++) { t += red[i]; }
-    workgroupBarrier();
-    return t;
-#else
-    red[ids.lid] = v;
-    workgroupBarrier();
-    for (var half = {{WG}}u / 2u; half > 0u; half >>= 1u) {
-        if (ids.lid < half) { red[ids.lid] += red[ids.lid + half]; }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
-#endif
-}
+#include "wg_sum.wgsl"
 
 // Statistics of x[base + start .. base + end) relative to the shift k:
 // (d = mean − k, M2 = Σ (x − mean)²). One read of the data: each invocation
