@@ -202,8 +202,9 @@ impl GenerateConfig {
         s.adam.lr_grid = 0.01;
         s.adam.lr_mlp = 0.01;
 
-        // 300 steps: a recognisable object in about 4–5 minutes on a 2-core
-        // laptop CPU under lavapipe (measured: docs/performance.md).
+        // 300 steps: a recognisable object; 13.5 min on the 2-core
+        // reference machine under lavapipe while it ran other jobs
+        // (docs/performance.md), far less on any GPU.
         self.steps = 300;
         self.guidance.cfg = 7.5;
         // The prior knows only "a {colour} {shape}" captions.
