@@ -233,7 +233,7 @@ impl GenerateConfig {
         if !(self.guidance.cfg.is_finite() && self.guidance.cfg > 0.0) {
             return Err(Error::Invalid(format!("generate: cfg {} must be a positive number", self.guidance.cfg)));
         }
-        if !(self.guidance.grad_clip >= 0.0) {
+        if self.guidance.grad_clip.is_nan() || self.guidance.grad_clip < 0.0 {
             return Err(Error::Invalid(format!("generate: grad_clip {} must be >= 0 (0 disables it)", self.guidance.grad_clip)));
         }
         if self.output.grid_views == 0 || self.output.turntable_frames == 0 || self.output.render_size == 0 || self.output.log_every == 0 {

@@ -322,14 +322,14 @@ pub fn optimise(run: &mut Generator<'_>, out: &Path, stop: &AtomicBool, mut on_s
 fn open_log(path: &Path, step: u64) -> Result<std::fs::File> {
     let io_err = |e| Error::Io { path: path.to_path_buf(), source: e };
     let mut kept = format!("{LOG_HEADER}\n");
-    if step > 0 {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for line in text.lines().skip(1) {
-                let s: Option<u64> = line.split(',').next().and_then(|v| v.parse().ok());
-                if s.is_some_and(|s| s <= step) {
-                    kept.push_str(line);
-                    kept.push('\n');
-                }
+    if step > 0
+        && let Ok(text) = std::fs::read_to_string(path)
+    {
+        for line in text.lines().skip(1) {
+            let s: Option<u64> = line.split(',').next().and_then(|v| v.parse().ok());
+            if s.is_some_and(|s| s <= step) {
+                kept.push_str(line);
+                kept.push('\n');
             }
         }
     }

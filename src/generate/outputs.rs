@@ -87,7 +87,7 @@ pub fn write_outputs(gpu: &Gpu, scene: &Scene, cfg: &GenerateConfig, classifier:
     // One orbit; the grid's views are every k-th frame when the counts
     // divide, so nothing is rendered twice.
     let frames_n = o.turntable_frames;
-    let reuse = frames_n % o.grid_views == 0;
+    let reuse = frames_n.is_multiple_of(o.grid_views);
     let cams = eval_cameras(&cfg.camera, frames_n);
     let mut frames: Vec<Image> = Vec::with_capacity(frames_n);
     for (i, cam) in cams.iter().enumerate() {
