@@ -20,6 +20,23 @@ struct Params {
     pad: u32,
 }
 
+impl Params {
+    /// `n` threads for a resize from `input` to `output` (height, width).
+    fn new(n: usize, (in_h, in_w): (usize, usize), (out_h, out_w): (usize, usize)) -> Params {
+        Params {
+            n: n as u32,
+            in_h: in_h as u32,
+            in_w: in_w as u32,
+            out_h: out_h as u32,
+            out_w: out_w as u32,
+            // torch: (float)input_size / output_size when the output size is given.
+            scale_h: in_h as f32 / out_h as f32,
+            scale_w: in_w as f32 / out_w as f32,
+            pad: 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Nearest,
@@ -65,17 +82,7 @@ fn resize(gpu: &Gpu, op: &'static str, mode: Mode, x: &Tensor, out_h: usize, out
         return Err(Error::shape(op, format!("cannot resize {x:?} to {out_h}x{out_w}: empty spatial size")));
     }
     let y = gpu.empty(&[b, c, out_h, out_w], x.dtype())?;
-    let p = Params {
-        n: y.numel() as u32,
-        in_h: in_h as u32,
-        in_w: in_w as u32,
-        out_h: out_h as u32,
-        out_w: out_w as u32,
-        // torch: (float)input_size / output_size when the output size is given.
-        scale_h: in_h as f32 / out_h as f32,
-        scale_w: in_w as f32 / out_w as f32,
-        pad: 0,
-    };
+    let p = Params::new(y.numel(), (in_h, in_w), (out_h, out_w));
     gpu.dispatch(
         &format!("resample.{}", mode.entry()),
         &key(mode, x.dtype()),
@@ -118,16 +125,7 @@ pub fn resize_bilinear_backward(gpu: &Gpu, dy: &Tensor, in_h: usize, in_w: usize
         return Err(Error::shape(OP, format!("cannot take the gradient of a resize from {in_h}x{in_w} to {dy:?}: empty spatial size")));
     }
     let dx = gpu.empty(&[b, c, in_h, in_w], dy.dtype())?;
-    let p = Params {
-        n: dx.numel() as u32,
-        in_h: in_h as u32,
-        in_w: in_w as u32,
-        out_h: out_h as u32,
-        out_w: out_w as u32,
-        scale_h: in_h as f32 / out_h as f32,
-        scale_w: in_w as f32 / out_w as f32,
-        pad: 0,
-    };
+    let p = Params::new(dx.numel(), (in_h, in_w), (out_h, out_w));
     gpu.dispatch("resample.bilinear_backward", &key(Mode::BilinearBackward, dy.dtype()), bytemuck::bytes_of(&p), &[dy, &dx], grid_for(gpu, dx.numel(), WG_1D))?;
     Ok(dx)
 }
