@@ -202,9 +202,8 @@ impl GenerateConfig {
         s.adam.lr_grid = 0.01;
         s.adam.lr_mlp = 0.01;
 
-        // 300 steps: a recognisable object; 13.5 min on the 2-core
-        // reference machine under lavapipe while it ran other jobs
-        // (docs/performance.md), far less on any GPU.
+        // 300 steps: a recognisable object; 6 min on the idle 2-core
+        // reference machine under lavapipe (docs/performance.md).
         self.steps = 300;
         self.guidance.cfg = 7.5;
         // The prior knows only "a {colour} {shape}" captions.
