@@ -1,5 +1,6 @@
 //! Diffusers-compatible networks and what they load: configs, weights,
 //! tokenizers. Module and parameter names mirror the diffusers safetensors keys.
+pub mod chunked;
 pub mod classifier;
 pub mod clip_text;
 pub mod config;

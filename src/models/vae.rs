@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::chunked;
 use crate::models::config::VaeConfig;
 use crate::models::nn::{Conv2d, GroupNorm, Linear, Loader, attention, nchw_to_tokens, tokens_to_nchw};
 use crate::models::unet::ResnetBlock;
@@ -199,6 +200,14 @@ impl Vae {
 
     /// Latent [B, latent, h, w] (unscaled) -> image [B, 3, H, W].
     pub fn decode(&self, gpu: &Gpu, z: &Tensor) -> Result<Tensor> {
+        self.decode_within(gpu, z, gpu.max_binding_bytes())
+    }
+
+    /// [`decode`](Vae::decode) with every activation at most `max_bytes`:
+    /// from the first level whose maps would not fit, the decoder works on
+    /// channel chunks (`models::chunked`, exact). `decode` passes the
+    /// adapter's storage binding limit.
+    pub fn decode_within(&self, gpu: &Gpu, z: &Tensor, max_bytes: u64) -> Result<Tensor> {
         if z.rank() != 4 || z.dim(1) != self.config.latent_channels {
             return Err(Error::shape("vae decode", format!("latent must be [B, {}, h, w], got {:?}", self.config.latent_channels, z.shape())));
         }
@@ -208,7 +217,16 @@ impl Vae {
         };
         h = self.dec_conv_in.forward(gpu, &h)?;
         h = self.dec_mid.forward(gpu, &h)?;
-        for lv in &self.dec_up {
+        let widest = |lv: &Level| lv.resnets.iter().map(|r| r.conv1.weight.dim(0).max(r.conv1.weight.dim(1))).max().unwrap_or(0);
+        for (i, lv) in self.dec_up.iter().enumerate() {
+            // This level's maps: its resnets at the current size, and its
+            // upsampled output (twice the size) when it has one.
+            let (b, size) = (h.dim(0), h.dtype().size());
+            let scale = if lv.resample.is_some() { 2 } else { 1 };
+            let c = widest(lv).max(h.dim(1));
+            if !chunked::fits(b, c, scale * h.dim(2), scale * h.dim(3), size, max_bytes) {
+                return self.decode_tail_chunked(gpu, h, i, max_bytes);
+            }
             for r in &lv.resnets {
                 h = r.forward(gpu, &h, None)?;
             }
@@ -217,6 +235,28 @@ impl Vae {
             }
         }
         self.dec_conv_out.forward(gpu, &self.dec_norm_out.forward(gpu, &h, true)?)
+    }
+
+    /// The up levels from `first` on, and the output layers, on channel chunks.
+    fn decode_tail_chunked(&self, gpu: &Gpu, h: Tensor, first: usize, max_bytes: u64) -> Result<Tensor> {
+        let split = chunked::Split { max_bytes, align: h.dim(1) / self.config.norm_num_groups };
+        let sizes = chunked::chunk_sizes(h.dim(0), h.dim(1), h.dim(2), h.dim(3), h.dtype().size(), split.align, max_bytes)?;
+        let mut xs = chunked::split_channels(gpu, &h, &sizes)?;
+        for lv in &self.dec_up[first..] {
+            for r in &lv.resnets {
+                let align = r.conv1.weight.dim(0) / self.config.norm_num_groups;
+                xs = chunked::resnet_chunks(gpu, r, &xs, chunked::Split { max_bytes, align })?;
+            }
+            if let Some(u) = &lv.resample {
+                let align = u.weight.dim(0) / self.config.norm_num_groups;
+                let s = chunked::Split { max_bytes, align };
+                xs = chunked::conv_chunks(gpu, u, &chunked::upsample_chunks(gpu, &xs, s)?, s)?;
+            }
+        }
+        let xs = chunked::group_norm_chunks(gpu, &self.dec_norm_out, &xs, true)?;
+        // conv_out has 3 output channels: one small output chunk.
+        let out = chunked::conv_chunks(gpu, &self.dec_conv_out, &xs, chunked::Split { max_bytes, align: 1 })?;
+        if out.len() == 1 { Ok(out.into_iter().next().expect("one chunk")) } else { crate::ops::concat::concat(gpu, &out.iter().collect::<Vec<_>>(), 1) }
     }
 }
 
