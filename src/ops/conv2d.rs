@@ -66,12 +66,7 @@ impl Conv2dVariant {
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {
-            Conv2dVariant::Subgroup => {
-                caps.features.subgroups
-                    && caps.subgroup_min_size >= 8
-                    && caps.subgroup_max_size <= 64
-                    && caps.subgroup_max_size.is_power_of_two()
-            }
+            Conv2dVariant::Subgroup => subgroup_tiles_available(caps),
             _ => true,
         }
     }
@@ -131,6 +126,12 @@ impl Default for Conv2dOpts {
     fn default() -> Self {
         Conv2dOpts { stride: 1, padding: 0, variant: None }
     }
+}
+
+/// Whether the subgroup-broadcast GEMM tiles (forward and input-gradient
+/// convolutions) can run: subgroups of a power-of-two size from 8 to 64.
+pub(crate) fn subgroup_tiles_available(caps: Caps) -> bool {
+    caps.features.subgroups && caps.subgroup_min_size >= 8 && caps.subgroup_max_size <= 64 && caps.subgroup_max_size.is_power_of_two()
 }
 
 #[repr(C)]

@@ -61,12 +61,7 @@ impl Conv2dBackwardVariant {
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {
-            Conv2dBackwardVariant::Subgroup => {
-                caps.features.subgroups
-                    && caps.subgroup_min_size >= 8
-                    && caps.subgroup_max_size <= 64
-                    && caps.subgroup_max_size.is_power_of_two()
-            }
+            Conv2dBackwardVariant::Subgroup => crate::ops::conv2d::subgroup_tiles_available(caps),
             _ => true,
         }
     }

@@ -53,17 +53,18 @@ struct Params {
     _pad: u32,
 }
 
-/// Which affine parameters a kernel reads, and their storage type.
+/// Which affine parameters a kernel reads, and their storage type (shared
+/// with the input-gradient kernels of `norm_backward`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Affine {
-    gamma: bool,
-    beta: bool,
-    dtype: DType,
+pub(crate) struct Affine {
+    pub(crate) gamma: bool,
+    pub(crate) beta: bool,
+    pub(crate) dtype: DType,
 }
 
 impl Affine {
     /// Every combination the ops can dispatch on `caps`.
-    fn all(caps: Caps) -> Vec<Affine> {
+    pub(crate) fn all(caps: Caps) -> Vec<Affine> {
         let mut v = vec![Affine { gamma: false, beta: false, dtype: DType::F32 }];
         for dtype in float_dtypes(caps) {
             for (gamma, beta) in [(true, true), (true, false), (false, true)] {
@@ -74,7 +75,7 @@ impl Affine {
     }
 
     /// Checks gamma / beta against the normalised dimension of length `len`.
-    fn of(op: &'static str, gamma: Option<&Tensor>, beta: Option<&Tensor>, len: usize) -> Result<Affine> {
+    pub(crate) fn of(op: &'static str, gamma: Option<&Tensor>, beta: Option<&Tensor>, len: usize) -> Result<Affine> {
         for (name, t) in [("gamma", gamma), ("beta", beta)] {
             if let Some(t) = t {
                 expect_float(op, t)?;
@@ -93,7 +94,7 @@ impl Affine {
     }
 
     /// Adds the defines; `first_slot` is the binding of gamma (or of beta without gamma).
-    fn apply(self, key: KernelKey, first_slot: u32) -> KernelKey {
+    pub(crate) fn apply(self, key: KernelKey, first_slot: u32) -> KernelKey {
         key.def("TP", self.dtype.wgsl())
             .flag("GAMMA", self.gamma)
             .flag("BETA", self.beta)

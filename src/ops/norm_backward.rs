@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
-use crate::ops::norm::{WORKGROUP_SIZES, workgroup_size};
+use crate::ops::norm::{Affine, WORKGROUP_SIZES, workgroup_size};
 use crate::ops::{expect_float, float_dtypes};
 
 /// Elements per block (one workgroup each) of a (batch, channel) plane, so
@@ -29,34 +29,10 @@ struct Params {
     eps: f32,
 }
 
-/// The forward's affine parameters as the kernels read them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Affine {
-    gamma: bool,
-    beta: bool,
-    dtype: DType,
-}
-
-impl Affine {
-    /// Every combination the op can dispatch on `caps`.
-    fn all(caps: Caps) -> Vec<Affine> {
-        let mut v = vec![Affine { gamma: false, beta: false, dtype: DType::F32 }];
-        for dtype in float_dtypes(caps) {
-            for (gamma, beta) in [(true, true), (true, false), (false, true)] {
-                v.push(Affine { gamma, beta, dtype });
-            }
-        }
-        v
-    }
-
-    /// Adds the defines; `first_slot` is the binding of γ (or of β without γ).
-    fn apply(self, key: KernelKey, first_slot: u32) -> KernelKey {
-        key.def("TP", self.dtype.wgsl())
-            .flag("GAMMA", self.gamma)
-            .flag("BETA", self.beta)
-            .def("GAMMA_SLOT", first_slot)
-            .def("BETA_SLOT", first_slot + self.gamma as u32)
-    }
+/// The forward's affine parameters as the kernels read them: norm's, plus the
+/// binding of γ, which these kernels read before β.
+fn affine_key(affine: Affine, key: KernelKey, first_slot: u32) -> KernelKey {
+    affine.apply(key, first_slot).def("GAMMA_SLOT", first_slot)
 }
 
 /// Storage types of x and of the gradients (dz, dx).
@@ -82,7 +58,7 @@ fn key(entry: &'static str, s: Storage, wg: u32, subgroups: bool) -> KernelKey {
 }
 
 fn no_affine(k: KernelKey) -> KernelKey {
-    Affine { gamma: false, beta: false, dtype: DType::F32 }.apply(k, 0).flag("SILU", false)
+    affine_key(Affine { gamma: false, beta: false, dtype: DType::F32 }, k, 0).flag("SILU", false)
 }
 fn stats_key(s: Storage, wg: u32, subgroups: bool) -> KernelKey {
     no_affine(key("gnb_stats", s, wg, subgroups))
@@ -91,13 +67,13 @@ fn finalize_stats_key(s: Storage) -> KernelKey {
     no_affine(key("gnb_finalize_stats", s, WG_FINALIZE, false))
 }
 fn grad_sums_key(s: Storage, wg: u32, subgroups: bool, affine: Affine, silu: bool) -> KernelKey {
-    affine.apply(key("gnb_grad_sums", s, wg, subgroups), 5).flag("SILU", silu)
+    affine_key(affine, key("gnb_grad_sums", s, wg, subgroups), 5).flag("SILU", silu)
 }
 fn finalize_grad_key(s: Storage) -> KernelKey {
     no_affine(key("gnb_finalize_grad", s, WG_FINALIZE, false))
 }
 fn apply_key(s: Storage, wg: u32, affine: Affine, silu: bool) -> KernelKey {
-    affine.apply(key("gnb_apply", s, wg, false), 6).flag("SILU", silu)
+    affine_key(affine, key("gnb_apply", s, wg, false), 6).flag("SILU", silu)
 }
 
 /// Every variant this family dispatches (for validation).
@@ -189,20 +165,7 @@ pub fn group_norm_input_grad_with_workgroup(
     if groups == 0 || channels % groups != 0 {
         return Err(Error::shape(OP, format!("{groups} groups do not divide the {channels} channels of {:?}", x.shape())));
     }
-    for (name, t) in [("gamma", gamma), ("beta", beta)] {
-        if let Some(t) = t {
-            expect_float(OP, t)?;
-            if t.shape() != [channels] {
-                return Err(Error::shape(OP, format!("{name} must have shape [{channels}], got {:?}", t.shape())));
-            }
-        }
-    }
-    if let (Some(g), Some(b)) = (gamma, beta)
-        && g.dtype() != b.dtype()
-    {
-        return Err(Error::shape(OP, format!("gamma ({}) and beta ({}) must have the same dtype", g.dtype(), b.dtype())));
-    }
-    let affine = Affine { gamma: gamma.is_some(), beta: beta.is_some(), dtype: gamma.or(beta).map_or(DType::F32, |t| t.dtype()) };
+    let affine = Affine::of(OP, gamma, beta, channels)?;
     let dx = gpu.empty(dz.shape(), dz.dtype())?;
     if x.numel() == 0 {
         return Ok(dx);
