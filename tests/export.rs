@@ -664,3 +664,21 @@ fn a_scene_render_makes_depth_and_normal_pictures() {
     let c = pixel(&n, 6, 4);
     assert!(c[0] > 230 && (c[1] as i32 - 128).abs() < 40 && (c[2] as i32 - 128).abs() < 40, "centre normal colour {c:?}");
 }
+
+#[test]
+fn signed_nchw_batches_round_trip_to_bytes() {
+    use fsd3d::export::image::{from_signed_nchw, to_signed_nchw};
+    let imgs: Vec<Rgb8> = (0..3u32)
+        .map(|k| Rgb8 { width: 5, height: 3, data: (0..45u32).map(|i| ((i * 37 + k * 101) % 256) as u8).collect() })
+        .collect();
+    let (values, shape) = to_signed_nchw(&imgs).unwrap();
+    assert_eq!(shape, [3, 3, 3, 5]);
+    assert!(values.iter().all(|v| (-1.0..=1.0).contains(v)));
+    assert_eq!(values[0], imgs[0].data[0] as f32 / 127.5 - 1.0);
+    for (k, img) in imgs.iter().enumerate() {
+        assert_eq!(&from_signed_nchw(&values, &shape, k).unwrap(), img, "image {k}");
+    }
+    let odd = Rgb8 { width: 4, height: 3, data: vec![0; 36] };
+    assert!(to_signed_nchw(&[imgs[0].clone(), odd]).is_err());
+    assert!(to_signed_nchw(&[]).is_err());
+}

@@ -823,19 +823,11 @@ fn render_and_classify(ctx: &Context<'_>, run: &Generator<'_>, dir: &Path) -> Re
 /// as the classifier was trained). `steps` is left 0 for the caller.
 fn classify(ctx: &Context<'_>, images: &[Rgb8]) -> Result<CachedViews> {
     let s = ctx.size;
-    let plane = s * s;
-    let mut pixels = vec![0.0f32; images.len() * 3 * plane];
-    for (i, img) in images.iter().enumerate() {
-        if (img.width, img.height) != (s, s) {
-            return Err(Error::Invalid(format!("eval: an image is {}x{}, the classifier reads {s}x{s}", img.width, img.height)));
-        }
-        for p in 0..plane {
-            for c in 0..3 {
-                pixels[(i * 3 + c) * plane + p] = img.data[p * 3 + c] as f32 / 127.5 - 1.0;
-            }
-        }
+    if let Some(img) = images.iter().find(|img| (img.width, img.height) != (s, s)) {
+        return Err(Error::Invalid(format!("eval: an image is {}x{}, the classifier reads {s}x{s}", img.width, img.height)));
     }
-    let x = ctx.gpu.upload(&pixels, &[images.len(), 3, s, s], DType::F32)?;
+    let (pixels, shape) = export::image::to_signed_nchw(images)?;
+    let x = ctx.gpu.upload(&pixels, &shape, DType::F32)?;
     let out = ctx.classifier.classify(ctx.gpu, &x)?;
     Ok(CachedViews {
         steps: 0,

@@ -11,6 +11,26 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+/// Images of one size as a [B, 3, H, W] batch in [-1, 1] (x = byte / 127.5 − 1,
+/// how the embedded prior and its classifier read 8-bit images), with its shape.
+pub fn to_signed_nchw(images: &[Rgb8]) -> Result<(Vec<f32>, [usize; 4])> {
+    let first = images.first().ok_or_else(|| Error::Invalid("to_signed_nchw: no images".into()))?;
+    let (h, w) = (first.height, first.width);
+    let plane = h * w;
+    let mut out = vec![0.0f32; images.len() * 3 * plane];
+    for (i, img) in images.iter().enumerate() {
+        if (img.width, img.height) != (w, h) || img.data.len() != 3 * plane {
+            return Err(Error::Invalid(format!("to_signed_nchw: image {i} is {}x{}, the first is {w}x{h}", img.width, img.height)));
+        }
+        for p in 0..plane {
+            for c in 0..3 {
+                out[(i * 3 + c) * plane + p] = img.data[p * 3 + c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    Ok((out, [images.len(), 3, h, w]))
+}
+
 /// Image `index` of a [B, 3, H, W] batch in [-1, 1], rounded as diffusers'
 /// `numpy_to_pil` does: round(clamp(x/2 + 0.5, 0, 1)·255).
 pub fn from_signed_nchw(values: &[f32], shape: &[usize], index: usize) -> Result<Rgb8> {

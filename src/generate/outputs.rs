@@ -15,6 +15,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::eval::metrics;
 use crate::export::{self, Rgb8};
 use crate::gpu::{DType, Gpu};
 use crate::models::classifier::Classifier;
@@ -142,19 +143,19 @@ pub fn write_outputs(gpu: &Gpu, scene: &Scene, cfg: &GenerateConfig, classifier:
 pub fn classify_views(gpu: &Gpu, scene: &Scene, cfg: &GenerateConfig, c: &Classifier) -> Result<Verdict> {
     let (w, h) = (cfg.camera.width, cfg.camera.height);
     let cams = eval_cameras(&cfg.camera, cfg.output.turntable_frames);
-    let mut pixels = Vec::with_capacity(cams.len() * 3 * (w * h) as usize);
+    let mut images = Vec::with_capacity(cams.len());
     for cam in &cams {
-        let img = scene.render_image(gpu, cam, w, h, Shading::Diffuse)?;
-        pixels.extend(img.rgb.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() / 127.5 - 1.0));
+        images.push(export::rgb_to_rgb8(&scene.render_image(gpu, cam, w, h, Shading::Diffuse)?)?);
     }
-    let x = gpu.upload(&pixels, &[cams.len(), 3, h as usize, w as usize], DType::F32)?;
+    let (pixels, shape) = export::image::to_signed_nchw(&images)?;
+    let x = gpu.upload(&pixels, &shape, DType::F32)?;
     let out = c.classify(gpu, &x)?;
-    let shape_p = softmax_rows(&gpu.download(&out.shape_logits)?, c.shape_labels.len());
-    let colour_p = softmax_rows(&gpu.download(&out.colour_logits)?, c.colour_labels.len());
-    let words: Vec<String> = cfg.prompt.to_lowercase().split(|ch: char| !ch.is_alphanumeric()).map(str::to_string).collect();
-    let want_shape = words.iter().find_map(|w| c.shape_index(w));
-    let want_colour = words.iter().find_map(|w| c.colour_index(w));
-    let argmax = |p: &[f32]| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+    // Probabilities as f64 rows; the prompt's words read as `eval` reads them.
+    let shape_p = metrics::softmax_rows(&gpu.download(&out.shape_logits)?, c.shape_labels.len(), "shape logits")?;
+    let colour_p = metrics::softmax_rows(&gpu.download(&out.colour_logits)?, c.colour_labels.len(), "colour logits")?;
+    let wanted = metrics::parse_prompt(&cfg.prompt, &metrics::Labels::of(c));
+    let (want_shape, want_colour) = (wanted.shape, wanted.colour);
+    let argmax = |p: &[f64]| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
     let mut views = Vec::new();
     let (mut s_ok, mut c_ok, mut both_ok) = (0usize, 0usize, 0usize);
     for (i, cam) in cams.iter().enumerate() {
@@ -169,8 +170,8 @@ pub fn classify_views(gpu: &Gpu, scene: &Scene, cfg: &GenerateConfig, c: &Classi
             azimuth_deg: cam.azimuth,
             shape: c.shape_labels[si].clone(),
             colour: c.colour_labels[ci].clone(),
-            p_prompt_shape: want_shape.map(|k| sp[k]),
-            p_prompt_colour: want_colour.map(|k| cp[k]),
+            p_prompt_shape: want_shape.map(|k| sp[k] as f32),
+            p_prompt_colour: want_colour.map(|k| cp[k] as f32),
         });
     }
     let n = cams.len().max(1) as f32;
@@ -181,18 +182,6 @@ pub fn classify_views(gpu: &Gpu, scene: &Scene, cfg: &GenerateConfig, c: &Classi
         colour_agreement: share(c_ok, want_colour.is_some()),
         both_agreement: share(both_ok, want_shape.is_some() || want_colour.is_some()),
     })
-}
-
-fn softmax_rows(logits: &[f32], k: usize) -> Vec<Vec<f32>> {
-    logits
-        .chunks(k)
-        .map(|row| {
-            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = row.iter().map(|&v| (v - m).exp()).collect();
-            let s: f32 = e.iter().sum();
-            e.iter().map(|v| v / s).collect()
-        })
-        .collect()
 }
 
 /// `summary.json`.
