@@ -30,23 +30,28 @@
 // field_backward takes dL/dσ per row and dL/da per point, recomputes the
 // row's features and hidden layers, scatters dL/dx into the grid gradient
 // and reduces the weight gradients over the workgroup's rows: each thread
-// then owns hidden unit j = its index (HIDDEN ≤ 64 = WG) and accumulates row j
-// of dW1 and column j of dW2 from the tile's (x, dz) held in workgroup memory
-// (recomputing its own pre-activation is cheaper than storing all of them).
-// Every workgroup writes its sums to partials[workgroup, P] (P = mlp size);
-// mlp.wgsl's reduce_partials adds them up (deterministically).
+// then owns hidden unit j = its index mod HIDDEN (HIDDEN ≤ 64 = WG) and
+// accumulates row j of dW1 and column j of dW2 from the tile's (x, dz) held
+// in workgroup memory (recomputing its own pre-activation is cheaper than
+// storing all of them), over every (WG / HIDDEN)-th row of the tile.
+// Every (workgroup, part) writes its sums to partials[workgroup·parts + part, P]
+// (P = mlp size); mlp.wgsl's reduce_partials adds them up (deterministically).
 // The kernels stride over rows (a fixed number of workgroups), so that a
 // sample count only the device knows (SAMPLES) needs no readback.
 //
 // Defines: LEVELS, FEATS, HIDDEN (a literal such as `16u`, or `p.levels`,
 // `p.feats`, `p.hidden` for the generic variant), F32_ATOMICS, SAMPLES (points
 // are the renderer's samples [capacity, 4] (xyz, t) and their count is info[0],
-// instead of a [n, 3] tensor and p.n), ALBEDO, and one entry flag:
-// ENCODE, ENCODE_BACKWARD, FIELD_FORWARD, FIELD_BACKWARD.
+// instead of a [n, 3] tensor and p.n), ALBEDO, MAX_IN and MAX_HIDDEN (array
+// sizes), and one entry flag: ENCODE, ENCODE_BACKWARD, FIELD_FORWARD,
+// FIELD_BACKWARD.
 
 const WG: u32 = 64u;
-const MAX_IN: u32 = 64u;       // levels × features per level
-const MAX_HIDDEN: u32 = 64u;   // ≤ WG: one reduction thread per hidden unit
+// Private and workgroup array sizes: exactly LEVELS·FEATS and HIDDEN in a
+// specialised variant (so that a driver can keep them in registers once the
+// constant-count loops over them unroll), 64 in the generic one.
+const MAX_IN: u32 = {{MAX_IN}};       // levels × features per level
+const MAX_HIDDEN: u32 = {{MAX_HIDDEN}};   // ≤ WG: one reduction thread per hidden unit
 const PRIME_Y: u32 = 2654435761u;
 const PRIME_Z: u32 = 805459861u;
 
@@ -73,6 +78,7 @@ fn n_levels() -> u32 { return {{LEVELS}}; }
 fn n_feats() -> u32 { return {{FEATS}}; }
 fn n_in() -> u32 { return {{LEVELS}} * {{FEATS}}; }
 fn n_hidden() -> u32 { return {{HIDDEN}}; }
+fn n_in4() -> u32 { return (n_in() + 3u) / 4u; }
 
 fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -127,7 +133,7 @@ fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
 #endif
 @group(0) @binding(5) var<storage, read> d_density: array<f32>;         // [n, K]
 @group(0) @binding(6) var<storage, read> d_albedo: array<f32>;          // [n, 3]
-@group(0) @binding(7) var<storage, read_write> partials: array<f32>;    // [workgroups, P]
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;    // [workgroups · parts, P]
 #if SAMPLES
 @group(0) @binding(8) var<storage, read> info: array<u32>;
 #endif
@@ -388,14 +394,19 @@ fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 #endif
 
 #if FIELD_BACKWARD
-var<workgroup> tile_x: array<array<f32, MAX_IN>, WG>;  // features of the tile's rows
-var<workgroup> tile_dz: array<vec4<f32>, WG>;          // dL/d(pre-activation outputs): density, albedo rgb
-var<workgroup> tile_active: array<u32, WG>;            // the row has a gradient
+// A tile is WG rows: each thread runs the backward of one row, then the
+// workgroup reduces the weight gradients over the tile (two barriers).
+
+// Features of the tile's rows, in vec4s (zero-padded past LEVELS·FEATS): a
+// quarter of the loads in the reduction, which reads them for every hidden unit.
+const IN4: u32 = (MAX_IN + 3u) / 4u;
+var<workgroup> tile_x: array<array<vec4<f32>, IN4>, WG>;
+var<workgroup> tile_dz: array<vec4<f32>, WG>;            // dL/d(pre-activation outputs): density, albedo rgb
 
 // Backward of one row given its upstream gradients: scatters dL/dx into the
 // grid, leaves x in tile_x[slot] and returns dL/d(raw density, raw albedo).
-// `centre_tile`: the tile holds centre rows (workgroup-uniform).
-fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_tile: bool) -> vec4<f32> {
+// `centre_rows`: the tile holds centre rows (workgroup-uniform).
+fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_rows: bool) -> vec4<f32> {
     let pos = row_position(rw.point, rw.k);
     let u = unit_position(pos);
     var x: array<f32, MAX_IN>;
@@ -403,7 +414,15 @@ fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_tile:
     let nin = n_in();
     let nh = n_hidden();
     var dx: array<f32, MAX_IN>;
-    for (var d = 0u; d < nin; d++) { dx[d] = 0.0; tile_x[slot][d] = x[d]; }
+    for (var d = 0u; d < nin; d++) { dx[d] = 0.0; }
+    for (var d4 = 0u; d4 < n_in4(); d4++) {
+        var v = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            let d = 4u * d4 + e;
+            if (d < nin) { v[e] = x[d]; }
+        }
+        tile_x[slot][d4] = v;
+    }
 
     var pre: array<f32, MAX_HIDDEN>;
     hidden_pre(&x, w1d_at(), &pre);
@@ -416,7 +435,7 @@ fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_tile:
     }
     var dz_a = vec3<f32>(0.0);
 #if ALBEDO
-    if (centre_tile) {
+    if (centre_rows) {
         hidden_pre(&x, w1a_at(), &pre);
         var a: vec3<f32>;
         for (var c = 0u; c < 3u; c++) { a[c] = sigmoid(head_out(&pre, w2a_at(), c)); }
@@ -434,6 +453,24 @@ fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_tile:
     return vec4<f32>(dz_d, dz_a);
 }
 
+// Whether any of the WG rows from `first` has an upstream gradient. Every
+// thread reads them all (the same addresses: broadcast loads), which skips
+// rows without gradient (the samples past a ray's early stop) with no barrier.
+fn rows_have_grad(first: u32, n_rows: u32, n: u32) -> bool {
+    let end = min(first + WG, n_rows);
+    for (var r = first; r < end; r++) {
+        let rw = row_of(r, n);
+        if (d_density[rw.point * p.k + rw.k] != 0.0) { return true; }
+#if ALBEDO
+        if (rw.k == 0u) {
+            let a = 3u * rw.point;
+            if (any(vec3<f32>(d_albedo[a], d_albedo[a + 1u], d_albedo[a + 2u]) != vec3<f32>(0.0))) { return true; }
+        }
+#endif
+    }
+    return false;
+}
+
 @compute @workgroup_size(WG)
 fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                   @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -446,18 +483,32 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let group = wid.x + wid.y * nwg.x;
     let n_groups = nwg.x * nwg.y;
 
-    // This thread's hidden unit j (threads past the last unit shadow it and
-    // write nothing): its weights and gradient sums.
-    let j = min(lid, nh - 1u);
-    var w1d_row: array<f32, MAX_IN>;
-    var w1a_row: array<f32, MAX_IN>;
-    var acc_w1d: array<f32, MAX_IN>;
-    var acc_w1a: array<f32, MAX_IN>;
-    for (var d = 0u; d < nin; d++) {
-        w1d_row[d] = mlp[w1d_at() + j * nin + d];
-        w1a_row[d] = mlp[w1a_at() + j * nin + d];
-        acc_w1d[d] = 0.0;
-        acc_w1a[d] = 0.0;
+    // The reduction: thread lid owns hidden unit j = lid % HIDDEN over the
+    // tile rows r ≡ part (mod parts), part = lid / HIDDEN, so that with
+    // HIDDEN < WG no thread repeats another's work; each (workgroup, part)
+    // writes its own row of partials. Threads past parts·HIDDEN only do rows.
+    let parts = max(WG / nh, 1u);
+    let j = lid % nh;
+    let part = lid / nh;
+    let reducer = part < parts;
+    var w1d_row: array<vec4<f32>, IN4>;
+    var w1a_row: array<vec4<f32>, IN4>;
+    var acc_w1d: array<vec4<f32>, IN4>;
+    var acc_w1a: array<vec4<f32>, IN4>;
+    for (var d4 = 0u; d4 < n_in4(); d4++) {
+        var wd = vec4<f32>(0.0);
+        var wa = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            let d = 4u * d4 + e;
+            if (d < nin) {
+                wd[e] = mlp[w1d_at() + j * nin + d];
+                wa[e] = mlp[w1a_at() + j * nin + d];
+            }
+        }
+        w1d_row[d4] = wd;
+        w1a_row[d4] = wa;
+        acc_w1d[d4] = vec4<f32>(0.0);
+        acc_w1a[d4] = vec4<f32>(0.0);
     }
     let w2d_j = mlp[w2d_at() + j];
     let w2a_j = vec3<f32>(mlp[w2a_at() + j], mlp[w2a_at() + nh + j], mlp[w2a_at() + 2u * nh + j]);
@@ -465,7 +516,10 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     var acc_w2a = vec3<f32>(0.0);
 
     for (var tile = group; tile < n_tiles; tile += n_groups) {
-        let row = tile * WG + lid;
+        let first = tile * WG;
+        // Uniform: every thread read the same gradients.
+        if (!rows_have_grad(first, n_rows, n)) { continue; }
+        let row = first + lid;
         let rw = row_of(min(row, n_rows - 1u), n);
         var d_sigma = 0.0;
         var d_alb = vec3<f32>(0.0);
@@ -475,30 +529,23 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             if (rw.k == 0u) { d_alb = vec3<f32>(d_albedo[3u * rw.point], d_albedo[3u * rw.point + 1u], d_albedo[3u * rw.point + 2u]); }
 #endif
         }
-        tile_active[lid] = select(0u, 1u, d_sigma != 0.0 || any(d_alb != vec3<f32>(0.0)));
+        tile_dz[lid] = row_backward(rw, d_sigma, d_alb, lid, first < n);
         workgroupBarrier();
-        // Skip tiles without any gradient (the samples past a ray's early stop).
-        var tile_has_grad = 0u;
-        for (var q = 0u; q < WG; q++) { tile_has_grad |= tile_active[q]; }
-        var dz = vec4<f32>(0.0);
-        if (tile_has_grad != 0u) { dz = row_backward(rw, d_sigma, d_alb, lid, tile * WG < n); }
-        tile_dz[lid] = dz;
-        workgroupBarrier();
-        if (tile_has_grad != 0u) {
-            for (var r = 0u; r < WG; r++) {
+        if (reducer) {
+            for (var r = part; r < WG; r += parts) {
                 let dzr = tile_dz[r];
                 if (all(dzr == vec4<f32>(0.0))) { continue; }
                 var pre = 0.0;
-                for (var d = 0u; d < nin; d++) { pre += w1d_row[d] * tile_x[r][d]; }
+                for (var d4 = 0u; d4 < n_in4(); d4++) { pre += dot(w1d_row[d4], tile_x[r][d4]); }
                 let dh = select(0.0, w2d_j * dzr.x, pre > 0.0);
-                for (var d = 0u; d < nin; d++) { acc_w1d[d] += dh * tile_x[r][d]; }
+                for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1d[d4] += dh * tile_x[r][d4]; }
                 acc_w2d += dzr.x * max(pre, 0.0);
 #if ALBEDO
                 if (any(dzr.yzw != vec3<f32>(0.0))) {
                     var pre_a = 0.0;
-                    for (var d = 0u; d < nin; d++) { pre_a += w1a_row[d] * tile_x[r][d]; }
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_x[r][d4]); }
                     let dh_a = select(0.0, dot(w2a_j, dzr.yzw), pre_a > 0.0);
-                    for (var d = 0u; d < nin; d++) { acc_w1a[d] += dh_a * tile_x[r][d]; }
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_x[r][d4]; }
                     acc_w2a += dzr.yzw * max(pre_a, 0.0);
                 }
 #endif
@@ -507,11 +554,11 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         workgroupBarrier();
     }
 
-    if (lid < nh) {
-        let base = group * (w2a_at() + 3u * nh);
+    if (reducer) {
+        let base = (group * parts + part) * (w2a_at() + 3u * nh);
         for (var d = 0u; d < nin; d++) {
-            partials[base + w1d_at() + j * nin + d] = acc_w1d[d];
-            partials[base + w1a_at() + j * nin + d] = acc_w1a[d];
+            partials[base + w1d_at() + j * nin + d] = acc_w1d[d / 4u][d % 4u];
+            partials[base + w1a_at() + j * nin + d] = acc_w1a[d / 4u][d % 4u];
         }
         partials[base + w2d_at() + j] = acc_w2d;
         for (var c = 0u; c < 3u; c++) { partials[base + w2a_at() + c * nh + j] = acc_w2a[c]; }

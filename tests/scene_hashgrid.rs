@@ -165,6 +165,14 @@ fn default_dims_field() -> FieldSpec {
     }
 }
 
+/// Awkward dimensions for the generic variant: 5 levels × 1 feature (5
+/// inputs: the backward's vec4 tiles carry padding) and 24 hidden units (its
+/// reduction splits the rows between two groups of 24 threads and leaves 16
+/// threads without a unit).
+fn odd_dims_field() -> FieldSpec {
+    FieldSpec { grid: GridLayout::new(5, 1, 7, 3, 1.9).unwrap(), hidden: 24, radius: 1.5, normal_eps: 0.03, blob_scale: 4.0, blob_std: 0.6 }
+}
+
 struct FieldCase {
     spec: FieldSpec,
     table: Vec<f32>,
@@ -197,7 +205,7 @@ fn run_field(gpu: &Gpu, c: &FieldCase, table: &[f32], mlp: &[f32], normals: bool
 #[test]
 fn field_forward_matches_reference() {
     for gpu in gpus() {
-        for (ci, spec) in [small_field(), default_dims_field()].into_iter().enumerate() {
+        for (ci, spec) in [small_field(), default_dims_field(), odd_dims_field()].into_iter().enumerate() {
             for &n in &[1usize, 33] {
                 let c = field_case(spec.clone(), 20 + ci as u64, n.max(2));
                 for normals in [false, true] {
@@ -234,8 +242,10 @@ fn field_loss(d: &[f32], al: &[f32], a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn field_backward_matches_finite_differences() {
-    for (ci, spec) in [small_field(), default_dims_field()].into_iter().enumerate() {
-        let n = if ci == 0 { 40 } else { 12 };
+    for (ci, spec) in [small_field(), default_dims_field(), odd_dims_field()].into_iter().enumerate() {
+        // Case 2: 70 points, so that with normals the 490 rows span several
+        // tiles and one tile holds both centre and offset rows.
+        let n = [40, 12, 70][ci];
         let c = field_case(spec, 40 + ci as u64, n);
         for normals in [true, false] {
             let k = hashgrid::rows_per_point(normals) as usize;

@@ -211,8 +211,18 @@ fn key(entry: &'static str, dims: Dims) -> KernelKey {
         .flag("FIELD_FORWARD", entry == "field_forward")
         .flag("FIELD_BACKWARD", entry == "field_backward");
     match dims {
-        Some((l, f, h)) => k.def("LEVELS", format!("{l}u")).def("FEATS", format!("{f}u")).def("HIDDEN", format!("{h}u")),
-        None => k.def("LEVELS", "p.levels").def("FEATS", "p.feats").def("HIDDEN", "p.hidden"),
+        Some((l, f, h)) => k
+            .def("LEVELS", format!("{l}u"))
+            .def("FEATS", format!("{f}u"))
+            .def("HIDDEN", format!("{h}u"))
+            .def("MAX_IN", format!("{}u", l * f))
+            .def("MAX_HIDDEN", format!("{h}u")),
+        None => k
+            .def("LEVELS", "p.levels")
+            .def("FEATS", "p.feats")
+            .def("HIDDEN", "p.hidden")
+            .def("MAX_IN", format!("{MAX_IN}u"))
+            .def("MAX_HIDDEN", format!("{MAX_HIDDEN}u")),
     }
 }
 
@@ -226,7 +236,16 @@ fn field_forward_key(dims: Dims, samples: bool, albedo: bool) -> KernelKey {
     key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo).flag("F32_ATOMICS", false)
 }
 fn field_backward_key(dims: Dims, samples: bool, f32_atomics: bool) -> KernelKey {
-    key("field_backward", dims).flag("SAMPLES", samples).flag("ALBEDO", true).flag("F32_ATOMICS", f32_atomics)
+    key("field_backward", dims)
+        .flag("SAMPLES", samples)
+        .flag("ALBEDO", true)
+        .flag("F32_ATOMICS", f32_atomics)
+}
+
+/// Rows of weight-gradient partials each field_backward workgroup writes:
+/// one per group of `hidden` threads (see the shader's reduction).
+fn backward_parts(hidden: u32) -> usize {
+    (WG / hidden).max(1) as usize
 }
 
 /// The scatter paths available: the CAS loop always, f32 atomics where the adapter has them.
@@ -392,10 +411,10 @@ pub fn field_density(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     Ok(density)
 }
 
-/// Workgroups of field_backward for `rows` rows: each writes one row of
+/// Workgroups of field_backward for `rows` rows: each writes its rows of
 /// weight-gradient partials, so fewer on CPU adapters (2 cores gain nothing
 /// from 1024 of them, and the reduction reads them all).
-pub fn backward_workgroups(gpu: &Gpu, rows: usize) -> usize {
+fn backward_workgroups(gpu: &Gpu, rows: usize) -> usize {
     let cap = if gpu.info().device_type == wgpu::DeviceType::Cpu { 64 } else { 1024 };
     rows.div_ceil(WG as usize).clamp(1, cap)
 }
@@ -424,10 +443,10 @@ pub fn field_backward(
     expect_f32(OP, "grad_table", grad_table, Some(f.grid.n_params()))?;
     let layout = f.mlp_layout();
     expect_f32(OP, "grad_mlp", grad_mlp, Some(layout.len))?;
-    let groups = backward_workgroups(gpu, n * k as usize);
-    let partials = gpu.empty(&[groups, layout.len], DType::F32)?;
-    let p = field_params(f, n, k);
     let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
+    let groups = backward_workgroups(gpu, n * k as usize);
+    let partials = gpu.empty(&[groups * backward_parts(f.hidden), layout.len], DType::F32)?;
+    let p = field_params(f, n, k);
     let (pts, info) = points.tensors();
     let mut bind = vec![grad_table, mlp, table, pts, d_density, d_albedo, &partials];
     bind.extend(info);
