@@ -147,6 +147,8 @@ enum Command {
     Generate(GenerateArgs),
     /// The paper's evaluation: every prompt × method × seed as a 3D run (reused or resumed when its folder has one), the DDIM reference, results.md/json and a figure per prompt.
     Eval(EvalArgs),
+    /// Check a prior with a classifier (the embedded one): DDIM samples of every "a {colour} {shape}" prompt × seeds, judged by the classifier, and one open prompt over many seeds.
+    PriorCheck(PriorCheckArgs),
     /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
     Tokenize {
         /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
@@ -255,6 +257,36 @@ struct EvalArgs {
     theta: Vec<f64>,
 }
 
+#[derive(Args)]
+struct PriorCheckArgs {
+    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior); it needs a classifier/.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Seeds, comma-separated: every prompt is drawn once per seed.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    seeds: Vec<u64>,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Guidance scale.
+    #[arg(long, default_value_t = 3.0)]
+    cfg: f32,
+    /// Samples drawn together (one UNet call per step for the batch).
+    #[arg(long, default_value_t = 12)]
+    batch: usize,
+    /// The open prompt, drawn with seeds 0..--open-seeds ("" skips it).
+    #[arg(long, default_value = "a red object")]
+    open_prompt: String,
+    #[arg(long, default_value_t = 16)]
+    open_seeds: usize,
+    /// Output folder: samples.png, open_prompt.png, prior_check.json and prior_check.md.
+    #[arg(long, default_value = "prior-check")]
+    out: PathBuf,
+    /// Storage type of weights and activations.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -338,6 +370,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate(args) => generate(&cli.gpu, args),
         Command::Eval(args) => eval(&cli.gpu, args),
+        Command::PriorCheck(args) => prior_check(&cli.gpu, args),
         Command::Tokenize { model, prompts } => {
             let dir = fsd3d::models::model_dir(model.as_deref());
             let tok = fsd3d::models::tokenizer::PromptTokenizer::from_dir(&dir)
@@ -480,6 +513,34 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
     }
     eprintln!("wrote {} in {}", outputs.files.join(", "), out.display());
     report_profile(&gpu, a.profile, &out.join("profile.json"))
+}
+
+fn prior_check(gpu_args: &GpuArgs, a: &PriorCheckArgs) -> Result<()> {
+    use fsd3d::eval::prior_check as pc;
+    let gpu = gpu_args.open(false)?;
+    let dir = fsd3d::models::model_dir(a.model.as_deref());
+    let prior = load_pipeline(&gpu, Some(&dir), &a.dtype)?;
+    let classifier = fsd3d::models::classifier::Classifier::load(&gpu, &dir)
+        .with_context(|| format!("prior-check needs a classifier/ in {} (the embedded prior has one)", dir.display()))?;
+    let plan = pc::PriorCheckPlan {
+        seeds: a.seeds.clone(),
+        steps: a.steps,
+        cfg: a.cfg,
+        batch: a.batch,
+        open_prompt: (!a.open_prompt.is_empty() && a.open_seeds > 0).then(|| (a.open_prompt.clone(), a.open_seeds)),
+        cell: 64,
+    };
+    eprintln!("prior-check: {} on {}, writing to {}", dir.display(), gpu.adapter_name(), a.out.display());
+    let bar = progress_bar(0, "samples");
+    let report = pc::run_prior_check(&gpu, &prior, &classifier, &dir, &plan, &a.out, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let labels = fsd3d::eval::metrics::Labels::of(&classifier);
+    print!("{}", pc::report_markdown(&report, &labels));
+    eprintln!("wrote samples.png, open_prompt.png, prior_check.json and prior_check.md in {}", a.out.display());
+    Ok(())
 }
 
 fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {

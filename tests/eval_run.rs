@@ -247,3 +247,42 @@ fn dates_are_civil_utc() {
     assert_eq!(er::reference_seed(3, 0), 3);
     assert_eq!(er::reference_seed(3, 2), 3 + (2 << 32));
 }
+
+/// `fsd3d prior-check` on the embedded prior (2 DDIM steps: the pictures are
+/// noise, the bookkeeping is what is checked): a verdict per shape × colour ×
+/// seed, totals that agree with the verdicts, the open prompt's counts, the
+/// figures at their sizes.
+#[test]
+fn prior_check_judges_every_prompt_and_seed() {
+    use fsd3d::eval::metrics::Labels;
+    use fsd3d::eval::prior_check::{PriorCheckPlan, caption, run_prior_check};
+    let gpu = common::gpu();
+    let dir = fsd3d::models::model_dir(None);
+    let prior = fsd3d::models::prior::StableDiffusion::load(&gpu, &dir, fsd3d::gpu::DType::F32).unwrap();
+    let classifier = fsd3d::models::classifier::Classifier::load(&gpu, &dir).unwrap();
+    let labels = Labels::of(&classifier);
+    let out = temp_dir("prior-check");
+    let plan = PriorCheckPlan { seeds: vec![0], steps: 2, cfg: 3.0, batch: 16, open_prompt: Some(("a red object".into(), 3)), cell: 32 };
+    let mut calls = Vec::new();
+    let r = run_prior_check(&gpu, &prior, &classifier, &dir, &plan, &out, |done, total| calls.push((done, total))).unwrap();
+    let (ns, nc) = (labels.shapes.len(), labels.colours.len());
+    assert_eq!(r.samples.len(), ns * nc);
+    assert_eq!(calls.last(), Some(&(ns * nc + 3, ns * nc + 3)), "progress ends at the total");
+    assert!(r.samples.iter().any(|v| v.prompt == caption("orange", "torus")));
+    let right = |f: &dyn Fn(&fsd3d::eval::prior_check::SampleVerdict) -> bool| r.samples.iter().filter(|v| f(v)).count();
+    assert_eq!(r.colour_right, right(&|v| v.colour_right()));
+    assert_eq!(r.both_right, right(&|v| v.shape_right() && v.colour_right()));
+    assert!(r.both_right <= r.shape_right.min(r.colour_right));
+    let open = r.open.as_ref().unwrap();
+    assert_eq!(open.samples.len(), 3);
+    assert_eq!(open.shapes.iter().map(|c| c.count).sum::<usize>(), 3);
+    assert!(open.samples.iter().all(|v| v.shape.is_none() && v.colour.as_deref() == Some("red")));
+    let samples = fsd3d::export::image::read_png(&out.join("samples.png")).unwrap();
+    let open_png = fsd3d::export::image::read_png(&out.join("open_prompt.png")).unwrap();
+    assert!(samples.width > nc * 32 && samples.height > ns * 32, "{}x{}", samples.width, samples.height);
+    assert!(open_png.width > 3 * 32 && open_png.width < samples.width);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prior_check.json")).unwrap()).unwrap();
+    assert_eq!(json["samples"].as_array().unwrap().len(), ns * nc);
+    let md = std::fs::read_to_string(out.join("prior_check.md")).unwrap();
+    assert!(md.contains("| both |") && md.contains("\"a red object\" over 3 seeds"), "{md}");
+}

@@ -44,3 +44,34 @@ fn not_a_pipeline_folder_is_a_clear_error() {
     let err = StableDiffusion::load(&gpu, Path::new("tests/fixtures/models/sd1_unet"), DType::F32).err().unwrap().to_string();
     assert!(err.contains("not a diffusers pipeline folder"), "{err}");
 }
+
+/// A batch is the same as its requests one by one: each sample keeps its
+/// own prompt and seed (or latents) however it is batched.
+#[test]
+fn a_batch_matches_its_samples_drawn_alone() {
+    use fsd3d::diffusion::sampler::ddim_sample_batch;
+    let dir = Path::new("tests/fixtures/models/pipeline");
+    let latents = read_tensors(&dir.join("latents.safetensors")).unwrap()["latents"].data.clone();
+    let gpu = common::gpu();
+    let sd = StableDiffusion::load(&gpu, dir, DType::F32).unwrap();
+    let req = |prompt: &str, seed: u64, latents: Option<Vec<f32>>| SampleRequest { prompt: prompt.into(), negative: None, steps: 3, cfg: 4.0, seed, latents };
+    let reqs = [req("a red cube", 3, None), req("a photo of a dog", 0, Some(latents)), req("a red cube", 4, None)];
+    let batch = ddim_sample_batch(&gpu, &sd, &reqs, |_, _| {}).unwrap();
+    assert_eq!(batch.dim(0), 3);
+    let all = gpu.download(&batch).unwrap();
+    let per = all.len() / 3;
+    for (k, r) in reqs.iter().enumerate() {
+        let alone = gpu.download(&ddim_sample(&gpu, &sd, r, |_, _| {}).unwrap()).unwrap();
+        let worst = alone.iter().zip(&all[k * per..(k + 1) * per]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("batch sample {k}: max difference {worst:e}");
+        assert!(worst < 1e-4, "sample {k} differs in the batch by {worst}");
+    }
+    // Different seeds, different samples (the comparison above is not vacuous).
+    let d02 = all[..per].iter().zip(&all[2 * per..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d02 > 1e-2, "seeds 3 and 4 gave the same image");
+    // A batch shares steps, guidance and negative prompt.
+    let mut odd = reqs[0].clone();
+    odd.cfg = 2.0;
+    let err = ddim_sample_batch(&gpu, &sd, &[reqs[0].clone(), odd], |_, _| {}).err().unwrap().to_string();
+    assert!(err.contains("shares steps, guidance scale and negative prompt"), "{err}");
+}

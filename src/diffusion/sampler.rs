@@ -1,9 +1,10 @@
 //! DDIM text-to-image sampling, step for step as diffusers'
 //! StableDiffusionPipeline with a DDIMScheduler (η = 0).
 use crate::diffusion::schedule::Ddim;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::models::prior::Prior;
+use crate::ops::concat;
 use crate::ops::diffusion::{self as dops, NoiseKey, NoisePurpose};
 use crate::ops::elementwise as ew;
 
@@ -23,27 +24,48 @@ pub struct SampleRequest {
 
 /// Runs the sampler; returns the image [1, 3, H, W] in [-1, 1].
 /// `on_step(i, n)` is called after each step is recorded (for progress).
-pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, mut on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
-    let ddim = Ddim::new(prior.scheduler_config(), req.steps)?;
+pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
+    ddim_sample_batch(gpu, prior, std::slice::from_ref(req), on_step)
+}
+
+/// Samples a batch in one run of the sampler: image k of the result
+/// `[B, 3, H, W]` (in [-1, 1]) is what [`ddim_sample`] gives for `reqs[k]`
+/// alone (its own prompt, seed or latents), one UNet call per step for all of
+/// them. The requests must agree on the steps, the guidance scale and the
+/// negative prompt, which the batch shares.
+pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], mut on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
+    let first = reqs.first().ok_or_else(|| Error::Invalid("sample: an empty batch".into()))?;
+    if let Some(r) = reqs.iter().find(|r| r.steps != first.steps || r.cfg != first.cfg || r.negative != first.negative) {
+        return Err(Error::Invalid(format!(
+            "sample: a batch shares steps, guidance scale and negative prompt; {:?} has ({}, {}, {:?}), {:?} has ({}, {}, {:?})",
+            first.prompt, first.steps, first.cfg, first.negative, r.prompt, r.steps, r.cfg, r.negative
+        )));
+    }
+    let ddim = Ddim::new(prior.scheduler_config(), first.steps)?;
     let [c, h, w] = prior.sample_shape();
-    let shape = [1, c, h, w];
+    let one = [1, c, h, w];
     let dtype = prior.dtype();
-    let noise = match &req.latents {
-        Some(v) => {
-            if v.len() != c * h * w {
-                return Err(crate::Error::shape("sample", format!("latents have {} values, the model samples {shape:?}", v.len())));
+    let noises = reqs
+        .iter()
+        .map(|req| match &req.latents {
+            Some(v) => {
+                if v.len() != c * h * w {
+                    return Err(Error::shape("sample", format!("latents have {} values, the model samples {one:?}", v.len())));
+                }
+                gpu.upload(v, &one, dtype)
             }
-            gpu.upload(v, &shape, dtype)?
-        }
-        None => dops::randn(gpu, &shape, dtype, NoiseKey { seed: req.seed, step: 0, purpose: NoisePurpose::InitialLatents })?,
-    };
+            None => dops::randn(gpu, &one, dtype, NoiseKey { seed: req.seed, step: 0, purpose: NoisePurpose::InitialLatents }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let noise = if noises.len() == 1 { noises.into_iter().next().unwrap() } else { concat::concat(gpu, &noises.iter().collect::<Vec<_>>(), 0)? };
     let mut x = ew::scale(gpu, &noise, ddim.init_noise_sigma() as f32)?;
-    let cond = prior.embed(gpu, &[req.prompt.as_str()])?;
-    let guided = req.cfg > 1.0;
-    let uncond = if guided { Some(prior.embed(gpu, &[req.negative.as_deref().unwrap_or("")])?) } else { None };
+    let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
+    let cond = prior.embed(gpu, &prompts)?;
+    let guided = first.cfg > 1.0;
+    let uncond = if guided { Some(prior.embed(gpu, &vec![first.negative.as_deref().unwrap_or(""); reqs.len()])?) } else { None };
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
-        let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), req.cfg)?;
+        let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg)?;
         x = dops::ddim_step(gpu, &x, &out, &ddim.coefficients(t))?;
         // One submit per step keeps memory bounded and the progress bar honest.
         gpu.flush()?;

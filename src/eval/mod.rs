@@ -8,11 +8,15 @@
 //!   markdown and the whole evaluation as JSON;
 //! - [`figure`]: the methods × seeds image grid with built-in bitmap labels;
 //! - [`run`]: `fsd3d eval`, the whole job: runs, views, the DDIM reference,
-//!   results.md / results.json and the figures, resumable.
+//!   results.md / results.json and the figures, resumable;
+//! - [`prior_check`]: `fsd3d prior-check`, the prior's own 2D samples of every
+//!   shape × colour prompt judged by the classifier (does the prior draw what
+//!   it is asked for, and how many objects does an open prompt give?).
 //!
 //! The GPU work (rendering views, running the classifier) is [`run`]'s;
 //! the other modules take downloaded values.
 pub mod figure;
 pub mod metrics;
+pub mod prior_check;
 pub mod report;
 pub mod run;
