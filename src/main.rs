@@ -596,7 +596,7 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
             let g = r.grad_rms.map_or(String::new(), |g| format!(" |g|={g:.3}"));
             bar.set_message(format!("{unit}: step {}/{} t={}{g}", r.step, r.steps, r.t));
         }
-        EvalEvent::Sample { sample, samples, step, steps } => bar.set_message(format!("{unit}: sample {}/{samples} step {step}/{steps}", sample + 1)),
+        EvalEvent::Sample { samples, step, steps } => bar.set_message(format!("{unit}: {samples} samples, step {step}/{steps}")),
         EvalEvent::Views => bar.set_message(format!("{unit}: rendering and classifying the views")),
         EvalEvent::Writing => {
             bar.set_position(bar.length().unwrap_or(0));

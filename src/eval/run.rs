@@ -37,7 +37,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::guidance::Method;
-use crate::diffusion::sampler::{SampleRequest, ddim_sample};
+use crate::diffusion::sampler::{SampleRequest, ddim_sample_batch};
 use crate::error::{Error, Result};
 use crate::eval::figure::labelled_grid;
 use crate::eval::metrics::Labels;
@@ -369,8 +369,8 @@ pub enum EvalEvent<'a> {
     Unit { index: usize, total: usize, label: &'a str, prompt: &'a str, seed: u64, work: Work, step: u64, steps: u64 },
     /// An optimisation step of the current run.
     Step(&'a StepReport),
-    /// A DDIM step of the current reference sample.
-    Sample { sample: usize, samples: usize, step: usize, steps: usize },
+    /// A DDIM step of the current reference seed's samples (drawn as one batch).
+    Sample { samples: usize, step: usize, steps: usize },
     /// Rendering and classifying the current run's views.
     Views,
     /// Writing results.md, results.json and the figures.
@@ -884,31 +884,42 @@ fn reference_unit(
     let params_path = dir.join(files::DDIM_PARAMS);
     let same = std::fs::read_to_string(&params_path).ok().and_then(|t| serde_json::from_str::<DdimParams>(&t).ok()).is_some_and(|p| p == params);
     let have = |k: usize| same && dir.join(files::ddim_sample(k)).is_file();
-    let missing = (0..params.seeds.len()).filter(|&k| !have(k)).count();
-    let work = if missing == 0 { Work::Reused } else { Work::Sampled };
+    let missing: Vec<usize> = (0..params.seeds.len()).filter(|&k| !have(k)).collect();
+    let work = if missing.is_empty() { Work::Reused } else { Work::Sampled };
     progress(&EvalEvent::Unit { index, total, label: DDIM_LABEL, prompt, seed, work, step: 0, steps: 0 });
     if !same {
         let json = serde_json::to_string_pretty(&params).map_err(|e| Error::Invalid(format!("{}: {e}", files::DDIM_PARAMS)))?;
         crate::io::write_atomic(&params_path, json.as_bytes())?;
     }
-    let mut images = Vec::with_capacity(params.seeds.len());
-    for (k, &noise_seed) in params.seeds.iter().enumerate() {
-        let path = dir.join(files::ddim_sample(k));
-        if have(k) {
-            images.push(export::image::read_png(&path)?);
-            summary.samples_reused += 1;
-            continue;
-        }
+    // The missing samples in one batch (one UNet call per step for all).
+    let mut drawn: Vec<Option<Rgb8>> = vec![None; params.seeds.len()];
+    if !missing.is_empty() {
         if stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let req = SampleRequest { prompt: prompt.to_string(), negative: None, steps: reference.steps, cfg: reference.cfg, seed: noise_seed, latents: None };
-        let n = params.seeds.len();
-        let img = ddim_sample(ctx.gpu, ctx.prior, &req, |step, steps| progress(&EvalEvent::Sample { sample: k, samples: n, step, steps }))?;
-        let rgb = export::image::from_signed_nchw(&ctx.gpu.download(&img)?, img.shape(), 0)?;
-        export::write_png(&path, &rgb)?;
-        images.push(rgb);
-        summary.samples_drawn += 1;
+        let reqs: Vec<SampleRequest> = missing
+            .iter()
+            .map(|&k| SampleRequest { prompt: prompt.to_string(), negative: None, steps: reference.steps, cfg: reference.cfg, seed: params.seeds[k], latents: None })
+            .collect();
+        let n = reqs.len();
+        let x = ddim_sample_batch(ctx.gpu, ctx.prior, &reqs, |step, steps| progress(&EvalEvent::Sample { samples: n, step, steps }))?;
+        let values = ctx.gpu.download(&x)?;
+        for (b, &k) in missing.iter().enumerate() {
+            let rgb = export::image::from_signed_nchw(&values, x.shape(), b)?;
+            export::write_png(&dir.join(files::ddim_sample(k)), &rgb)?;
+            drawn[k] = Some(rgb);
+            summary.samples_drawn += 1;
+        }
+    }
+    let mut images = Vec::with_capacity(params.seeds.len());
+    for (k, fresh) in drawn.into_iter().enumerate() {
+        match fresh {
+            Some(rgb) => images.push(rgb),
+            None => {
+                images.push(export::image::read_png(&dir.join(files::ddim_sample(k)))?);
+                summary.samples_reused += 1;
+            }
+        }
     }
     let c = classify(ctx, &images)?;
     let views = RunViews::from_classifier_outputs(DDIM_LABEL, prompt, seed, &c.features, &c.shape_logits, &c.colour_logits, &ctx.labels)?;
