@@ -76,6 +76,8 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--max-steps", type=int, default=6000)
     ap.add_argument("--deadline", default=None, help="HH:MM local wall clock: stop training (and export) by then")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop training (and export) after this many minutes of this run")
+    ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda); batches are drawn on the CPU either way, so the data seen does not depend on it")
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--p-empty", type=float, default=0.10, help="probability of the empty caption (CFG)")
@@ -84,7 +86,10 @@ def main():
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--text-hidden", type=int, default=64)
     ap.add_argument("--text-layers", type=int, default=3)
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (weights and optimiser stay f32)")
+    ap.add_argument("--high-noise-weight", type=float, default=1.0,
+                    help="weight each sample's eps-MSE by min(1/alpha_bar_t, this): 1 = plain eps loss; larger values stress "
+                    "the high-noise steps, where eps-prediction barely penalises a wrong coarse shape (eps-MSE = SNR * x0-MSE)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (weights and optimiser stay f32)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init-from", default=None, help="warm start: load text encoder and UNet from this diffusers folder (e.g. the shipped weights; both the live and the EMA copy start from them)")
     ap.add_argument("--start-step", type=int, default=0, help="with --init-from: the step count the loaded weights stand for (batches continue from there, warm-up is skipped)")
@@ -97,6 +102,10 @@ def main():
     np.random.seed(args.seed)
     os.makedirs(args.workdir, exist_ok=True)
     deadline = parse_deadline(args.deadline)
+    if args.max_minutes is not None:
+        run_end = time.time() + 60.0 * args.max_minutes
+        deadline = min(deadline, run_end) if deadline else run_end
+    dev = torch.device(args.device)
 
     data = np.load(args.data)
     images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
@@ -108,6 +117,11 @@ def main():
     caps, cap_ids = caption_table(tok)
     te, unet = prior.build_models(args.seed, args.text_hidden, args.text_layers, args.layers_per_block)
     print(f"unet params {prior.count_params(unet)}, text encoder params {prior.count_params(te)}", flush=True)
+    if args.init_from:
+        te0, unet0, _ = prior.load(args.init_from)
+        te.load_state_dict(te0.state_dict())
+        unet.load_state_dict(unet0.state_dict())
+    te, unet = te.to(dev), unet.to(dev)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     ema_te, ema_unet = copy.deepcopy(te).eval(), copy.deepcopy(unet).eval()
@@ -117,14 +131,11 @@ def main():
 
     step = 0
     if args.init_from:
-        te0, unet0, _ = prior.load(args.init_from)
-        for m, m0 in ((te, te0), (unet, unet0), (ema_te, te0), (ema_unet, unet0)):
-            m.load_state_dict(m0.state_dict())
         step = args.start_step
         print(f"warm start from {args.init_from} at step {step}", flush=True)
     ckpt_path = os.path.join(args.workdir, "ckpt.pt")
     if args.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location=dev)
         te.load_state_dict(ck["te"])
         unet.load_state_dict(ck["unet"])
         ema_te.load_state_dict(ck["ema_te"])
@@ -132,6 +143,10 @@ def main():
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
         print(f"resumed at step {step}", flush=True)
+
+    if args.init_from and not args.resume and step >= args.max_steps:
+        # Exporting the loaded weights unchanged over --out is never what a warm start means.
+        sys.exit(f"nothing to train: the warm start is at step {step} and --max-steps is {args.max_steps}; raise --max-steps")
 
     log_path = os.path.join(args.workdir, "loss.csv")
     if (step == 0 or (args.init_from and not args.resume)) and not args.bench:
@@ -181,14 +196,17 @@ def main():
         a = ac[t].sqrt()[:, None, None, None]
         sg = (1 - ac[t]).sqrt()[:, None, None, None]
         xt = a * x0 + sg * eps
+        xt, eps, t, ids = xt.to(dev), eps.to(dev), t.to(dev), ids.to(dev)
 
         lr = args.lr * min(1.0, (step + 1 - (args.start_step if args.init_from else 0)) / args.warmup)
         for pg in opt.param_groups:
             pg["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             h = te(ids).last_hidden_state
             pred = unet(xt, t, encoder_hidden_states=h).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), eps)
+        per_sample = (pred.float() - eps).square().mean(dim=(1, 2, 3))
+        weight = (1.0 / ac[t.cpu()]).clamp(max=args.high_noise_weight).to(dev)
+        loss = (weight * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -221,7 +239,7 @@ def main():
 
     save_ckpt()
     print(f"training stopped at step {step}, this run {time.time() - t_start:.0f}s", flush=True)
-    prior.export(args.out, ema_te.float(), ema_unet.float(), tok)
+    prior.export(args.out, ema_te.float().cpu(), ema_unet.float().cpu(), tok)
     print("exported EMA weights to", args.out, flush=True)
     if not args.no_sample:
         import sample_prior
