@@ -1,6 +1,7 @@
 // Diffusion-sampler kernels: classifier-free guidance, the DDIM update, and
 // seeded Gaussian noise. Storage types come from defines; arithmetic is f32.
-// Defines: T (storage type), WG (workgroup size), one of GUIDANCE, DDIM, RANDN.
+// Defines: T (storage type), WG (workgroup size), one of GUIDANCE, DDIM, RANDN;
+// with DDIM, NOISE binds the Gaussian noise of a stochastic (η > 0) step.
 
 struct Params {
     n: u32,            // output elements
@@ -14,7 +15,7 @@ struct Params {
     seed_hi: u32,
     step: u32,
     purpose: u32,
-    _pad: u32,
+    sigma: f32,        // DDIM: σ_t, the standard deviation of the added noise (0 for η = 0)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,10 +41,16 @@ fn guidance(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 #endif
 
 #if DDIM
-// x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev)·ε̂, with (x̂0, ε̂) from the model output.
+// x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z, with (x̂0, ε̂) from the model
+// output and z ~ N(0, I) (DDIM's η-step; σ = 0 and no z for η = 0).
 @group(0) @binding(1) var<storage, read> x: array<{{T}}>;
 @group(0) @binding(2) var<storage, read> model_out: array<{{T}}>;
+#if NOISE
+@group(0) @binding(3) var<storage, read> z: array<{{T}}>;
+@group(0) @binding(4) var<storage, read_write> o: array<{{T}}>;
+#else
 @group(0) @binding(3) var<storage, read_write> o: array<{{T}}>;
+#endif
 
 @compute @workgroup_size({{WG}})
 fn ddim(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -69,7 +76,11 @@ fn ddim(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (p.clip == 1u) {
         x0 = clamp(x0, -p.clip_range, p.clip_range);
     }
+#if NOISE
+    o[i] = {{T}}(sqrt(p.b) * x0 + sqrt(max(1.0 - p.b - p.sigma * p.sigma, 0.0)) * e + p.sigma * f32(z[i]));
+#else
     o[i] = {{T}}(sqrt(p.b) * x0 + sqrt(1.0 - p.b) * e);
+#endif
 }
 #endif
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fsd3d::gpu::{Features, Gpu, GpuOptions};
+use fsd3d::models::pixel_prior::SamplingSpec;
 
 #[derive(Parser)]
 #[command(name = "fsd3d", version, about = "Text-to-3D with Flow Score Distillation on wgpu")]
@@ -92,11 +93,15 @@ enum Command {
         /// Pipeline folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, vae/).
         #[arg(long)]
         model: Option<PathBuf>,
-        #[arg(long, default_value_t = 50)]
-        steps: usize,
-        /// Guidance scale (diffusers' convention; 1 = no guidance).
-        #[arg(long, default_value_t = 7.5)]
-        cfg: f32,
+        /// DDIM steps [default: the prior's `sampling` in fsd3d_prior.json, else 50].
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Guidance scale (diffusers' convention; 1 = no guidance) [default: the prior's, else 7.5].
+        #[arg(long)]
+        cfg: Option<f32>,
+        /// DDIM's η: 0 deterministic, 1 ancestral (fresh seeded noise every step) [default: the prior's, else 0].
+        #[arg(long)]
+        eta: Option<f32>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Negative prompt (default: the empty prompt).
@@ -240,9 +245,12 @@ struct EvalArgs {
     /// DDIM steps of the reference row.
     #[arg(long, default_value_t = 50)]
     ddim_steps: usize,
-    /// Guidance scale of the reference row.
-    #[arg(long, default_value_t = 3.0)]
-    ddim_cfg: f32,
+    /// Guidance scale of the reference row [default: the prior's `sampling` in fsd3d_prior.json, else 7.5].
+    #[arg(long)]
+    ddim_cfg: Option<f32>,
+    /// DDIM's η in the reference row [default: the prior's, else 0].
+    #[arg(long)]
+    ddim_eta: Option<f32>,
     /// DDIM samples per seed in the reference row (Cross-FID needs at least 2 images per seed half).
     #[arg(long, default_value_t = 6)]
     ddim_samples: usize,
@@ -265,12 +273,15 @@ struct PriorCheckArgs {
     /// Seeds, comma-separated: every prompt is drawn once per seed.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     seeds: Vec<u64>,
-    /// DDIM steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Guidance scale.
-    #[arg(long, default_value_t = 3.0)]
-    cfg: f32,
+    /// DDIM steps [default: the prior's `sampling` in fsd3d_prior.json, else 50].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Guidance scale [default: the prior's, else 7.5].
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// DDIM's η: 0 deterministic, 1 ancestral [default: the prior's, else 0].
+    #[arg(long)]
+    eta: Option<f32>,
     /// Samples drawn together (one UNet call per step for the batch).
     #[arg(long, default_value_t = 12)]
     batch: usize,
@@ -316,9 +327,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sample { prompt, model, steps, cfg, seed, negative, latents, out, dtype, profile } => {
+        Command::Sample { prompt, model, steps, cfg, eta, seed, negative, latents, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
+            let defaults = SamplingSpec::for_model(&fsd3d::models::model_dir(model.as_deref()))?;
+            let steps = &steps.unwrap_or(defaults.steps);
             let latents = match latents {
                 Some(p) => {
                     let t = fsd3d::models::forward::read_tensors(p)?;
@@ -331,7 +344,8 @@ fn run(cli: Cli) -> Result<()> {
                 prompt: prompt.clone(),
                 negative: negative.clone(),
                 steps: *steps,
-                cfg: *cfg,
+                cfg: cfg.unwrap_or(defaults.cfg),
+                eta: eta.unwrap_or(defaults.eta),
                 seed: *seed,
                 latents,
             };
@@ -522,10 +536,12 @@ fn prior_check(gpu_args: &GpuArgs, a: &PriorCheckArgs) -> Result<()> {
     let prior = load_pipeline(&gpu, Some(&dir), &a.dtype)?;
     let classifier = fsd3d::models::classifier::Classifier::load(&gpu, &dir)
         .with_context(|| format!("prior-check needs a classifier/ in {} (the embedded prior has one)", dir.display()))?;
+    let defaults = SamplingSpec::for_model(&dir)?;
     let plan = pc::PriorCheckPlan {
         seeds: a.seeds.clone(),
-        steps: a.steps,
-        cfg: a.cfg,
+        steps: a.steps.unwrap_or(defaults.steps),
+        cfg: a.cfg.unwrap_or(defaults.cfg),
+        eta: a.eta.unwrap_or(defaults.eta),
         batch: a.batch,
         open_prompt: (!a.open_prompt.is_empty() && a.open_seeds > 0).then(|| (a.open_prompt.clone(), a.open_seeds)),
         cell: 64,
@@ -545,6 +561,13 @@ fn prior_check(gpu_args: &GpuArgs, a: &PriorCheckArgs) -> Result<()> {
 
 fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
     use fsd3d::eval::run::{self as er, EvalEvent, Work};
+    let defaults = SamplingSpec::for_model(&fsd3d::models::model_dir(a.model.as_deref()))?;
+    let reference = er::DdimReference {
+        steps: a.ddim_steps,
+        cfg: a.ddim_cfg.unwrap_or(defaults.cfg),
+        eta: a.ddim_eta.unwrap_or(defaults.eta),
+        samples_per_seed: a.ddim_samples,
+    };
     let plan = er::EvalPlan {
         prompts: er::read_prompts(&a.prompts)?,
         seeds: a.seeds.clone(),
@@ -554,7 +577,7 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         config: a.config.as_deref().map(er::ConfigOverlay::read).transpose()?,
         views: a.views,
         figure_scale: a.figure_scale,
-        reference: (!a.no_ddim).then_some(er::DdimReference { steps: a.ddim_steps, cfg: a.ddim_cfg, samples_per_seed: a.ddim_samples }),
+        reference: (!a.no_ddim).then_some(reference),
         command_line: std::env::args().map(|s| if s.contains(' ') { format!("\"{s}\"") } else { s }).collect::<Vec<_>>().join(" "),
     };
     plan.validate()?;

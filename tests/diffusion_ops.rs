@@ -25,12 +25,41 @@ fn ddim_step_matches_reference() {
         let (xt, mt) = (gpu.upload(&x, &[301], dt).unwrap(), gpu.upload(&m, &[301], dt).unwrap());
         for prediction in [Prediction::Epsilon, Prediction::VPrediction, Prediction::Sample] {
             for clip in [None, Some(1.0)] {
-                let c = DdimCoefficients { alpha_bar_t: 0.3, alpha_bar_prev: 0.7, prediction, clip };
-                let got = gpu.download(&dops::ddim_step(&gpu, &xt, &mt, &c).unwrap()).unwrap();
+                let c = DdimCoefficients { alpha_bar_t: 0.3, alpha_bar_prev: 0.7, prediction, clip, sigma: 0.0 };
+                let got = gpu.download(&dops::ddim_step(&gpu, &xt, &mt, &c, None).unwrap()).unwrap();
                 let want: Vec<f32> = x.iter().zip(&m).map(|(&a, &b)| c.step(a as f64, b as f64) as f32).collect();
                 assert_close(&format!("ddim {prediction:?} clip {clip:?} {}", label(&gpu, dt)), &got, &quantize(&want, dt), tol(dt) * 5.0);
             }
         }
+    }
+}
+
+/// The stochastic (η > 0) step: x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev−σ²)·ε̂ + σ·z,
+/// against the f64 reference, for every parameterisation; without its noise
+/// tensor it is refused.
+#[test]
+fn ddim_noisy_step_matches_reference() {
+    for (gpu, dt) in configs() {
+        let n = 517;
+        let x = quantize(&rand_vec(3, n, -3.0, 3.0), dt);
+        let m = quantize(&rand_vec(4, n, -3.0, 3.0), dt);
+        let z = quantize(&rand_vec(5, n, -2.5, 2.5), dt);
+        let (xt, mt, zt) = (gpu.upload(&x, &[n], dt).unwrap(), gpu.upload(&m, &[n], dt).unwrap(), gpu.upload(&z, &[n], dt).unwrap());
+        for prediction in [Prediction::Epsilon, Prediction::VPrediction, Prediction::Sample] {
+            for clip in [None, Some(1.0)] {
+                let c = DdimCoefficients { alpha_bar_t: 0.2, alpha_bar_prev: 0.6, prediction, clip, sigma: 0.45 };
+                let got = gpu.download(&dops::ddim_step(&gpu, &xt, &mt, &c, Some(&zt)).unwrap()).unwrap();
+                let want: Vec<f32> = (0..n).map(|i| c.step_with_noise(x[i] as f64, m[i] as f64, z[i] as f64) as f32).collect();
+                assert_close(&format!("ddim η>0 {prediction:?} clip {clip:?} {}", label(&gpu, dt)), &got, &quantize(&want, dt), tol(dt) * 5.0);
+                // The noise term is really there: the step differs from the σ = 0 one.
+                let plain = DdimCoefficients { sigma: 0.0, ..c };
+                let far = (0..n).filter(|&i| (got[i] as f64 - plain.step(x[i] as f64, m[i] as f64)).abs() > 0.05).count();
+                assert!(far > n / 2, "σ = 0.45 moved only {far} of {n} elements");
+            }
+        }
+        let c = DdimCoefficients { alpha_bar_t: 0.2, alpha_bar_prev: 0.6, prediction: Prediction::Epsilon, clip: None, sigma: 0.45 };
+        let err = dops::ddim_step(&gpu, &xt, &mt, &c, None).err().unwrap().to_string();
+        assert!(err.contains("needs a noise tensor"), "{err}");
     }
 }
 

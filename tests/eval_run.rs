@@ -28,7 +28,7 @@ fn tiny_plan(prompts: &[&str], seeds: &[u64], methods: &[&str], steps: u64) -> E
         views: 4,
         // 64² renders in the figure: a 128² one costs seconds per run on lavapipe.
         figure_scale: 2,
-        reference: Some(DdimReference { steps: 2, cfg: 3.0, samples_per_seed: 2 }),
+        reference: Some(DdimReference { steps: 2, cfg: 3.0, eta: 1.0, samples_per_seed: 2 }),
         command_line: "fsd3d eval (test)".into(),
     }
 }
@@ -262,7 +262,7 @@ fn prior_check_judges_every_prompt_and_seed() {
     let classifier = fsd3d::models::classifier::Classifier::load(&gpu, &dir).unwrap();
     let labels = Labels::of(&classifier);
     let out = temp_dir("prior-check");
-    let plan = PriorCheckPlan { seeds: vec![0], steps: 2, cfg: 3.0, batch: 16, open_prompt: Some(("a red object".into(), 3)), cell: 32 };
+    let plan = PriorCheckPlan { seeds: vec![0], steps: 2, cfg: 3.0, eta: 1.0, batch: 16, open_prompt: Some(("a red object".into(), 3)), cell: 32 };
     let mut calls = Vec::new();
     let r = run_prior_check(&gpu, &prior, &classifier, &dir, &plan, &out, |done, total| calls.push((done, total))).unwrap();
     let (ns, nc) = (labels.shapes.len(), labels.colours.len());

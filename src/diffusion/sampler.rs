@@ -1,5 +1,7 @@
 //! DDIM text-to-image sampling, step for step as diffusers'
-//! StableDiffusionPipeline with a DDIMScheduler (η = 0).
+//! StableDiffusionPipeline with a DDIMScheduler: deterministic (η = 0), or
+//! stochastic (η > 0; η = 1 is DDPM's ancestral sampler on the DDIM grid),
+//! whose noise is keyed by the request's seed and the step.
 use crate::diffusion::schedule::Ddim;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -17,6 +19,8 @@ pub struct SampleRequest {
     pub steps: usize,
     /// Guidance scale s (diffusers' convention); guidance is off for s <= 1.
     pub cfg: f32,
+    /// DDIM's η: 0 deterministic, 1 ancestral (noise drawn from the seed at every step).
+    pub eta: f32,
     pub seed: u64,
     /// Initial noise [1, C, h, w] (before `init_noise_sigma`); None = seeded.
     pub latents: Option<Vec<f32>>,
@@ -31,15 +35,18 @@ pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, on_step: i
 /// Samples a batch in one run of the sampler: image k of the result
 /// `[B, 3, H, W]` (in [-1, 1]) is what [`ddim_sample`] gives for `reqs[k]`
 /// alone (its own prompt, seed or latents), one UNet call per step for all of
-/// them. The requests must agree on the steps, the guidance scale and the
+/// them. The requests must agree on the steps, the guidance scale, η and the
 /// negative prompt, which the batch shares.
 pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], mut on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
     let first = reqs.first().ok_or_else(|| Error::Invalid("sample: an empty batch".into()))?;
-    if let Some(r) = reqs.iter().find(|r| r.steps != first.steps || r.cfg != first.cfg || r.negative != first.negative) {
+    if let Some(r) = reqs.iter().find(|r| r.steps != first.steps || r.cfg != first.cfg || r.eta != first.eta || r.negative != first.negative) {
         return Err(Error::Invalid(format!(
-            "sample: a batch shares steps, guidance scale and negative prompt; {:?} has ({}, {}, {:?}), {:?} has ({}, {}, {:?})",
-            first.prompt, first.steps, first.cfg, first.negative, r.prompt, r.steps, r.cfg, r.negative
+            "sample: a batch shares steps, guidance scale, eta and negative prompt; {:?} has ({}, {}, {}, {:?}), {:?} has ({}, {}, {}, {:?})",
+            first.prompt, first.steps, first.cfg, first.eta, first.negative, r.prompt, r.steps, r.cfg, r.eta, r.negative
         )));
+    }
+    if !(first.eta.is_finite() && first.eta >= 0.0) {
+        return Err(Error::Invalid(format!("sample: eta must be a number >= 0 (0 = deterministic DDIM, 1 = ancestral), got {}", first.eta)));
     }
     let ddim = Ddim::new(prior.scheduler_config(), first.steps)?;
     let [c, h, w] = prior.sample_shape();
@@ -57,7 +64,7 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
             None => dops::randn(gpu, &one, dtype, NoiseKey { seed: req.seed, step: 0, purpose: NoisePurpose::InitialLatents }),
         })
         .collect::<Result<Vec<_>>>()?;
-    let noise = if noises.len() == 1 { noises.into_iter().next().unwrap() } else { concat::concat(gpu, &noises.iter().collect::<Vec<_>>(), 0)? };
+    let noise = batch_of(gpu, noises)?;
     let mut x = ew::scale(gpu, &noise, ddim.init_noise_sigma() as f32)?;
     let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
     let cond = prior.embed(gpu, &prompts)?;
@@ -66,10 +73,27 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
         let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg)?;
-        x = dops::ddim_step(gpu, &x, &out, &ddim.coefficients(t))?;
+        let coefficients = ddim.coefficients_with_eta(t, first.eta as f64);
+        // Each request draws its step noise from its own seed, so a sample does
+        // not depend on the batch it was drawn in.
+        let step_noise = if coefficients.sigma > 0.0 {
+            let key = |seed| NoiseKey { seed, step: i as u32 + 1, purpose: NoisePurpose::SamplerNoise };
+            Some(batch_of(gpu, reqs.iter().map(|r| dops::randn(gpu, &one, dtype, key(r.seed))).collect::<Result<Vec<_>>>()?)?)
+        } else {
+            None
+        };
+        x = dops::ddim_step(gpu, &x, &out, &coefficients, step_noise.as_ref())?;
         // One submit per step keeps memory bounded and the progress bar honest.
         gpu.flush()?;
         on_step(i + 1, n);
     }
     prior.to_image(gpu, &x)
+}
+
+/// One tensor along dim 0 from per-request tensors.
+fn batch_of(gpu: &Gpu, parts: Vec<Tensor>) -> Result<Tensor> {
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().unwrap());
+    }
+    concat::concat(gpu, &parts.iter().collect::<Vec<_>>(), 0)
 }

@@ -231,12 +231,22 @@ impl Ddim {
         t - self.step_ratio
     }
 
+    /// The update from `t` of plain (deterministic, η = 0) DDIM.
     pub fn coefficients(&self, t: i64) -> DdimCoefficients {
+        self.coefficients_with_eta(t, 0.0)
+    }
+
+    /// The update from `t` with DDIM's η: σ_t = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev))
+    /// (diffusers' `_get_variance`); η = 1 is DDPM's ancestral step on this grid.
+    pub fn coefficients_with_eta(&self, t: i64, eta: f64) -> DdimCoefficients {
+        let (a_t, a_prev) = (self.schedule.alpha_bar(t), self.schedule.alpha_bar(self.prev_timestep(t)));
+        let variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev);
         DdimCoefficients {
-            alpha_bar_t: self.schedule.alpha_bar(t),
-            alpha_bar_prev: self.schedule.alpha_bar(self.prev_timestep(t)),
+            alpha_bar_t: a_t,
+            alpha_bar_prev: a_prev,
             prediction: self.schedule.prediction,
             clip: self.config.clip_sample.then_some(self.config.clip_sample_range),
+            sigma: eta * variance.max(0.0).sqrt(),
         }
     }
 
@@ -255,6 +265,73 @@ fn round_half_even(x: f64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// η = 1 on the full grid is DDPM's ancestral step: σ_t² is the posterior
+    /// variance β_t·(1−ᾱ_{t−1})/(1−ᾱ_t) (Ho et al. eq. 7), from the betas.
+    #[test]
+    fn eta_one_is_the_ddpm_posterior_variance() {
+        let mut c = SchedulerConfig::default();
+        c.beta_schedule = "linear".into();
+        let d = Ddim::new(&c, c.num_train_timesteps).unwrap();
+        let t_max = (c.num_train_timesteps - 1) as f64;
+        let betas: Vec<f64> = (0..c.num_train_timesteps).map(|i| c.beta_start + (c.beta_end - c.beta_start) * i as f64 / t_max).collect();
+        for t in [1i64, 10, 500, 999] {
+            let (ab, ab_prev) = (d.schedule.alpha_bar(t), d.schedule.alpha_bar(t - 1));
+            let want = betas[t as usize] * (1.0 - ab_prev) / (1.0 - ab);
+            let got = d.coefficients_with_eta(t, 1.0).sigma.powi(2);
+            assert!((got - want).abs() <= 1e-9 * want.max(1e-12), "t={t}: σ² {got} vs posterior variance {want}");
+            assert_eq!(d.coefficients_with_eta(t, 0.0).sigma, 0.0);
+            assert!((d.coefficients_with_eta(t, 0.5).sigma - 0.5 * got.sqrt()).abs() < 1e-12);
+        }
+    }
+
+    /// Ancestral sampling (η = 1) on the full 1000-step grid (DDPM) with the
+    /// exact noise predictor of a Gaussian data distribution N(0, s²) ends with
+    /// samples of variance s²; a wrong σ would leave too much or too little
+    /// noise. (On a coarse grid the ancestral step loses variance by itself:
+    /// 50 steps end near 0.79 s², the same in a numpy simulation of the
+    /// update, so the grid here is the fine one.)
+    #[test]
+    fn ancestral_steps_keep_the_data_variance() {
+        let mut c = SchedulerConfig::default();
+        c.clip_sample = false;
+        let d = Ddim::new(&c, 1000).unwrap();
+        let s2 = 0.25f64;
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut gauss = move || {
+            // Box–Muller on a xorshift stream: a test-local generator, independent of the engine's.
+            let mut u = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                ((rng >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            };
+            let (a, b) = (u(), u());
+            (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+        };
+        let n = 10_000;
+        let mut sum2 = 0.0;
+        for _ in 0..n {
+            let mut x = gauss();
+            for &t in &d.timesteps {
+                let ab = d.schedule.alpha_bar(t);
+                // E[ε | x_t] for x₀ ~ N(0, s²): x_t ~ N(0, ab·s² + 1 − ab).
+                let eps = (1.0 - ab).sqrt() * x / (ab * s2 + 1.0 - ab);
+                x = d.coefficients_with_eta(t, 1.0).step_with_noise(x, eps, gauss());
+            }
+            sum2 += x * x;
+        }
+        let var = sum2 / n as f64;
+        assert!((var - s2).abs() < 0.04 * s2 + 3.0 * s2 * (2.0 / n as f64).sqrt(), "sample variance {var}, data variance {s2}");
+        // Without the noise term (σ forced to 0 but the η = 1 direction kept) the variance collapses.
+        let mut x = 1.5f64;
+        for &t in &d.timesteps {
+            let ab = d.schedule.alpha_bar(t);
+            let eps = (1.0 - ab).sqrt() * x / (ab * s2 + 1.0 - ab);
+            x = d.coefficients_with_eta(t, 1.0).step_with_noise(x, eps, 0.0);
+        }
+        assert!(x.abs() < 0.1, "with no noise the ancestral mean path must shrink towards 0, got {x}");
+    }
 
     #[test]
     fn numpy_rounding() {
@@ -291,7 +368,7 @@ mod tests {
             (Prediction::Sample, x0),
             (Prediction::VPrediction, a * eps - b * x0),
         ] {
-            let c = DdimCoefficients { alpha_bar_t: s.alpha_bar(t), alpha_bar_prev: 1.0, prediction: pred, clip: None };
+            let c = DdimCoefficients { alpha_bar_t: s.alpha_bar(t), alpha_bar_prev: 1.0, prediction: pred, clip: None, sigma: 0.0 };
             assert!((c.step(xt, out) - x0).abs() < 1e-12, "{pred:?}");
         }
     }

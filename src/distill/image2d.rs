@@ -91,6 +91,8 @@ pub fn distill_image(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConf
                 negative: c.negative.clone(),
                 steps: c.steps,
                 cfg: c.cfg,
+                // The paper's DDIM reference image is the deterministic sampler's.
+                eta: 0.0,
                 seed: c.seed,
                 latents: None,
             };

@@ -29,6 +29,8 @@ pub struct PriorCheckPlan {
     pub seeds: Vec<u64>,
     pub steps: usize,
     pub cfg: f32,
+    /// DDIM's η (0 deterministic, 1 ancestral).
+    pub eta: f32,
     /// Samples per sampler run (one UNet call per step for all of them).
     pub batch: usize,
     /// The open prompt and how many seeds (0..n) to draw it with; None skips it.
@@ -84,6 +86,7 @@ pub struct PriorCheckReport {
     pub adapter: String,
     pub steps: usize,
     pub cfg: f32,
+    pub eta: f32,
     pub seeds: Vec<u64>,
     pub samples: Vec<SampleVerdict>,
     pub colour_right: usize,
@@ -135,7 +138,7 @@ fn sample_and_judge(
     for chunk in jobs.chunks(plan.batch.max(1)) {
         let reqs: Vec<SampleRequest> = chunk
             .iter()
-            .map(|j| SampleRequest { prompt: j.prompt.clone(), negative: None, steps: plan.steps, cfg: plan.cfg, seed: j.seed, latents: None })
+            .map(|j| SampleRequest { prompt: j.prompt.clone(), negative: None, steps: plan.steps, cfg: plan.cfg, eta: plan.eta, seed: j.seed, latents: None })
             .collect();
         let x = ddim_sample_batch(gpu, prior, &reqs, |_, _| {})?;
         let values = gpu.download(&x)?;
@@ -247,6 +250,7 @@ pub fn run_prior_check(
         adapter: gpu.info().name.clone(),
         steps: plan.steps,
         cfg: plan.cfg,
+        eta: plan.eta,
         seeds: plan.seeds.clone(),
         colour_right: verdicts.iter().filter(|v| v.colour_right()).count(),
         shape_right: verdicts.iter().filter(|v| v.shape_right()).count(),
@@ -268,9 +272,10 @@ pub fn report_markdown(r: &PriorCheckReport, labels: &Labels) -> String {
     let mut md = String::from("# Prior check\n\n");
     md.push_str(&format!("- Model: {}\n- Adapter: {}\n", r.model, r.adapter));
     md.push_str(&format!(
-        "- DDIM {} steps, CFG {}, seeds {:?}: {} samples in {:.1} s\n\n",
+        "- DDIM {} steps, CFG {}, η {}, seeds {:?}: {} samples in {:.1} s\n\n",
         r.steps,
         r.cfg,
+        r.eta,
         r.seeds,
         n + r.open.as_ref().map_or(0, |o| o.samples.len()),
         r.seconds

@@ -227,6 +227,8 @@ impl ConfigOverlay {
 pub struct DdimReference {
     pub steps: usize,
     pub cfg: f32,
+    /// DDIM's η (0 deterministic, 1 ancestral).
+    pub eta: f32,
     /// Samples per seed: sample k of seed s uses the noise seed
     /// [`reference_seed`]`(s, k)`. Cross-FID needs at least 2 images per
     /// seed half, and one image per seed gives only 1 per half with 2 seeds.
@@ -234,9 +236,10 @@ pub struct DdimReference {
 }
 
 impl Default for DdimReference {
-    /// 50 steps at CFG 3 (the embedded prior's samples are cleanest there), 6 samples per seed.
+    /// The embedded prior's sampling settings (50 steps, CFG 1.5, η = 1: it follows
+    /// both words of a prompt there), 6 samples per seed.
     fn default() -> Self {
-        DdimReference { steps: 50, cfg: 3.0, samples_per_seed: 6 }
+        DdimReference { steps: 50, cfg: 1.5, eta: 1.0, samples_per_seed: 6 }
     }
 }
 
@@ -899,7 +902,7 @@ fn reference_unit(
         }
         let reqs: Vec<SampleRequest> = missing
             .iter()
-            .map(|&k| SampleRequest { prompt: prompt.to_string(), negative: None, steps: reference.steps, cfg: reference.cfg, seed: params.seeds[k], latents: None })
+            .map(|&k| SampleRequest { prompt: prompt.to_string(), negative: None, steps: reference.steps, cfg: reference.cfg, eta: reference.eta, seed: params.seeds[k], latents: None })
             .collect();
         let n = reqs.len();
         let x = ddim_sample_batch(ctx.gpu, ctx.prior, &reqs, |step, steps| progress(&EvalEvent::Sample { samples: n, step, steps }))?;

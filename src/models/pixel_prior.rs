@@ -24,6 +24,30 @@ pub struct PixelPriorSpec {
     pub camera: CameraRanges,
     pub light: LightSpec,
     pub shading: ShadingSpec,
+    /// The DDIM settings its samples are judged with (absent in older files).
+    #[serde(default)]
+    pub sampling: Option<SamplingSpec>,
+}
+
+/// How to sample a prior: DDIM steps, guidance scale and η. A small prior
+/// trained from scratch can want other settings than Stable Diffusion's
+/// (the embedded one binds the shape word only with little guidance and a
+/// stochastic sampler; see its MODEL_CARD.md).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+pub struct SamplingSpec {
+    pub steps: usize,
+    pub cfg: f32,
+    pub eta: f32,
+}
+
+impl SamplingSpec {
+    /// diffusers' StableDiffusionPipeline defaults: 50 steps, guidance 7.5, deterministic DDIM.
+    pub const DIFFUSERS: SamplingSpec = SamplingSpec { steps: 50, cfg: 7.5, eta: 0.0 };
+
+    /// The settings `dir/fsd3d_prior.json` names, else [`SamplingSpec::DIFFUSERS`].
+    pub fn for_model(dir: &Path) -> Result<SamplingSpec> {
+        Ok(PixelPriorSpec::load(dir)?.and_then(|s| s.sampling).unwrap_or(SamplingSpec::DIFFUSERS))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

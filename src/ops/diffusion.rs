@@ -20,15 +20,17 @@ struct Params {
     seed_hi: u32,
     step: u32,
     purpose: u32,
-    _pad: u32,
+    sigma: f32,
 }
 
+/// `ddim_noise` is the `ddim` entry point compiled with NOISE (the η > 0 step).
 fn key(entry: &'static str, dt: DType) -> KernelKey {
-    KernelKey::new("diffusion", entry)
+    KernelKey::new("diffusion", if entry == "ddim_noise" { "ddim" } else { entry })
         .def("T", dt.wgsl())
         .def("WG", WG_1D)
         .flag("GUIDANCE", entry == "guidance")
-        .flag("DDIM", entry == "ddim")
+        .flag("DDIM", entry == "ddim" || entry == "ddim_noise")
+        .flag("NOISE", entry == "ddim_noise")
         .flag("RANDN", entry == "randn")
         .flag("WORLDMAP", entry == "worldmap")
         .flag("DISTILL_GRAD", entry == "distill_grad")
@@ -52,6 +54,8 @@ pub struct DdimCoefficients {
     pub prediction: Prediction,
     /// Clamp x̂₀ to ±range (None when `clip_sample` is off).
     pub clip: Option<f64>,
+    /// σ_t of the added noise: η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev)); 0 is plain (deterministic) DDIM.
+    pub sigma: f64,
 }
 
 
@@ -71,16 +75,23 @@ impl DdimCoefficients {
         (x0, eps)
     }
 
-    /// One DDIM update of one element: x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev)·ε̂.
+    /// One DDIM update of one element: x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev)·ε̂ (σ = 0).
     pub fn step(&self, x_t: f64, out: f64) -> f64 {
+        self.step_with_noise(x_t, out, 0.0)
+    }
+
+    /// One DDIM η-step of one element with the noise draw `z`:
+    /// x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev−σ²)·ε̂ + σ·z (diffusers' DDIMScheduler.step with `eta`).
+    pub fn step_with_noise(&self, x_t: f64, out: f64, z: f64) -> f64 {
         let (x0, eps) = self.split(x_t, out);
-        self.alpha_bar_prev.sqrt() * x0 + (1.0 - self.alpha_bar_prev).sqrt() * eps
+        let s = self.sigma;
+        self.alpha_bar_prev.sqrt() * x0 + (1.0 - self.alpha_bar_prev - s * s).max(0.0).sqrt() * eps + s * z
     }
 }
 
 
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
-    let mut v: Vec<KernelKey> = float_dtypes(caps).into_iter().flat_map(|dt| ["guidance", "ddim", "randn", "worldmap"].map(|e| key(e, dt))).collect();
+    let mut v: Vec<KernelKey> = float_dtypes(caps).into_iter().flat_map(|dt| ["guidance", "ddim", "ddim_noise", "randn", "worldmap"].map(|e| key(e, dt))).collect();
     v.push(key("distill_grad", DType::F32));
     v
 }
@@ -94,6 +105,8 @@ pub enum NoisePurpose {
     WorldMap = 3,
     Background = 4,
     Fresh = 5,
+    /// The noise a stochastic (η > 0) DDIM step adds; `step` is the sampler step (1-based).
+    SamplerNoise = 6,
 }
 
 /// The key of one noise stream: every random tensor is keyed by (seed, step, purpose).
@@ -169,12 +182,22 @@ pub fn guidance(gpu: &Gpu, eps: &Tensor, scale: f32) -> Result<Tensor> {
     Ok(y)
 }
 
-/// One DDIM update of x_t with the (guided) model output.
-pub fn ddim_step(gpu: &Gpu, x: &Tensor, model_out: &Tensor, c: &DdimCoefficients) -> Result<Tensor> {
+/// One DDIM update of x_t with the (guided) model output. A stochastic step
+/// (`c.sigma > 0`, DDIM's η > 0) needs `noise`, a standard normal draw shaped as x.
+pub fn ddim_step(gpu: &Gpu, x: &Tensor, model_out: &Tensor, c: &DdimCoefficients, noise: Option<&Tensor>) -> Result<Tensor> {
     expect_float("ddim_step", x)?;
     if x.shape() != model_out.shape() || x.dtype() != model_out.dtype() {
         return Err(Error::shape("ddim_step", format!("x {x:?} and model output {model_out:?} differ")));
     }
+    let noise = if c.sigma > 0.0 {
+        let z = noise.ok_or_else(|| Error::Invalid(format!("ddim_step: σ = {} (η > 0) needs a noise tensor", c.sigma)))?;
+        if z.shape() != x.shape() || z.dtype() != x.dtype() {
+            return Err(Error::shape("ddim_step", format!("noise {z:?} is not shaped as x {x:?}")));
+        }
+        Some(z)
+    } else {
+        None
+    };
     let y = gpu.empty(x.shape(), x.dtype())?;
     let n = y.numel();
     let p = Params {
@@ -188,9 +211,13 @@ pub fn ddim_step(gpu: &Gpu, x: &Tensor, model_out: &Tensor, c: &DdimCoefficients
         clip_range: c.clip.unwrap_or(1.0) as f32,
         a: c.alpha_bar_t as f32,
         b: c.alpha_bar_prev as f32,
+        sigma: c.sigma as f32,
         ..Default::default()
     };
-    gpu.dispatch("diffusion.ddim", &key("ddim", x.dtype()), bytemuck::bytes_of(&p), &[x, model_out, &y], grid_for(gpu, n, WG_1D))?;
+    match noise {
+        Some(z) => gpu.dispatch("diffusion.ddim", &key("ddim_noise", x.dtype()), bytemuck::bytes_of(&p), &[x, model_out, z, &y], grid_for(gpu, n, WG_1D))?,
+        None => gpu.dispatch("diffusion.ddim", &key("ddim", x.dtype()), bytemuck::bytes_of(&p), &[x, model_out, &y], grid_for(gpu, n, WG_1D))?,
+    }
     Ok(y)
 }
 
