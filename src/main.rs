@@ -93,15 +93,8 @@ enum Command {
         /// Pipeline folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, vae/).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// DDIM steps [default: the prior's `sampling` in fsd3d_prior.json, else 50].
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Guidance scale (diffusers' convention; 1 = no guidance) [default: the prior's, else 7.5].
-        #[arg(long)]
-        cfg: Option<f32>,
-        /// DDIM's η: 0 deterministic, 1 ancestral (fresh seeded noise every step) [default: the prior's, else 0].
-        #[arg(long)]
-        eta: Option<f32>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Negative prompt (default: the empty prompt).
@@ -273,15 +266,8 @@ struct PriorCheckArgs {
     /// Seeds, comma-separated: every prompt is drawn once per seed.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     seeds: Vec<u64>,
-    /// DDIM steps [default: the prior's `sampling` in fsd3d_prior.json, else 50].
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Guidance scale [default: the prior's, else 7.5].
-    #[arg(long)]
-    cfg: Option<f32>,
-    /// DDIM's η: 0 deterministic, 1 ancestral [default: the prior's, else 0].
-    #[arg(long)]
-    eta: Option<f32>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Samples drawn together (one UNet call per step for the batch).
     #[arg(long, default_value_t = 12)]
     batch: usize,
@@ -296,6 +282,28 @@ struct PriorCheckArgs {
     /// Storage type of weights and activations.
     #[arg(long, default_value = "f32")]
     dtype: String,
+}
+
+/// DDIM settings of a sampling command; what is not given comes from the
+/// prior's `fsd3d_prior.json`, else from diffusers' defaults.
+#[derive(Args, Debug)]
+struct SamplingArgs {
+    /// DDIM steps [default: the prior's `sampling` in fsd3d_prior.json, else 50].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Guidance scale (diffusers' convention; 1 = no guidance) [default: the prior's, else 7.5].
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// DDIM's η: 0 deterministic, 1 ancestral (fresh seeded noise every step) [default: the prior's, else 0].
+    #[arg(long)]
+    eta: Option<f32>,
+}
+
+impl SamplingArgs {
+    fn resolve(&self, model_dir: &std::path::Path) -> Result<SamplingSpec> {
+        let d = SamplingSpec::for_model(model_dir)?;
+        Ok(SamplingSpec { steps: self.steps.unwrap_or(d.steps), cfg: self.cfg.unwrap_or(d.cfg), eta: self.eta.unwrap_or(d.eta) })
+    }
 }
 
 fn main() {
@@ -327,11 +335,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sample { prompt, model, steps, cfg, eta, seed, negative, latents, out, dtype, profile } => {
+        Command::Sample { prompt, model, sampling, seed, negative, latents, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
-            let defaults = SamplingSpec::for_model(&fsd3d::models::model_dir(model.as_deref()))?;
-            let steps = &steps.unwrap_or(defaults.steps);
+            let sampling = sampling.resolve(&fsd3d::models::model_dir(model.as_deref()))?;
+            let steps = &sampling.steps;
             let latents = match latents {
                 Some(p) => {
                     let t = fsd3d::models::forward::read_tensors(p)?;
@@ -344,8 +352,8 @@ fn run(cli: Cli) -> Result<()> {
                 prompt: prompt.clone(),
                 negative: negative.clone(),
                 steps: *steps,
-                cfg: cfg.unwrap_or(defaults.cfg),
-                eta: eta.unwrap_or(defaults.eta),
+                cfg: sampling.cfg,
+                eta: sampling.eta,
                 seed: *seed,
                 latents,
             };
@@ -536,12 +544,12 @@ fn prior_check(gpu_args: &GpuArgs, a: &PriorCheckArgs) -> Result<()> {
     let prior = load_pipeline(&gpu, Some(&dir), &a.dtype)?;
     let classifier = fsd3d::models::classifier::Classifier::load(&gpu, &dir)
         .with_context(|| format!("prior-check needs a classifier/ in {} (the embedded prior has one)", dir.display()))?;
-    let defaults = SamplingSpec::for_model(&dir)?;
+    let sampling = a.sampling.resolve(&dir)?;
     let plan = pc::PriorCheckPlan {
         seeds: a.seeds.clone(),
-        steps: a.steps.unwrap_or(defaults.steps),
-        cfg: a.cfg.unwrap_or(defaults.cfg),
-        eta: a.eta.unwrap_or(defaults.eta),
+        steps: sampling.steps,
+        cfg: sampling.cfg,
+        eta: sampling.eta,
         batch: a.batch,
         open_prompt: (!a.open_prompt.is_empty() && a.open_seeds > 0).then(|| (a.open_prompt.clone(), a.open_seeds)),
         cell: 64,
