@@ -19,7 +19,8 @@ pub struct SampleRequest {
     pub steps: usize,
     /// Guidance scale s (diffusers' convention); guidance is off for s <= 1.
     pub cfg: f32,
-    /// DDIM's η: 0 deterministic, 1 ancestral (noise drawn from the seed at every step).
+    /// DDIM's η: 0 deterministic, 1 ancestral (noise drawn from `seed` at every
+    /// step, also when `latents` give the initial noise).
     pub eta: f32,
     pub seed: u64,
     /// Initial noise [1, C, h, w] (before `init_noise_sigma`); None = seeded.
