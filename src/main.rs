@@ -21,7 +21,7 @@ struct GpuArgs {
     /// Adapter to use: a case-insensitive part of its name (see `fsd3d info --all`).
     #[arg(long, global = true, env = "FSD3D_ADAPTER")]
     adapter: Option<String>,
-    /// Optional features to switch off: comma list of f16, f32-atomics, subgroups, timestamps, all.
+    /// Optional features to switch off: comma list of f16, f32-atomics, subgroups, timestamps, coop-matrix, all.
     #[arg(long, global = true, env = "FSD3D_DISABLE_FEATURES", default_value = "")]
     disable_features: String,
     /// Directory of .wgsl files that replace the built-in shaders, file by file.
@@ -50,6 +50,7 @@ impl GpuArgs {
                 }
                 v
             },
+            emulate_coop_matrix: std::env::var(fsd3d::gpu::device::ENV_EMULATE_COOP).is_ok_and(|v| v != "0" && !v.is_empty()),
         };
         Ok(Gpu::new(&opts)?)
     }

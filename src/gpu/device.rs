@@ -11,7 +11,8 @@ use crate::gpu::recorder::Recorder;
 /// of its name, as `fsd3d info` prints it). Same as `--adapter`.
 pub const ENV_ADAPTER: &str = "FSD3D_ADAPTER";
 /// Environment variable listing optional features to switch off, comma
-/// separated: `f16`, `f32-atomics`, `subgroups`, `timestamps` (or `all`).
+/// separated: `f16`, `f32-atomics`, `subgroups`, `timestamps`, `coop-matrix`
+/// (or `all`).
 /// Same as `--disable-features`. Lets both the fast path and the fallback be tested.
 pub const ENV_DISABLE: &str = "FSD3D_DISABLE_FEATURES";
 /// Environment variable: submit and wait after every dispatch (finds the first
@@ -29,11 +30,17 @@ pub struct Features {
     pub subgroups: bool,
     /// Timestamp queries for per-kernel profiling (TIMESTAMP_QUERY).
     pub timestamps: bool,
+    /// Cooperative matrices (the GPU's matrix units: tensor cores, Metal's
+    /// simdgroup matrices) with the configuration the GEMM kernels use:
+    /// 16×16×16, f16 operands, f32 accumulator. wgpu's
+    /// EXPERIMENTAL_COOPERATIVE_MATRIX; else the workgroup-tiled kernels.
+    pub coop_matrix: bool,
 }
 
 impl Features {
-    pub const ALL: Features = Features { f16: true, f32_atomics: true, subgroups: true, timestamps: true };
-    pub const NONE: Features = Features { f16: false, f32_atomics: false, subgroups: false, timestamps: false };
+    pub const ALL: Features = Features { f16: true, f32_atomics: true, subgroups: true, timestamps: true, coop_matrix: true };
+    pub const NONE: Features =
+        Features { f16: false, f32_atomics: false, subgroups: false, timestamps: false, coop_matrix: false };
 
     /// Parses a comma-separated list such as `f16,subgroups` (or `all`, or empty).
     pub fn parse_list(s: &str) -> Result<Features> {
@@ -44,10 +51,11 @@ impl Features {
                 "f32-atomics" | "atomics" | "float32-atomic" => f.f32_atomics = true,
                 "subgroups" | "subgroup" => f.subgroups = true,
                 "timestamps" | "timestamp" => f.timestamps = true,
+                "coop-matrix" | "coop" | "cooperative-matrix" | "matrix-units" => f.coop_matrix = true,
                 "all" => f = Features::ALL,
                 other => {
                     return Err(Error::Invalid(format!(
-                        "unknown feature {other:?}: expected a comma-separated list of f16, f32-atomics, subgroups, timestamps, all"
+                        "unknown feature {other:?}: expected a comma-separated list of f16, f32-atomics, subgroups, timestamps, coop-matrix, all"
                     )));
                 }
             }
@@ -61,15 +69,25 @@ impl Features {
             f32_atomics: self.f32_atomics && !off.f32_atomics,
             subgroups: self.subgroups && !off.subgroups,
             timestamps: self.timestamps && !off.timestamps,
+            coop_matrix: self.coop_matrix && !off.coop_matrix,
         }
     }
 
-    fn from_wgpu(f: wgpu::Features) -> Features {
+    /// What the adapter offers. Matrix units count only with the configuration
+    /// the kernels are written for ([`has_gemm_coop_config`]), and with f16
+    /// and subgroups, which those kernels also use.
+    fn from_adapter(f: wgpu::Features, coop_configs: &[wgpu::CooperativeMatrixProperties]) -> Features {
+        let f16 = f.contains(wgpu::Features::SHADER_F16);
+        let subgroups = f.contains(wgpu::Features::SUBGROUP);
         Features {
-            f16: f.contains(wgpu::Features::SHADER_F16),
+            f16,
             f32_atomics: f.contains(wgpu::Features::SHADER_FLOAT32_ATOMIC),
-            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            subgroups,
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coop_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                && has_gemm_coop_config(coop_configs)
+                && f16
+                && subgroups,
         }
     }
 
@@ -86,6 +104,9 @@ impl Features {
         }
         if self.timestamps {
             f |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if self.coop_matrix {
+            f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         f
     }
@@ -105,8 +126,39 @@ impl Features {
         if self.timestamps {
             v.push("timestamps");
         }
+        if self.coop_matrix {
+            v.push("coop-matrix");
+        }
         v
     }
+
+    /// Whether the matrix-unit path can be compiled: cooperative matrices
+    /// with f16 operands.
+    pub fn coop_hw(self) -> bool {
+        self.coop_matrix && self.f16
+    }
+}
+
+/// Whether one of the adapter's cooperative-matrix configurations is the one
+/// the GEMM kernels are written for: 16×16×16, f16 A and B, f32 C.
+pub fn has_gemm_coop_config(configs: &[wgpu::CooperativeMatrixProperties]) -> bool {
+    configs.iter().any(|c| {
+        (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+            && c.ab_type == wgpu::CooperativeScalarType::F16
+            && c.cr_type == wgpu::CooperativeScalarType::F32
+    })
+}
+
+/// One configuration as `fsd3d info` prints it: `16x16x16 f16·f16+f32`.
+pub fn describe_coop_config(c: &wgpu::CooperativeMatrixProperties) -> String {
+    let t = |t: wgpu::CooperativeScalarType| match t {
+        wgpu::CooperativeScalarType::F32 => "f32",
+        wgpu::CooperativeScalarType::F16 => "f16",
+        wgpu::CooperativeScalarType::I32 => "i32",
+        wgpu::CooperativeScalarType::U32 => "u32",
+    };
+    let sat = if c.saturating_accumulation { " (saturating)" } else { "" };
+    format!("{}x{}x{} {}·{}+{}{sat}", c.m_size, c.n_size, c.k_size, t(c.ab_type), t(c.ab_type), t(c.cr_type))
 }
 
 /// What the kernels may use on this device: the enabled features plus the
@@ -145,7 +197,15 @@ pub struct GpuOptions {
     pub shader_dir: Option<std::path::PathBuf>,
     /// Kernel variant per family (`matmul` -> `simple`), over each op's default.
     pub variants: Vec<(String, String)>,
+    /// Treat the device as having matrix units, running their emulated twin
+    /// wherever the real ones would run: the defaults, the first-use check
+    /// and its fallback, on an adapter without them. A testing instrument
+    /// (slow), as `FSD3D_EMULATE_COOP=1`.
+    pub emulate_coop_matrix: bool,
 }
+
+/// Environment variable: any value but `0` sets [`GpuOptions::emulate_coop_matrix`].
+pub const ENV_EMULATE_COOP: &str = "FSD3D_EMULATE_COOP";
 
 /// Environment variable: kernel variants per family, `matmul=simple,conv2d=gemm8x4`.
 /// Same as repeating `--variant FAMILY=NAME`.
@@ -175,7 +235,8 @@ impl GpuOptions {
         let sync_each_dispatch = std::env::var(ENV_SYNC).map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
         let shader_dir = std::env::var_os(crate::gpu::kernel::ENV_SHADER_DIR).map(Into::into);
         let variants = parse_variants(&std::env::var(ENV_VARIANTS).unwrap_or_default())?;
-        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir, variants })
+        let emulate_coop_matrix = std::env::var(ENV_EMULATE_COOP).is_ok_and(|v| v != "0" && !v.is_empty());
+        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir, variants, emulate_coop_matrix })
     }
 }
 
@@ -195,6 +256,13 @@ pub struct Gpu {
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
     pub(crate) sync_each_dispatch: bool,
     variants: Vec<(String, String)>,
+    /// The adapter's cooperative-matrix configurations (whether or not in use).
+    coop_configs: Vec<wgpu::CooperativeMatrixProperties>,
+    emulate_coop_matrix: bool,
+    /// Paths switched off at run time (a first-use check failed), with why.
+    switched_off: Mutex<Vec<(&'static str, String)>>,
+    /// Kernels that have been through their first use (see [`Gpu::first_use`]).
+    used_kernels: Mutex<std::collections::HashSet<crate::gpu::KernelKey>>,
 }
 
 fn device_rank(t: wgpu::DeviceType) -> u32 {
@@ -252,13 +320,25 @@ impl Gpu {
             None => adapters.into_iter().min_by_key(|a| device_rank(a.get_info().device_type)).unwrap(),
         };
         let info = adapter.get_info();
-        let features = Features::from_wgpu(adapter.features()).minus(opts.disable);
+        let coop_configs = adapter.cooperative_matrix_properties();
+        let features = Features::from_adapter(adapter.features(), &coop_configs).minus(opts.disable);
         let limits = adapter.limits();
+        // Cooperative matrices are one of wgpu's experimental features, which
+        // must be opted into. SAFETY: the only experimental feature requested
+        // is cooperative matrices, and only where the adapter lists the
+        // configuration the kernels use; each matrix-unit kernel is checked
+        // against the tiled kernel at first use (ops::gemm's self-check) and
+        // switched off, with a warning, where the driver gets it wrong.
+        let experimental_features = if features.coop_matrix {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fsd3d"),
             required_features: features.to_wgpu(),
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -286,6 +366,10 @@ impl Gpu {
             errors,
             sync_each_dispatch: opts.sync_each_dispatch,
             variants: opts.variants.clone(),
+            coop_configs,
+            emulate_coop_matrix: opts.emulate_coop_matrix,
+            switched_off: Mutex::default(),
+            used_kernels: Mutex::default(),
             device,
             queue,
             info,
@@ -310,6 +394,11 @@ impl Gpu {
     }
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+    /// The cooperative-matrix configurations the adapter offers (listed by
+    /// `fsd3d info`; the kernels use one, see [`Features::coop_matrix`]).
+    pub fn coop_configs(&self) -> &[wgpu::CooperativeMatrixProperties] {
+        &self.coop_configs
     }
     /// Largest tensor (bytes) one storage binding may hold on this device.
     pub fn max_binding_bytes(&self) -> u64 {
@@ -352,6 +441,10 @@ pub struct InfoReport {
     pub device_type: String,
     pub driver: String,
     pub features: Vec<&'static str>,
+    /// The adapter's cooperative-matrix configurations, `MxNxK a·b+c`.
+    pub coop_matrix_configs: Vec<String>,
+    /// Whether the matrix-unit kernels are in use, and if not, why.
+    pub coop_matrix: String,
     pub subgroup_size: [u32; 2],
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
@@ -371,6 +464,8 @@ impl InfoReport {
             device_type: format!("{:?}", i.device_type),
             driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
             features: gpu.features().names(),
+            coop_matrix_configs: gpu.coop_configs().iter().map(describe_coop_config).collect(),
+            coop_matrix: coop_status(gpu),
             subgroup_size: [gpu.caps().subgroup_min_size, gpu.caps().subgroup_max_size],
             max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
             max_buffer_size: l.max_buffer_size,
@@ -382,6 +477,17 @@ impl InfoReport {
     }
 }
 
+/// Whether the GEMM kernels use the matrix units, in words.
+fn coop_status(gpu: &Gpu) -> String {
+    if gpu.features().coop_matrix {
+        return "in use: 16x16x16 f16·f16+f32 (switch off with --disable-features coop-matrix)".into();
+    }
+    if !has_gemm_coop_config(gpu.coop_configs()) {
+        return "not in use: no 16x16x16 f16·f16+f32 configuration; the workgroup-tiled kernels run instead".into();
+    }
+    "not in use: switched off, or the adapter lacks f16 or subgroups; the workgroup-tiled kernels run instead".into()
+}
+
 impl std::fmt::Display for InfoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -390,6 +496,9 @@ impl std::fmt::Display for InfoReport {
         writeln!(f, "driver:    {}", self.driver)?;
         let feats = if self.features.is_empty() { "none".to_string() } else { self.features.join(", ") };
         writeln!(f, "features:  {feats}")?;
+        let configs = if self.coop_matrix_configs.is_empty() { "none".to_string() } else { self.coop_matrix_configs.join(", ") };
+        writeln!(f, "matrix units: {configs}")?;
+        writeln!(f, "             {}", self.coop_matrix)?;
         if self.subgroup_size[1] > 0 {
             writeln!(f, "subgroups: size {}..{}", self.subgroup_size[0], self.subgroup_size[1])?;
         }
@@ -408,6 +517,38 @@ impl Gpu {
     /// which the family's op uses when the call itself does not name one.
     pub fn variant_override(&self, family: &str) -> Option<&str> {
         self.variants.iter().rev().find(|(f, _)| f == family).map(|(_, n)| n.as_str())
+    }
+
+    /// Whether the device stands in for matrix units with their emulated twin
+    /// ([`GpuOptions::emulate_coop_matrix`]).
+    pub fn emulates_coop_matrix(&self) -> bool {
+        self.emulate_coop_matrix
+    }
+
+    /// Switches a kernel path off for the rest of this device's life (the
+    /// ops ask [`Gpu::is_switched_off`] before choosing it), printing `why`
+    /// once as a warning.
+    pub fn switch_off(&self, path: &'static str, why: &str) {
+        let mut off = self.switched_off.lock().unwrap();
+        if off.iter().all(|(p, _)| *p != path) {
+            eprintln!("warning: {why}");
+            off.push((path, why.to_string()));
+        }
+    }
+
+    pub fn is_switched_off(&self, path: &str) -> bool {
+        self.switched_off.lock().unwrap().iter().any(|(p, _)| *p == path)
+    }
+
+    /// The paths switched off at run time, with the reason.
+    pub fn switched_off(&self) -> Vec<(&'static str, String)> {
+        self.switched_off.lock().unwrap().clone()
+    }
+
+    /// True the first time it is asked about `key` on this device: where an
+    /// op checks a kernel once before trusting it.
+    pub fn first_use(&self, key: &crate::gpu::KernelKey) -> bool {
+        self.used_kernels.lock().unwrap().insert(key.clone())
     }
 
     /// Allocation counters of the buffer pool.

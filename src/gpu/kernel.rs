@@ -16,7 +16,9 @@
 //!   file's line numbers stay true.
 //!
 //! `enable f16;` is added on the first line when some define's value is `f16`
-//! (a storage type): kernels never write enable directives themselves.
+//! (a storage type), and `enable wgpu_cooperative_matrix;` when the define
+//! `COOP_HW` is true (see `shaders/coop.wgsl`): kernels never write enable
+//! directives themselves.
 //! (naga 30 takes subgroup builtins without `enable subgroups;` and rejects
 //! the directive, so none is added for them.)
 use std::collections::HashMap;
@@ -214,6 +216,9 @@ fn finish(out: String, defines: &[(&str, String)]) -> Result<String> {
     if defines.iter().any(|(_, v)| v == "f16") {
         enables.push_str("enable f16; ");
     }
+    if truthy(defines, "COOP_HW") {
+        enables.push_str("enable wgpu_cooperative_matrix; ");
+    }
     Ok(enables + &out)
 }
 
@@ -228,6 +233,9 @@ fn naga_caps(caps: Caps) -> naga::valid::Capabilities {
     }
     if caps.features.f32_atomics {
         c |= C::SHADER_FLOAT32_ATOMIC;
+    }
+    if caps.features.coop_matrix {
+        c |= C::COOPERATIVE_MATRIX;
     }
     c
 }
@@ -254,6 +262,25 @@ pub fn validate(source: &ShaderSource, key: &KernelKey, caps: Caps) -> Result<(S
         return Err(Error::Shader { file: path, message: format!("[{key}] has no entry point {:?}", key.entry) });
     }
     Ok((expanded, module))
+}
+
+/// Translates one kernel to SPIR-V as the Vulkan backend would, after
+/// [`validate`]: the check, without a device, of kernels that need hardware
+/// the test machine lacks (the matrix units). Returns the words.
+pub fn to_spirv(source: &ShaderSource, key: &KernelKey, caps: Caps) -> Result<Vec<u32>> {
+    let (_, module) = validate(source, key, caps)?;
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga_caps(caps));
+    if caps.features.subgroups {
+        validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+        validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    let info = validator
+        .validate(&module)
+        .map_err(|e| Error::Shader { file: key.file(), message: format!("[{key}] {e}") })?;
+    let options = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
+    let pipeline = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: key.entry.to_string() };
+    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .map_err(|e| Error::Shader { file: key.file(), message: format!("[{key}] SPIR-V: {e}") })
 }
 
 /// A compiled kernel: the pipeline and the layout of its bind group 0.
@@ -311,6 +338,10 @@ impl KernelCache {
         let (expanded, naga_module) = validate(&self.source, key, self.caps)?;
         let label = key.to_string();
         let entries = declared_layout(&naga_module);
+        // A driver may still refuse what naga accepted (the experimental
+        // matrix-unit shaders above all): caught here, it is this kernel's
+        // error, not a surprise at the next flush.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&label),
@@ -329,6 +360,9 @@ impl KernelCache {
             compilation_options: Default::default(),
             cache: None,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader { file: key.file(), message: format!("[{key}] the driver refused the pipeline: {e}") });
+        }
         let bindings = entries.iter().map(|e| e.binding).collect();
         let p = Arc::new(Pipeline { pipeline, layout, bindings });
         self.pipelines.lock().unwrap().insert(key.clone(), p.clone());
