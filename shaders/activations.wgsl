@@ -18,3 +18,16 @@ fn erf_approx(x: f32) -> f32 {
     return s * y;
 }
 fn act_gelu(x: f32) -> f32 { return 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476)); }
+
+// The activation a kernel parameter names (ops::elementwise::Act::code):
+// 0 none, 1 silu, 2 relu, 3 gelu, 4 gelu_tanh, 5 quick_gelu.
+fn activation_by_code(x: f32, code: u32) -> f32 {
+    switch code {
+        case 1u: { return act_silu(x); }
+        case 2u: { return act_relu(x); }
+        case 3u: { return act_gelu(x); }
+        case 4u: { return act_gelu_tanh(x); }
+        case 5u: { return act_quick_gelu(x); }
+        default: { return x; }
+    }
+}

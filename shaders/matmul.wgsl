@@ -99,16 +99,7 @@ fn b_index(base: u32, k: u32, n: u32) -> u32 {
 
 #include "activations.wgsl"
 
-fn activation(x: f32) -> f32 {
-    switch p.act {
-        case 1u: { return act_silu(x); }
-        case 2u: { return act_relu(x); }
-        case 3u: { return act_gelu(x); }
-        case 4u: { return act_gelu_tanh(x); }
-        case 5u: { return act_quick_gelu(x); }
-        default: { return x; }
-    }
-}
+fn activation(x: f32) -> f32 { return activation_by_code(x, p.act); }
 
 // Writes C(m, n) of batch bi = act(alpha · sum + bias[n]), when inside C.
 fn store(bi: u32, m: u32, n: u32, sum: f32) {

@@ -143,7 +143,7 @@ impl VariantProblem for Problem {
         matmul_bucket(dtype, self.m, self.n, self.k)
     }
     fn default_variant(&self, gpu: &Gpu) -> &'static str {
-        default_variant(gpu.caps()).name()
+        default_variant(gpu).name()
     }
     fn affordable(&self, variant: &str) -> bool {
         variant != MatmulVariant::Simple.name() || self.flops() <= 2.2e9

@@ -12,6 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::autotune::{conv_bucket, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
+use crate::ops::gemm::{self, ConvGeometry, GemmCore, GemmTiles};
 use crate::ops::{expect_float, float_dtypes, grid_for};
 
 /// Workgroup size of every conv2d kernel.
@@ -34,15 +35,24 @@ pub enum Conv2dVariant {
     /// by subgroup broadcasts. Needs subgroups of 8 to 64 lanes
     /// ([`Conv2dVariant::available`]).
     Subgroup,
+    /// For GPUs: an implicit GEMM on workgroup-memory tiles (im2col
+    /// addressing while staging, the weights read as stored), sums in
+    /// registers ([`crate::ops::gemm`]).
+    Tiled,
+    /// The same on the matrix units where the device has them, else on
+    /// their emulated twin (correct, slow: for testing).
+    Coop,
 }
 
 impl Conv2dVariant {
-    pub const ALL: [Conv2dVariant; 5] = [
+    pub const ALL: [Conv2dVariant; 7] = [
         Conv2dVariant::Simple,
         Conv2dVariant::Gemm4x4,
         Conv2dVariant::Gemm8x4,
         Conv2dVariant::Gemm8x8,
         Conv2dVariant::Subgroup,
+        Conv2dVariant::Tiled,
+        Conv2dVariant::Coop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +62,8 @@ impl Conv2dVariant {
             Conv2dVariant::Gemm8x4 => "gemm8x4",
             Conv2dVariant::Gemm8x8 => "gemm8x8",
             Conv2dVariant::Subgroup => "subgroup",
+            Conv2dVariant::Tiled => "tiled",
+            Conv2dVariant::Coop => "coop",
         }
     }
 
@@ -71,12 +83,30 @@ impl Conv2dVariant {
         }
     }
 
-    /// The variant used when the options name none: the fastest measured on
-    /// llvmpipe, `subgroup` where available (2.3× `gemm8x4`), else `gemm8x4`
-    /// (4×4, 4×8, 8×8, 16×4, 16×8 and 32×4 blockings were 1.3–2.5× slower:
-    /// fewer loads per FMA do not pay for the spilled accumulators).
+    /// The variant used when the options name none, by adapter class. GPUs:
+    /// the matrix units where the device has them (and they passed their
+    /// first-use check), else the workgroup-tiled implicit GEMM. CPU
+    /// adapters: the fastest measured on llvmpipe, `subgroup` where available
+    /// (2.3× `gemm8x4`), else `gemm8x4` (4×4, 4×8, 8×8, 16×4, 16×8 and 32×4
+    /// blockings were 1.3–2.5× slower: fewer loads per FMA do not pay for
+    /// the spilled accumulators).
     pub fn default_for(gpu: &Gpu) -> Conv2dVariant {
+        if gemm::coop_in_use(gpu) {
+            return Conv2dVariant::Coop;
+        }
+        if gpu.info().device_type != wgpu::DeviceType::Cpu {
+            return Conv2dVariant::Tiled;
+        }
         if Conv2dVariant::Subgroup.available(gpu.caps()) { Conv2dVariant::Subgroup } else { Conv2dVariant::Gemm8x4 }
+    }
+
+    /// The tiled core this variant runs on, if it is one of the tiled GEMMs.
+    fn gemm_core(self) -> Option<GemmCore> {
+        match self {
+            Conv2dVariant::Tiled => Some(GemmCore::Reg),
+            Conv2dVariant::Coop => Some(GemmCore::Coop),
+            _ => None,
+        }
     }
 
     /// (output channels, pixels) accumulated per invocation by the GEMM
@@ -84,7 +114,7 @@ impl Conv2dVariant {
     /// too (vec4 accumulators).
     fn block(self) -> Option<(u32, u32)> {
         match self {
-            Conv2dVariant::Simple | Conv2dVariant::Subgroup => None,
+            Conv2dVariant::Simple | Conv2dVariant::Subgroup | Conv2dVariant::Tiled | Conv2dVariant::Coop => None,
             Conv2dVariant::Gemm4x4 => Some((4, 4)),
             Conv2dVariant::Gemm8x4 => Some((8, 4)),
             Conv2dVariant::Gemm8x8 => Some((8, 8)),
@@ -195,7 +225,8 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     let mut biases: Vec<Option<DType>> = vec![None];
     biases.extend(dts.iter().map(|&d| Some(d)));
     let mut v: Vec<KernelKey> = dts.iter().map(|&tw| pack_key(tw)).collect();
-    for variant in Conv2dVariant::ALL.into_iter().filter(|v| v.available(caps)) {
+    // The tiled GEMMs' kernels are listed by ops::gemm.
+    for variant in Conv2dVariant::ALL.into_iter().filter(|v| v.available(caps) && v.gemm_core().is_none()) {
         for &tx in &dts {
             for &tw in &dts {
                 for &tb in &biases {
@@ -239,6 +270,20 @@ fn u32_of(what: &str, n: usize) -> Result<u32> {
 /// Ho = (H + 2·padding − kh) / stride + 1 (likewise Wo), in x's dtype.
 /// Input, weight and bias may each be f32 or f16; accumulation is f32.
 pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
+    conv2d_tiled_as(gpu, x, weight, bias, opts, None)
+}
+
+/// [`conv2d`] with the block tiling of the `tiled` / `coop` kernels given
+/// (tests and benches reach every tiling with it; `None` lets the kernel
+/// choose). With another variant the tiling is an error.
+pub fn conv2d_tiled_as(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv2dOpts,
+    tiles: Option<GemmTiles>,
+) -> Result<Tensor> {
     const OP: &str = "conv2d";
     expect_float(OP, x)?;
     expect_float(OP, weight)?;
@@ -310,6 +355,27 @@ pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opt
             feature: "SUBGROUP (with subgroups of 8 to 64 lanes)",
             hint: "use another variant, or none to let conv2d choose",
         });
+    }
+    if tiles.is_some() && variant.gemm_core().is_none() {
+        return Err(Error::Invalid(format!("conv2d: a block tiling applies to the tiled and coop kernels, not {}", variant.name())));
+    }
+    if let Some(core) = variant.gemm_core() {
+        u32_of("Cin·kh·kw", cin * kh * kw)?;
+        let g = ConvGeometry {
+            batch: p.batch,
+            cin: p.cin,
+            h: p.h,
+            w: p.w,
+            cout: p.cout,
+            ho: p.ho,
+            wo: p.wo,
+            kh: p.kh,
+            kw: p.kw,
+            stride: p.stride,
+            pad: p.pad,
+        };
+        gemm::conv2d(gpu, core, tiles, x, weight, bias, &y, g)?;
+        return Ok(y);
     }
     let label = format!("conv2d.{}", variant.name());
     let key = conv_key(variant, gpu.caps(), x.dtype(), weight.dtype(), bias.map(|t| t.dtype()));

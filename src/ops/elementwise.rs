@@ -32,6 +32,18 @@ impl Act {
             Act::QuickGelu => "act_quick_gelu",
         }
     }
+    /// The code a kernel parameter names it by (`activation_by_code` in
+    /// shaders/activations.wgsl).
+    pub fn code(self) -> u32 {
+        match self {
+            Act::None => 0,
+            Act::Silu => 1,
+            Act::Relu => 2,
+            Act::Gelu => 3,
+            Act::GeluTanh => 4,
+            Act::QuickGelu => 5,
+        }
+    }
     /// The reference implementation (f64 inside, as the tests' CPU reference).
     pub fn apply(self, x: f32) -> f32 {
         let x = x as f64;

@@ -6,6 +6,7 @@ use crate::gpu::autotune::{matmul_bucket, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::elementwise::Act;
+use crate::ops::gemm::{self, GemmCore, GemmTiles};
 use crate::ops::{expect_float, float_dtypes};
 
 /// The kernels that compute a matmul; all give the same results up to f32 rounding.
@@ -20,30 +21,50 @@ pub enum MatmulVariant {
     /// each) and load A between them, passing it round with subgroupBroadcast.
     /// Needs subgroups of at least 8 invocations.
     Subgroup,
+    /// For GPUs: 64×64 or 128×128 blocks staged through workgroup memory,
+    /// double-buffered, 16 or 64 sums in registers per invocation
+    /// (`shaders/gemm.wgsl`, [`crate::ops::gemm`]).
+    Tiled,
+    /// The same staging, multiplied on the matrix units (f16 operands, f32
+    /// sums) where the device has them; elsewhere their emulated twin, which
+    /// is correct but slow (it exists to test the kernel without matrix units).
+    Coop,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Simple, MatmulVariant::Blocked, MatmulVariant::Subgroup];
+    pub const ALL: [MatmulVariant; 5] =
+        [MatmulVariant::Simple, MatmulVariant::Blocked, MatmulVariant::Subgroup, MatmulVariant::Tiled, MatmulVariant::Coop];
 
     pub fn name(self) -> &'static str {
         match self {
             MatmulVariant::Simple => "simple",
             MatmulVariant::Blocked => "blocked",
             MatmulVariant::Subgroup => "subgroup",
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::Coop => "coop",
         }
     }
 
     pub fn parse(s: &str) -> Result<MatmulVariant> {
         MatmulVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            Error::Invalid(format!("unknown matmul variant {s:?}: expected simple, blocked or subgroup"))
+            Error::Invalid(format!("unknown matmul variant {s:?}: expected simple, blocked, subgroup, tiled or coop"))
         })
     }
 
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {
-            MatmulVariant::Simple | MatmulVariant::Blocked => true,
+            MatmulVariant::Simple | MatmulVariant::Blocked | MatmulVariant::Tiled | MatmulVariant::Coop => true,
             MatmulVariant::Subgroup => caps.features.subgroups && caps.subgroup_min_size >= 8,
+        }
+    }
+
+    /// The tiled core this variant runs on, if it is one of the tiled GEMMs.
+    fn gemm_core(self) -> Option<GemmCore> {
+        match self {
+            MatmulVariant::Tiled => Some(GemmCore::Reg),
+            MatmulVariant::Coop => Some(GemmCore::Coop),
+            _ => None,
         }
     }
 }
@@ -77,10 +98,19 @@ impl Default for MatmulOpts {
     }
 }
 
-/// The kernel used when [`MatmulOpts::variant`] is `None`: the fastest the device
-/// can run (on lavapipe `subgroup` is ~1.4× `blocked`, see docs/performance.md).
-pub fn default_variant(caps: Caps) -> MatmulVariant {
-    if MatmulVariant::Subgroup.available(caps) { MatmulVariant::Subgroup } else { MatmulVariant::Blocked }
+/// The kernel used when [`MatmulOpts::variant`] is `None`, by adapter class.
+/// GPUs: the matrix units where the device has them (and they passed their
+/// first-use check), else the workgroup-tiled kernel. CPU adapters: the
+/// kernels built for llvmpipe (there `subgroup` is ~1.4× `blocked`, see
+/// docs/performance.md).
+pub fn default_variant(gpu: &Gpu) -> MatmulVariant {
+    if gemm::coop_in_use(gpu) {
+        return MatmulVariant::Coop;
+    }
+    if gpu.info().device_type != wgpu::DeviceType::Cpu {
+        return MatmulVariant::Tiled;
+    }
+    if MatmulVariant::Subgroup.available(gpu.caps()) { MatmulVariant::Subgroup } else { MatmulVariant::Blocked }
 }
 
 /// The kernel a product of op(A) `[M, K]` and op(B) `[K, N]` runs with: the
@@ -98,7 +128,7 @@ pub fn choose_variant(gpu: &Gpu, opts: &MatmulOpts, dtype: DType, m: usize, n: u
     let tuned = tuned_variant(gpu, "matmul", || matmul_bucket(dtype, m, n, k))
         .and_then(|name| MatmulVariant::parse(&name).ok())
         .filter(|v| v.available(gpu.caps()));
-    Ok(tuned.unwrap_or_else(|| default_variant(gpu.caps())))
+    Ok(tuned.unwrap_or_else(|| default_variant(gpu)))
 }
 
 #[repr(C)]
@@ -114,17 +144,6 @@ struct Params {
     act: u32,
 }
 
-fn act_code(act: Act) -> u32 {
-    match act {
-        Act::None => 0,
-        Act::Silu => 1,
-        Act::Relu => 2,
-        Act::Gelu => 3,
-        Act::GeluTanh => 4,
-        Act::QuickGelu => 5,
-    }
-}
-
 /// Rows and columns of C that one workgroup of `variant` computes (fixed in the shader).
 fn tile(variant: MatmulVariant) -> (u32, u32) {
     match variant {
@@ -133,6 +152,7 @@ fn tile(variant: MatmulVariant) -> (u32, u32) {
         MatmulVariant::Blocked => (32, 128),
         // 8 lanes sharing 32 rows, 8 columns each.
         MatmulVariant::Subgroup => (32, 64),
+        MatmulVariant::Tiled | MatmulVariant::Coop => unreachable!("the tiled GEMMs choose their own blocks"),
     }
 }
 
@@ -172,7 +192,8 @@ fn key(variant: MatmulVariant, s: Layout) -> KernelKey {
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
     let dts = float_dtypes(caps);
     let mut v = Vec::new();
-    for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(caps)) {
+    // The tiled GEMMs' kernels are listed by ops::gemm.
+    for variant in MatmulVariant::ALL.into_iter().filter(|v| v.available(caps) && v.gemm_core().is_none()) {
         let vecs: &[bool] = if variant == MatmulVariant::Simple { &[false] } else { &[false, true] };
         for &ta in &dts {
             for &tb in &dts {
@@ -212,6 +233,20 @@ fn batch_rows_cols(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, u
 /// The result is `[M, N]` when both are rank 2, else `[batch, M, N]`. `bias` is `[N]`.
 /// Storage types may differ (e.g. f16 weights with f32 activations); sums are f32.
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &MatmulOpts) -> Result<Tensor> {
+    matmul_tiled_as(gpu, a, b, bias, opts, None)
+}
+
+/// [`matmul`] with the block tiling of the `tiled` / `coop` kernels given
+/// (tests and benches reach every tiling with it; `None` lets the kernel
+/// choose). With another variant the tiling is an error.
+pub fn matmul_tiled_as(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &MatmulOpts,
+    tiles: Option<GemmTiles>,
+) -> Result<Tensor> {
     const OP: &str = "matmul";
     expect_float(OP, a)?;
     expect_float(OP, b)?;
@@ -257,6 +292,19 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
             hint: "use the blocked variant",
         });
     }
+    let as_u32 = |x: usize| {
+        u32::try_from(x).map_err(|_| Error::shape(OP, format!("size {x} is over the 32-bit index range")))
+    };
+    if tiles.is_some() && variant.gemm_core().is_none() {
+        return Err(Error::Invalid(format!("matmul: a block tiling applies to the tiled and coop kernels, not {variant}")));
+    }
+    if let Some(core) = variant.gemm_core() {
+        let dims = (as_u32(m)?, as_u32(n)?, as_u32(k)?, as_u32(batch)?);
+        let strides = (if ba == 1 { 0 } else { as_u32(m * k)? }, if bb == 1 { 0 } else { as_u32(k * n)? });
+        let trans = (opts.trans_a, opts.trans_b);
+        gemm::matmul(gpu, core, tiles, a, b, bias, &out, trans, dims, strides, opts.alpha, opts.act)?;
+        return Ok(out);
+    }
     let layout = Layout {
         ta: a.dtype(),
         tb: b.dtype(),
@@ -268,9 +316,6 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
         vec_a: if opts.trans_a { m % 4 == 0 } else { k % 4 == 0 },
         vec_b: if opts.trans_b { k % 4 == 0 } else { n % 4 == 0 },
     };
-    let as_u32 = |x: usize| {
-        u32::try_from(x).map_err(|_| Error::shape(OP, format!("size {x} is over the 32-bit index range")))
-    };
     let p = Params {
         m: as_u32(m)?,
         n: as_u32(n)?,
@@ -279,7 +324,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &M
         a_batch: if ba == 1 { 0 } else { as_u32(m * k)? },
         b_batch: if bb == 1 { 0 } else { as_u32(k * n)? },
         alpha: opts.alpha,
-        act: act_code(opts.act),
+        act: opts.act.code(),
     };
     let (tile_m, tile_n) = tile(variant);
     let groups = [p.n.div_ceil(tile_n), p.m.div_ceil(tile_m), as_u32(batch)?];

@@ -15,6 +15,7 @@ pub mod conv2d;
 pub mod diffusion;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemm;
 pub mod matmul;
 pub mod norm;
 pub mod resample;
@@ -35,6 +36,7 @@ pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
     let mut v = Vec::new();
     v.extend(elementwise::variants(caps));
     v.extend(matmul::variants(caps));
+    v.extend(gemm::variants(caps));
     v.extend(conv2d::variants(caps));
     v.extend(norm::variants(caps));
     v.extend(softmax::variants(caps));

@@ -94,3 +94,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
         rtol * scale
     );
 }
+
+/// The type whose rounding bounds a kernel's error: the matrix-unit GEMMs
+/// (`coop` variants) multiply f16 operands whatever the storage type, where
+/// the device has f16; every other kernel multiplies in its storage type.
+pub fn operand_type(gpu: &Gpu, coop: bool, storage: DType) -> DType {
+    use fsd3d::ops::gemm::{GemmCore, operand_dtype};
+    if coop && operand_dtype(GemmCore::Coop, gpu.caps()) == DType::F16 { DType::F16 } else { storage }
+}
