@@ -9,6 +9,7 @@
 use crate::diffusion::guidance::{NFSD_NEGATIVE, Weighting, noisy, predict_epsilon};
 use crate::diffusion::sampler::{SampleRequest, ddim_sample};
 use crate::diffusion::schedule::{Ddim, NoiseSchedule};
+use crate::diffusion::size::ImageSize;
 use crate::diffusion::timesteps::{TimestepSchedule, uniform};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
@@ -94,6 +95,7 @@ pub fn distill_image(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConf
                 // The paper's DDIM reference image is the deterministic sampler's.
                 eta: 0.0,
                 seed: c.seed,
+                size: ImageSize::default(),
                 latents: None,
             };
             ddim_sample(gpu, prior, &req, |i, n| on_step(i, n, 0))
