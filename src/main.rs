@@ -136,6 +136,8 @@ enum Command {
         /// Negative prompt (NFSD's default list for nfsd).
         #[arg(long)]
         negative: Option<String>,
+        #[command(flatten)]
+        size: SizeArgs,
         #[arg(long, default_value = "image.png")]
         out: PathBuf,
         #[arg(long, default_value = "f32")]
@@ -286,10 +288,10 @@ struct PriorCheckArgs {
     dtype: String,
 }
 
-/// The image size of `sample`, as diffusers' `height=` and `width=`.
+/// The image size of `sample` and `image`, as diffusers' `height=` and `width=`.
 #[derive(Args, Debug)]
 struct SizeArgs {
-    /// Image height in pixels, a multiple of the VAE's scale factor [default: the UNet's sample_size × that factor, or the latents' own].
+    /// Image height in pixels, a multiple of the VAE's scale factor [default: the UNet's sample_size × that factor; with `sample --latents`, the latents' own].
     #[arg(long)]
     height: Option<usize>,
     /// Image width in pixels, a multiple of the VAE's scale factor [default: as --height].
@@ -384,13 +386,14 @@ fn run(cli: Cli) -> Result<()> {
             write_image(&gpu, &img, out, started)?;
             report_profile(&gpu, *profile, &out.with_extension("profile.json"))
         }
-        Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, out, dtype, profile } => {
+        Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, size, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
             let m = fsd3d::distill::image2d::Method2d::parse(method)?;
             let mut c = fsd3d::distill::image2d::Image2dConfig::paper_defaults(m);
             c.seed = *seed;
             c.negative = negative.clone();
+            c.size = size.size();
             if let Some(v) = steps {
                 c.steps = *v;
             }
