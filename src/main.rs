@@ -101,7 +101,9 @@ enum Command {
         /// Negative prompt (default: the empty prompt).
         #[arg(long)]
         negative: Option<String>,
-        /// Initial noise: a safetensors file with `latents` [1, C, h, w] (f32), instead of the seeded noise.
+        #[command(flatten)]
+        size: SizeArgs,
+        /// Initial noise: a safetensors file with `latents` [1, C, h, w], instead of the seeded noise; its h × w sets the image size.
         #[arg(long)]
         latents: Option<PathBuf>,
         #[arg(long, default_value = "sample.png")]
@@ -135,6 +137,8 @@ enum Command {
         /// Negative prompt (NFSD's default list for nfsd).
         #[arg(long)]
         negative: Option<String>,
+        #[command(flatten)]
+        size: SizeArgs,
         #[arg(long, default_value = "image.png")]
         out: PathBuf,
         #[arg(long, default_value = "f32")]
@@ -285,6 +289,23 @@ struct PriorCheckArgs {
     dtype: String,
 }
 
+/// The image size of `sample` and `image`, as diffusers' `height=` and `width=`.
+#[derive(Args, Debug)]
+struct SizeArgs {
+    /// Image height in pixels, a multiple of the VAE's scale factor [default: the UNet's sample_size × that factor; with `sample --latents`, the latents' own].
+    #[arg(long)]
+    height: Option<usize>,
+    /// Image width in pixels, a multiple of the VAE's scale factor [default: as --height].
+    #[arg(long)]
+    width: Option<usize>,
+}
+
+impl SizeArgs {
+    fn size(&self) -> fsd3d::diffusion::size::ImageSize {
+        fsd3d::diffusion::size::ImageSize { height: self.height, width: self.width }
+    }
+}
+
 /// DDIM settings of a sampling command; what is not given comes from the
 /// prior's `fsd3d_prior.json`, else from diffusers' defaults.
 #[derive(Args, Debug)]
@@ -336,16 +357,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sample { prompt, model, sampling, seed, negative, latents, out, dtype, profile } => {
+        Command::Sample { prompt, model, sampling, seed, negative, size, latents, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
             let sampling = sampling.resolve(&fsd3d::models::model_dir(model.as_deref()))?;
             let steps = &sampling.steps;
             let latents = match latents {
                 Some(p) => {
-                    let t = fsd3d::models::forward::read_tensors(p)?;
-                    let l = t.get("latents").with_context(|| format!("{} has no tensor named `latents`", p.display()))?;
-                    Some(l.data.clone())
+                    let mut t = fsd3d::models::forward::read_tensors(p)?;
+                    let l = t.remove("latents").with_context(|| format!("{} has no tensor named `latents`", p.display()))?;
+                    Some(fsd3d::diffusion::size::Latents::new(&l.shape, l.data).with_context(|| format!("reading {}", p.display()))?)
                 }
                 None => None,
             };
@@ -356,6 +377,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg: sampling.cfg,
                 eta: sampling.eta,
                 seed: *seed,
+                size: size.size(),
                 latents,
             };
             let bar = progress_bar(*steps as u64, "sampling");
@@ -365,13 +387,14 @@ fn run(cli: Cli) -> Result<()> {
             write_image(&gpu, &img, out, started)?;
             report_profile(&gpu, *profile, &out.with_extension("profile.json"))
         }
-        Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, out, dtype, profile } => {
+        Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, size, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
             let m = fsd3d::distill::image2d::Method2d::parse(method)?;
             let mut c = fsd3d::distill::image2d::Image2dConfig::paper_defaults(m);
             c.seed = *seed;
             c.negative = negative.clone();
+            c.size = size.size();
             if let Some(v) = steps {
                 c.steps = *v;
             }

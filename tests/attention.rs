@@ -213,3 +213,33 @@ fn variant_names_round_trip() {
     let err = AttentionVariant::parse("nope").unwrap_err().to_string();
     assert!(err.contains("fused"), "{err}");
 }
+
+/// The unfused path of the models' attention (head dims without a kernel,
+/// as the VAE's 512-wide head) computes its scores in blocks of query rows
+/// when all of them would pass a byte limit: the blocks, the last one short,
+/// give the reference's result, self- and cross-attention alike.
+#[test]
+fn unfused_attention_in_query_blocks_matches_the_reference() {
+    use fsd3d::models::nn::attention_within;
+    let gpu = gpu();
+    for (n, c) in [Case { batch: 2, lq: 37, lk: 37, heads: 2, d: 12, causal: false }, Case { batch: 1, lq: 37, lk: 13, heads: 1, d: 20, causal: false }]
+        .iter()
+        .enumerate()
+    {
+        assert!(!SUPPORTED_HEAD_DIMS.contains(&c.d), "the case must take the unfused path");
+        let hd = c.heads * c.d;
+        let q = rand_vec(400 + n as u64, c.batch * c.lq * hd, -1.0, 1.0);
+        let k = rand_vec(500 + n as u64, c.batch * c.lk * hd, -1.0, 1.0);
+        let v = rand_vec(600 + n as u64, c.batch * c.lk * hd, -1.0, 1.0);
+        let want = reference(c, 1.0 / (c.d as f64).sqrt(), &q, &k, &v);
+        let up = |x: &[f32], l: usize| gpu.upload(x, &[c.batch, l, hd], DType::F32).unwrap();
+        let (qt, kt, vt) = (up(&q, c.lq), up(&k, c.lk), up(&v, c.lk));
+        // Scores of 5 query rows fit: blocks of 5, 5, ..., 2.
+        let row_bytes = (c.batch * c.heads * c.lk * 4) as u64;
+        for (what, max_bytes) in [("one block", u64::MAX), ("blocks of 5 rows", 5 * row_bytes + row_bytes / 2), ("one row at a time", 1)] {
+            let y = attention_within(&gpu, &qt, &kt, &vt, c.heads, false, max_bytes).unwrap();
+            assert_eq!(y.shape(), &[c.batch, c.lq, hd]);
+            assert_close(&format!("{c:?} {what}"), &gpu.download(&y).unwrap(), &want, attention_tol(DType::F32));
+        }
+    }
+}

@@ -3,14 +3,19 @@
 mod common;
 use std::path::Path;
 
+use fsd3d::diffusion::size::ImageSize;
 use fsd3d::distill::image2d::{Image2dConfig, Method2d, distill_image};
 use fsd3d::gpu::DType;
 use fsd3d::models::prior::StableDiffusion;
 
-fn compare(sd: &StableDiffusion, gpu: &fsd3d::gpu::Gpu, steps: usize, cfg: f32, what: &str) {
+fn compare(sd: &StableDiffusion, gpu: &fsd3d::gpu::Gpu, steps: usize, cfg: f32, size: ImageSize, what: &str) {
     let run = |m| {
-        let c = Image2dConfig { steps, cfg, seed: 5, ..Image2dConfig::paper_defaults(m) };
-        gpu.download(&distill_image(gpu, sd, "a red cube", &c, |_, _, _| {}).unwrap()).unwrap()
+        let c = Image2dConfig { steps, cfg, seed: 5, size, ..Image2dConfig::paper_defaults(m) };
+        let img = distill_image(gpu, sd, "a red cube", &c, |_, _, _| {}).unwrap();
+        if let ImageSize { height: Some(h), width: Some(w) } = size {
+            assert_eq!(img.shape(), &[1, 3, h, w], "{what}: the image has the size asked for");
+        }
+        gpu.download(&img).unwrap()
     };
     let (euler, ddim) = (run(Method2d::FsdEuler), run(Method2d::Ddim));
     let (lo, hi) = ddim.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
@@ -24,9 +29,12 @@ fn compare(sd: &StableDiffusion, gpu: &fsd3d::gpu::Gpu, steps: usize, cfg: f32, 
 fn fsd_euler_equals_ddim_on_a_latent_pipeline() {
     let gpu = common::gpu();
     let mut sd = StableDiffusion::load(&gpu, Path::new("tests/fixtures/models/pipeline"), DType::F32).unwrap();
-    compare(&sd, &gpu, 8, 7.5, "SD defaults (no clipping)");
+    compare(&sd, &gpu, 8, 7.5, ImageSize::default(), "SD defaults (no clipping)");
+    // At a size other than the UNet's sample_size (32×32 here) both start
+    // from the same noise of the new shape.
+    compare(&sd, &gpu, 8, 7.5, ImageSize::new(16, 24), "16×24");
     // With clip_sample the clipped estimate must be clipped the same way.
     sd.scheduler.clip_sample = true;
     sd.scheduler.set_alpha_to_one = true;
-    compare(&sd, &gpu, 6, 4.0, "clip_sample, set_alpha_to_one");
+    compare(&sd, &gpu, 6, 4.0, ImageSize::default(), "clip_sample, set_alpha_to_one");
 }

@@ -1,8 +1,10 @@
 //! DDIM text-to-image sampling, step for step as diffusers'
 //! StableDiffusionPipeline with a DDIMScheduler: deterministic (η = 0), or
 //! stochastic (η > 0; η = 1 is DDPM's ancestral sampler on the DDIM grid),
-//! whose noise is keyed by the request's seed and the step.
+//! whose noise is keyed by the request's seed and the step. It draws at any
+//! size the model allows (`diffusion::size`), as the pipeline does.
 use crate::diffusion::schedule::Ddim;
+use crate::diffusion::size::{ImageSize, Latents, SampleGeometry};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::models::prior::Prior;
@@ -23,8 +25,12 @@ pub struct SampleRequest {
     /// step, also when `latents` give the initial noise).
     pub eta: f32,
     pub seed: u64,
-    /// Initial noise [1, C, h, w] (before `init_noise_sigma`); None = seeded.
-    pub latents: Option<Vec<f32>>,
+    /// Image height and width in pixels (diffusers' `height=`, `width=`);
+    /// a side left out is the model's default, or the latents' own.
+    pub size: ImageSize,
+    /// Initial noise [1, C, h, w] (before `init_noise_sigma`), whose spatial
+    /// size sets the image's; None = seeded noise at `size`.
+    pub latents: Option<Latents>,
 }
 
 /// Runs the sampler; returns the image [1, 3, H, W] in [-1, 1].
@@ -36,8 +42,8 @@ pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, on_step: i
 /// Samples a batch in one run of the sampler: image k of the result
 /// `[B, 3, H, W]` (in [-1, 1]) is what [`ddim_sample`] gives for `reqs[k]`
 /// alone (its own prompt, seed or latents), one UNet call per step for all of
-/// them. The requests must agree on the steps, the guidance scale, η and the
-/// negative prompt, which the batch shares.
+/// them. The requests must agree on the steps, the guidance scale, η, the
+/// negative prompt and the size, which the batch shares.
 pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], mut on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
     let first = reqs.first().ok_or_else(|| Error::Invalid("sample: an empty batch".into()))?;
     if let Some(r) = reqs.iter().find(|r| r.steps != first.steps || r.cfg != first.cfg || r.eta != first.eta || r.negative != first.negative) {
@@ -50,18 +56,27 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
         return Err(Error::Invalid(format!("sample: eta must be a number >= 0 (0 = deterministic DDIM, 1 = ancestral), got {}", first.eta)));
     }
     let ddim = Ddim::new(prior.scheduler_config(), first.steps)?;
-    let [c, h, w] = prior.sample_shape();
+    let geometry = SampleGeometry::of(prior);
+    let shapes = reqs.iter().map(|r| geometry.resolve(r.size, r.latents.as_ref())).collect::<Result<Vec<_>>>()?;
+    if let Some((r, s)) = reqs.iter().zip(&shapes).find(|(_, s)| **s != shapes[0]) {
+        let f = geometry.scale_factor;
+        return Err(Error::Invalid(format!(
+            "sample: a batch shares its image size; {:?} is {}×{}, {:?} is {}×{}",
+            first.prompt,
+            shapes[0][1] * f,
+            shapes[0][2] * f,
+            r.prompt,
+            s[1] * f,
+            s[2] * f
+        )));
+    }
+    let [c, h, w] = shapes[0];
     let one = [1, c, h, w];
     let dtype = prior.dtype();
     let noises = reqs
         .iter()
         .map(|req| match &req.latents {
-            Some(v) => {
-                if v.len() != c * h * w {
-                    return Err(Error::shape("sample", format!("latents have {} values, the model samples {one:?}", v.len())));
-                }
-                gpu.upload(v, &one, dtype)
-            }
+            Some(l) => gpu.upload(l.data(), &one, dtype),
             None => dops::randn(gpu, &one, dtype, NoiseKey { seed: req.seed, step: 0, purpose: NoisePurpose::InitialLatents }),
         })
         .collect::<Result<Vec<_>>>()?;

@@ -9,6 +9,7 @@
 use crate::diffusion::guidance::{NFSD_NEGATIVE, Weighting, noisy, predict_epsilon};
 use crate::diffusion::sampler::{SampleRequest, ddim_sample};
 use crate::diffusion::schedule::{Ddim, NoiseSchedule};
+use crate::diffusion::size::{ImageSize, SampleGeometry};
 use crate::diffusion::timesteps::{TimestepSchedule, uniform};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
@@ -53,6 +54,9 @@ pub struct Image2dConfig {
     pub weighting: Weighting,
     /// NFSD's negative prompt; the sampler's negative prompt for ddim.
     pub negative: Option<String>,
+    /// Image size in pixels; the optimised latent (latent priors) is this
+    /// over the VAE's scale factor. Default: the prior's.
+    pub size: ImageSize,
 }
 
 impl Image2dConfig {
@@ -74,6 +78,7 @@ impl Image2dConfig {
             timesteps: TimestepSchedule::Linear { t_min: 0.02, t_max: 0.98 },
             weighting: Weighting::Sds,
             negative: None,
+            size: ImageSize::default(),
         }
     }
 }
@@ -94,6 +99,7 @@ pub fn distill_image(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConf
                 // The paper's DDIM reference image is the deterministic sampler's.
                 eta: 0.0,
                 seed: c.seed,
+                size: c.size,
                 latents: None,
             };
             ddim_sample(gpu, prior, &req, |i, n| on_step(i, n, 0))
@@ -103,10 +109,15 @@ pub fn distill_image(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConf
     }
 }
 
+/// The shape [1, C, h, w] of the optimised sample for the run's image size.
+fn sample_shape(prior: &dyn Prior, c: &Image2dConfig) -> Result<[usize; 4]> {
+    let [ch, h, w] = SampleGeometry::of(prior).resolve(c.size, None)?;
+    Ok([1, ch, h, w])
+}
+
 /// The run's fixed noise ε̃: the same stream DDIM starts from with this seed.
-fn fixed_noise(gpu: &Gpu, prior: &dyn Prior, seed: u64) -> Result<Tensor> {
-    let [ch, h, w] = prior.sample_shape();
-    dops::randn(gpu, &[1, ch, h, w], DType::F32, NoiseKey { seed, step: 0, purpose: NoisePurpose::InitialLatents })
+fn fixed_noise(gpu: &Gpu, shape: &[usize; 4], seed: u64) -> Result<Tensor> {
+    dops::randn(gpu, shape, DType::F32, NoiseKey { seed, step: 0, purpose: NoisePurpose::InitialLatents })
 }
 
 
@@ -115,7 +126,7 @@ fn fixed_noise(gpu: &Gpu, prior: &dyn Prior, seed: u64) -> Result<Tensor> {
 fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut on_step: impl FnMut(usize, usize, i64)) -> Result<Tensor> {
     let ddim = Ddim::new(prior.scheduler_config(), c.steps)?;
     let s = &ddim.schedule;
-    let eps_fixed = fixed_noise(gpu, prior, c.seed)?;
+    let eps_fixed = fixed_noise(gpu, &sample_shape(prior, c)?, c.seed)?;
     let cond = prior.embed(gpu, &[prompt])?;
     let uncond = if c.cfg > 1.0 { Some(prior.embed(gpu, &[c.negative.as_deref().unwrap_or("")])?) } else { None };
     // x̂_T = (1 − σ_T)·ε̃ / α_T makes x_T = α_T·x̂_T + σ_T·ε̃ = ε̃, DDIM's start.
@@ -145,12 +156,11 @@ fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut 
 fn adam_run(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut on_step: impl FnMut(usize, usize, i64)) -> Result<Tensor> {
     c.timesteps.check()?;
     let s = NoiseSchedule::new(prior.scheduler_config())?;
-    let [ch, h, w] = prior.sample_shape();
-    let shape = [1, ch, h, w];
+    let shape = sample_shape(prior, c)?;
     let xhat = gpu.zeros(&shape, DType::F32)?;
     let m = gpu.zeros(&shape, DType::F32)?;
     let v = gpu.zeros(&shape, DType::F32)?;
-    let eps_fixed = fixed_noise(gpu, prior, c.seed)?;
+    let eps_fixed = fixed_noise(gpu, &shape, c.seed)?;
     let cond = prior.embed(gpu, &[prompt])?;
     let uncond = prior.embed(gpu, &[""])?;
     let negative = match c.method {

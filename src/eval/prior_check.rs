@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::diffusion::sampler::{SampleRequest, ddim_sample_batch};
+use crate::diffusion::size::ImageSize;
 use crate::error::{Error, Result};
 use crate::eval::figure::labelled_grid;
 use crate::eval::metrics::{Labels, softmax_rows};
@@ -138,7 +139,7 @@ fn sample_and_judge(
     for chunk in jobs.chunks(plan.batch.max(1)) {
         let reqs: Vec<SampleRequest> = chunk
             .iter()
-            .map(|j| SampleRequest { prompt: j.prompt.clone(), negative: None, steps: plan.steps, cfg: plan.cfg, eta: plan.eta, seed: j.seed, latents: None })
+            .map(|j| SampleRequest { prompt: j.prompt.clone(), negative: None, steps: plan.steps, cfg: plan.cfg, eta: plan.eta, seed: j.seed, size: ImageSize::default(), latents: None })
             .collect();
         let x = ddim_sample_batch(gpu, prior, &reqs, |_, _| {})?;
         let values = gpu.download(&x)?;

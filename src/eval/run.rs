@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::guidance::Method;
 use crate::diffusion::sampler::{SampleRequest, ddim_sample_batch};
+use crate::diffusion::size::ImageSize;
 use crate::error::{Error, Result};
 use crate::eval::figure::labelled_grid;
 use crate::eval::metrics::Labels;
@@ -902,7 +903,7 @@ fn reference_unit(
         }
         let reqs: Vec<SampleRequest> = missing
             .iter()
-            .map(|&k| SampleRequest { prompt: prompt.to_string(), negative: None, steps: reference.steps, cfg: reference.cfg, eta: reference.eta, seed: params.seeds[k], latents: None })
+            .map(|&k| SampleRequest { prompt: prompt.to_string(), negative: None, steps: reference.steps, cfg: reference.cfg, eta: reference.eta, seed: params.seeds[k], size: ImageSize::default(), latents: None })
             .collect();
         let n = reqs.len();
         let x = ddim_sample_batch(ctx.gpu, ctx.prior, &reqs, |step, steps| progress(&EvalEvent::Sample { samples: n, step, steps }))?;

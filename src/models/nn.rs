@@ -114,6 +114,15 @@ impl LayerNorm {
 /// head dim has one, else scores by matmul, softmax and a second matmul
 /// (any head dim, e.g. the VAE's single 512-wide head).
 pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    attention_within(gpu, q, k, v, heads, causal, gpu.max_binding_bytes())
+}
+
+/// [`attention`] whose unfused path keeps each block of scores
+/// [B·H, rows, Lk] within `max_bytes`: the queries go in blocks of rows
+/// (exact, since softmax is per row). The scores grow with the square of
+/// the sequence, i.e. with the fourth power of the image side: the VAE's
+/// 512-wide head at 768² (9 216 tokens) needs 324 MiB in one piece.
+pub fn attention_within(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool, max_bytes: u64) -> Result<Tensor> {
     let (b, lq, hd) = (q.dim(0), q.dim(1), q.dim(2));
     let lk = k.dim(1);
     let d = hd / heads;
@@ -127,11 +136,21 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, ca
     let split = |t: &Tensor, l: usize| -> Result<Tensor> {
         concat::permute(gpu, &t.reshape(&[b, l, heads, d])?, &[0, 2, 1, 3])?.reshape(&[b * heads, l, d])
     };
-    let (qh, kh, vh) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
-    let scores = matmul::matmul(gpu, &qh, &kh, None, &matmul::MatmulOpts { trans_b: true, ..Default::default() })?;
-    let p = softmax::softmax(gpu, &scores, 1.0 / (d as f32).sqrt())?;
-    let o = matmul::matmul(gpu, &p, &vh, None, &Default::default())?;
-    concat::permute(gpu, &o.reshape(&[b, heads, lq, d])?, &[0, 2, 1, 3])?.reshape(&[b, lq, hd])
+    let (kh, vh) = (split(k, lk)?, split(v, lk)?);
+    let rows_bytes = (b * heads * lk * q.dtype().size()).max(1) as u64;
+    let rows = ((max_bytes / rows_bytes) as usize).clamp(1, lq.max(1));
+    let block = |qb: &Tensor| -> Result<Tensor> {
+        let rows = qb.dim(1);
+        let scores = matmul::matmul(gpu, &split(qb, rows)?, &kh, None, &matmul::MatmulOpts { trans_b: true, ..Default::default() })?;
+        let p = softmax::softmax(gpu, &scores, 1.0 / (d as f32).sqrt())?;
+        let o = matmul::matmul(gpu, &p, &vh, None, &Default::default())?;
+        concat::permute(gpu, &o.reshape(&[b, heads, rows, d])?, &[0, 2, 1, 3])?.reshape(&[b, rows, hd])
+    };
+    if rows >= lq {
+        return block(q);
+    }
+    let parts = (0..lq).step_by(rows).map(|start| block(&concat::narrow(gpu, q, 1, start, rows.min(lq - start))?)).collect::<Result<Vec<_>>>()?;
+    concat::concat(gpu, &parts.iter().collect::<Vec<_>>(), 1)
 }
 
 /// [B, C, H, W] -> [B, H·W, C]

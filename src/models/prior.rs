@@ -16,10 +16,18 @@ use crate::ops::{concat, diffusion as dops, elementwise as ew};
 
 /// What the samplers and loops ask of a diffusion model.
 pub trait Prior {
-    /// Shape of one sample x the model denoises: [C, h, w] (latents or pixels).
+    /// Default shape of one sample x the model denoises: [C, h, w] (latents
+    /// or pixels), h and w its UNet's `sample_size`. The samplers draw other
+    /// sizes too (`diffusion::size`); the 3D loop works at this one.
     fn sample_shape(&self) -> [usize; 3];
-    /// Resolution of the images it makes (equal to h, w for pixel priors).
-    fn image_size(&self) -> [usize; 2];
+    /// Image pixels per sample pixel along each side: the VAE's scale
+    /// factor, 1 for pixel priors.
+    fn scale_factor(&self) -> usize;
+    /// Resolution of the images of default-shaped samples.
+    fn image_size(&self) -> [usize; 2] {
+        let [_, h, w] = self.sample_shape();
+        [h * self.scale_factor(), w * self.scale_factor()]
+    }
     fn scheduler_config(&self) -> &SchedulerConfig;
     /// Text embeddings [B, L, D] of prompts.
     fn embed(&self, gpu: &Gpu, prompts: &[&str]) -> Result<Tensor>;
@@ -108,10 +116,8 @@ impl Prior for StableDiffusion {
         let s = self.sample_size();
         [self.unet.config.in_channels, s, s]
     }
-    fn image_size(&self) -> [usize; 2] {
-        let f = self.vae.as_ref().map_or(1, |v| v.downscale());
-        let s = self.sample_size() * f;
-        [s, s]
+    fn scale_factor(&self) -> usize {
+        self.vae.as_ref().map_or(1, |v| v.downscale())
     }
     fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler

@@ -12,7 +12,7 @@ use crate::models::weights::{Variant, Weights};
 use crate::ops::concat::concat;
 use crate::ops::elementwise::{self as ew};
 use crate::ops::embedding::timestep_embedding;
-use crate::ops::resample::upsample_nearest2x;
+use crate::ops::resample::{resize_nearest, upsample_nearest2x};
 
 /// ResnetBlock2D: GroupNorm-SiLU-conv, + time embedding, GroupNorm-SiLU-conv, + shortcut.
 pub struct ResnetBlock {
@@ -286,17 +286,12 @@ impl UNet {
         self.config.in_channels
     }
 
-    /// ε̂ (or v, per the scheduler) for sample [B, C, H, W], timesteps [B] (f32),
-    /// encoder_hidden_states [B, L, D].
+    /// ε̂ (or v, per the scheduler) for sample [B, C, H, W] of any H, W,
+    /// timesteps [B] (f32), encoder_hidden_states [B, L, D].
     pub fn forward(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let n = c.block_out_channels.len();
-        let down_factor = 1usize << (n - 1);
         if sample.rank() != 4 || sample.dim(1) != c.in_channels {
             return Err(Error::shape("unet", format!("sample must be [B, {}, H, W], got {:?}", c.in_channels, sample.shape())));
-        }
-        if sample.dim(2) % down_factor != 0 || sample.dim(3) % down_factor != 0 {
-            return Err(Error::shape("unet", format!("sample height and width must be multiples of {down_factor}, got {:?}", sample.shape())));
         }
         let b = sample.dim(0);
         if timesteps.shape() != [b] || ctx.rank() != 3 || ctx.dim(0) != b {
@@ -338,7 +333,14 @@ impl UNet {
                 }
             }
             if let Some(u) = &lv.resample {
-                h = u.forward(gpu, &upsample_nearest2x(gpu, &h)?)?;
+                // Up to the size of the skip the next level joins: twice
+                // this one, unless a side was odd on the way down (a
+                // stride-2 conv rounds up), as diffusers forwards
+                // `upsample_size` for sizes off the UNet's overall factor.
+                let next = skips.last().ok_or_else(|| Error::Invalid("unet: skip connections ran out".into()))?;
+                let (th, tw) = (next.dim(2), next.dim(3));
+                let up = if (th, tw) == (2 * h.dim(2), 2 * h.dim(3)) { upsample_nearest2x(gpu, &h)? } else { resize_nearest(gpu, &h, th, tw)? };
+                h = u.forward(gpu, &up)?;
             }
         }
         self.conv_out.forward(gpu, &self.norm_out.forward(gpu, &h, true)?)

@@ -9,7 +9,8 @@ Cases (tests/fixtures/models/<case>/):
 - clip_quick_gelu, clip_gelu: CLIPTextModel with both activations
 - pipeline:  a whole latent pipeline folder (model_index.json, unet, vae, text_encoder,
              CLIP BPE tokenizer from tests/fixtures/clip_tokenizer/sd1, DDIM scheduler
-             with SD's defaults), initial latents and diffusers' output images.
+             with SD's defaults), initial latents and diffusers' output images;
+             pipeline/sizes/ the same pipeline at other sizes (make_sample_size_fixture.py).
 
 Each case has the model folder, `inputs_<module>.safetensors` and
 `outputs_<module>.safetensors` (f32), named as `fsd3d forward` reads and writes them.
@@ -27,6 +28,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+import make_sample_size_fixture  # beside this file
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures")
 OUT = os.path.join(ROOT, "models")
@@ -174,6 +177,7 @@ def main():
     clip_case("clip_quick_gelu", 4, "quick_gelu")
     clip_case("clip_gelu", 5, "gelu")
     pipeline_case()
+    make_sample_size_fixture.latent_pipeline_sizes()
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(OUT) for f in fs)
     print(f"wrote {OUT}: {total / 1e6:.2f} MB")
 
