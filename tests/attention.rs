@@ -74,8 +74,9 @@ fn attention_tol(dt: DType) -> f32 {
 /// The variants run for head dim `d`. FusedQuad's body is one loop over the
 /// D/8 dim groups at every D, but llvmpipe needs 9 to 60 s to compile it
 /// beyond D = 40 (then cached on disk), so the tests run it up to D = 40.
+/// The matrix-unit kernel (f16 operands) has its own cases below.
 fn variants_for(d: usize) -> Vec<AttentionVariant> {
-    AttentionVariant::ALL.into_iter().filter(|&v| v == AttentionVariant::Fused || d <= 40).collect()
+    AttentionVariant::ALL.into_iter().filter(|&v| v == AttentionVariant::Fused || (v == AttentionVariant::FusedQuad && d <= 40)).collect()
 }
 
 const AWKWARD: [Case; 9] = [
@@ -242,4 +243,44 @@ fn unfused_attention_in_query_blocks_matches_the_reference() {
             assert_close(&format!("{c:?} {what}"), &gpu.download(&y).unwrap(), &want, attention_tol(DType::F32));
         }
     }
+}
+
+/// The matrix-unit kernel multiplies f16 operands (q, k, the probabilities
+/// and v are rounded to 11 bits) with f32 sums and an f32 softmax: its
+/// outputs, convex combinations of values in [-1, 1], move by ~1e-3.
+const COOP_TOL: f32 = 1e-2;
+
+/// Flash attention on the matrix units (their emulated twin on adapters
+/// without them): SD's head dims 40, 64, 80 and 160, self- and
+/// cross-attention lengths no block divides, causal and not, f32 and f16
+/// storage, and a long sequence whose running max moves.
+#[test]
+fn matrix_unit_attention_matches_reference() {
+    let cases = [
+        Case { batch: 2, lq: 37, lk: 77, heads: 2, d: 40, causal: false }, // SD 1.5 cross-attention
+        Case { batch: 1, lq: 77, lk: 77, heads: 1, d: 64, causal: true },  // CLIP's text encoder
+        Case { batch: 1, lq: 70, lk: 45, heads: 2, d: 80, causal: false },
+        Case { batch: 1, lq: 21, lk: 130, heads: 1, d: 160, causal: true }, // SD 2.1's 160, Lq < Lk causal
+        Case { batch: 1, lq: 1, lk: 1, heads: 1, d: 8, causal: false },
+        Case { batch: 1, lq: 33, lk: 600, heads: 1, d: 64, causal: false },
+    ];
+    for (gpu, dt) in configs().into_iter().filter(|(g, _)| AttentionVariant::Coop.available(g.caps())) {
+        for (n, c) in cases.iter().enumerate() {
+            if dt == DType::F16 && n % 2 == 1 {
+                continue; // f16 storage on every other case: each is a compile
+            }
+            let (got, want) = run_case(&gpu, dt, AttentionVariant::Coop, c, 400 + n as u64, 1.0, None);
+            assert_close(&format!("coop {c:?} {}", label(&gpu, dt)), &got, &want, COOP_TOL);
+        }
+    }
+}
+
+#[test]
+fn matrix_unit_attention_needs_f16() {
+    let off = gpus().remove(1);
+    assert!(!AttentionVariant::Coop.available(off.caps()));
+    let x = off.upload(&[0.0; 16], &[1, 1, 16], DType::F32).unwrap();
+    let opts = AttentionOpts { heads: 1, scale: None, causal: false, variant: Some(AttentionVariant::Coop) };
+    let err = attention::attention(&off, &x, &x, &x, &opts).unwrap_err().to_string();
+    assert!(err.contains("SHADER_F16") && err.contains("fused"), "{err}");
 }

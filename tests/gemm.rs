@@ -267,14 +267,16 @@ fn the_matrix_units_switch_off_like_the_other_features() {
 }
 
 /// The real matrix-unit layer, which no CI adapter runs: every kernel that
-/// uses it validates with naga and translates to SPIR-V with the
+/// uses it (the GEMMs, flash attention) validates with naga and translates to SPIR-V with the
 /// cooperative-matrix capability, as wgpu's Vulkan backend would.
 #[test]
 fn the_matrix_unit_kernels_translate_to_spirv() {
     let caps = fsd3d::gpu::Caps::all();
     let src = fsd3d::gpu::kernel::ShaderSource::builtin();
-    let hw: Vec<_> = gemm::variants(caps).into_iter().filter(|k| k.defines.iter().any(|(n, v)| *n == "COOP_HW" && v == "1")).collect();
-    assert!(!hw.is_empty());
+    let hw: Vec<_> = fsd3d::ops::all_variants(caps).into_iter().filter(|k| k.defines.iter().any(|(n, v)| *n == "COOP_HW" && v == "1")).collect();
+    for family in ["gemm", "attention_coop"] {
+        assert!(hw.iter().any(|k| k.family == family), "no matrix-unit {family} kernel listed");
+    }
     for key in &hw {
         let words = fsd3d::gpu::kernel::to_spirv(&src, key, caps).unwrap_or_else(|e| panic!("{e}"));
         // OpCapability CooperativeMatrixKHR (6022): the layer really is the hardware one.

@@ -87,9 +87,9 @@ pub fn cases(gpu: &Gpu, quick: bool) -> Result<Vec<Case<'_>>> {
 
 // ---- `bench --variants attention` ----
 
-/// The attention variants (every device runs both).
-pub(crate) fn variant_names(_caps: Caps) -> Vec<&'static str> {
-    AttentionVariant::ALL.into_iter().map(AttentionVariant::name).collect()
+/// The attention variants the device can run.
+pub(crate) fn variant_names(caps: Caps) -> Vec<&'static str> {
+    AttentionVariant::ALL.into_iter().filter(|v| v.available(caps)).map(AttentionVariant::name).collect()
 }
 
 /// Shapes every variant is timed on (each dtype is the runner's): quick, the

@@ -5,12 +5,15 @@
 //! k and v [B, Lk, H·D]; the output is [B, Lq, H·D]. Self-attention has
 //! Lk = Lq, cross-attention any Lk (77 text tokens in Stable Diffusion). The
 //! head dim D is compiled into the kernel: [`SUPPORTED_HEAD_DIMS`] lists the
-//! variants. Storage f32 or f16, arithmetic f32.
+//! variants. Storage f32 or f16, arithmetic f32; the matrix-unit kernel
+//! (`shaders/attention_coop.wgsl`, [`AttentionVariant::Coop`]) multiplies f16
+//! operands and keeps the softmax and the sums in f32.
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::autotune::{attention_bucket, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
+use crate::ops::gemm;
 use crate::ops::{expect_float, expect_rank, float_dtypes};
 
 /// Head dims with a compiled kernel: Stable Diffusion's 40, 64, 80, 160, the
@@ -43,15 +46,29 @@ pub enum AttentionVariant {
     /// (lavapipe), where every load inside a loop is a loop over the SIMD
     /// lanes, up to [`QUAD_MAX_DEFAULT_HEAD_DIM`].
     FusedQuad,
+    /// Flash attention on the matrix units (`shaders/attention_coop.wgsl`):
+    /// Q·Kᵀ and P·V on 16×16×16 cooperative matrices, f16 operands, f32
+    /// softmax and sums. Where the device has no matrix units it runs their
+    /// emulated twin (correct, slow: for testing). Needs f16.
+    Coop,
 }
 
 impl AttentionVariant {
-    pub const ALL: [AttentionVariant; 2] = [AttentionVariant::Fused, AttentionVariant::FusedQuad];
+    pub const ALL: [AttentionVariant; 3] = [AttentionVariant::Fused, AttentionVariant::FusedQuad, AttentionVariant::Coop];
 
     pub fn name(self) -> &'static str {
         match self {
             AttentionVariant::Fused => "fused",
             AttentionVariant::FusedQuad => "fused-quad",
+            AttentionVariant::Coop => "coop",
+        }
+    }
+
+    /// Whether a device with `caps` can run this variant.
+    pub fn available(self, caps: Caps) -> bool {
+        match self {
+            AttentionVariant::Coop => caps.features.f16,
+            _ => true,
         }
     }
 
@@ -63,8 +80,13 @@ impl AttentionVariant {
     }
 
     /// The variant `attention` uses for head dim `d` when none is asked for:
-    /// FusedQuad on CPU adapters up to [`QUAD_MAX_DEFAULT_HEAD_DIM`], Fused otherwise.
+    /// the matrix units where the device has them (and they passed their
+    /// first-use check), else FusedQuad on CPU adapters up to
+    /// [`QUAD_MAX_DEFAULT_HEAD_DIM`], Fused otherwise.
     pub fn default_for(gpu: &Gpu, d: usize) -> AttentionVariant {
+        if gemm::coop_in_use(gpu) && AttentionVariant::Coop.available(gpu.caps()) {
+            return AttentionVariant::Coop;
+        }
         let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
         if cpu && d <= QUAD_MAX_DEFAULT_HEAD_DIM { AttentionVariant::FusedQuad } else { AttentionVariant::Fused }
     }
@@ -74,6 +96,7 @@ impl AttentionVariant {
         match self {
             AttentionVariant::Fused => WORKGROUP_SIZE,
             AttentionVariant::FusedQuad => 4 * WORKGROUP_SIZE,
+            AttentionVariant::Coop => unreachable!("the matrix-unit kernel chooses its own blocks"),
         }
     }
 }
@@ -100,7 +123,9 @@ pub fn choose_variant(
     if let Some(name) = gpu.variant_override("attention") {
         return AttentionVariant::parse(name);
     }
-    let tuned = tuned_variant(gpu, "attention", bucket).and_then(|name| AttentionVariant::parse(&name).ok());
+    let tuned = tuned_variant(gpu, "attention", bucket)
+        .and_then(|name| AttentionVariant::parse(&name).ok())
+        .filter(|v| v.available(gpu.caps()));
     Ok(tuned.unwrap_or_else(|| AttentionVariant::default_for(gpu, d)))
 }
 
@@ -153,6 +178,7 @@ fn kernel_key(variant: AttentionVariant, dtype: DType, d: usize, subgroups: bool
     let entry = match variant {
         AttentionVariant::Fused => "attention_one",
         AttentionVariant::FusedQuad => "attention_quad",
+        AttentionVariant::Coop => unreachable!("attention_coop.wgsl has its own key"),
     };
     KernelKey::new("attention", entry)
         .def("T", dtype.wgsl())
@@ -174,9 +200,117 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
             if subgroup_path(caps) {
                 v.push(kernel_key(AttentionVariant::FusedQuad, dt, d, true));
             }
+            if AttentionVariant::Coop.available(caps) {
+                for tiles in COOP_BLOCKS {
+                    v.push(coop_key(dt, d, tiles, false, 32));
+                    if caps.features.coop_hw() && caps.features.subgroups {
+                        // Validation has no device: warps of 32, as on NVIDIA and Apple GPUs.
+                        v.push(coop_key(dt, d, tiles, true, 32));
+                    }
+                }
+            }
         }
     }
     v
+}
+
+/// (query rows, keys) per block of the matrix-unit kernel, largest first;
+/// [`coop_blocks`] takes the first that fits the device at the head dim.
+const COOP_BLOCKS: [(u32, u32); 5] = [(64, 64), (64, 32), (32, 32), (32, 16), (16, 16)];
+/// Padding of each staged row (16 bytes of f16), against bank conflicts.
+const COOP_PAD: u32 = 8;
+
+/// The head dim padded to whole 16-wide fragments.
+fn padded_head_dim(d: usize) -> u32 {
+    (d as u32).next_multiple_of(16)
+}
+
+/// Workgroup memory of the matrix-unit kernel (its arrays, in bytes).
+fn coop_shared_bytes(d: usize, (br, bc): (u32, u32)) -> u32 {
+    let dp = padded_head_dim(d);
+    let operands = br * (dp + COOP_PAD) + br * (bc + COOP_PAD) + 2 * bc * (dp + COOP_PAD);
+    let scratch = (br / 16) * 16 * bc.max(16) + 256 + 3 * br;
+    2 * operands + 4 * scratch
+}
+
+/// The largest block that fits the device for head dim `d`, with warps of `sg`.
+fn coop_blocks(gpu: &Gpu, d: usize, sg: u32) -> Result<(u32, u32)> {
+    let l = gpu.limits();
+    COOP_BLOCKS
+        .into_iter()
+        .find(|&(br, bc)| {
+            let wg = br / 16 * sg;
+            coop_shared_bytes(d, (br, bc)) <= l.max_compute_workgroup_storage_size
+                && wg <= l.max_compute_invocations_per_workgroup
+                && wg <= l.max_compute_workgroup_size_x
+        })
+        .ok_or_else(|| Error::Unsupported {
+            what: format!("the matrix-unit attention kernel at head dim {d}"),
+            feature: "enough workgroup memory for 16 queries × 16 keys",
+            hint: "use --variant attention=fused",
+        })
+}
+
+fn coop_key(dtype: DType, d: usize, (br, bc): (u32, u32), hw: bool, sg: u32) -> KernelKey {
+    KernelKey::new("attention_coop", "attention_coop")
+        .def("T", dtype.wgsl())
+        .def("CT", DType::F16.wgsl())
+        .def("D", d)
+        .def("DP", padded_head_dim(d))
+        .def("BR", br)
+        .def("BC", bc)
+        .def("PAD", COOP_PAD)
+        .def("SG", sg)
+        .flag("COOP_HW", hw)
+}
+
+/// The matrix-unit kernel: the matrix units themselves where the device has
+/// them (checked at first use against the fused kernel), else their twin.
+#[allow(clippy::too_many_arguments)]
+fn attention_coop(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, p: &Params, b: usize, d: usize) -> Result<()> {
+    let caps = gpu.caps();
+    if !AttentionVariant::Coop.available(caps) {
+        return Err(Error::Unsupported {
+            what: "the matrix-unit attention kernel".into(),
+            feature: "SHADER_F16",
+            hint: "use --variant attention=fused",
+        });
+    }
+    let sg = gemm::coop_sg(caps);
+    let blocks = coop_blocks(gpu, d, sg)?;
+    let checked = gemm::coop_in_use(gpu);
+    let hw = checked && gemm::coop_hw(caps);
+    let key = coop_key(q.dtype(), d, blocks, hw, sg);
+    if checked && !gemm::coop_first_use_check(gpu, &key, "attention", || coop_check(gpu, q.dtype(), d, blocks))? {
+        // Switched off just now: the fused kernel does this one.
+        let key = kernel_key(AttentionVariant::Fused, q.dtype(), d, false);
+        let groups = [p.lq.div_ceil(AttentionVariant::Fused.queries_per_workgroup()), (b as u32) * p.heads, 1];
+        return gpu.dispatch("attention.fused", &key, bytemuck::bytes_of(p), &[q, k, v, out], groups);
+    }
+    let groups = [p.lq.div_ceil(blocks.0), (b as u32) * p.heads, 1];
+    let label = if hw { "attention.coop" } else { "attention.coop-emulated" };
+    gpu.dispatch(label, &key, bytemuck::bytes_of(p), &[q, k, v, out], groups)
+}
+
+/// The first-use check's problem: two heads, partial blocks of queries and
+/// keys, causal, on the matrix-unit kernel and the fused one.
+fn coop_check(gpu: &Gpu, dtype: DType, d: usize, (br, bc): (u32, u32)) -> Result<Option<String>> {
+    let (lq, lk, heads) = (br as usize + 5, bc as usize * 2 + 7, 2);
+    let pattern = |n: usize, salt: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.5) - 1.0).collect()
+    };
+    let hd = heads * d;
+    let q = gpu.upload(&pattern(lq * hd, 1), &[1, lq, hd], dtype)?;
+    let k = gpu.upload(&pattern(lk * hd, 2), &[1, lk, hd], dtype)?;
+    let v = gpu.upload(&pattern(lk * hd, 3), &[1, lk, hd], dtype)?;
+    let run = |variant| attention(gpu, &q, &k, &v, &AttentionOpts { heads, scale: None, causal: true, variant: Some(variant) });
+    let got = gpu.download(&run(AttentionVariant::Coop)?)?;
+    let want = gpu.download(&run(AttentionVariant::Fused)?)?;
+    // Outputs are convex combinations of values in [-1, 1]: f16 operands
+    // move them by ~1e-3; a wrong kernel by O(1).
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    let bad = got.iter().any(|x| !x.is_finite()) || worst > 2e-2;
+    Ok(bad.then(|| format!("largest difference {worst:.3e} against the fused kernel")))
 }
 
 /// Checks q, k, v and returns (B, Lq, Lk, D).
@@ -234,6 +368,10 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
         scale_log2: scale * std::f32::consts::LOG2_E,
         pad: [0; 3],
     };
+    if variant == AttentionVariant::Coop {
+        attention_coop(gpu, q, k, v, &out, &p, b, d)?;
+        return Ok(out);
+    }
     let workgroups = [(lq as u32).div_ceil(variant.queries_per_workgroup()), (b * opts.heads) as u32, 1];
     let key = kernel_key(variant, q.dtype(), d, subgroup_path(gpu.caps()));
     gpu.dispatch(&format!("attention.{}", variant.name()), &key, bytemuck::bytes_of(&p), &[q, k, v, &out], workgroups)?;

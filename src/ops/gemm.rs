@@ -78,13 +78,13 @@ impl GemmTiles {
     /// Whether the kernel's shape rules hold: whole fragments, the staging
     /// divides evenly, every staging invocation keeps its columns.
     fn well_formed(&self, core: GemmCore) -> bool {
-        let even = (self.bm * self.bk) % self.wg == 0
-            && (self.bk * self.bn) % self.wg == 0
-            && self.wg % self.bn == 0
-            && self.wg % self.bk == 0;
+        let even = (self.bm * self.bk).is_multiple_of(self.wg)
+            && (self.bk * self.bn).is_multiple_of(self.wg)
+            && self.wg.is_multiple_of(self.bn)
+            && self.wg.is_multiple_of(self.bk);
         let shape = match core {
-            GemmCore::Coop => self.sg > 0 && self.wg % self.sg == 0 && self.bk % 16 == 0,
-            GemmCore::Reg => self.bm % self.fm == 0 && self.bn % self.fn_ == 0,
+            GemmCore::Coop => self.sg > 0 && self.wg.is_multiple_of(self.sg) && self.bk.is_multiple_of(16),
+            GemmCore::Reg => self.bm.is_multiple_of(self.fm) && self.bn.is_multiple_of(self.fn_),
         };
         even && shape
     }
@@ -116,7 +116,7 @@ fn candidate_tiles(core: GemmCore, sg: u32) -> Vec<GemmTiles> {
 /// The subgroup size the matrix-unit kernel is laid out for: the device's
 /// (fixed) size on matrix units; 32 in the emulated twin, whose warps are
 /// plain runs of invocations.
-fn coop_sg(caps: Caps) -> u32 {
+pub(crate) fn coop_sg(caps: Caps) -> u32 {
     if coop_hw(caps) { caps.subgroup_max_size } else { 32 }
 }
 
@@ -357,6 +357,7 @@ pub(crate) struct ConvGeometry {
 /// A convolution as an implicit GEMM on the tiled kernels: the `tiled` and
 /// `coop` variants of [`conv2d`](crate::ops::conv2d::conv2d), whose checks it relies on.
 /// The weight is read as it is stored, [Cout, Cin·kh·kw].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d(
     gpu: &Gpu,
     core: GemmCore,
@@ -438,13 +439,27 @@ fn core_label(core: GemmCore, hw: bool) -> &'static str {
 /// mismatch or a refused shader switches them off for the device, with one
 /// warning. A pipeline that passed is not checked again.
 fn coop_self_check(gpu: &Gpu, key: &KernelKey, tiles: GemmTiles, layout: Layout) -> Result<bool> {
+    coop_first_use_check(gpu, key, "GEMM", || self_check_problem(gpu, tiles, layout))
+}
+
+/// The first-use check of any matrix-unit kernel `key` (GEMM, attention):
+/// `check` runs a small problem on it and on a kernel without matrix units
+/// and describes a mismatch. A mismatch, or an error (the driver refused the
+/// shader), switches the matrix units off for the device with one warning;
+/// returns whether they may be used. A kernel is checked once.
+pub(crate) fn coop_first_use_check(
+    gpu: &Gpu,
+    key: &KernelKey,
+    what: &str,
+    check: impl FnOnce() -> Result<Option<String>>,
+) -> Result<bool> {
     if gpu.is_switched_off(COOP_PATH) {
         return Ok(false);
     }
     if !gpu.first_use(key) {
         return Ok(true);
     }
-    let verdict = match self_check_problem(gpu, tiles, layout) {
+    let verdict = match check() {
         Ok(None) => return Ok(true),
         Ok(Some(mismatch)) => mismatch,
         Err(e) => format!("the kernel failed: {e}"),
@@ -452,8 +467,8 @@ fn coop_self_check(gpu: &Gpu, key: &KernelKey, tiles: GemmTiles, layout: Layout)
     gpu.switch_off(
         COOP_PATH,
         &format!(
-            "the matrix-unit GEMM kernel [{key}] failed its first-use check on this adapter ({verdict}); \
-             the workgroup-tiled kernels run instead. Pass --disable-features coop-matrix to skip the matrix units and this check."
+            "the matrix-unit {what} kernel [{key}] failed its first-use check on this adapter ({verdict}); \
+             the kernels without matrix units run instead. Pass --disable-features coop-matrix to skip the matrix units and this check."
         ),
     );
     Ok(false)
@@ -474,7 +489,7 @@ fn self_check_problem(gpu: &Gpu, tiles: GemmTiles, l: Layout) -> Result<Option<S
     };
     let (got, want) = if l.conv {
         // 3×3, padding 1, stride 1 over a 2-image batch: N = 2·H·W pixels.
-        let (cin, h, w) = (11u32, 7u32, (n as u32).div_ceil(14));
+        let (cin, h, w) = (11u32, 7u32, n.div_ceil(14));
         let g = ConvGeometry { batch: 2, cin, h, w, cout: m, ho: h, wo: w, kh: 3, kw: 3, stride: 1, pad: 1 };
         let x = gpu.upload(&pattern((2 * cin * h * w) as usize, 1), &[2, cin as usize, h as usize, w as usize], l.tb)?;
         let wt = gpu.upload(&pattern((m * cin * 9) as usize, 2), &[m as usize, cin as usize, 3, 3], l.ta)?;
