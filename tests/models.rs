@@ -8,11 +8,16 @@ use fsd3d::gpu::DType;
 use fsd3d::models::forward::{read_tensors, run};
 
 fn check(case: &str, module: &str, dtype: DType) {
+    check_on(&common::gpus(), case, module, dtype, if dtype == DType::F16 { 2e-2 } else { 1e-3 });
+}
+
+/// `module` of fixture `case` on each device, within `rtol` of the output's scale.
+fn check_on(gpus: &[std::sync::Arc<fsd3d::gpu::Gpu>], case: &str, module: &str, dtype: DType, rtol: f32) {
     let dir = Path::new("tests/fixtures/models").join(case);
     let mut inputs = read_tensors(&dir.join(format!("inputs_{module}.safetensors"))).unwrap();
     inputs.remove("mean_grad"); // the encoder backward pass is checked elsewhere
     let want = read_tensors(&dir.join(format!("outputs_{module}.safetensors"))).unwrap();
-    for gpu in common::gpus() {
+    for gpu in gpus {
         if dtype == DType::F16 && !gpu.features().f16 {
             continue;
         }
@@ -23,7 +28,6 @@ fn check(case: &str, module: &str, dtype: DType) {
             }
             let g = &got[name];
             assert_eq!(g.shape, w.shape, "{case}/{module}/{name} shape");
-            let rtol = if dtype == DType::F16 { 2e-2 } else { 1e-3 };
             let scale = w.data.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = g.data.iter().zip(&w.data).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             eprintln!("{case}/{module}/{name} {dtype} [{}]: max abs err {err:.2e}, scale {scale:.3}", gpu.features().names().join(","));
@@ -59,6 +63,30 @@ fn vae_encode_and_decode() {
     check("vae", "vae-encode", DType::F32);
     check("vae", "vae-decode", DType::F32);
     check("vae", "vae-decode", DType::F16);
+}
+
+/// The networks on the kernels GPUs run by default: the workgroup-tiled
+/// GEMMs (f32 operands: the f32 tolerance), and the matrix units through
+/// their emulated twin standing in for them (GEMMs, convolutions and flash
+/// attention on f16 operands: the f16 tolerance, whatever the storage type).
+#[test]
+fn networks_on_the_gpu_kernels_match_diffusers() {
+    use fsd3d::gpu::{Gpu, GpuOptions};
+    let tiled = Gpu::new(&GpuOptions {
+        variants: vec![("matmul".into(), "tiled".into()), ("conv2d".into(), "tiled".into()), ("attention".into(), "fused".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    check_on(&[tiled.clone()], "sd1_unet", "unet", DType::F32, 1e-3);
+    check_on(&[tiled], "vae", "vae-decode", DType::F32, 1e-3);
+    let coop = Gpu::new(&GpuOptions { emulate_coop_matrix: true, ..Default::default() }).unwrap();
+    if coop.features().f16 {
+        for (case, module) in [("sd1_unet", "unet"), ("sd2_unet", "unet"), ("vae", "vae-decode"), ("clip_gelu", "text-encoder")] {
+            check_on(&[coop.clone()], case, module, DType::F32, 2e-2);
+        }
+        check_on(&[coop.clone()], "sd1_unet", "unet", DType::F16, 2e-2);
+        assert!(coop.switched_off().is_empty(), "every first-use check passes: {:?}", coop.switched_off());
+    }
 }
 
 #[test]
