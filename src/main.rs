@@ -108,8 +108,8 @@ enum Command {
         latents: Option<PathBuf>,
         #[arg(long, default_value = "sample.png")]
         out: PathBuf,
-        /// Storage type of weights and activations.
-        #[arg(long, default_value = "f32")]
+        /// Storage type of weights and activations: f32, f16, or auto (f16 for Stable Diffusion on a GPU, else f32).
+        #[arg(long, default_value = "auto")]
         dtype: String,
         /// Print per-kernel timings at the end and write them beside the output as JSON.
         #[arg(long)]
@@ -141,7 +141,8 @@ enum Command {
         size: SizeArgs,
         #[arg(long, default_value = "image.png")]
         out: PathBuf,
-        #[arg(long, default_value = "f32")]
+        /// Storage type of weights and activations: f32, f16, or auto (f16 for Stable Diffusion on a GPU, else f32).
+        #[arg(long, default_value = "auto")]
         dtype: String,
         #[arg(long)]
         profile: bool,
@@ -203,7 +204,8 @@ struct GenerateArgs {
     /// World-map noise: redraw the background noise every step instead of keeping it fixed.
     #[arg(long)]
     fresh_background: bool,
-    /// Storage type of the prior's weights and activations.
+    /// Storage type of the prior's weights and activations: f32, f16, or auto
+    /// (the default: f16 for Stable Diffusion on a GPU, else f32; config.toml records what it resolved to).
     #[arg(long)]
     dtype: Option<String>,
     /// Print per-kernel timings at the end and write them as profile.json in the output folder.
@@ -284,8 +286,8 @@ struct PriorCheckArgs {
     /// Output folder: samples.png, open_prompt.png, prior_check.json and prior_check.md.
     #[arg(long, default_value = "prior-check")]
     out: PathBuf,
-    /// Storage type of weights and activations.
-    #[arg(long, default_value = "f32")]
+    /// Storage type of weights and activations: f32, f16, or auto (f16 for Stable Diffusion on a GPU, else f32).
+    #[arg(long, default_value = "auto")]
     dtype: String,
 }
 
@@ -434,7 +436,7 @@ static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
     use fsd3d::generate::{self as g, GenerateConfig, PriorKind};
     let gpu = gpu_args.open(a.profile)?;
-    let (cfg, out, resume) = match &a.resume {
+    let (mut cfg, out, resume) = match &a.resume {
         Some(dir) => {
             let path = dir.join(g::files::CONFIG);
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (is {} a run folder?)", path.display(), dir.display()))?;
@@ -485,8 +487,10 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
             (cfg, out, false)
         }
     };
-    cfg.validate()?;
     let model_dir = fsd3d::models::model_dir(cfg.model.as_deref());
+    // A run records the storage type it ran with, so that a resume elsewhere matches.
+    cfg.dtype = fsd3d::models::resolve_dtype(&gpu, &cfg.dtype, &model_dir)?.name().to_string();
+    cfg.validate()?;
     let prior = load_pipeline(&gpu, Some(&model_dir), &cfg.dtype)?;
     let mut run = if resume {
         let ck = out.join(g::files::CHECKPOINT);
@@ -728,8 +732,8 @@ fn report_profile(gpu: &Gpu, profile: bool, path: &std::path::Path) -> Result<()
 
 fn load_pipeline(gpu: &Gpu, model: Option<&std::path::Path>, dtype: &str) -> Result<fsd3d::models::prior::StableDiffusion> {
     let dir = fsd3d::models::model_dir(model);
-    fsd3d::models::prior::StableDiffusion::load(gpu, &dir, fsd3d::gpu::DType::parse(dtype)?)
-        .with_context(|| format!("loading the pipeline in {}", dir.display()))
+    let dtype = fsd3d::models::resolve_dtype(gpu, dtype, &dir)?;
+    fsd3d::models::prior::StableDiffusion::load(gpu, &dir, dtype).with_context(|| format!("loading the pipeline in {}", dir.display()))
 }
 
 /// Writes image 0 of a [B, 3, H, W] tensor in [-1, 1] as a PNG and says so.

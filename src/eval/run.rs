@@ -495,7 +495,11 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         }
         jobs.push(of_prompt);
     }
-    let dtype = DType::parse(&jobs[0][0].cfg.dtype)?;
+    // Every run records the storage type it ran with (as `generate` does).
+    let dtype = crate::models::resolve_dtype(gpu, &jobs[0][0].cfg.dtype, &model_dir)?;
+    for job in jobs.iter_mut().flatten() {
+        job.cfg.dtype = dtype.name().to_string();
+    }
     let prior = StableDiffusion::load(gpu, &model_dir, dtype)?;
     let classifier = Classifier::load(gpu, &model_dir)?;
     let [size, _] = prior.image_size();

@@ -27,7 +27,9 @@ pub struct GenerateConfig {
     /// The prior's folder; absent: the embedded default prior.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
-    /// Storage type of the prior's weights and activations: "f32" or "f16".
+    /// Storage type of the prior's weights and activations: "f32", "f16", or
+    /// "auto" (resolved by `models::resolve_dtype` before a run starts, and
+    /// recorded as what it resolved to).
     pub dtype: String,
     pub guidance: GuidanceConfig,
     /// World-map noise parameters (FSD_SPEC §4); used by `fsd`.
@@ -121,7 +123,7 @@ impl GenerateConfig {
             seed: 0,
             steps: 10_000,
             model: None,
-            dtype: "f32".into(),
+            dtype: "auto".into(),
             guidance: GuidanceConfig {
                 cfg: 100.0,
                 weighting: Weighting::Sds,
@@ -238,8 +240,8 @@ impl GenerateConfig {
         if self.output.grid_views == 0 || self.output.turntable_frames == 0 || self.output.render_size == 0 || self.output.log_every == 0 {
             return Err(Error::Invalid("generate: output render_size, grid_views, turntable_frames and log_every must be positive".into()));
         }
-        if !["f32", "f16"].contains(&self.dtype.as_str()) {
-            return Err(Error::Invalid(format!("generate: dtype {:?} must be \"f32\" or \"f16\"", self.dtype)));
+        if !["f32", "f16", "auto"].contains(&self.dtype.as_str()) {
+            return Err(Error::Invalid(format!("generate: dtype {:?} must be \"f32\", \"f16\" or \"auto\"", self.dtype)));
         }
         Ok(())
     }

@@ -34,3 +34,39 @@ pub fn model_dir(arg: Option<&Path>) -> PathBuf {
         _ => embedded_prior_dir(),
     }
 }
+
+/// The storage type of a pipeline's weights and activations that `--dtype`
+/// names: `f32`, `f16`, or `auto`. `auto` is f16 for a latent (VAE)
+/// pipeline on a GPU that has SHADER_F16, as diffusers users run Stable
+/// Diffusion (`torch_dtype=torch.float16`): half the memory and bandwidth,
+/// and the matrix units' operand type anyway. Elsewhere it is f32: CPU
+/// adapters compute in f32 whatever is stored, and pixel priors (the
+/// embedded one) are small enough that f16 buys nothing.
+pub fn resolve_dtype(gpu: &crate::gpu::Gpu, requested: &str, model_dir: &Path) -> crate::Result<crate::gpu::DType> {
+    use crate::gpu::DType;
+    if requested != "auto" {
+        return DType::parse(requested);
+    }
+    let gpu_class = gpu.info().device_type != wgpu::DeviceType::Cpu;
+    let latent = pixel_prior::PixelPriorSpec::load(model_dir)?.is_none();
+    Ok(auto_dtype(gpu_class, latent, gpu.features().f16))
+}
+
+/// `auto`'s rule: f16 for a latent pipeline on a GPU with f16, else f32.
+fn auto_dtype(gpu_class: bool, latent: bool, has_f16: bool) -> crate::gpu::DType {
+    if gpu_class && latent && has_f16 { crate::gpu::DType::F16 } else { crate::gpu::DType::F32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DType;
+
+    #[test]
+    fn auto_is_f16_only_for_stable_diffusion_on_a_gpu_with_f16() {
+        assert_eq!(auto_dtype(true, true, true), DType::F16);
+        assert_eq!(auto_dtype(false, true, true), DType::F32, "CPU adapters compute in f32 anyway");
+        assert_eq!(auto_dtype(true, false, true), DType::F32, "pixel priors stay f32");
+        assert_eq!(auto_dtype(true, true, false), DType::F32, "no f16 without SHADER_F16");
+    }
+}
