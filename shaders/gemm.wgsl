@@ -35,7 +35,8 @@
 // PAD elements against bank conflicts.
 //
 // Defines: TA, TB, TBIAS, TO (storage types), CT (staged operand type), BM,
-// BN, BK, PAD, WG, COOP, CONV, TRANS_A, TRANS_B, SH_A_KM, SH_B_KN; gemm_coop:
+// BN, BK, PAD, WG, COOP, CONV, TRANS_A, TRANS_B, VEC_A, VEC_B (CONV: VEC_B = 0),
+// SH_A_KM, SH_B_KN; gemm_coop:
 // COOP_HW, SG, WARPS_N, FM, FN; gemm_reg: TM, TN.
 
 struct Params {
@@ -63,8 +64,27 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+// With VEC_A (VEC_B) the operand is read four elements at a time along its
+// contiguous dimension, which the host asks only where that dimension is a
+// multiple of 4 (so a run of four is wholly inside or wholly outside).
+#if VEC_A
+@group(0) @binding(1) var<storage, read> a: array<vec4<{{TA}}>>;
+const VA: u32 = 4u;
+alias RunA = vec4<f32>;
+#else
 @group(0) @binding(1) var<storage, read> a: array<{{TA}}>;
+const VA: u32 = 1u;
+alias RunA = f32;
+#endif
+#if VEC_B
+@group(0) @binding(2) var<storage, read> b: array<vec4<{{TB}}>>;
+const VB: u32 = 4u;
+alias RunB = vec4<f32>;
+#else
 @group(0) @binding(2) var<storage, read> b: array<{{TB}}>;
+const VB: u32 = 1u;
+alias RunB = f32;
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<{{TBIAS}}>;
 @group(0) @binding(4) var<storage, read_write> c: array<{{TO}}>;
 
@@ -127,13 +147,33 @@ fn b_elem(e: u32) -> vec2<u32> {
 #endif
 }
 
-// op(A)(m, k) of batch bi, zero outside.
-fn load_a(a_base: u32, m: u32, k: u32) -> f32 {
-    if (m >= params.m || k >= params.k) { return 0.0; }
+// The run of VA elements of op(A) from (m, k) along A's contiguous dimension
+// (m with TRANS_A, else k), zero outside; and where it goes in the staged tile.
+fn load_a_run(a_base: u32, m: u32, k: u32) -> RunA {
+    if (m >= params.m || k >= params.k) { return RunA(0.0); }
 #if TRANS_A
-    return f32(a[a_base + k * params.m + m]);
+    let i = a_base + k * params.m + m;
 #else
-    return f32(a[a_base + m * params.k + k]);
+    let i = a_base + m * params.k + k;
+#endif
+#if VEC_A
+    return vec4<f32>(a[i / 4u]);
+#else
+    return f32(a[i]);
+#endif
+}
+
+fn put_a_run(buf: u32, m: u32, k: u32, v: RunA) {
+#if VEC_A
+    for (var j = 0u; j < 4u; j++) {
+#if TRANS_A
+        coop_tile_a[buf * A_TILE + sh_a_index(m + j, k)] = {{CT}}(v[j]);
+#else
+        coop_tile_a[buf * A_TILE + sh_a_index(m, k + j)] = {{CT}}(v[j]);
+#endif
+    }
+#else
+    coop_tile_a[buf * A_TILE + sh_a_index(m, k)] = {{CT}}(v);
 #endif
 }
 
@@ -172,16 +212,36 @@ fn load_b_conv(px: Pixel, k: u32) -> f32 {
     return f32(b[px.x_base + (ci * params.h + u32(iy)) * params.w + u32(ix)]);
 }
 #else
-// op(B)(k, n) of batch bi, zero outside.
-fn load_b(b_base: u32, k: u32, n: u32) -> f32 {
-    if (k >= params.k || n >= params.n) { return 0.0; }
+// The run of VB elements of op(B) from (k, n) along B's contiguous dimension
+// (k with TRANS_B, else n), zero outside.
+fn load_b_run(b_base: u32, k: u32, n: u32) -> RunB {
+    if (k >= params.k || n >= params.n) { return RunB(0.0); }
 #if TRANS_B
-    return f32(b[b_base + n * params.k + k]);
+    let i = b_base + n * params.k + k;
 #else
-    return f32(b[b_base + k * params.n + n]);
+    let i = b_base + k * params.n + n;
+#endif
+#if VEC_B
+    return vec4<f32>(b[i / 4u]);
+#else
+    return f32(b[i]);
 #endif
 }
 #endif
+
+fn put_b_run(buf: u32, k: u32, n: u32, v: RunB) {
+#if VEC_B
+    for (var j = 0u; j < 4u; j++) {
+#if TRANS_B
+        coop_tile_b[buf * B_TILE + sh_b_index(k + j, n)] = {{CT}}(v[j]);
+#else
+        coop_tile_b[buf * B_TILE + sh_b_index(k, n + j)] = {{CT}}(v[j]);
+#endif
+    }
+#else
+    coop_tile_b[buf * B_TILE + sh_b_index(k, n)] = {{CT}}(v);
+#endif
+}
 
 // The per-invocation state of the staging: where this block's operands start,
 // and (CONV) the decoded pixels this invocation stages.
@@ -192,10 +252,13 @@ struct Stage {
     n0: u32,
 }
 
-// Registers a tile passes through on its way to workgroup memory.
+// Registers a tile passes through on its way to workgroup memory: runs of
+// VA (VB) elements, invocation t taking runs t + i·WG.
+const RUNS_A: u32 = LOADS_A / VA;
+const RUNS_B: u32 = LOADS_B / VB;
 struct Staged {
-    a: array<f32, LOADS_A>,
-    b: array<f32, LOADS_B>,
+    a: array<RunA, RUNS_A>,
+    b: array<RunB, RUNS_B>,
 }
 
 #if CONV
@@ -211,16 +274,16 @@ fn decode_pixels(s: Stage, tid: u32) {
 // Reads the step's tiles (K from k0) into registers.
 fn fetch(s: Stage, tid: u32, k0: u32) -> Staged {
     var r: Staged;
-    for (var i = 0u; i < LOADS_A; i++) {
-        let mk = a_elem(tid + i * WG);
-        r.a[i] = load_a(s.a_base, s.m0 + mk.x, k0 + mk.y);
+    for (var i = 0u; i < RUNS_A; i++) {
+        let mk = a_elem((tid + i * WG) * VA);
+        r.a[i] = load_a_run(s.a_base, s.m0 + mk.x, k0 + mk.y);
     }
-    for (var i = 0u; i < LOADS_B; i++) {
-        let kn = b_elem(tid + i * WG);
+    for (var i = 0u; i < RUNS_B; i++) {
+        let kn = b_elem((tid + i * WG) * VB);
 #if CONV
         r.b[i] = load_b_conv(my_pixels[i], k0 + kn.x);
 #else
-        r.b[i] = load_b(s.b_base, k0 + kn.x, s.n0 + kn.y);
+        r.b[i] = load_b_run(s.b_base, k0 + kn.x, s.n0 + kn.y);
 #endif
     }
     return r;
@@ -228,13 +291,13 @@ fn fetch(s: Stage, tid: u32, k0: u32) -> Staged {
 
 // Writes staged registers into half `buf` of the double buffer.
 fn deposit(r: Staged, tid: u32, buf: u32) {
-    for (var i = 0u; i < LOADS_A; i++) {
-        let mk = a_elem(tid + i * WG);
-        coop_tile_a[buf * A_TILE + sh_a_index(mk.x, mk.y)] = {{CT}}(r.a[i]);
+    for (var i = 0u; i < RUNS_A; i++) {
+        let mk = a_elem((tid + i * WG) * VA);
+        put_a_run(buf, mk.x, mk.y, r.a[i]);
     }
-    for (var i = 0u; i < LOADS_B; i++) {
-        let kn = b_elem(tid + i * WG);
-        coop_tile_b[buf * B_TILE + sh_b_index(kn.x, kn.y)] = {{CT}}(r.b[i]);
+    for (var i = 0u; i < RUNS_B; i++) {
+        let kn = b_elem((tid + i * WG) * VB);
+        put_b_run(buf, kn.x, kn.y, r.b[i]);
     }
 }
 

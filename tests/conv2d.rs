@@ -102,10 +102,13 @@ fn check(gpu: &fsd3d::gpu::Gpu, c: &Case, seed: u64, tx: DType, tw: DType, tb: O
     assert_close(&what, &gpu.download(&y).unwrap(), &want, t);
 }
 
+/// Every variant but `coop`, whose emulated twin takes lavapipe seconds per
+/// kernel to compile: tests/gemm.rs runs it on the same kinds of cases, and
+/// the UNet-like shape below here.
 #[test]
 fn every_variant_matches_reference() {
     for (gpu, dt) in configs() {
-        for variant in Conv2dVariant::ALL.into_iter().filter(|v| v.available(gpu.caps())) {
+        for variant in Conv2dVariant::ALL.into_iter().filter(|v| v.available(gpu.caps()) && *v != Conv2dVariant::Coop) {
             for (ci, c) in CASES.iter().enumerate() {
                 for bias in [Some(dt), None] {
                     check(&gpu, c, ci as u64 * 10, dt, dt, bias, variant);

@@ -84,23 +84,31 @@ fn check_matmul(gpu: &Gpu, core: GemmCore, tiles: GemmTiles, trans: (bool, bool)
     assert_close(&what, &gpu.download(&c).unwrap(), &want, core_tol(gpu, core, dt, k));
 }
 
-/// Every tiling of both cores: sizes that leave partial blocks in M and N and
-/// a partial last step of K, so every edge of the staging is exercised; the
-/// first tiling of each core with every transpose, the others as a Linear
-/// layer (x · Wᵀ, the commonest GEMM) with a batch broadcast.
+/// Every tiling of both cores, on sizes that leave partial blocks in M and N
+/// and a partial last step of K, so every edge of the staging is exercised:
+/// odd sizes (operands read one element at a time) and multiples of 4 that
+/// no block divides (read four at a time). The smallest tiling takes every
+/// transpose, odd and in fours (each transpose's reads both ways); the others
+/// a Linear layer (x · Wᵀ, the commonest GEMM) in fours. Batches broadcast
+/// either operand. (Each layout is a kernel that lavapipe compiles anew.)
 #[test]
 fn every_tiling_and_layout_matches_reference() {
     let gpu = gpu();
     for core in [GemmCore::Reg, GemmCore::Coop] {
-        let tilings = gemm::tilings(&gpu, core);
+        let mut tilings = gemm::tilings(&gpu, core);
         assert!(!tilings.is_empty(), "{core:?}: no tiling fits {}", gpu.adapter_name());
+        tilings.reverse();
         for (i, &t) in tilings.iter().enumerate() {
-            let (m, n) = (t.bm as usize + 3, t.bn as usize + 5);
-            let k = 2 * t.bk as usize + 7;
-            let layouts: &[(bool, bool)] = if i == 0 { &[(false, false), (false, true), (true, false), (true, true)] } else { &[(false, true)] };
-            for (j, &trans) in layouts.iter().enumerate() {
+            let odd = (t.bm as usize + 3, t.bn as usize + 5, 2 * t.bk as usize + 7);
+            let fours = (t.bm as usize + 4, t.bn as usize + 12, 2 * t.bk as usize + 4);
+            let runs: Vec<((bool, bool), (usize, usize, usize))> = if i == 0 {
+                vec![((false, false), odd), ((false, true), odd), ((true, false), odd), ((true, true), odd), ((false, false), fours), ((true, true), fours)]
+            } else {
+                vec![((false, true), fours)]
+            };
+            for (j, (trans, mnk)) in runs.into_iter().enumerate() {
                 let batch = if j % 2 == 0 { (2, false, true) } else { (2, true, false) };
-                check_matmul(&gpu, core, t, trans, batch, (m, n, k), DType::F32, (i * 10 + j) as u64);
+                check_matmul(&gpu, core, t, trans, batch, mnk, DType::F32, (i * 100 + j) as u64);
             }
         }
     }
@@ -154,7 +162,7 @@ fn conv_reference(x: &[f32], w: &[f32], bias: &[f32], [b, cin, h, wd]: [usize; 4
 }
 
 /// The implicit GEMM at every tiling of both cores: 3×3 "same", stride 2 on
-/// odd sizes, 1×1, and a 2×3 kernel, with channel and pixel counts no block
+/// odd sizes, 1×1 (with Cin·kh·kw a multiple of 4), and a 2×3 kernel, with channel and pixel counts no block
 /// divides and a batch whose images share blocks.
 #[test]
 fn implicit_gemm_convolution_matches_reference() {
@@ -163,7 +171,7 @@ fn implicit_gemm_convolution_matches_reference() {
     let cases: [([usize; 4], [usize; 3], usize, usize); 4] = [
         ([2, 5, 9, 11], [7, 3, 3], 1, 1),
         ([1, 7, 17, 9], [33, 3, 3], 2, 1),
-        ([2, 13, 6, 5], [19, 1, 1], 1, 0),
+        ([2, 12, 6, 5], [19, 1, 1], 1, 0), // K = 12: the weight read four at a time
         ([1, 3, 4, 6], [5, 2, 3], 1, 1),
     ];
     for core in [GemmCore::Reg, GemmCore::Coop] {

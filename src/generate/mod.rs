@@ -249,8 +249,13 @@ impl<'a> Generator<'a> {
             let bad = gpu.download_u32(&self.nonfinite)?[0];
             if bad > 0 {
                 return Err(Error::Invalid(format!(
-                    "step {}: {bad} non-finite values in the distillation gradient (t = {t}); the scene is left as the last checkpoint has it. Try a lower --cfg, a lower learning rate ([scene.adam] in --config), or [guidance] grad_clip",
-                    self.step
+                    "step {}: {bad} non-finite values in the distillation gradient (t = {t}); the scene is left as the last checkpoint has it. Try a lower --cfg, a lower learning rate ([scene.adam] in --config), or [guidance] grad_clip{}",
+                    self.step,
+                    if self.prior.dtype() == crate::gpu::DType::F16 || crate::ops::gemm::coop_in_use(gpu) {
+                        "; f16 values end at 65 504: --dtype f32 and --disable-features coop-matrix keep f32 throughout"
+                    } else {
+                        ""
+                    }
                 )));
             }
             let gv = gpu.download(&d_z)?;

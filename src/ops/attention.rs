@@ -202,7 +202,7 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
             }
             if AttentionVariant::Coop.available(caps) {
                 for tiles in COOP_BLOCKS {
-                    v.push(coop_key(dt, d, tiles, false, 32));
+                    v.push(coop_key(dt, d, tiles, false, gemm::TWIN_SG));
                     if caps.features.coop_hw() && caps.features.subgroups {
                         // Validation has no device: warps of 32, as on NVIDIA and Apple GPUs.
                         v.push(coop_key(dt, d, tiles, true, 32));
