@@ -13,6 +13,8 @@
 // - MATMUL addressing (CONV = 0): A [M, K] or, TRANS_A, [K, M]; B [K, N] or,
 //   TRANS_B, [N, K] (a Linear weight); C [batch, M, N]; batch strides of 0
 //   broadcast. Bias per column.
+// - The epilogue: C = act(alpha · A·B + bias) + residual, the residual (a
+//   tensor shaped as C: a block's skip connection) optional.
 // - CONV addressing: an implicit GEMM for torch's conv2d. A is the weight
 //   [Cout, Cin·kh·kw] as it is stored (no repacking), B the im2col matrix
 //   [Cin·kh·kw, B·Ho·Wo] gathered from x [B, Cin, H, W] while staging (zero
@@ -58,7 +60,7 @@ struct Params {
     kw: u32,
     stride: u32,
     pad: u32,
-    _pad0: u32,
+    has_residual: u32, // 1: add residual (laid out as C) after the activation
     _pad1: u32,
     _pad2: u32,
 }
@@ -86,7 +88,9 @@ const VB: u32 = 1u;
 alias RunB = f32;
 #endif
 @group(0) @binding(3) var<storage, read> bias: array<{{TBIAS}}>;
-@group(0) @binding(4) var<storage, read_write> c: array<{{TO}}>;
+// Without a residual, A stands in for it and is not read.
+@group(0) @binding(4) var<storage, read> residual: array<{{TO}}>;
+@group(0) @binding(5) var<storage, read_write> c: array<{{TO}}>;
 
 #include "activations.wgsl"
 
@@ -316,18 +320,21 @@ fn stage_of(wid: vec3<u32>) -> Stage {
 }
 
 // ---- The epilogue: alpha, bias, activation, store ---------------------------
+// act(alpha · sum + bias) (+ residual), stored at C(m, n) of batch bi when inside C.
 fn store_out(bi: u32, m: u32, n: u32, sum: f32) {
     if (m >= params.m || n >= params.n) { return; }
     var y = sum * params.alpha;
 #if CONV
     if (params.has_bias != 0u) { y += f32(bias[m]); }
     let hw = params.ho * params.wo;
-    let img = n / hw;
-    c[(img * params.m + m) * hw + n % hw] = {{TO}}(activation_by_code(y, params.act));
+    let i = ((n / hw) * params.m + m) * hw + n % hw;
 #else
     if (params.has_bias != 0u) { y += f32(bias[n]); }
-    c[(bi * params.m + m) * params.n + n] = {{TO}}(activation_by_code(y, params.act));
+    let i = (bi * params.m + m) * params.n + n;
 #endif
+    y = activation_by_code(y, params.act);
+    if (params.has_residual != 0u) { y += f32(residual[i]); }
+    c[i] = {{TO}}(y);
 }
 
 #if COOP

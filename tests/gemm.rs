@@ -292,3 +292,62 @@ fn the_matrix_unit_kernels_translate_to_spirv() {
         assert!(has_cap, "{key}: no CooperativeMatrixKHR capability in the SPIR-V");
     }
 }
+
+/// A skip connection added in the epilogue (tiled kernels) or after it (the
+/// others), for matmuls and convolutions, a residual of another storage type
+/// (added apart), and a residual of the wrong shape (an error).
+#[test]
+fn the_epilogue_adds_a_residual() {
+    use fsd3d::ops::conv2d::{Conv2dVariant, conv2d_add};
+    use fsd3d::ops::matmul::matmul_add;
+    let gpu = gpu();
+    let (m, n, k) = (37, 29, 24);
+    let a = rand_vec(70, m * k, -1.0, 1.0);
+    let b = rand_vec(71, n * k, -1.0, 1.0);
+    let bias = rand_vec(72, n, -1.0, 1.0);
+    let res = rand_vec(73, m * n, -1.0, 1.0);
+    let at = gpu.upload(&a, &[m, k], DType::F32).unwrap();
+    let bt = gpu.upload(&b, &[n, k], DType::F32).unwrap();
+    let biast = gpu.upload(&bias, &[n], DType::F32).unwrap();
+    let rt = gpu.upload(&res, &[m, n], DType::F32).unwrap();
+    let plain = matmul_reference((false, true), (1, false, false), (m, n, k), &a, &b, &bias, 1.0, Act::Silu);
+    let want: Vec<f32> = plain.iter().zip(&res).map(|(p, r)| p + r).collect();
+    for variant in [MatmulVariant::Tiled, MatmulVariant::Coop, MatmulVariant::Blocked] {
+        let opts = MatmulOpts { trans_b: true, act: Act::Silu, variant: Some(variant), ..Default::default() };
+        let got = gpu.download(&matmul_add(&gpu, &at, &bt, Some(&biast), &rt, &opts).unwrap()).unwrap();
+        let t = if variant == MatmulVariant::Coop { 1e-2 } else { 1e-5 };
+        assert_close(&format!("{variant} + residual"), &got, &want, t);
+    }
+    if gpu.features().f16 {
+        let r16 = gpu.upload(&res, &[m, n], DType::F16).unwrap();
+        let want16: Vec<f32> = plain.iter().zip(quantize(&res, DType::F16)).map(|(p, r)| p + r).collect();
+        let opts = MatmulOpts { trans_b: true, act: Act::Silu, variant: Some(MatmulVariant::Tiled), ..Default::default() };
+        let got = gpu.download(&matmul_add(&gpu, &at, &bt, Some(&biast), &r16, &opts).unwrap()).unwrap();
+        assert_close("tiled + f16 residual", &got, &want16, 1e-5);
+    }
+    let bad = gpu.upload(&res[..m * (n - 1)], &[m, n - 1], DType::F32).unwrap();
+    let opts = MatmulOpts { trans_b: true, ..Default::default() };
+    let e = matmul_add(&gpu, &at, &bt, None, &bad, &opts).unwrap_err().to_string();
+    assert!(e.contains("residual") && e.contains(&format!("{:?}", [m, n])), "{e}");
+
+    // A 3×3 "same" convolution with its skip connection.
+    let (xs, cout) = ([2usize, 6, 7, 5], 9usize);
+    let x = rand_vec(74, xs.iter().product(), -1.0, 1.0);
+    let w = rand_vec(75, cout * xs[1] * 9, -1.0, 1.0);
+    let cb = rand_vec(76, cout, -1.0, 1.0);
+    let cres = rand_vec(77, xs[0] * cout * xs[2] * xs[3], -1.0, 1.0);
+    let want: Vec<f32> =
+        conv_reference(&x, &w, &cb, xs, [cout, 3, 3], 1, 1).iter().zip(&cres).map(|(p, r)| p + r).collect();
+    let (xt, wt, cbt) = (
+        gpu.upload(&x, &xs, DType::F32).unwrap(),
+        gpu.upload(&w, &[cout, xs[1], 3, 3], DType::F32).unwrap(),
+        gpu.upload(&cb, &[cout], DType::F32).unwrap(),
+    );
+    let crt = gpu.upload(&cres, &[xs[0], cout, xs[2], xs[3]], DType::F32).unwrap();
+    for variant in [Conv2dVariant::Tiled, Conv2dVariant::Coop, Conv2dVariant::Gemm8x4] {
+        let opts = Conv2dOpts { stride: 1, padding: 1, variant: Some(variant) };
+        let got = gpu.download(&conv2d_add(&gpu, &xt, &wt, Some(&cbt), &crt, opts).unwrap()).unwrap();
+        let t = if variant == Conv2dVariant::Coop { 1e-2 } else { 1e-5 };
+        assert_close(&format!("conv {} + residual", variant.name()), &got, &want, t);
+    }
+}

@@ -99,11 +99,10 @@ impl ClipTextModel {
         for layer in &self.layers {
             let x = layer.ln1.forward(gpu, &h)?;
             let (q, k, v) = (layer.q.forward(gpu, &x)?, layer.k.forward(gpu, &x)?, layer.v.forward(gpu, &x)?);
-            let a = layer.out.forward(gpu, &attention(gpu, &q, &k, &v, heads, true)?)?;
-            h = ew::add(gpu, &h, &a)?;
+            h = layer.out.forward_add(gpu, &attention(gpu, &q, &k, &v, heads, true)?, &h)?;
             let x = layer.ln2.forward(gpu, &h)?;
             let x = ew::activation(gpu, &layer.fc1.forward(gpu, &x)?, self.act)?;
-            h = ew::add(gpu, &h, &layer.fc2.forward(gpu, &x)?)?;
+            h = layer.fc2.forward_add(gpu, &x, &h)?;
         }
         self.final_ln.forward(gpu, &h)
     }

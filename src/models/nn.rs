@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::weights::Weights;
 use crate::ops::attention::{self as attn_op, AttentionOpts};
-use crate::ops::conv2d::{Conv2dOpts, conv2d};
+use crate::ops::conv2d::{Conv2dOpts, conv2d, conv2d_add};
 use crate::ops::norm::{group_norm, layer_norm};
 use crate::ops::{concat, matmul, softmax};
 
@@ -41,6 +41,10 @@ impl Linear {
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         matmul::linear(gpu, x, &self.weight, self.bias.as_ref())
     }
+    /// forward(x) + residual: a skip connection, fused where the kernel allows.
+    pub fn forward_add(&self, gpu: &Gpu, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        matmul::linear_add(gpu, x, &self.weight, self.bias.as_ref(), residual)
+    }
     pub fn out_features(&self) -> usize {
         self.weight.dim(0)
     }
@@ -64,7 +68,14 @@ impl Conv2d {
         })
     }
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        conv2d(gpu, x, &self.weight, self.bias.as_ref(), Conv2dOpts { stride: self.stride, padding: self.padding, variant: None })
+        conv2d(gpu, x, &self.weight, self.bias.as_ref(), self.opts())
+    }
+    /// forward(x) + residual: a skip connection, fused where the kernel allows.
+    pub fn forward_add(&self, gpu: &Gpu, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        conv2d_add(gpu, x, &self.weight, self.bias.as_ref(), residual, self.opts())
+    }
+    fn opts(&self) -> Conv2dOpts {
+        Conv2dOpts { stride: self.stride, padding: self.padding, variant: None }
     }
 }
 

@@ -48,12 +48,11 @@ impl ResnetBlock {
             let t = t.reshape(&[t.dim(0), t.dim(1), 1, 1])?;
             h = ew::add(gpu, &h, &t)?;
         }
-        let h = self.conv2.forward(gpu, &self.norm2.forward(gpu, &h, true)?)?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(gpu, x)?,
             None => x.clone(),
         };
-        ew::add(gpu, &skip, &h)
+        self.conv2.forward_add(gpu, &self.norm2.forward(gpu, &h, true)?, &skip)
     }
 }
 
@@ -76,9 +75,10 @@ impl CrossAttention {
             heads,
         })
     }
-    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+    /// residual + attention(x, ctx), the add in the output projection's epilogue.
+    fn forward_add(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (q, k, v) = (self.q.forward(gpu, x)?, self.k.forward(gpu, ctx)?, self.v.forward(gpu, ctx)?);
-        self.out.forward(gpu, &attention(gpu, &q, &k, &v, self.heads, false)?)
+        self.out.forward_add(gpu, &attention(gpu, &q, &k, &v, self.heads, false)?, residual)
     }
 }
 
@@ -96,12 +96,11 @@ struct TransformerBlock {
 impl TransformerBlock {
     fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
         let n = self.norm1.forward(gpu, x)?;
-        let x = ew::add(gpu, x, &self.attn1.forward(gpu, &n, &n)?)?;
+        let x = self.attn1.forward_add(gpu, &n, &n, x)?;
         let n = self.norm2.forward(gpu, &x)?;
-        let x = ew::add(gpu, &x, &self.attn2.forward(gpu, &n, ctx)?)?;
+        let x = self.attn2.forward_add(gpu, &n, ctx, &x)?;
         let n = self.norm3.forward(gpu, &x)?;
-        let f = self.ff_out.forward(gpu, &ew::geglu(gpu, &self.ff_in.forward(gpu, &n)?)?)?;
-        ew::add(gpu, &x, &f)
+        self.ff_out.forward_add(gpu, &ew::geglu(gpu, &self.ff_in.forward(gpu, &n)?)?, &x)
     }
 }
 
@@ -157,11 +156,10 @@ impl SpatialTransformer {
         for b in &self.blocks {
             t = b.forward(gpu, &t, ctx)?;
         }
-        let out = match &self.proj_out {
-            Proj::Conv(c) => c.forward(gpu, &tokens_to_nchw(gpu, &t, h, w)?)?,
-            Proj::Linear(li) => tokens_to_nchw(gpu, &li.forward(gpu, &t)?, h, w)?,
-        };
-        ew::add(gpu, &out, x)
+        match &self.proj_out {
+            Proj::Conv(c) => c.forward_add(gpu, &tokens_to_nchw(gpu, &t, h, w)?, x),
+            Proj::Linear(li) => ew::add(gpu, &tokens_to_nchw(gpu, &li.forward(gpu, &t)?, h, w)?, x),
+        }
     }
 }
 

@@ -270,7 +270,14 @@ fn u32_of(what: &str, n: usize) -> Result<u32> {
 /// Ho = (H + 2·padding − kh) / stride + 1 (likewise Wo), in x's dtype.
 /// Input, weight and bias may each be f32 or f16; accumulation is f32.
 pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
-    conv2d_tiled_as(gpu, x, weight, bias, opts, None)
+    conv2d_with(gpu, x, weight, bias, None, opts, None)
+}
+
+/// [`conv2d`] + `residual` (shaped as the result): a ResNet block's skip
+/// connection, fused into the epilogue of the tiled kernels (no pass of its
+/// own there), a separate add after the others.
+pub fn conv2d_add(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor, opts: Conv2dOpts) -> Result<Tensor> {
+    conv2d_with(gpu, x, weight, bias, Some(residual), opts, None)
 }
 
 /// [`conv2d`] with the block tiling of the `tiled` / `coop` kernels given
@@ -281,6 +288,18 @@ pub fn conv2d_tiled_as(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
+    opts: Conv2dOpts,
+    tiles: Option<GemmTiles>,
+) -> Result<Tensor> {
+    conv2d_with(gpu, x, weight, bias, None, opts, tiles)
+}
+
+fn conv2d_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     opts: Conv2dOpts,
     tiles: Option<GemmTiles>,
 ) -> Result<Tensor> {
@@ -359,6 +378,14 @@ pub fn conv2d_tiled_as(
     if tiles.is_some() && variant.gemm_core().is_none() {
         return Err(Error::Invalid(format!("conv2d: a block tiling applies to the tiled and coop kernels, not {}", variant.name())));
     }
+    if let Some(r) = residual {
+        expect_float(OP, r)?;
+        if r.shape() != y.shape() {
+            return Err(Error::shape(OP, format!("the residual must have the result's shape {:?}, got {r:?}", y.shape())));
+        }
+    }
+    // The epilogue adds a residual stored as the result is; another is added apart.
+    let fused_residual = residual.filter(|r| r.dtype() == y.dtype());
     if let Some(core) = variant.gemm_core() {
         u32_of("Cin·kh·kw", cin * kh * kw)?;
         let g = ConvGeometry {
@@ -374,8 +401,11 @@ pub fn conv2d_tiled_as(
             stride: p.stride,
             pad: p.pad,
         };
-        gemm::conv2d(gpu, core, tiles, x, weight, bias, &y, g)?;
-        return Ok(y);
+        gemm::conv2d(gpu, core, tiles, x, weight, bias, fused_residual, &y, g)?;
+        return match (residual, fused_residual) {
+            (Some(r), None) => crate::ops::elementwise::add(gpu, &y, r),
+            _ => Ok(y),
+        };
     }
     let label = format!("conv2d.{}", variant.name());
     let key = conv_key(variant, gpu.caps(), x.dtype(), weight.dtype(), bias.map(|t| t.dtype()));
@@ -396,5 +426,8 @@ pub fn conv2d_tiled_as(
     tensors.extend(bias);
     tensors.push(&y);
     gpu.dispatch(&label, &key, bytemuck::bytes_of(&p), &tensors, workgroups)?;
-    Ok(y)
+    match residual {
+        Some(r) => crate::ops::elementwise::add(gpu, &y, r),
+        None => Ok(y),
+    }
 }

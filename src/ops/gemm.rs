@@ -205,7 +205,8 @@ struct Params {
     kw: u32,
     stride: u32,
     pad: u32,
-    _pad: [u32; 3],
+    has_residual: u32,
+    _pad: [u32; 2],
 }
 
 /// What a GEMM kernel depends on besides its tiling and core.
@@ -305,6 +306,8 @@ struct Problem<'a> {
     a: &'a Tensor,
     b: &'a Tensor,
     bias: Option<&'a Tensor>,
+    /// Added after the activation; shaped and typed as `out`.
+    residual: Option<&'a Tensor>,
     out: &'a Tensor,
     layout: Layout,
     params: Params,
@@ -322,6 +325,7 @@ pub(crate) fn matmul(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     out: &Tensor,
     (trans_a, trans_b): (bool, bool),
     (m, n, k, batch): (u32, u32, u32, u32),
@@ -349,9 +353,10 @@ pub(crate) fn matmul(
         b_batch,
         alpha,
         act: act.code(),
+        has_residual: residual.is_some() as u32,
         ..Default::default()
     };
-    run(gpu, core, tiles, Problem { a, b, bias, out, layout, params, batch })
+    run(gpu, core, tiles, Problem { a, b, bias, residual, out, layout, params, batch })
 }
 
 /// Convolution geometry for [`conv2d`]: torch's conv2d with square stride and padding.
@@ -381,6 +386,7 @@ pub(crate) fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     out: &Tensor,
     g: ConvGeometry,
 ) -> Result<()> {
@@ -412,9 +418,10 @@ pub(crate) fn conv2d(
         kw: g.kw,
         stride: g.stride,
         pad: g.pad,
+        has_residual: residual.is_some() as u32,
         ..Default::default()
     };
-    run(gpu, core, tiles, Problem { a: weight, b: x, bias, out, layout, params, batch: 1 })
+    run(gpu, core, tiles, Problem { a: weight, b: x, bias, residual, out, layout, params, batch: 1 })
 }
 
 fn run(gpu: &Gpu, core: GemmCore, tiles: Option<GemmTiles>, p: Problem) -> Result<()> {
@@ -440,7 +447,7 @@ fn run(gpu: &Gpu, core: GemmCore, tiles: Option<GemmTiles>, p: Problem) -> Resul
     }
     let groups = [p.params.n.div_ceil(tiles.bn), p.params.m.div_ceil(tiles.bm), p.batch];
     let label = format!("gemm.{}{}", if p.layout.conv { "conv." } else { "" }, core_label(core, hw));
-    let tensors = [p.a, p.b, p.bias.unwrap_or(p.a), p.out];
+    let tensors = [p.a, p.b, p.bias.unwrap_or(p.a), p.residual.unwrap_or(p.a), p.out];
     gpu.dispatch(&label, &key, bytemuck::bytes_of(&p.params), &tensors, groups)
 }
 
@@ -515,7 +522,7 @@ fn self_check_problem(gpu: &Gpu, tiles: GemmTiles, l: Layout) -> Result<Option<S
         let bias = gpu.upload(&pattern(m as usize, 3), &[m as usize], l.tbias)?;
         run_both(&|core, t| {
             let out = gpu.empty(&[2, m as usize, h as usize, w as usize], l.to)?;
-            conv2d(gpu, core, t, &x, &wt, Some(&bias), &out, g)?;
+            conv2d(gpu, core, t, &x, &wt, Some(&bias), None, &out, g)?;
             Ok(out)
         })?
     } else {
@@ -526,7 +533,7 @@ fn self_check_problem(gpu: &Gpu, tiles: GemmTiles, l: Layout) -> Result<Option<S
         let bias = gpu.upload(&pattern(n as usize, 3), &[n as usize], l.tbias)?;
         run_both(&|core, t| {
             let out = gpu.empty(&[m as usize, n as usize], l.to)?;
-            matmul(gpu, core, t, &a, &b, Some(&bias), &out, (l.trans_a, l.trans_b), (m, n, k, 1), (0, 0), 1.0, Act::Silu)?;
+            matmul(gpu, core, t, &a, &b, Some(&bias), None, &out, (l.trans_a, l.trans_b), (m, n, k, 1), (0, 0), 1.0, Act::Silu)?;
             Ok(out)
         })?
     };

@@ -233,7 +233,7 @@ fn batch_rows_cols(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, u
 /// The result is `[M, N]` when both are rank 2, else `[batch, M, N]`. `bias` is `[N]`.
 /// Storage types may differ (e.g. f16 weights with f32 activations); sums are f32.
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, opts: &MatmulOpts) -> Result<Tensor> {
-    matmul_tiled_as(gpu, a, b, bias, opts, None)
+    matmul_with(gpu, a, b, bias, None, opts, None)
 }
 
 /// [`matmul`] with the block tiling of the `tiled` / `coop` kernels given
@@ -244,6 +244,25 @@ pub fn matmul_tiled_as(
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
+    opts: &MatmulOpts,
+    tiles: Option<GemmTiles>,
+) -> Result<Tensor> {
+    matmul_with(gpu, a, b, bias, None, opts, tiles)
+}
+
+/// [`matmul`] + `residual` (shaped as the result), the add fused into the
+/// epilogue of the tiled kernels (a skip connection costs no pass of its
+/// own there), a separate add after the others.
+pub fn matmul_add(gpu: &Gpu, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, residual: &Tensor, opts: &MatmulOpts) -> Result<Tensor> {
+    matmul_with(gpu, a, b, bias, Some(residual), opts, None)
+}
+
+fn matmul_with(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     opts: &MatmulOpts,
     tiles: Option<GemmTiles>,
 ) -> Result<Tensor> {
@@ -298,12 +317,23 @@ pub fn matmul_tiled_as(
     if tiles.is_some() && variant.gemm_core().is_none() {
         return Err(Error::Invalid(format!("matmul: a block tiling applies to the tiled and coop kernels, not {variant}")));
     }
+    if let Some(r) = residual {
+        expect_float(OP, r)?;
+        if r.shape() != out.shape() {
+            return Err(Error::shape(OP, format!("the residual must have the result's shape {:?}, got {r:?}", out.shape())));
+        }
+    }
+    // The epilogue adds a residual stored as the result is; another is added apart.
+    let fused_residual = residual.filter(|r| r.dtype() == out.dtype());
     if let Some(core) = variant.gemm_core() {
         let dims = (as_u32(m)?, as_u32(n)?, as_u32(k)?, as_u32(batch)?);
         let strides = (if ba == 1 { 0 } else { as_u32(m * k)? }, if bb == 1 { 0 } else { as_u32(k * n)? });
         let trans = (opts.trans_a, opts.trans_b);
-        gemm::matmul(gpu, core, tiles, a, b, bias, &out, trans, dims, strides, opts.alpha, opts.act)?;
-        return Ok(out);
+        gemm::matmul(gpu, core, tiles, a, b, bias, fused_residual, &out, trans, dims, strides, opts.alpha, opts.act)?;
+        return match (residual, fused_residual) {
+            (Some(r), None) => crate::ops::elementwise::add(gpu, &out, r),
+            _ => Ok(out),
+        };
     }
     let layout = Layout {
         ta: a.dtype(),
@@ -331,12 +361,25 @@ pub fn matmul_tiled_as(
     // Without a bias, A stands in for the unread bias binding.
     let tensors = [a, b, bias.unwrap_or(a), &out];
     gpu.dispatch(&format!("matmul.{variant}"), &key(variant, layout), bytemuck::bytes_of(&p), &tensors, groups)?;
-    Ok(out)
+    match residual {
+        Some(r) => crate::ops::elementwise::add(gpu, &out, r),
+        None => Ok(out),
+    }
+}
+
+/// [`linear`] + `residual` (shaped as the result): a transformer's skip
+/// connection, fused into the GEMM's epilogue where the kernel allows.
+pub fn linear_add(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    linear_with(gpu, x, weight, bias, Some(residual))
 }
 
 /// torch's Linear: `x · weightᵀ + bias` for x `[..., in]`, weight `[out, in]`,
 /// bias `[out]`; gives `[..., out]` in x's dtype.
 pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(gpu, x, weight, bias, None)
+}
+
+fn linear_with(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "linear";
     let inner = *x.shape().last().ok_or_else(|| Error::shape(OP, "x is a scalar; expected [..., in]"))?;
     if weight.rank() != 2 || weight.shape()[1] != inner {
@@ -345,8 +388,15 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
     let rows: usize = x.shape()[..x.rank() - 1].iter().product();
     let x2 = x.reshape(&[rows, inner])?;
     let opts = MatmulOpts { trans_b: true, ..Default::default() };
-    let y = matmul(gpu, &x2, weight, bias, &opts)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = weight.shape()[0];
+    let residual = match residual {
+        Some(r) if r.shape() != shape.as_slice() => {
+            return Err(Error::shape(OP, format!("the residual must have the result's shape {shape:?}, got {r:?}")));
+        }
+        Some(r) => Some(r.reshape(&[rows, weight.shape()[0]])?),
+        None => None,
+    };
+    let y = matmul_with(gpu, &x2, weight, bias, residual.as_ref(), &opts, None)?;
     y.reshape(&shape)
 }
