@@ -19,6 +19,7 @@ use crate::gpu::{DType, Gpu};
 pub mod attention;
 pub mod conv;
 pub mod matmul;
+pub mod random;
 pub mod scene;
 pub mod unet;
 pub mod variants;
