@@ -483,8 +483,9 @@ pub fn measure(gpu: &Gpu, source: &PriorSource, dtype: DType, args: &BenchArgs) 
     let ms_per_step = timed.elapsed().as_secs_f64() * 1e3 / steps as f64;
     let after = field_params(gpu, &run)?;
     if let Some(i) = after.iter().position(|v| !v.is_finite()) {
+        let hint = if dtype == DType::F16 { " (f16 activations may overflow: try --dtype f32)" } else { "" };
         return Err(Error::Invalid(format!(
-            "fsd-step: field parameter {i} is {} after the timed steps: the step made a non-finite gradient (with random weights, try --dtype f32)",
+            "fsd-step: field parameter {i} is {} after the timed steps: the step made a non-finite gradient{hint}",
             after[i]
         )));
     }
