@@ -459,8 +459,15 @@ pub fn measure(gpu: &Gpu, source: &PriorSource, dtype: DType, args: &BenchArgs) 
     let load_s = started.elapsed().as_secs_f64();
 
     let warm = Instant::now();
-    run.step()?;
-    gpu.sync()?;
+    run.step().and_then(|_| gpu.sync()).map_err(|e| match e {
+        // Said here as well as by the tensor: the step as a whole needs a larger adapter.
+        Error::TooLarge { .. } => Error::Invalid(format!(
+            "fsd-step: one step of {} ({dtype}) does not fit {}: {e}. The step's sizes are generate's for this prior: run it on an adapter with a larger storage binding limit (`fsd3d info` shows it), or use --quick",
+            source.name(),
+            gpu.adapter_name()
+        )),
+        e => e,
+    })?;
     let warmup_ms = warm.elapsed().as_secs_f64() * 1e3;
 
     let before = field_params(gpu, &run)?;
