@@ -193,6 +193,8 @@ fn random_weights_are_seeded_per_name_and_need_a_shape() {
     assert!(w.contains("anything"));
     let err = w.f32("text_model.embeddings.token_embedding.weight").unwrap_err().to_string();
     assert!(err.contains("random weights") && err.contains("shape"), "{err}");
+    // Named with its shape, a host-side tensor is drawn like an uploaded one.
+    assert_eq!(w.f32_shaped("down.conv.weight", &[4, 3, 3, 3]).unwrap(), a);
 }
 
 fn float_dtypes(gpu: &Gpu) -> Vec<DType> {

@@ -116,6 +116,43 @@ fn profiling_reports_each_kernel_label() {
 }
 
 #[test]
+fn profiling_switched_on_for_part_of_a_run_times_only_that_part_by_section() {
+    let gpu = Gpu::new(&GpuOptions::default()).unwrap();
+    let x = gpu.upload(&vec![0.5; 4096], &[4096], DType::F32).unwrap();
+    // Off: nothing is collected.
+    gpu.download(&ew::silu(&gpu, &x).unwrap()).unwrap();
+    assert!(gpu.profile_report().is_empty());
+    gpu.set_profiling(true).unwrap();
+    gpu.set_profile_section(Some("first"));
+    let y = ew::silu(&gpu, &x).unwrap();
+    gpu.set_profile_section(Some("second"));
+    let z = ew::add(&gpu, &y, &x).unwrap();
+    let w = ew::add(&gpu, &z, &x).unwrap();
+    gpu.set_profile_section(None);
+    gpu.download(&ew::silu(&gpu, &w).unwrap()).unwrap();
+    gpu.set_profiling(false).unwrap();
+    // Off again: this dispatch is not counted.
+    gpu.download(&ew::add(&gpu, &x, &x).unwrap()).unwrap();
+    let report = gpu.profile_report();
+    let calls = |label: &str| report.iter().find(|e| e.label == label).map_or(0, |e| e.calls);
+    let sections = gpu.profile_sections();
+    if gpu.profile_uses_timestamps() {
+        assert_eq!((calls("elementwise.unary"), calls("elementwise.binary")), (2, 2), "{report:?}");
+        let names: Vec<(&str, u64)> = sections.iter().map(|e| (e.label.as_str(), e.calls)).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&("first", 1)) && names.contains(&("second", 2)), "{names:?}");
+        // A section's time is the sum of its kernels' times.
+        let kernel_total: f64 = report.iter().map(|e| e.total_ms).sum();
+        let section_total: f64 = sections.iter().map(|e| e.total_ms).sum();
+        assert!(section_total > 0.0 && section_total <= kernel_total, "{section_total} of {kernel_total}");
+    } else {
+        assert!(sections.is_empty() && report.iter().all(|e| e.label.contains("wall clock")), "{report:?}");
+    }
+    gpu.profile_reset();
+    assert!(gpu.profile_report().is_empty() && gpu.profile_sections().is_empty());
+}
+
+#[test]
 fn a_broken_shader_names_file_and_line() {
     let dir = std::env::temp_dir().join(format!("fsd3d-broken-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

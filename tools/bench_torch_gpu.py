@@ -12,6 +12,13 @@ and, as an extra row, with TF32 on (PyTorch's setting for convolutions).
 
     python3 tools/bench_torch_gpu.py --json > torch_gpu.jsonl
     python3 tools/bench_torch_gpu.py --only unet
+    python3 tools/bench_torch_gpu.py --fsd-step
+    python3 tools/bench_torch_gpu.py --only unet --fsd-step
+
+`--fsd-step` times the prior's side of one FSD iteration, beside `fsd3d bench
+fsd-step --random-weights` (SD 1.5's UNet and VAE, random init; see
+bench_fsd_step for what stands in for the NeRF): alone, or after the
+families that `--only` names.
 """
 import argparse
 import json
@@ -46,6 +53,13 @@ SD15_UNET_CONFIG = dict(
     downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
     mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4, sample_size=64,
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+)
+
+# diffusers' AutoencoderKL of SD 1.5 (the keys that differ from its defaults, and the sizes).
+SD15_VAE_CONFIG = dict(
+    act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+    in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, out_channels=3, sample_size=512,
+    scaling_factor=0.18215, up_block_types=["UpDecoderBlock2D"] * 4,
 )
 
 
@@ -160,6 +174,49 @@ def bench_unet(seconds):
         torch.cuda.empty_cache()
 
 
+def bench_fsd_step(seconds):
+    """The prior's side of one FSD iteration at SD 1.5's sizes, as fsd3d's `bench fsd-step` runs it,
+    with a stand-in for the NeRF: a random 64x64 image (f32, requiring grad, as the render) -> image·2 − 1
+    -> bilinear resize to 512 -> VAE encode (posterior mean × scaling factor) -> x_t at t = 500 -> UNet on
+    the CFG pair (batch 2, 77x768 context) under no_grad -> w(t)·(ε̂ − ε) with CFG 100 and w = 1 − ᾱ_t ->
+    backward through the encoder and the resize -> one Adam step on the image. Random init from the configs
+    (speed needs the shapes). Not measured: the render and field backward, which fsd3d's step includes."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet_base = UNet2DConditionModel(**SD15_UNET_CONFIG).eval().requires_grad_(False)
+    vae_base = AutoencoderKL(**SD15_VAE_CONFIG).eval().requires_grad_(False)
+    # DDPM's scaled-linear schedule of SD 1.5 (beta 0.00085 .. 0.012 over 1000 steps).
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alpha_bar = float(torch.cumprod(1 - betas, 0)[500])
+    for name, dtype, tf32 in precisions():
+        set_tf32(tf32)
+        unet, vae = unet_base.to("cuda", dtype), vae_base.to("cuda", dtype)
+        render = rand(1, 3, 64, 64, dtype=torch.float32, seed=1).add_(0.5).requires_grad_(True)
+        adam = torch.optim.Adam([render], lr=0.01)
+        ctx = rand(2, 77, 768, dtype=dtype, seed=2)  # [uncond; cond] text embeddings
+        eps = torch.randn(1, 4, 64, 64, device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
+        t = torch.full((2,), 500, device="cuda")
+
+        def step():
+            adam.zero_grad(set_to_none=True)
+            image = F.interpolate(render * 2 - 1, size=(512, 512), mode="bilinear", align_corners=False)
+            z = vae.encode(image.to(dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+            with torch.no_grad():
+                x_t = (alpha_bar**0.5 * z + (1 - alpha_bar) ** 0.5 * eps).to(dtype)
+                e_uncond, e_cond = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=ctx).sample.float().chunk(2)
+                grad = (1 - alpha_bar) * (e_uncond + 100.0 * (e_cond - e_uncond) - eps)
+            z.backward(gradient=grad)
+            adam.step()
+
+        ms = timed(step, seconds)
+        yield dict(family="fsd-step", case="SD 1.5 UNet + VAE (random init): 64² render stand-in -> 512² -> "
+                   "encode -> CFG pair -> encoder backward -> Adam", dtype=name, ms=ms)
+        del unet, vae, render, adam
+        torch.cuda.empty_cache()
+    del unet_base, vae_base
+
+
 FAMILIES = dict(matmul=bench_matmul, conv=bench_conv, attention=bench_attention, unet=bench_unet)
 
 
@@ -168,13 +225,20 @@ def main():
     ap.add_argument("--seconds", type=float, default=1.0, help="measuring time per case")
     ap.add_argument("--only", choices=sorted(FAMILIES), action="append", help="families to run (default: all)")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("--fsd-step", action="store_true",
+                    help="time the prior's side of one FSD iteration (VAE encode and backward, UNet CFG pair): "
+                         "alone, or after the families --only names")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this reference needs a CUDA GPU (tools/bench_torch_cpu.py measures the CPU)")
     head = dict(torch=torch.__version__, device=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version())
     print(json.dumps(head) if args.json else f"torch {head['torch']}, {head['device']}, cuDNN {head['cudnn']}", flush=True)
-    for fam in args.only or list(FAMILIES):
-        for row in FAMILIES[fam](args.seconds):
+    families = args.only or ([] if args.fsd_step else list(FAMILIES))
+    runs = [FAMILIES[fam] for fam in families]
+    if args.fsd_step:
+        runs.append(bench_fsd_step)
+    for bench in runs:
+        for row in bench(args.seconds):
             if args.json:
                 print(json.dumps(row), flush=True)
             else:

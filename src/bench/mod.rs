@@ -7,7 +7,9 @@
 //!
 //! [`variants`] compares the kernel variants of a family (checked against a
 //! CPU reference first) and autotunes the ops' default choice; [`unet`] times
-//! whole UNet steps, with random weights where the checkpoint is not at hand.
+//! whole UNet steps, with random weights where the checkpoint is not at hand;
+//! [`fsd_step`] times whole iterations of `fsd3d generate` (not part of the
+//! families run when none is named: it needs `--random-weights` or `--model`).
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,9 @@ use crate::gpu::{DType, Gpu};
 
 pub mod attention;
 pub mod conv;
+pub mod fsd_step;
 pub mod matmul;
+pub mod random;
 pub mod scene;
 pub mod unet;
 pub mod variants;
@@ -29,12 +33,14 @@ pub const FAMILIES: [&str; 5] = ["matmul", "conv", "attention", "scene", "unet"]
 /// Options of `fsd3d bench`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Family to measure: matmul, conv, attention, scene, unet (all when omitted).
+    /// Family to measure: matmul, conv, attention, scene, unet (all when omitted),
+    /// or fsd-step: one whole iteration of `fsd3d generate` (with --random-weights or --model).
     pub family: Option<String>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Smallest shapes only (a quick check that every case runs).
+    /// Smallest shapes only (a quick check that every case runs); fsd-step:
+    /// the tiny test pipeline's configs (with --random-weights) and a small scene.
     #[arg(long)]
     pub quick: bool,
     /// Seconds to spend measuring each case after warm-up; 0 = one timed iteration.
@@ -53,15 +59,21 @@ pub struct BenchArgs {
     pub autotune: bool,
     /// unet: also time Stable Diffusion 1.5 (or --model's config) with random
     /// weights drawn from a seeded normal: speed needs the shapes, not the values.
+    /// fsd-step: Stable Diffusion 1.5's UNet, VAE and text encoder so made.
     #[arg(long)]
     pub random_weights: bool,
     /// unet: time this UNet folder (a pipeline or its unet/ folder) instead of the
     /// built-in list; with --random-weights only its config.json is read.
+    /// fsd-step: this diffusers pipeline folder (with --random-weights, its configs).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Measure only this storage type (f32 or f16); default both where the adapter has f16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// fsd-step: timed iterations after the warm-up (default: as many as fit in
+    /// --seconds, at least one).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
 }
 
 /// The storage types to measure: `--dtype`, else f32 and (where the adapter has it) f16.
@@ -157,8 +169,15 @@ pub fn cases<'a>(gpu: &'a Gpu, family: Option<&str>, quick: bool) -> Result<Vec<
 /// The cases `args` ask for (family, quick, UNet options, dtype).
 pub fn cases_for<'a>(gpu: &'a Gpu, args: &BenchArgs) -> Result<Vec<Case<'a>>> {
     let family = args.family.as_deref();
+    if family == Some(fsd_step::FSD_STEP) {
+        return Err(Error::Invalid("fsd-step times whole iterations, not kernel cases: run it through bench::run (`fsd3d bench fsd-step`)".into()));
+    }
     if let Some(f) = family.filter(|f| !FAMILIES.contains(f)) {
-        return Err(Error::Invalid(format!("unknown bench family {f:?}: expected one of {}", FAMILIES.join(", "))));
+        return Err(Error::Invalid(format!(
+            "unknown bench family {f:?}: expected one of {}, or {}",
+            FAMILIES.join(", "),
+            fsd_step::FSD_STEP
+        )));
     }
     let want = |f: &str| family.is_none_or(|x| x == f);
     let mut v = Vec::new();
@@ -188,6 +207,12 @@ pub fn cases_for<'a>(gpu: &'a Gpu, args: &BenchArgs) -> Result<Vec<Case<'a>>> {
 /// `--variants` or `--autotune` the variants table instead
 /// ([`variants::run`]; its timed rows are returned).
 pub fn run(gpu: &Gpu, args: &BenchArgs) -> Result<Vec<Measurement>> {
+    if args.family.as_deref() == Some(fsd_step::FSD_STEP) {
+        return Ok(fsd_step::run(gpu, args)?.iter().map(fsd_step::FsdStepReport::measurement).collect());
+    }
+    if args.steps.is_some() {
+        return Err(Error::Invalid(format!("--steps counts the iterations of `bench {}`; the other benches time for --seconds", fsd_step::FSD_STEP)));
+    }
     if args.variants.is_some() || args.autotune {
         let report = variants::run(gpu, args)?;
         return Ok(report

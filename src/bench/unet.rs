@@ -9,14 +9,14 @@
 //! hand. The model is loaded during the warm-up call, so the timing is the
 //! step alone, and freed when its case is done.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::bench::random::RandomFolder;
 use crate::bench::{BenchArgs, Case, dtypes};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::config::UNetConfig;
 use crate::models::unet::{UNet, component_dir};
-use crate::models::weights::{RANDOM_WEIGHTS_FILE, RandomWeights};
+use crate::models::weights::RandomWeights;
 
 /// Stable Diffusion 1.5's UNet (`runwayml/stable-diffusion-v1-5/unet/config.json`,
 /// the keys fsd3d reads): 320/640/1280/1280 channels, 8 heads, 768-wide text
@@ -55,21 +55,10 @@ const DEFAULT_LATENT_SIDE: usize = 64;
 /// Loads a UNet from the text of a diffusers `config.json`, its weights
 /// synthesised by `spec` instead of read from a checkpoint.
 pub fn random_unet(gpu: &Gpu, config_json: &str, dtype: DType, spec: RandomWeights) -> Result<UNet> {
-    // UNet::load reads a folder: give it one with the config and the file that
-    // makes its weights random (see models::weights).
-    static FOLDERS: AtomicU32 = AtomicU32::new(0);
-    let n = FOLDERS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("fsd3d-random-unet-{}-{n}", std::process::id()));
-    let write = |name: &str, text: &str| -> Result<()> {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::Io { path, source: e })
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
-    let loaded = write("config.json", config_json)
-        .and_then(|_| write(RANDOM_WEIGHTS_FILE, &serde_json::to_string(&spec).expect("the spec serialises")))
-        .and_then(|_| UNet::load(gpu, &dir, dtype));
-    let _ = std::fs::remove_dir_all(&dir);
-    loaded
+    // UNet::load reads a folder: give it one with the config and the marker.
+    let folder = RandomFolder::new("unet")?;
+    folder.component("", config_json, spec)?;
+    UNet::load(gpu, folder.path(), dtype)
 }
 
 /// The inputs of one guided denoising step.

@@ -1,7 +1,16 @@
 //! Per-kernel timing. With TIMESTAMP_QUERY every dispatch's compute pass
 //! writes a begin and an end timestamp; the pairs are resolved at each submit
-//! and summed per label. Without it, the profiler times whole submits on the
-//! wall clock and says so.
+//! and summed per label, and per section where the caller named the part of
+//! the work it is recording ([`Gpu::set_profile_section`]: e.g. a model inside
+//! a larger step, whose kernels share labels with the rest). Without it, the
+//! profiler times whole submits on the wall clock and says so.
+//!
+//! Profiling can be switched on for part of a run ([`Gpu::set_profiling`]):
+//! a profiled submit waits for its work, so a bench times its steps with the
+//! profiler off and profiles one more.
+//!
+//! [`Gpu::set_profile_section`]: crate::gpu::Gpu::set_profile_section
+//! [`Gpu::set_profiling`]: crate::gpu::Gpu::set_profiling
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -19,8 +28,19 @@ pub struct ProfileEntry {
 
 pub struct Profiler {
     enabled: bool,
+    /// The device can write timestamps (the query set is made on first use).
+    has_timestamps: bool,
     timestamps: Option<Timestamps>,
     table: HashMap<String, (u64, f64)>,
+    /// The section the next dispatches belong to.
+    section: Option<String>,
+    sections: HashMap<String, (u64, f64)>,
+}
+
+/// A dispatch waiting for its timestamps: its label and section.
+struct Pending {
+    label: String,
+    section: Option<String>,
 }
 
 struct Timestamps {
@@ -28,46 +48,66 @@ struct Timestamps {
     resolve: wgpu::Buffer,
     readback: wgpu::Buffer,
     period_ns: f64,
-    labels: Vec<String>,
+    labels: Vec<Pending>,
     resolved: bool,
+}
+
+impl Timestamps {
+    fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Timestamps {
+        let bytes = MAX_PAIRS as u64 * 2 * 8;
+        Timestamps {
+            set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("fsd3d timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: MAX_PAIRS * 2,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            period_ns: queue.get_timestamp_period() as f64,
+            labels: Vec::new(),
+            resolved: false,
+        }
+    }
 }
 
 impl Profiler {
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, enabled: bool, has_timestamps: bool) -> Profiler {
-        let timestamps = (enabled && has_timestamps).then(|| {
-            let bytes = MAX_PAIRS as u64 * 2 * 8;
-            Timestamps {
-                set: device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("fsd3d timestamps"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: MAX_PAIRS * 2,
-                }),
-                resolve: device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("timestamp resolve"),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }),
-                readback: device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("timestamp readback"),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                }),
-                period_ns: queue.get_timestamp_period() as f64,
-                labels: Vec::new(),
-                resolved: false,
-            }
-        });
-        Profiler { enabled, timestamps, table: HashMap::new() }
+        let mut p = Profiler {
+            enabled: false,
+            has_timestamps,
+            timestamps: None,
+            table: HashMap::new(),
+            section: None,
+            sections: HashMap::new(),
+        };
+        p.set_enabled(device, queue, enabled);
+        p
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
     }
+    /// Switches timing on or off; the caller makes sure nothing timed is
+    /// pending (see [`Gpu::set_profiling`](crate::gpu::Gpu::set_profiling)).
+    pub(crate) fn set_enabled(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, on: bool) {
+        if on && self.has_timestamps && self.timestamps.is_none() {
+            self.timestamps = Some(Timestamps::new(device, queue));
+        }
+        self.enabled = on;
+    }
     /// True when timings come from timestamp queries, false for wall clock.
     pub fn uses_timestamps(&self) -> bool {
-        self.timestamps.is_some()
+        self.has_timestamps
     }
     pub(crate) fn queries_full(&self) -> bool {
         self.timestamps.as_ref().is_some_and(|t| t.labels.len() as u32 >= MAX_PAIRS)
@@ -78,9 +118,12 @@ impl Profiler {
 
     /// Timestamp writes for the next dispatch's pass (None when not timing).
     pub(crate) fn begin_dispatch(&mut self, label: &str) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+        if !self.enabled {
+            return None;
+        }
         let ts = self.timestamps.as_mut()?;
         let i = ts.labels.len() as u32;
-        ts.labels.push(label.to_string());
+        ts.labels.push(Pending { label: label.to_string(), section: self.section.clone() });
         Some(wgpu::ComputePassTimestampWrites {
             query_set: &ts.set,
             beginning_of_pass_write_index: Some(2 * i),
@@ -126,11 +169,16 @@ impl Profiler {
         {
             let data = slice.get_mapped_range().map_err(|e| Error::Readback(format!("{e:?}")))?;
             let ticks: &[u64] = bytemuck::cast_slice(&data);
-            for (i, label) in ts.labels.iter().enumerate() {
+            for (i, p) in ts.labels.iter().enumerate() {
                 let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ts.period_ns * 1e-6;
-                let e = self.table.entry(label.clone()).or_default();
+                let e = self.table.entry(p.label.clone()).or_default();
                 e.0 += 1;
                 e.1 += dt;
+                if let Some(s) = &p.section {
+                    let e = self.sections.entry(s.clone()).or_default();
+                    e.0 += 1;
+                    e.1 += dt;
+                }
             }
         }
         ts.readback.unmap();
@@ -141,18 +189,30 @@ impl Profiler {
 
     /// The table so far, longest total first.
     pub fn report(&self) -> Vec<ProfileEntry> {
-        let mut v: Vec<ProfileEntry> = self
-            .table
-            .iter()
-            .map(|(k, (c, t))| ProfileEntry { label: k.clone(), calls: *c, total_ms: *t })
-            .collect();
-        v.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
-        v
+        entries(&self.table)
+    }
+
+    /// The time of the dispatches recorded in each named section (timestamps only), longest first.
+    pub fn section_report(&self) -> Vec<ProfileEntry> {
+        entries(&self.sections)
+    }
+
+    /// Names the section of the dispatches recorded from now on (None: no section).
+    pub(crate) fn set_section(&mut self, section: Option<&str>) {
+        self.section = section.map(str::to_string);
     }
 
     pub fn reset(&mut self) {
         self.table.clear();
+        self.sections.clear();
     }
+}
+
+fn entries(table: &HashMap<String, (u64, f64)>) -> Vec<ProfileEntry> {
+    let mut v: Vec<ProfileEntry> =
+        table.iter().map(|(k, (c, t))| ProfileEntry { label: k.clone(), calls: *c, total_ms: *t }).collect();
+    v.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    v
 }
 
 impl crate::gpu::device::Gpu {
@@ -165,6 +225,32 @@ impl crate::gpu::device::Gpu {
     }
     pub fn profile_reset(&self) {
         self.profiler.lock().unwrap().reset()
+    }
+
+    /// Starts or stops collecting per-kernel timings (as if opened with
+    /// `profile`). Everything recorded so far is submitted and waited for
+    /// first, so the switch falls between two pieces of work and no dispatch
+    /// is half timed.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        self.sync()?;
+        self.profiler.lock().unwrap().set_enabled(&self.device, &self.queue, on);
+        Ok(())
+    }
+
+    /// Whether per-kernel timings are being collected.
+    pub fn is_profiling(&self) -> bool {
+        self.profiler.lock().unwrap().enabled()
+    }
+
+    /// Names the part of the work that the dispatches recorded from now on
+    /// belong to (None: none), for [`Gpu::profile_sections`]. Free when not profiling.
+    pub fn set_profile_section(&self, section: Option<&str>) {
+        self.profiler.lock().unwrap().set_section(section)
+    }
+
+    /// Kernel time per named section so far (empty without timestamps, or unless profiling).
+    pub fn profile_sections(&self) -> Vec<ProfileEntry> {
+        self.profiler.lock().unwrap().section_report()
     }
 }
 

@@ -47,13 +47,8 @@ impl ClipTextModel {
         let (d, inter) = (config.hidden_size, config.intermediate_size);
         // transformers 4 saves `text_model.`-prefixed names, transformers 5 drops the prefix.
         let p = if weights.contains("text_model.embeddings.token_embedding.weight") { "text_model." } else { "" };
-        let (tok, shape) = weights.f32(&format!("{p}embeddings.token_embedding.weight"))?;
-        if shape != [config.vocab_size, d] {
-            return Err(Error::Invalid(format!(
-                "token embedding has shape {shape:?}, config.json implies [{}, {d}]",
-                config.vocab_size
-            )));
-        }
+        // Uploaded from the host as a chunked table (it can pass the binding limit).
+        let tok = weights.f32_shaped(&format!("{p}embeddings.token_embedding.weight"), &[config.vocab_size, d])?;
         let token_embedding = EmbeddingTable::upload(gpu, &tok, config.vocab_size, d, dtype)?;
         let position_embedding = l.tensor(&format!("{p}embeddings.position_embedding.weight"), &[config.max_position_embeddings, d])?;
         let layers = (0..config.num_hidden_layers)

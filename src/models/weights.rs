@@ -205,6 +205,22 @@ impl Weights {
         Ok((to_f32(name, dt, data)?, shape))
     }
 
+    /// A tensor's values as f32 on the host, checked to have shape `expect`
+    /// (for loaders that prepare a tensor on the host; random weights too).
+    pub fn f32_shaped(&self, name: &str, expect: &[usize]) -> Result<Vec<f32>> {
+        if let Some(spec) = &self.random {
+            return Ok(spec.values(name, expect));
+        }
+        let (values, shape) = self.f32(name)?;
+        if shape != expect {
+            return Err(Error::Invalid(format!(
+                "tensor {name:?} in {} has shape {shape:?}, the config implies {expect:?}: the weights do not match config.json",
+                self.dir.display()
+            )));
+        }
+        Ok(values)
+    }
+
     /// Uploads a tensor, checking its shape, converted to `dtype`.
     pub fn load(&self, gpu: &Gpu, name: &str, expect: &[usize], dtype: DType) -> Result<Tensor> {
         if let Some(spec) = &self.random {
