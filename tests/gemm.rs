@@ -15,6 +15,10 @@ use fsd3d::ops::elementwise::Act;
 use fsd3d::ops::gemm::{self, COOP_PATH, GemmCore, GemmTiles};
 use fsd3d::ops::matmul::{MatmulOpts, MatmulVariant, default_variant, matmul, matmul_tiled_as};
 
+/// (trans_a, trans_b) and (m, n, k) of a check.
+type Trans = (bool, bool);
+type Mnk = (usize, usize, usize);
+
 fn variant_of(core: GemmCore) -> MatmulVariant {
     match core {
         GemmCore::Coop => MatmulVariant::Coop,
@@ -101,7 +105,7 @@ fn every_tiling_and_layout_matches_reference() {
         for (i, &t) in tilings.iter().enumerate() {
             let odd = (t.bm as usize + 3, t.bn as usize + 5, 2 * t.bk as usize + 7);
             let fours = (t.bm as usize + 4, t.bn as usize + 12, 2 * t.bk as usize + 4);
-            let runs: Vec<((bool, bool), (usize, usize, usize))> = if i == 0 {
+            let runs: Vec<(Trans, Mnk)> = if i == 0 {
                 vec![((false, false), odd), ((false, true), odd), ((true, false), odd), ((true, true), odd), ((false, false), fours), ((true, true), fours)]
             } else {
                 vec![((false, true), fours)]

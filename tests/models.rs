@@ -21,7 +21,7 @@ fn check_on(gpus: &[std::sync::Arc<fsd3d::gpu::Gpu>], case: &str, module: &str, 
         if dtype == DType::F16 && !gpu.features().f16 {
             continue;
         }
-        let got = run(&gpu, &dir, module, &inputs, dtype).unwrap_or_else(|e| panic!("{case}/{module}: {e}"));
+        let got = run(gpu, &dir, module, &inputs, dtype).unwrap_or_else(|e| panic!("{case}/{module}: {e}"));
         for (name, w) in &want {
             if name == "sample_grad" {
                 continue;
@@ -77,14 +77,14 @@ fn networks_on_the_gpu_kernels_match_diffusers() {
         ..Default::default()
     })
     .unwrap();
-    check_on(&[tiled.clone()], "sd1_unet", "unet", DType::F32, 1e-3);
+    check_on(std::slice::from_ref(&tiled), "sd1_unet", "unet", DType::F32, 1e-3);
     check_on(&[tiled], "vae", "vae-decode", DType::F32, 1e-3);
     let coop = Gpu::new(&GpuOptions { emulate_coop_matrix: true, ..Default::default() }).unwrap();
     if coop.features().f16 {
         for (case, module) in [("sd1_unet", "unet"), ("sd2_unet", "unet"), ("vae", "vae-decode"), ("clip_gelu", "text-encoder")] {
-            check_on(&[coop.clone()], case, module, DType::F32, 2e-2);
+            check_on(std::slice::from_ref(&coop), case, module, DType::F32, 2e-2);
         }
-        check_on(&[coop.clone()], "sd1_unet", "unet", DType::F16, 2e-2);
+        check_on(std::slice::from_ref(&coop), "sd1_unet", "unet", DType::F16, 2e-2);
         assert!(coop.switched_off().is_empty(), "every first-use check passes: {:?}", coop.switched_off());
     }
 }
