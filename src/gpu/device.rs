@@ -483,9 +483,9 @@ fn coop_status(gpu: &Gpu) -> String {
         return "in use: 16x16x16 f16·f16+f32 (switch off with --disable-features coop-matrix)".into();
     }
     if !has_gemm_coop_config(gpu.coop_configs()) {
-        return "not in use: no 16x16x16 f16·f16+f32 configuration; the workgroup-tiled kernels run instead".into();
+        return "not in use: no 16x16x16 f16·f16+f32 configuration; kernels without matrix units run instead".into();
     }
-    "not in use: switched off, or the adapter lacks f16 or subgroups; the workgroup-tiled kernels run instead".into()
+    "not in use: switched off, or the adapter lacks f16 or subgroups; kernels without matrix units run instead".into()
 }
 
 impl std::fmt::Display for InfoReport {
