@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use fsd3d::ops::diffusion::{self as dops, DdimCoefficients, NoiseKey, NoisePurpose, Prediction};
+use fsd3d::ops::fsd;
 
 #[test]
 fn guidance_matches_reference() {
@@ -112,8 +113,8 @@ fn distill_grad_weights_clips_and_zeroes_non_finite_values() {
                 pred[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][k];
             }
             let counter = gpu.upload_u32(&[0, 0], &[2]).unwrap();
-            let g = dops::DistillGrad { weight: 0.7, clip, out_scale: 0.25 };
-            let y = dops::distill_grad(&gpu, &gpu.upload(&pred, &[n], DType::F32).unwrap(), &gpu.upload(&target, &[n], DType::F32).unwrap(), &g, &counter).unwrap();
+            let g = fsd::DistillGrad { weight: 0.7, clip, out_scale: 0.25 };
+            let y = fsd::distill_grad(&gpu, &gpu.upload(&pred, &[n], DType::F32).unwrap(), &gpu.upload(&target, &[n], DType::F32).unwrap(), &g, &counter).unwrap();
             let got = gpu.download(&y).unwrap();
             let want: Vec<f32> = pred
                 .iter()
@@ -131,7 +132,7 @@ fn distill_grad_weights_clips_and_zeroes_non_finite_values() {
         let bad = gpu.upload(&[1.0, 2.0], &[2], DType::F32).unwrap();
         let other = gpu.upload(&[1.0], &[1], DType::F32).unwrap();
         let counter = gpu.upload_u32(&[0], &[1]).unwrap();
-        let g = dops::DistillGrad { weight: 1.0, clip: 0.0, out_scale: 1.0 };
-        assert!(dops::distill_grad(&gpu, &bad, &other, &g, &counter).is_err());
+        let g = fsd::DistillGrad { weight: 1.0, clip: 0.0, out_scale: 1.0 };
+        assert!(fsd::distill_grad(&gpu, &bad, &other, &g, &counter).is_err());
     }
 }

@@ -210,3 +210,28 @@ fn a_variant_chosen_for_the_device_is_used() {
     let err = fsd3d::ops::matmul::matmul(&bad, &a2, &b2, None, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("nope"), "{err}");
 }
+
+fsd3d::kernel_params! {
+    /// The elementwise kernels' block with one padding word too many before `scale`.
+    struct MisPadded { n: u32, _pad: [u32; 2], scale: f32 }
+}
+
+/// A parameter block whose layout is not the shader's is an error naming the
+/// kernel before any pipeline exists, and an op cannot pass a block other
+/// than the one its kernel key declares.
+#[test]
+fn a_mis_padded_parameter_block_is_an_error_naming_the_kernel() {
+    use fsd3d::gpu::KernelParams;
+    let caps = Caps::all();
+    let mut key = ops::elementwise::variants(caps).into_iter().next().unwrap();
+    kernel::validate(&kernel::ShaderSource::builtin(), &key, caps).unwrap();
+    key.params = MisPadded::FIELDS;
+    let err = kernel::validate(&kernel::ShaderSource::builtin(), &key, caps).unwrap_err().to_string();
+    assert!(err.contains(&key.to_string()) && err.contains("parameter block"), "{err}");
+
+    let gpu = gpu();
+    let x = gpu.upload(&[1.0; 4], &[4], DType::F32).unwrap();
+    let good = ops::elementwise::variants(gpu.caps()).into_iter().next().unwrap();
+    let err = gpu.dispatch("mis-padded", &good, &MisPadded::default(), &[&x, &x], [1, 1, 1]).unwrap_err().to_string();
+    assert!(err.contains("parameter block"), "{err}");
+}

@@ -12,7 +12,8 @@ use std::f64::consts::PI;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::ops::diffusion::{self as dops, NoiseKey, NoisePurpose, WorldMapInputs};
+use crate::ops::diffusion::{self as dops, NoiseKey, NoisePurpose};
+use crate::ops::fsd::{WorldMapInputs, worldmap_noise};
 
 /// Which noise the loop adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -139,7 +140,7 @@ impl ViewNoise {
                     step_bg = dops::randn(gpu, &[d, h, w], DType::F32, NoiseKey { seed: self.seed, step, purpose: NoisePurpose::Background })?;
                     &step_bg
                 };
-                dops::worldmap_noise(
+                worldmap_noise(
                     gpu,
                     &WorldMapInputs {
                         world: self.world.as_ref().expect("world map exists in world-map mode"),

@@ -33,7 +33,7 @@ use crate::diffusion::timesteps::uniform;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::prior::Prior;
-use crate::ops::diffusion::{self as dops, DistillGrad};
+use crate::ops::fsd::{DistillGrad, distill_grad};
 use crate::ops::elementwise as ew;
 use crate::ops::resample;
 use crate::ops::render::{RegulariserWeights, Shading};
@@ -234,7 +234,7 @@ impl<'a> Generator<'a> {
         // ∂L/∂z = g / B, back through the encoder and the resize; the image
         // is 2·rgb − 1, so ∂L/∂rgb = 2·∂L/∂image.
         let g = DistillGrad { weight: cfg.guidance.weighting.weight(s, t) as f32, clip: cfg.guidance.grad_clip, out_scale: 1.0 / b as f32 };
-        let d_z = dops::distill_grad(gpu, &pred, &target, &g, &self.nonfinite)?;
+        let d_z = distill_grad(gpu, &pred, &target, &g, &self.nonfinite)?;
         let d_image = self.prior.encode_backward(gpu, &encoded, &d_z)?;
         let d_image = if resized { resample::resize_bilinear_backward(gpu, &d_image, h, w)? } else { d_image };
         let d_rgb = ew::scale(gpu, &d_image, 2.0)?.reshape(r.images.rgb.shape())?;

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Caps;
+use crate::gpu::params::{Field, KernelParams};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_shaders.rs"));
 
@@ -35,18 +36,26 @@ include!(concat!(env!("OUT_DIR"), "/builtin_shaders.rs"));
 pub const ENV_SHADER_DIR: &str = "FSD3D_SHADERS";
 
 /// Identifies one compiled pipeline: the shader file (family), its entry point
-/// and the defines it was expanded with.
+/// and the defines it was expanded with; and the layout of the parameter
+/// block the op passes it, which validation checks against the shader.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KernelKey {
     pub family: &'static str,
     pub entry: &'static str,
     /// Sorted by name, so equal sets compare equal.
     pub defines: Vec<(&'static str, String)>,
+    /// The host's uniform block at binding 0 ([`KernelKey::params`]); empty: none.
+    pub params: &'static [Field],
 }
 
 impl KernelKey {
     pub fn new(family: &'static str, entry: &'static str) -> KernelKey {
-        KernelKey { family, entry, defines: Vec::new() }
+        KernelKey { family, entry, defines: Vec::new(), params: &[] }
+    }
+    /// Declares the parameter block `P` the op passes this kernel.
+    pub fn params<P: KernelParams>(mut self) -> KernelKey {
+        self.params = P::FIELDS;
+        self
     }
     /// Adds (or replaces) a define.
     pub fn def(mut self, name: &'static str, value: impl ToString) -> KernelKey {
@@ -261,6 +270,10 @@ pub fn validate(source: &ShaderSource, key: &KernelKey, caps: Caps) -> Result<(S
     if !module.entry_points.iter().any(|ep| ep.name == key.entry) {
         return Err(Error::Shader { file: path, message: format!("[{key}] has no entry point {:?}", key.entry) });
     }
+    crate::gpu::params::check_against(&module, key.params).map_err(|why| Error::Shader {
+        file: path.clone(),
+        message: format!("[{key}] the uniform parameter block does not match the host's: {why}"),
+    })?;
     Ok((expanded, module))
 }
 

@@ -7,6 +7,7 @@
 pub mod autotune;
 pub mod device;
 pub mod kernel;
+pub mod params;
 pub mod pool;
 pub mod profile;
 pub mod recorder;
@@ -14,6 +15,7 @@ pub mod tensor;
 
 pub use device::{Caps, Features, Gpu, GpuOptions};
 pub use kernel::{KernelKey, ShaderSource};
+pub use params::{KernelParams, NoParams};
 pub use profile::ProfileEntry;
 pub use tensor::{DType, Tensor};
 

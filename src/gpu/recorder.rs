@@ -10,6 +10,7 @@ use std::num::NonZeroU64;
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::kernel::KernelKey;
+use crate::gpu::params::KernelParams;
 use crate::gpu::tensor::Tensor;
 
 const ARENA_CHUNK: u64 = 64 * 1024;
@@ -75,16 +76,24 @@ impl Gpu {
         }
     }
 
-    /// Records one kernel dispatch. Binding 0 is the uniform `params` (when
-    /// not empty), bindings 1.. are `tensors` in order, as the kernel declares them.
-    pub fn dispatch(
+    /// Records one kernel dispatch. Binding 0 is the uniform `block` (none
+    /// for [`NoParams`](crate::gpu::NoParams)), bindings 1.. are `tensors` in
+    /// order, as the kernel declares them. `block` must be the one `key` declares
+    /// ([`KernelKey::params`]), whose layout validation checked against the shader.
+    pub fn dispatch<P: KernelParams>(
         &self,
         label: &str,
         key: &KernelKey,
-        params: &[u8],
+        block: &P,
         tensors: &[&Tensor],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        if P::FIELDS != key.params {
+            return Err(Error::Invalid(format!(
+                "{label} [{key}]: the op passes a parameter block other than the one its kernel key declares"
+            )));
+        }
+        let params: &[u8] = bytemuck::bytes_of(block);
         let max = self.limits().max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&w| w > max) {
             return Err(Error::Invalid(format!(
@@ -138,7 +147,7 @@ impl Gpu {
             drop(prof);
             drop(rec);
             self.flush()?;
-            return self.dispatch(label, key, params, tensors, workgroups);
+            return self.dispatch(label, key, block, tensors, workgroups);
         }
         let timestamp_writes = prof.begin_dispatch(label);
         let enc = self.encoder(&mut rec);

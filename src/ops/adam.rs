@@ -1,6 +1,5 @@
 //! Adam on the device (`shaders/adam.wgsl`): torch.optim.Adam's update,
 //! one dispatch per parameter tensor.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -17,22 +16,22 @@ pub struct AdamHyper {
     pub eps: f32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    _pad: [u32; 3],
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    grad_scale: f32,
-    step_size: f32,
-    bias_correction2_sqrt: f32,
-    _pad1: [f32; 2],
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        _pad: [u32; 3],
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        grad_scale: f32,
+        step_size: f32,
+        bias_correction2_sqrt: f32,
+        _pad1: [f32; 2],
+    }
 }
 
 fn key() -> KernelKey {
-    KernelKey::new("adam", "adam_step")
+    KernelKey::new("adam", "adam_step").params::<Params>()
 }
 
 /// Every variant this family dispatches (for validation).
@@ -79,5 +78,5 @@ pub fn adam_step(
         bias_correction2_sqrt: bias2.sqrt() as f32,
         _pad1: [0.0; 2],
     };
-    gpu.dispatch("adam.step", &key(), bytemuck::bytes_of(&p), &[param, grad, exp_avg, exp_avg_sq], grid_for(gpu, n, WG))
+    gpu.dispatch("adam.step", &key(), &p, &[param, grad, exp_avg, exp_avg_sq], grid_for(gpu, n, WG))
 }

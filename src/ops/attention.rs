@@ -8,7 +8,6 @@
 //! variants. Storage f32 or f16, arithmetic f32; the matrix-unit kernel
 //! (`shaders/attention_coop.wgsl`, [`AttentionVariant::Coop`]) multiplies f16
 //! operands and keeps the softmax and the sums in f32.
-use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::autotune::{attention_bucket, tuned_variant};
 use crate::error::{Error, Result};
@@ -151,15 +150,15 @@ impl AttentionOpts {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    lq: u32,
-    lk: u32,
-    heads: u32,
-    causal: u32,
-    scale_log2: f32,
-    pad: [u32; 3],
+crate::kernel_params! {
+    struct Params {
+        lq: u32,
+        lk: u32,
+        heads: u32,
+        causal: u32,
+        scale_log2: f32,
+        pad: [u32; 3],
+    }
 }
 
 /// Keys per K/V tile for head dim `d`: two f32 tiles of BK·D within the
@@ -180,7 +179,7 @@ fn kernel_key(variant: AttentionVariant, dtype: DType, d: usize, subgroups: bool
         AttentionVariant::FusedQuad => "attention_quad",
         AttentionVariant::Coop => unreachable!("attention_coop.wgsl has its own key"),
     };
-    KernelKey::new("attention", entry)
+    KernelKey::new("attention", entry).params::<Params>()
         .def("T", dtype.wgsl())
         .def("D", d)
         .def("WG", WORKGROUP_SIZE)
@@ -252,7 +251,7 @@ fn coop_blocks(gpu: &Gpu, d: usize, sg: u32) -> Result<(u32, u32)> {
 }
 
 fn coop_key(dtype: DType, d: usize, (br, bc): (u32, u32), hw: bool, sg: u32) -> KernelKey {
-    KernelKey::new("attention_coop", "attention_coop")
+    KernelKey::new("attention_coop", "attention_coop").params::<Params>()
         .def("T", dtype.wgsl())
         .def("CT", DType::F16.wgsl())
         .def("D", d)
@@ -285,11 +284,11 @@ fn attention_coop(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, p
         // Switched off just now: the fused kernel does this one.
         let key = kernel_key(AttentionVariant::Fused, q.dtype(), d, false);
         let groups = [p.lq.div_ceil(AttentionVariant::Fused.queries_per_workgroup()), (b as u32) * p.heads, 1];
-        return gpu.dispatch("attention.fused", &key, bytemuck::bytes_of(p), &[q, k, v, out], groups);
+        return gpu.dispatch("attention.fused", &key, p, &[q, k, v, out], groups);
     }
     let groups = [p.lq.div_ceil(blocks.0), (b as u32) * p.heads, 1];
     let label = if hw { "attention.coop" } else { "attention.coop-emulated" };
-    gpu.dispatch(label, &key, bytemuck::bytes_of(p), &[q, k, v, out], groups)
+    gpu.dispatch(label, &key, p, &[q, k, v, out], groups)
 }
 
 /// The first-use check's problem: two heads, partial blocks of queries and
@@ -374,6 +373,6 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
     }
     let workgroups = [(lq as u32).div_ceil(variant.queries_per_workgroup()), (b * opts.heads) as u32, 1];
     let key = kernel_key(variant, q.dtype(), d, subgroup_path(gpu.caps()));
-    gpu.dispatch(&format!("attention.{}", variant.name()), &key, bytemuck::bytes_of(&p), &[q, k, v, &out], workgroups)?;
+    gpu.dispatch(&format!("attention.{}", variant.name()), &key, &p, &[q, k, v, &out], workgroups)?;
     Ok(out)
 }

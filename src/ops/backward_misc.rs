@@ -4,7 +4,6 @@
 //! Every op takes the forward's tensor in its own storage type and the
 //! gradient in another (the VAE backward keeps its gradients in f32 while an
 //! f16 model stores its activations in f16); the result has the gradient's.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
@@ -14,17 +13,17 @@ use crate::ops::norm::{WORKGROUP_SIZES, workgroup_size};
 use crate::ops::softmax::softmax;
 use crate::ops::{WG_1D, expect_float, expect_rank, float_dtypes, grid_for};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    len: u32,
-    scale: f32,
-    _pad: u32,
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        len: u32,
+        scale: f32,
+        _pad: u32,
+    }
 }
 
 fn key(entry: &'static str, t: DType, tg: DType, wg: u32, subgroups: bool) -> KernelKey {
-    KernelKey::new("backward_misc", entry)
+    KernelKey::new("backward_misc", entry).params::<Params>()
         .def("T", t.wgsl())
         .def("TG", tg.wgsl())
         .def("WG", wg)
@@ -77,7 +76,7 @@ pub fn silu_input_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape(OP, "the forward's input x", x, dy)?;
     let dx = gpu.empty(dy.shape(), dy.dtype())?;
     let p = Params { n: u32_of(OP, "elements", x.numel())?, len: 0, scale: 1.0, _pad: 0 };
-    gpu.dispatch("backward_misc.silu_grad", &silu_key(x.dtype(), dy.dtype()), bytemuck::bytes_of(&p), &[x, dy, &dx], grid_for(gpu, x.numel(), WG_1D))?;
+    gpu.dispatch("backward_misc.silu_grad", &silu_key(x.dtype(), dy.dtype()), &p, &[x, dy, &dx], grid_for(gpu, x.numel(), WG_1D))?;
     Ok(dx)
 }
 
@@ -107,7 +106,7 @@ pub fn softmax_input_grad_with_workgroup(gpu: &Gpu, y: &Tensor, dy: &Tensor, sca
     gpu.dispatch(
         "backward_misc.softmax_grad",
         &softmax_key(y.dtype(), dy.dtype(), wg, gpu.features().subgroups),
-        bytemuck::bytes_of(&p),
+        &p,
         &[y, dy, &dx],
         grid_1d(rows, gpu.limits().max_compute_workgroups_per_dimension),
     )?;

@@ -4,7 +4,6 @@
 //! where as an iteration shape with a source and a destination stride per
 //! dimension ([`CopyPlan`]); dimensions contiguous in both tensors are merged
 //! before the dispatch. Results are always fresh tensors (copies), never views.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -13,20 +12,20 @@ use crate::ops::{WG_1D, float_dtypes, grid_for};
 /// Highest rank the layout ops accept.
 pub const MAX_RANK: usize = 8;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    first_dim: u32,
-    src_offset: u32,
-    dst_offset: u32,
-    shape: [u32; MAX_RANK],
-    src_strides: [u32; MAX_RANK],
-    dst_strides: [u32; MAX_RANK],
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        first_dim: u32,
+        src_offset: u32,
+        dst_offset: u32,
+        shape: [u32; MAX_RANK],
+        src_strides: [u32; MAX_RANK],
+        dst_strides: [u32; MAX_RANK],
+    }
 }
 
 fn key(dtype: DType) -> KernelKey {
-    KernelKey::new("concat", "copy_strided").def("T", dtype.wgsl()).def("WG", WG_1D)
+    KernelKey::new("concat", "copy_strided").params::<Params>().def("T", dtype.wgsl()).def("WG", WG_1D)
 }
 
 /// Every variant this family dispatches (for validation): one per storage type.
@@ -116,7 +115,7 @@ fn record_copy(gpu: &Gpu, label: &str, src: &Tensor, dst: &Tensor, plan: &CopyPl
     if n == 0 {
         return Ok(());
     }
-    gpu.dispatch(label, &key(src.dtype()), bytemuck::bytes_of(&plan.params()), &[src, dst], grid_for(gpu, n, WG_1D))
+    gpu.dispatch(label, &key(src.dtype()), &plan.params(), &[src, dst], grid_for(gpu, n, WG_1D))
 }
 
 fn check_rank(op: &'static str, x: &Tensor) -> Result<()> {

@@ -7,7 +7,6 @@
 //! blockings on offer. `conv_gemm` reads the weights repacked by `conv_pack`
 //! (one extra small dispatch per call) so that four output channels' weights
 //! come in one vec4 load.
-use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::autotune::{conv_bucket, tuned_variant};
 use crate::error::{Error, Result};
@@ -164,28 +163,28 @@ pub(crate) fn subgroup_tiles_available(caps: Caps) -> bool {
     caps.features.subgroups && caps.subgroup_min_size >= 8 && caps.subgroup_max_size <= 64 && caps.subgroup_max_size.is_power_of_two()
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
-    n_pix: u32,
-    cout_pad: u32,
-    tile_c: u32,
-    _pad: [u32; 2],
+crate::kernel_params! {
+    struct Params {
+        batch: u32,
+        cin: u32,
+        h: u32,
+        w: u32,
+        cout: u32,
+        ho: u32,
+        wo: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad: u32,
+        n_pix: u32,
+        cout_pad: u32,
+        tile_c: u32,
+        _pad: [u32; 2],
+    }
 }
 
 fn key(entry: &'static str, tx: DType, tw: DType, bias: Option<DType>) -> KernelKey {
-    KernelKey::new("conv2d", entry)
+    KernelKey::new("conv2d", entry).params::<Params>()
         .def("TX", tx.wgsl())
         .def("TW", tw.wgsl())
         .def("TB", bias.unwrap_or(DType::F32).wgsl())
@@ -248,7 +247,7 @@ fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
     gpu.dispatch(
         "conv2d.pack",
         &pack_key(weight.dtype()),
-        bytemuck::bytes_of(p),
+        p,
         &[weight, &packed],
         grid_for(gpu, packed.numel(), WG),
     )?;
@@ -425,7 +424,7 @@ fn conv2d_with(
     let mut tensors = vec![x, &weight];
     tensors.extend(bias);
     tensors.push(&y);
-    gpu.dispatch(&label, &key, bytemuck::bytes_of(&p), &tensors, workgroups)?;
+    gpu.dispatch(&label, &key, &p, &tensors, workgroups)?;
     match residual {
         Some(r) => crate::ops::elementwise::add(gpu, &y, r),
         None => Ok(y),

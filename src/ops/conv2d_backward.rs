@@ -10,7 +10,6 @@
 //! The GEMMs run one dispatch per stride phase so that no tile mixes pixels
 //! whose live taps differ (see the shader's header), and read the weights
 //! repacked by `grad_pack` (one extra small dispatch per call).
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
@@ -99,32 +98,32 @@ impl Default for Conv2dBackwardOpts {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
-    n_pix: u32,
-    cin_pad: u32,
-    tile_c: u32,
-    phase_y: u32,
-    phase_x: u32,
-    hq: u32,
-    wq: u32,
-    _pad: [u32; 2],
+crate::kernel_params! {
+    struct Params {
+        batch: u32,
+        cin: u32,
+        h: u32,
+        w: u32,
+        cout: u32,
+        ho: u32,
+        wo: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad: u32,
+        n_pix: u32,
+        cin_pad: u32,
+        tile_c: u32,
+        phase_y: u32,
+        phase_x: u32,
+        hq: u32,
+        wq: u32,
+        _pad: [u32; 2],
+    }
 }
 
 fn key(entry: &'static str, ty: DType, tw: DType) -> KernelKey {
-    KernelKey::new("conv2d_backward", entry)
+    KernelKey::new("conv2d_backward", entry).params::<Params>()
         .def("TY", ty.wgsl())
         .def("TW", tw.wgsl())
         .def("WG", WG)
@@ -186,7 +185,7 @@ fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
     gpu.dispatch(
         "conv2d_backward.pack",
         &pack_key(weight.dtype()),
-        bytemuck::bytes_of(p),
+        p,
         &[weight, &packed],
         grid_for(gpu, packed.numel(), WG),
     )?;
@@ -301,7 +300,7 @@ pub fn conv2d_input_grad(
     let key = grad_key(variant, gpu.caps(), dy.dtype(), weight.dtype());
     let (tile_c, tile_pixels) = match variant {
         Conv2dBackwardVariant::Simple => {
-            gpu.dispatch(&label, &key, bytemuck::bytes_of(&p), &[dy, weight, &dx], grid_for(gpu, dx.numel(), WG))?;
+            gpu.dispatch(&label, &key, &p, &[dy, weight, &dx], grid_for(gpu, dx.numel(), WG))?;
             return Ok(dx);
         }
         Conv2dBackwardVariant::Gemm => (GEMM_BM, WG * 4 * GEMM_PV),
@@ -323,7 +322,7 @@ pub fn conv2d_input_grad(
                 ..p
             };
             let [gx, gz, _] = grid_1d(phase.n_pix.div_ceil(tile_pixels), gpu.limits().max_compute_workgroups_per_dimension);
-            gpu.dispatch(&label, &key, bytemuck::bytes_of(&phase), &[dy, &packed, &dx], [gx, p.cin_pad / tile_c, gz])?;
+            gpu.dispatch(&label, &key, &phase, &[dy, &packed, &dx], [gx, p.cin_pad / tile_c, gz])?;
         }
     }
     Ok(dx)

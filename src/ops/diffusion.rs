@@ -1,39 +1,38 @@
 //! Sampler kernels (`shaders/diffusion.wgsl`): classifier-free guidance, the
 //! DDIM update, and reproducible Gaussian noise keyed by (seed, step, purpose).
-use bytemuck::{Pod, Zeroable};
+//! FSD's own kernels (the world-map gather, the distillation gradient) are
+//! in [`crate::ops::fsd`].
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::{WG_1D, expect_float, float_dtypes, grid_for};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    n: u32,
-    half: u32,
-    prediction: u32,
-    clip: u32,
-    a: f32,
-    b: f32,
-    clip_range: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    step: u32,
-    purpose: u32,
-    sigma: f32,
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        half: u32,
+        prediction: u32,
+        clip: u32,
+        a: f32,
+        b: f32,
+        clip_range: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        step: u32,
+        purpose: u32,
+        sigma: f32,
+    }
 }
 
 /// `ddim_noise` is the `ddim` entry point compiled with NOISE (the η > 0 step).
 fn key(entry: &'static str, dt: DType) -> KernelKey {
-    KernelKey::new("diffusion", if entry == "ddim_noise" { "ddim" } else { entry })
+    KernelKey::new("diffusion", if entry == "ddim_noise" { "ddim" } else { entry }).params::<Params>()
         .def("T", dt.wgsl())
         .def("WG", WG_1D)
         .flag("GUIDANCE", entry == "guidance")
         .flag("DDIM", entry == "ddim" || entry == "ddim_noise")
         .flag("NOISE", entry == "ddim_noise")
         .flag("RANDN", entry == "randn")
-        .flag("WORLDMAP", entry == "worldmap")
-        .flag("DISTILL_GRAD", entry == "distill_grad")
 }
 
 /// What the network predicts.
@@ -91,9 +90,7 @@ impl DdimCoefficients {
 
 
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
-    let mut v: Vec<KernelKey> = float_dtypes(caps).into_iter().flat_map(|dt| ["guidance", "ddim", "ddim_noise", "randn", "worldmap"].map(|e| key(e, dt))).collect();
-    v.push(key("distill_grad", DType::F32));
-    v
+    float_dtypes(caps).into_iter().flat_map(|dt| ["guidance", "ddim", "ddim_noise", "randn"].map(|e| key(e, dt))).collect()
 }
 
 /// What a noise stream is for: part of its key, so streams never overlap.
@@ -129,7 +126,7 @@ pub fn randn(gpu: &Gpu, shape: &[usize], dtype: DType, key_: NoiseKey) -> Result
         purpose: key_.purpose as u32,
         ..Default::default()
     };
-    gpu.dispatch("diffusion.randn", &key("randn", dtype), bytemuck::bytes_of(&p), &[&y], grid_for(gpu, n.div_ceil(2), WG_1D))?;
+    gpu.dispatch("diffusion.randn", &key("randn", dtype), &p, &[&y], grid_for(gpu, n.div_ceil(2), WG_1D))?;
     Ok(y)
 }
 
@@ -178,7 +175,7 @@ pub fn guidance(gpu: &Gpu, eps: &Tensor, scale: f32) -> Result<Tensor> {
     let y = gpu.empty(&shape, eps.dtype())?;
     let n = y.numel();
     let p = Params { n: n as u32, half: n as u32, a: scale, ..Default::default() };
-    gpu.dispatch("diffusion.guidance", &key("guidance", eps.dtype()), bytemuck::bytes_of(&p), &[eps, &y], grid_for(gpu, n, WG_1D))?;
+    gpu.dispatch("diffusion.guidance", &key("guidance", eps.dtype()), &p, &[eps, &y], grid_for(gpu, n, WG_1D))?;
     Ok(y)
 }
 
@@ -215,96 +212,9 @@ pub fn ddim_step(gpu: &Gpu, x: &Tensor, model_out: &Tensor, c: &DdimCoefficients
         ..Default::default()
     };
     match noise {
-        Some(z) => gpu.dispatch("diffusion.ddim", &key("ddim_noise", x.dtype()), bytemuck::bytes_of(&p), &[x, model_out, z, &y], grid_for(gpu, n, WG_1D))?,
-        None => gpu.dispatch("diffusion.ddim", &key("ddim", x.dtype()), bytemuck::bytes_of(&p), &[x, model_out, &y], grid_for(gpu, n, WG_1D))?,
+        Some(z) => gpu.dispatch("diffusion.ddim", &key("ddim_noise", x.dtype()), &p, &[x, model_out, z, &y], grid_for(gpu, n, WG_1D))?,
+        None => gpu.dispatch("diffusion.ddim", &key("ddim", x.dtype()), &p, &[x, model_out, &y], grid_for(gpu, n, WG_1D))?,
     }
     Ok(y)
 }
 
-/// The inputs of the world-map gather for a batch of views (see
-/// `diffusion::noise` for how they are made).
-pub struct WorldMapInputs<'a> {
-    /// ε_p [D, H + h, W], f32.
-    pub world: &'a Tensor,
-    /// ε_b [D, h, w], f32.
-    pub background: &'a Tensor,
-    /// ε_fresh [B, D, h, w], f32 (ignored when β = 1, but always bound).
-    pub fresh: &'a Tensor,
-    /// Rendered opacity [B, 1, h·k, w·k], f32.
-    pub opacity: &'a Tensor,
-    /// Crop origins [B, 2] (row0, col0), U32.
-    pub origins: &'a Tensor,
-    pub beta: f32,
-    pub alpha0: f32,
-}
-
-/// ε(c) [B, D, h, w] for each view (FSD_SPEC §4).
-pub fn worldmap_noise(gpu: &Gpu, inp: &WorldMapInputs, dtype: DType) -> Result<Tensor> {
-    const OP: &str = "worldmap_noise";
-    let (w3, bg, fr, op, or) = (inp.world, inp.background, inp.fresh, inp.opacity, inp.origins);
-    if w3.rank() != 3 || bg.rank() != 3 || fr.rank() != 4 || op.rank() != 4 || or.rank() != 2 {
-        return Err(Error::shape(OP, format!("ranks: world {w3:?}, background {bg:?}, fresh {fr:?}, opacity {op:?}, origins {or:?}")));
-    }
-    let (d, h, w) = (bg.dim(0), bg.dim(1), bg.dim(2));
-    let b = fr.dim(0);
-    if w3.dim(0) != d || w3.dim(1) < h || fr.shape() != [b, d, h, w] || or.shape() != [b, 2] || op.dim(0) != b || op.dim(1) != 1 {
-        return Err(Error::shape(OP, format!("inconsistent shapes: world {w3:?}, background {bg:?}, fresh {fr:?}, opacity {op:?}, origins {or:?}")));
-    }
-    if op.dim(2) % h != 0 || op.dim(3) % w != 0 || op.dim(2) / h != op.dim(3) / w {
-        return Err(Error::shape(OP, format!("opacity {:?} must be an integer multiple k of the noise size {h}x{w}, the same on both axes", op.shape())));
-    }
-    if [w3, bg, fr, op].iter().any(|t| t.dtype() != DType::F32) || or.dtype() != DType::U32 {
-        return Err(Error::shape(OP, "world, background, fresh and opacity are f32; origins are u32"));
-    }
-    if !(0.0..=1.0).contains(&inp.beta) {
-        return Err(Error::Invalid(format!("{OP}: β = {} must be in [0, 1]", inp.beta)));
-    }
-    let y = gpu.empty(&[b, d, h, w], dtype)?;
-    let n = y.numel();
-    let p = Params {
-        n: n as u32,
-        half: d as u32,
-        prediction: h as u32,
-        clip: w as u32,
-        a: inp.beta,
-        b: inp.alpha0,
-        clip_range: (op.dim(2) / h) as f32,
-        seed_lo: w3.dim(1) as u32,
-        seed_hi: w3.dim(2) as u32,
-        ..Default::default()
-    };
-    gpu.dispatch("diffusion.worldmap", &key("worldmap", dtype), bytemuck::bytes_of(&p), &[w3, bg, fr, op, or, &y], grid_for(gpu, n, WG_1D))?;
-    Ok(y)
-}
-
-/// How [`distill_grad`] shapes the gradient.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DistillGrad {
-    /// w(t).
-    pub weight: f32,
-    /// Clamp each element to ±clip after weighting (0: no clamp).
-    pub clip: f32,
-    /// Multiplies the result (e.g. 1/B, and the chain rule of a pixel mapping).
-    pub out_scale: f32,
-}
-
-/// `out_scale · clamp(nan_to_zero(w·(pred − target)), ±clip)`, all f32 of one
-/// shape. Every non-finite element is zeroed and counted into `nonfinite[0]`
-/// (a U32 tensor the caller zeroes and reads back when it wants to know).
-pub fn distill_grad(gpu: &Gpu, pred: &Tensor, target: &Tensor, g: &DistillGrad, nonfinite: &Tensor) -> Result<Tensor> {
-    const OP: &str = "distill_grad";
-    if pred.shape() != target.shape() || pred.dtype() != DType::F32 || target.dtype() != DType::F32 {
-        return Err(Error::shape(OP, format!("pred {pred:?} and target {target:?} must be f32 of one shape")));
-    }
-    if nonfinite.dtype() != DType::U32 || nonfinite.numel() < 1 {
-        return Err(Error::shape(OP, format!("the non-finite counter must be u32 with at least one element, got {nonfinite:?}")));
-    }
-    if !(g.clip >= 0.0) {
-        return Err(Error::Invalid(format!("{OP}: clip {} must be >= 0 (0 disables it)", g.clip)));
-    }
-    let y = gpu.empty(pred.shape(), DType::F32)?;
-    let n = y.numel();
-    let p = Params { n: n as u32, a: g.weight, b: g.out_scale, clip_range: g.clip, ..Default::default() };
-    gpu.dispatch("diffusion.distill_grad", &key("distill_grad", DType::F32), bytemuck::bytes_of(&p), &[pred, target, &y, nonfinite], grid_for(gpu, n, WG_1D))?;
-    Ok(y)
-}

@@ -1,6 +1,5 @@
 //! Activations, broadcasting binary ops, GEGLU and dtype casts
 //! (`shaders/elementwise.wgsl`).
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -135,16 +134,16 @@ impl BinOp {
 
 const MAX_RANK: usize = 8;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    inner: u32,
-    scale: f32,
-    shift: f32,
-    shape: [u32; MAX_RANK],
-    a_strides: [u32; MAX_RANK],
-    b_strides: [u32; MAX_RANK],
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        inner: u32,
+        scale: f32,
+        shift: f32,
+        shape: [u32; MAX_RANK],
+        a_strides: [u32; MAX_RANK],
+        b_strides: [u32; MAX_RANK],
+    }
 }
 
 fn params(n: usize) -> Params {
@@ -152,7 +151,7 @@ fn params(n: usize) -> Params {
 }
 
 fn key(entry: &'static str, ta: DType, tb: DType, to: DType) -> KernelKey {
-    KernelKey::new("elementwise", entry)
+    KernelKey::new("elementwise", entry).params::<Params>()
         .def("TA", ta.wgsl())
         .def("TB", tb.wgsl())
         .def("TO", to.wgsl())
@@ -204,7 +203,7 @@ pub fn unary_to(gpu: &Gpu, x: &Tensor, act: Act, scale: f32, shift: f32, out: DT
     gpu.dispatch(
         "elementwise.unary",
         &unary_key(x.dtype(), out, act),
-        bytemuck::bytes_of(&p),
+        &p,
         &[x, &y],
         grid_for(gpu, x.numel(), WG_1D),
     )?;
@@ -245,7 +244,7 @@ pub fn clamp(gpu: &Gpu, x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     let mut p = params(x.numel());
     p.scale = lo;
     p.shift = hi;
-    gpu.dispatch("elementwise.clamp", &clamp_key(x.dtype()), bytemuck::bytes_of(&p), &[x, &y], grid_for(gpu, x.numel(), WG_1D))?;
+    gpu.dispatch("elementwise.clamp", &clamp_key(x.dtype()), &p, &[x, &y], grid_for(gpu, x.numel(), WG_1D))?;
     Ok(y)
 }
 
@@ -327,7 +326,7 @@ fn binary_scalars(gpu: &Gpu, a: &Tensor, b: &Tensor, op: BinOp, act: Act, scale:
     gpu.dispatch(
         "elementwise.binary",
         &binary_key(a.dtype(), b.dtype(), y.dtype(), op, act, same),
-        bytemuck::bytes_of(&p),
+        &p,
         &[a, b, &y],
         grid_for(gpu, y.numel(), WG_1D),
     )?;
@@ -362,7 +361,7 @@ pub fn geglu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     gpu.dispatch(
         "elementwise.geglu",
         &key("geglu", x.dtype(), x.dtype(), x.dtype()),
-        bytemuck::bytes_of(&p),
+        &p,
         &[x, &y],
         grid_for(gpu, y.numel(), WG_1D),
     )?;

@@ -9,45 +9,44 @@
 //! Out-of-range ids (>= vocab) produce rows of zeros on the device, never a
 //! read outside the table; ids uploaded from the host through
 //! [`EmbeddingTable::upload_ids`] are checked and rejected instead.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::tensor::encode;
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::{WG_1D, expect_float, float_dtypes, grid_for};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GatherParams {
-    n: u32,
-    dim: u32,
-    row_start: u32,
-    rows: u32,
-    vocab: u32,
-    last_chunk: u32,
-    pad0: u32,
-    pad1: u32,
+crate::kernel_params! {
+    struct GatherParams {
+        n: u32,
+        dim: u32,
+        row_start: u32,
+        rows: u32,
+        vocab: u32,
+        last_chunk: u32,
+        pad0: u32,
+        pad1: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct TimestepParams {
-    n: u32,
-    dim: u32,
-    half_dim: u32,
-    flip: u32,
-    neg_log_max_period: f32,
-    denom: f32,
-    scale: f32,
-    pad: u32,
+crate::kernel_params! {
+    struct TimestepParams {
+        n: u32,
+        dim: u32,
+        half_dim: u32,
+        flip: u32,
+        neg_log_max_period: f32,
+        denom: f32,
+        scale: f32,
+        pad: u32,
+    }
 }
 
 fn gather_key(dtype: DType) -> KernelKey {
-    KernelKey::new("embedding", "gather").def("T", dtype.wgsl()).def("WG", WG_1D).flag("GATHER", true).flag("TIMESTEP", false)
+    KernelKey::new("embedding", "gather").params::<GatherParams>().def("T", dtype.wgsl()).def("WG", WG_1D).flag("GATHER", true).flag("TIMESTEP", false)
 }
 
 fn timestep_key(dtype: DType) -> KernelKey {
-    KernelKey::new("embedding", "timestep").def("T", dtype.wgsl()).def("WG", WG_1D).flag("GATHER", false).flag("TIMESTEP", true)
+    KernelKey::new("embedding", "timestep").params::<TimestepParams>().def("T", dtype.wgsl()).def("WG", WG_1D).flag("GATHER", false).flag("TIMESTEP", true)
 }
 
 /// Every variant this family dispatches (for validation).
@@ -198,7 +197,7 @@ pub fn embedding(gpu: &Gpu, ids: &Tensor, table_chunks: &[Tensor], rows_per_chun
             pad0: 0,
             pad1: 0,
         };
-        gpu.dispatch("embedding.gather", &gather_key(first.dtype()), bytemuck::bytes_of(&p), &[ids, chunk, &out], grid_for(gpu, n, WG_1D))?;
+        gpu.dispatch("embedding.gather", &gather_key(first.dtype()), &p, &[ids, chunk, &out], grid_for(gpu, n, WG_1D))?;
     }
     Ok(out)
 }
@@ -251,7 +250,7 @@ pub fn timestep_embedding(
     gpu.dispatch(
         "embedding.timestep",
         &timestep_key(timesteps.dtype()),
-        bytemuck::bytes_of(&p),
+        &p,
         &[timesteps, &out],
         grid_for(gpu, out.numel(), WG_1D),
     )?;

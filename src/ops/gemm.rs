@@ -15,7 +15,6 @@
 //! ([`coop_self_check`]). If the results differ, or the driver refuses the
 //! shader, the device's matrix-unit path is switched off with one warning
 //! and the tiled kernel takes over.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -185,28 +184,28 @@ fn core_name(core: GemmCore) -> &'static str {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    a_batch: u32,
-    b_batch: u32,
-    alpha: f32,
-    act: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
-    has_residual: u32,
-    _pad: [u32; 2],
+crate::kernel_params! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        has_bias: u32,
+        a_batch: u32,
+        b_batch: u32,
+        alpha: f32,
+        act: u32,
+        cin: u32,
+        h: u32,
+        w: u32,
+        ho: u32,
+        wo: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad: u32,
+        has_residual: u32,
+        _pad: [u32; 2],
+    }
 }
 
 /// What a GEMM kernel depends on besides its tiling and core.
@@ -227,7 +226,7 @@ struct Layout {
 /// The kernel key; `hw` picks the matrix units over their twin (Coop only).
 fn key(core: GemmCore, hw: bool, tiles: GemmTiles, l: Layout, caps: Caps) -> KernelKey {
     let ct = operand_dtype(core, caps);
-    let base = KernelKey::new("gemm", if core == GemmCore::Coop { "gemm_coop" } else { "gemm_reg" })
+    let base = KernelKey::new("gemm", if core == GemmCore::Coop { "gemm_coop" } else { "gemm_reg" }).params::<Params>()
         .def("TA", l.ta.wgsl())
         .def("TB", l.tb.wgsl())
         .def("TBIAS", l.tbias.wgsl())
@@ -448,7 +447,7 @@ fn run(gpu: &Gpu, core: GemmCore, tiles: Option<GemmTiles>, p: Problem) -> Resul
     let groups = [p.params.n.div_ceil(tiles.bn), p.params.m.div_ceil(tiles.bm), p.batch];
     let label = format!("gemm.{}{}", if p.layout.conv { "conv." } else { "" }, core_label(core, hw));
     let tensors = [p.a, p.b, p.bias.unwrap_or(p.a), p.residual.unwrap_or(p.a), p.out];
-    gpu.dispatch(&label, &key, bytemuck::bytes_of(&p.params), &tensors, groups)
+    gpu.dispatch(&label, &key, &p.params, &tensors, groups)
 }
 
 fn core_label(core: GemmCore, hw: bool) -> &'static str {

@@ -6,7 +6,6 @@
 //! The grid follows tiny-cuda-nn's `GridEncoding` (hash type, linear
 //! interpolation) exactly: level scales, resolutions, dense/hashed indexing,
 //! per-level table sizes and offsets (see [`GridLayout`]).
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -149,25 +148,25 @@ impl FieldSpec {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    levels: u32,
-    feats: u32,
-    hidden: u32,
-    k: u32,
-    radius: f32,
-    normal_eps: f32,
-    blob_scale: f32,
-    blob_std: f32,
-    _pad: [u32; 3],
-    level_info: [[u32; 4]; MAX_LEVELS],
-    level_scale: [f32; MAX_LEVELS],
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        levels: u32,
+        feats: u32,
+        hidden: u32,
+        k: u32,
+        radius: f32,
+        normal_eps: f32,
+        blob_scale: f32,
+        blob_std: f32,
+        _pad: [u32; 3],
+        level_info: [[u32; 4]; MAX_LEVELS],
+        level_scale: [f32; MAX_LEVELS],
+    }
 }
 
 fn grid_params(grid: &GridLayout, n: usize) -> Params {
-    let mut p = Params::zeroed();
+    let mut p = Params::default();
     p.n = n as u32;
     p.levels = grid.levels.len() as u32;
     p.feats = grid.features_per_level;
@@ -205,7 +204,7 @@ fn dims_for(levels: usize, feats: u32, hidden: u32) -> Dims {
 }
 
 fn key(entry: &'static str, dims: Dims) -> KernelKey {
-    let k = KernelKey::new(FAMILY, entry)
+    let k = KernelKey::new(FAMILY, entry).params::<Params>()
         .flag("ENCODE", entry == "encode")
         .flag("ENCODE_BACKWARD", entry == "encode_backward")
         .flag("FIELD_FORWARD", entry == "field_forward")
@@ -297,7 +296,7 @@ pub fn encode(gpu: &Gpu, layout: &GridLayout, table: &Tensor, points: &Tensor) -
     expect_f32("hashgrid.encode", "table", table, Some(layout.n_params()))?;
     let out = gpu.empty(&[n, layout.output_dim()], DType::F32)?;
     let p = grid_params(layout, n);
-    gpu.dispatch("hashgrid.encode", &encode_key(), bytemuck::bytes_of(&p), &[table, points, &out], grid_for(gpu, n, WG))?;
+    gpu.dispatch("hashgrid.encode", &encode_key(), &p, &[table, points, &out], grid_for(gpu, n, WG))?;
     Ok(out)
 }
 
@@ -311,7 +310,7 @@ pub fn encode_backward(gpu: &Gpu, layout: &GridLayout, points: &Tensor, d_featur
     gpu.dispatch(
         "hashgrid.encode_backward",
         &encode_backward_key(gpu.features().f32_atomics),
-        bytemuck::bytes_of(&p),
+        &p,
         &[grad_table, points, d_features],
         grid_for(gpu, n, WG),
     )
@@ -385,7 +384,7 @@ pub fn field_forward(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     gpu.dispatch(
         OP,
         &field_forward_key(dims, samples, true),
-        bytemuck::bytes_of(&p),
+        &p,
         &bind,
         stride_workgroups(gpu, n * k as usize, MAX_STRIDE_WORKGROUPS),
     )?;
@@ -404,7 +403,7 @@ pub fn field_density(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     gpu.dispatch(
         OP,
         &field_forward_key(dims, false, false),
-        bytemuck::bytes_of(&p),
+        &p,
         &[table, mlp, points, &density, &unused_albedo],
         stride_workgroups(gpu, n, MAX_STRIDE_WORKGROUPS),
     )?;
@@ -453,7 +452,7 @@ pub fn field_backward(
     gpu.dispatch(
         OP,
         &field_backward_key(dims, samples, gpu.features().f32_atomics),
-        bytemuck::bytes_of(&p),
+        &p,
         &bind,
         crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension),
     )?;

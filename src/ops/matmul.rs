@@ -1,6 +1,5 @@
 //! Batched matrix multiply with optional transposes, bias and activation
 //! (`shaders/matmul.wgsl`), and `linear` (torch's `x · Wᵀ + b`) on top of it.
-use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::autotune::{matmul_bucket, tuned_variant};
 use crate::error::{Error, Result};
@@ -131,17 +130,17 @@ pub fn choose_variant(gpu: &Gpu, opts: &MatmulOpts, dtype: DType, m: usize, n: u
     Ok(tuned.unwrap_or_else(|| default_variant(gpu)))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    a_batch: u32,
-    b_batch: u32,
-    alpha: f32,
-    act: u32,
+crate::kernel_params! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        has_bias: u32,
+        a_batch: u32,
+        b_batch: u32,
+        alpha: f32,
+        act: u32,
+    }
 }
 
 /// Rows and columns of C that one workgroup of `variant` computes (fixed in the shader).
@@ -173,7 +172,7 @@ struct Layout {
 
 fn key(variant: MatmulVariant, s: Layout) -> KernelKey {
     // The entry points are named as the variants.
-    let k = KernelKey::new("matmul", variant.name())
+    let k = KernelKey::new("matmul", variant.name()).params::<Params>()
         .def("TA", s.ta.wgsl())
         .def("TB", s.tb.wgsl())
         .def("TBIAS", s.tbias.wgsl())
@@ -360,7 +359,7 @@ fn matmul_with(
     let groups = [p.n.div_ceil(tile_n), p.m.div_ceil(tile_m), as_u32(batch)?];
     // Without a bias, A stands in for the unread bias binding.
     let tensors = [a, b, bias.unwrap_or(a), &out];
-    gpu.dispatch(&format!("matmul.{variant}"), &key(variant, layout), bytemuck::bytes_of(&p), &tensors, groups)?;
+    gpu.dispatch(&format!("matmul.{variant}"), &key(variant, layout), &p, &tensors, groups)?;
     match residual {
         Some(r) => crate::ops::elementwise::add(gpu, &out, r),
         None => Ok(out),

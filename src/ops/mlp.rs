@@ -2,7 +2,6 @@
 //! gradients by a deterministic two-stage reduction, the spherical-harmonics
 //! direction encoding of the background, and the reduction of per-workgroup
 //! weight-gradient partials (shared with the fused field of `hashgrid`).
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -77,22 +76,22 @@ impl MlpShape {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    n_layers: u32,
-    out_act: u32,
-    chunk: u32,
-    n_weights: u32,
-    saved_len: u32,
-    want_dx: u32,
-    degree: u32,
-    dims: [u32; 8],
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        n_layers: u32,
+        out_act: u32,
+        chunk: u32,
+        n_weights: u32,
+        saved_len: u32,
+        want_dx: u32,
+        degree: u32,
+        dims: [u32; 8],
+    }
 }
 
 fn params(shape: &MlpShape, n: usize, act: OutputAct) -> Params {
-    let mut p = Params::zeroed();
+    let mut p = Params::default();
     p.n = n as u32;
     p.n_layers = shape.layers() as u32;
     p.out_act = act.code();
@@ -107,7 +106,7 @@ fn params(shape: &MlpShape, n: usize, act: OutputAct) -> Params {
 const ENTRIES: [&str; 5] = ["forward", "backward_deltas", "weight_grads", "reduce_partials", "sh_encode"];
 
 fn key(entry: &'static str) -> KernelKey {
-    KernelKey::new(FAMILY, entry)
+    KernelKey::new(FAMILY, entry).params::<Params>()
         .flag("FORWARD", entry == "forward")
         .flag("BACKWARD_DELTAS", entry == "backward_deltas")
         .flag("WEIGHT_GRADS", entry == "weight_grads")
@@ -136,7 +135,7 @@ pub fn forward(gpu: &Gpu, shape: &MlpShape, weights: &Tensor, x: &Tensor, act: O
     let n = check("mlp.forward", shape, weights, x)?;
     let y = gpu.empty(&[n, shape.output()], DType::F32)?;
     let p = params(shape, n, act);
-    gpu.dispatch("mlp.forward", &key("forward"), bytemuck::bytes_of(&p), &[weights, x, &y], grid_for(gpu, n, WG))?;
+    gpu.dispatch("mlp.forward", &key("forward"), &p, &[weights, x, &y], grid_for(gpu, n, WG))?;
     Ok(y)
 }
 
@@ -168,7 +167,7 @@ pub fn backward(
     gpu.dispatch(
         "mlp.backward_deltas",
         &key("backward_deltas"),
-        bytemuck::bytes_of(&p),
+        &p,
         &[weights, x, dy, &saved, &dx],
         grid_for(gpu, n, WG),
     )?;
@@ -178,7 +177,7 @@ pub fn backward(
     p.chunk = chunk as u32;
     let partials = gpu.empty(&[chunks, shape.n_weights()], DType::F32)?;
     let wx = (shape.n_weights() as u32).div_ceil(WG);
-    gpu.dispatch("mlp.weight_grads", &key("weight_grads"), bytemuck::bytes_of(&p), &[&saved, &partials], [wx, chunks as u32, 1])?;
+    gpu.dispatch("mlp.weight_grads", &key("weight_grads"), &p, &[&saved, &partials], [wx, chunks as u32, 1])?;
     reduce_partials(gpu, &partials, grad_weights)?;
     Ok(want_dx.then_some(dx))
 }
@@ -188,10 +187,10 @@ pub fn reduce_partials(gpu: &Gpu, partials: &Tensor, grad: &Tensor) -> Result<()
     if partials.dtype() != DType::F32 || grad.dtype() != DType::F32 || partials.rank() != 2 || partials.dim(1) != grad.numel() {
         return Err(Error::shape("mlp.reduce_partials", format!("partials {partials:?} do not match gradient {grad:?}")));
     }
-    let mut p = Params::zeroed();
+    let mut p = Params::default();
     p.n = grad.numel() as u32;
     p.chunk = partials.dim(0) as u32;
-    gpu.dispatch("mlp.reduce_partials", &key("reduce_partials"), bytemuck::bytes_of(&p), &[partials, grad], grid_for(gpu, grad.numel(), WG))
+    gpu.dispatch("mlp.reduce_partials", &key("reduce_partials"), &p, &[partials, grad], grid_for(gpu, grad.numel(), WG))
 }
 
 /// tcnn's spherical-harmonics encoding of the ray directions of `rays`
@@ -205,9 +204,9 @@ pub fn sh_encode(gpu: &Gpu, rays: &Tensor, degree: u32) -> Result<Tensor> {
     }
     let n = rays.dim(0);
     let out = gpu.empty(&[n, (degree * degree) as usize], DType::F32)?;
-    let mut p = Params::zeroed();
+    let mut p = Params::default();
     p.n = n as u32;
     p.degree = degree;
-    gpu.dispatch("mlp.sh_encode", &key("sh_encode"), bytemuck::bytes_of(&p), &[rays, &out], grid_for(gpu, n, WG))?;
+    gpu.dispatch("mlp.sh_encode", &key("sh_encode"), &p, &[rays, &out], grid_for(gpu, n, WG))?;
     Ok(out)
 }

@@ -15,6 +15,7 @@ pub mod conv2d;
 pub mod diffusion;
 pub mod elementwise;
 pub mod embedding;
+pub mod fsd;
 pub mod gemm;
 pub mod matmul;
 pub mod norm;
@@ -45,6 +46,7 @@ pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
     v.extend(embedding::variants(caps));
     v.extend(concat::variants(caps));
     v.extend(diffusion::variants(caps));
+    v.extend(fsd::variants(caps));
     v.extend(hashgrid::variants(caps));
     v.extend(mlp::variants(caps));
     v.extend(render::variants(caps));

@@ -4,7 +4,6 @@
 //! Both take their statistics relative to a shift (the first element of the
 //! row / group) with Welford's update and the parallel merge, robust for data
 //! with a large mean and a small variance; see the shader's header.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
@@ -40,17 +39,17 @@ fn check_workgroup(op: &'static str, wg: u32) -> Result<()> {
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    n_rows: u32,
-    row_len: u32,
-    chunk_len: u32,
-    n_chunks: u32,
-    channels: u32,
-    group_channels: u32,
-    eps: f32,
-    _pad: u32,
+crate::kernel_params! {
+    struct Params {
+        n_rows: u32,
+        row_len: u32,
+        chunk_len: u32,
+        n_chunks: u32,
+        channels: u32,
+        group_channels: u32,
+        eps: f32,
+        _pad: u32,
+    }
 }
 
 /// Which affine parameters a kernel reads, and their storage type (shared
@@ -103,7 +102,7 @@ impl Affine {
 }
 
 fn key(entry: &'static str, t: DType, wg: u32, subgroups: bool) -> KernelKey {
-    KernelKey::new("norm", entry)
+    KernelKey::new("norm", entry).params::<Params>()
         .def("T", t.wgsl())
         .def("WG", wg)
         .flag("SUBGROUP_OPS", subgroups)
@@ -223,7 +222,7 @@ pub fn group_norm_with_workgroup(
     gpu.dispatch(
         "norm.gn_stats",
         &gn_stats_key(x.dtype(), wg, gpu.features().subgroups),
-        bytemuck::bytes_of(&p),
+        &p,
         &[x, &partials],
         grid_rows(gpu, n_chunks, n_groups),
     )?;
@@ -231,7 +230,7 @@ pub fn group_norm_with_workgroup(
     gpu.dispatch(
         "norm.gn_finalize",
         &gn_finalize_key(x.dtype()),
-        bytemuck::bytes_of(&p),
+        &p,
         &[x, &partials, &stats],
         grid_1d(n_groups.div_ceil(WG_FINALIZE), gpu.limits().max_compute_workgroups_per_dimension),
     )?;
@@ -244,7 +243,7 @@ pub fn group_norm_with_workgroup(
     gpu.dispatch(
         "norm.gn_apply",
         &gn_apply_key(x.dtype(), wg, affine, silu),
-        bytemuck::bytes_of(&apply),
+        &apply,
         &tensors,
         grid_rows(gpu, apply.row_len.div_ceil(GN_APPLY_BLOCK), planes),
     )?;
@@ -284,7 +283,7 @@ pub fn layer_norm_with_workgroup(
     gpu.dispatch(
         "norm.layer_norm",
         &layer_norm_key(x.dtype(), wg, affine, gpu.features().subgroups),
-        bytemuck::bytes_of(&p),
+        &p,
         &tensors,
         grid_1d(rows, gpu.limits().max_compute_workgroups_per_dimension),
     )?;

@@ -2,7 +2,6 @@
 //! frozen affine weights, optionally through the fused SiLU
 //! (`shaders/norm_backward.wgsl`). It takes the forward's input and
 //! recomputes the statistics, so the forward needs to keep nothing else.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
@@ -16,17 +15,17 @@ const BLOCK_LEN: u32 = 2048;
 /// Workgroup size of the finalize kernels (one invocation per group).
 const WG_FINALIZE: u32 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_groups: u32,
-    n_planes: u32,
-    plane_len: u32,
-    block_len: u32,
-    n_blocks: u32,
-    channels: u32,
-    group_channels: u32,
-    eps: f32,
+crate::kernel_params! {
+    struct Params {
+        n_groups: u32,
+        n_planes: u32,
+        plane_len: u32,
+        block_len: u32,
+        n_blocks: u32,
+        channels: u32,
+        group_channels: u32,
+        eps: f32,
+    }
 }
 
 /// The forward's affine parameters as the kernels read them: norm's, plus the
@@ -43,7 +42,7 @@ struct Storage {
 }
 
 fn key(entry: &'static str, s: Storage, wg: u32, subgroups: bool) -> KernelKey {
-    KernelKey::new("norm_backward", entry)
+    KernelKey::new("norm_backward", entry).params::<Params>()
         .def("T", s.x.wgsl())
         .def("TG", s.grad.wgsl())
         .def("WG", wg)
@@ -189,7 +188,7 @@ pub fn group_norm_input_grad_with_workgroup(
         group_channels: (channels / groups) as u32,
         eps,
     };
-    let params = bytemuck::bytes_of(&p);
+    let params = &p;
     let blocks = grid_blocks(gpu, n_blocks, n_planes);
     let per_group = grid_1d(n_groups.div_ceil(WG_FINALIZE), max_dim);
 

@@ -7,7 +7,6 @@
 //! `info` tensor that the field kernels and the compositing read, so a whole
 //! step records without a readback. The sample buffer has a fixed capacity;
 //! samples past it are dropped (`info[1] > info[0]` tells, see [`MarchInfo`]).
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -32,7 +31,12 @@ const ENTRIES: [&str; 8] = [
 ];
 
 fn key(entry: &'static str) -> KernelKey {
-    let mut k = KernelKey::new(FAMILY, entry)
+    let k = KernelKey::new(FAMILY, entry);
+    let mut k = match entry {
+        "march_count" | "march_scan" | "march_write" => k.params::<MarchParams>(),
+        "occupancy_points" | "occupancy_update" => k.params::<OccupancyParams>(),
+        _ => k.params::<CompositeParams>(),
+    }
         .flag("MARCHING", entry == "march_count" || entry == "march_write")
         .flag("COMPOSITING", entry == "composite" || entry == "composite_backward");
     for e in ENTRIES {
@@ -95,17 +99,17 @@ pub struct MarchSpec {
     pub seed: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct MarchParams {
-    n_rays: u32,
-    max_samples: u32,
-    capacity: u32,
-    occ_res: u32,
-    radius: f32,
-    dt: f32,
-    seed: u32,
-    stratified: u32,
+crate::kernel_params! {
+    struct MarchParams {
+        n_rays: u32,
+        max_samples: u32,
+        capacity: u32,
+        occ_res: u32,
+        radius: f32,
+        dt: f32,
+        seed: u32,
+        stratified: u32,
+    }
 }
 
 /// The packed samples of a set of rays.
@@ -164,7 +168,7 @@ pub fn march(gpu: &Gpu, rays: &Tensor, occupancy_bits: &Tensor, spec: &MarchSpec
     let ranges = gpu.empty(&[n, 2], DType::U32)?;
     let samples = gpu.empty(&[spec.capacity, 4], DType::F32)?;
     let info = gpu.empty(&[4], DType::U32)?;
-    let pb = bytemuck::bytes_of(&p);
+    let pb = &p;
     gpu.dispatch("render.march_count", &key("march_count"), pb, &[rays, occupancy_bits, &ranges], grid_for(gpu, n, WG))?;
     gpu.dispatch("render.march_scan", &key("march_scan"), pb, &[&ranges, &info], [1, 1, 1])?;
     gpu.dispatch("render.march_write", &key("march_write"), pb, &[rays, occupancy_bits, &ranges, &samples], grid_for(gpu, n, WG))?;
@@ -241,27 +245,27 @@ pub struct RegulariserWeights {
     pub opaque: f32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct CompositeParams {
-    n_rays: u32,
-    rays_per_view: u32,
-    k: u32,
-    shading: u32,
-    bg_tensor: u32,
-    has_d_opacity: u32,
-    want_normals: u32,
-    _pad0: u32,
-    dt: f32,
-    normal_eps: f32,
-    ambient: f32,
-    diffuse: f32,
-    early_stop: f32,
-    lambda_orient: f32,
-    lambda_sparsity: f32,
-    lambda_opaque: f32,
-    bg_color: [f32; 4],
-    lights: [[f32; 4]; MAX_VIEWS],
+crate::kernel_params! {
+    struct CompositeParams {
+        n_rays: u32,
+        rays_per_view: u32,
+        k: u32,
+        shading: u32,
+        bg_tensor: u32,
+        has_d_opacity: u32,
+        want_normals: u32,
+        _pad0: u32,
+        dt: f32,
+        normal_eps: f32,
+        ambient: f32,
+        diffuse: f32,
+        early_stop: f32,
+        lambda_orient: f32,
+        lambda_sparsity: f32,
+        lambda_opaque: f32,
+        bg_color: [f32; 4],
+        lights: [[f32; 4]; MAX_VIEWS],
+    }
 }
 
 /// The images of a render, NCHW: `[views, C, H, W]` (H·W = rays per view).
@@ -298,7 +302,7 @@ impl CompositeSpec {
     }
 
     fn params(&self, n_rays: usize, k: u32, bg: &Background<'_>) -> CompositeParams {
-        let mut p = CompositeParams::zeroed();
+        let mut p = CompositeParams::default();
         p.n_rays = n_rays as u32;
         p.rays_per_view = self.rays_per_view as u32;
         p.k = k;
@@ -364,7 +368,7 @@ pub fn composite(
     gpu.dispatch(
         OP,
         &key("composite"),
-        bytemuck::bytes_of(&p),
+        &p,
         &[rays, &marched.ranges, &marched.samples, density, albedo, &bg, &rgb, &opacity, &depth, &normal, &orient, &marched.info],
         grid_for(gpu, n, WG),
     )?;
@@ -427,7 +431,7 @@ pub fn composite_backward(
     gpu.dispatch(
         OP,
         &key("composite_backward"),
-        bytemuck::bytes_of(&p),
+        &p,
         &[
             rays,
             &marched.ranges,
@@ -454,12 +458,12 @@ pub fn composite_backward(
 pub fn regulariser_values(gpu: &Gpu, marched: &Marched, out: &Composited) -> Result<Tensor> {
     let n = out.orient.numel();
     let values = gpu.empty(&[4], DType::F32)?;
-    let mut p = CompositeParams::zeroed();
+    let mut p = CompositeParams::default();
     p.n_rays = n as u32;
     gpu.dispatch(
         "render.regularisers",
         &key("regularisers"),
-        bytemuck::bytes_of(&p),
+        &p,
         &[&out.opacity, &out.orient, &marched.info, &values],
         [1, 1, 1],
     )?;
@@ -469,17 +473,17 @@ pub fn regulariser_values(gpu: &Gpu, marched: &Marched, out: &Composited) -> Res
 // ---------------------------------------------------------------------------
 // Occupancy grid.
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct OccupancyParams {
-    cells: u32,
-    res: u32,
-    words: u32,
-    seed: u32,
-    radius: f32,
-    decay: f32,
-    dt: f32,
-    threshold: f32,
+crate::kernel_params! {
+    struct OccupancyParams {
+        cells: u32,
+        res: u32,
+        words: u32,
+        seed: u32,
+        radius: f32,
+        decay: f32,
+        dt: f32,
+        threshold: f32,
+    }
 }
 
 /// Words of the bitfield of a `res`³ occupancy grid.
@@ -496,7 +500,7 @@ pub fn occupancy_points(gpu: &Gpu, res: u32, radius: f32, seed: u32) -> Result<T
     let cells = (res as usize).pow(3);
     let points = gpu.empty(&[cells, 3], DType::F32)?;
     let p = OccupancyParams { cells: cells as u32, res, words: occupancy_words(res) as u32, seed, radius, decay: 0.0, dt: 0.0, threshold: 0.0 };
-    gpu.dispatch("render.occupancy_points", &key("occupancy_points"), bytemuck::bytes_of(&p), &[&points], grid_for(gpu, cells, WG))?;
+    gpu.dispatch("render.occupancy_points", &key("occupancy_points"), &p, &[&points], grid_for(gpu, cells, WG))?;
     Ok(points)
 }
 
@@ -510,5 +514,5 @@ pub fn occupancy_update(gpu: &Gpu, density: &Tensor, occ: &Tensor, bits: &Tensor
     expect(OP, "occupancy", occ, DType::F32, cells)?;
     expect(OP, "occupancy bits", bits, DType::U32, occupancy_words(res))?;
     let p = OccupancyParams { cells: cells as u32, res, words: occupancy_words(res) as u32, seed: 0, radius: 0.0, decay, dt, threshold };
-    gpu.dispatch(OP, &key("occupancy_update"), bytemuck::bytes_of(&p), &[density, occ, bits], [1, 1, 1])
+    gpu.dispatch(OP, &key("occupancy_update"), &p, &[density, occ, bits], [1, 1, 1])
 }

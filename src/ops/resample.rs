@@ -1,23 +1,22 @@
 //! Spatial resampling of [B, C, H, W] maps as torch's `F.interpolate`
 //! (`shaders/resample.wgsl`): nearest (the UNet's 2x upsampler) and bilinear
 //! with `align_corners=False, antialias=False`.
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::{WG_1D, expect_float, expect_rank, float_dtypes, grid_for};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    in_h: u32,
-    in_w: u32,
-    out_h: u32,
-    out_w: u32,
-    scale_h: f32,
-    scale_w: f32,
-    pad: u32,
+crate::kernel_params! {
+    struct Params {
+        n: u32,
+        in_h: u32,
+        in_w: u32,
+        out_h: u32,
+        out_w: u32,
+        scale_h: f32,
+        scale_w: f32,
+        pad: u32,
+    }
 }
 
 impl Params {
@@ -55,7 +54,7 @@ impl Mode {
 }
 
 fn key(mode: Mode, dtype: DType) -> KernelKey {
-    KernelKey::new("resample", mode.entry())
+    KernelKey::new("resample", mode.entry()).params::<Params>()
         .def("T", dtype.wgsl())
         .def("WG", WG_1D)
         .flag("NEAREST", mode == Mode::Nearest)
@@ -86,7 +85,7 @@ fn resize(gpu: &Gpu, op: &'static str, mode: Mode, x: &Tensor, out_h: usize, out
     gpu.dispatch(
         &format!("resample.{}", mode.entry()),
         &key(mode, x.dtype()),
-        bytemuck::bytes_of(&p),
+        &p,
         &[x, &y],
         grid_for(gpu, y.numel(), WG_1D),
     )?;
@@ -126,6 +125,6 @@ pub fn resize_bilinear_backward(gpu: &Gpu, dy: &Tensor, in_h: usize, in_w: usize
     }
     let dx = gpu.empty(&[b, c, in_h, in_w], dy.dtype())?;
     let p = Params::new(dx.numel(), (in_h, in_w), (out_h, out_w));
-    gpu.dispatch("resample.bilinear_backward", &key(Mode::BilinearBackward, dy.dtype()), bytemuck::bytes_of(&p), &[dy, &dx], grid_for(gpu, dx.numel(), WG_1D))?;
+    gpu.dispatch("resample.bilinear_backward", &key(Mode::BilinearBackward, dy.dtype()), &p, &[dy, &dx], grid_for(gpu, dx.numel(), WG_1D))?;
     Ok(dx)
 }

@@ -1,22 +1,21 @@
 //! Softmax along the last dimension (`shaders/softmax.wgsl`).
-use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
 use crate::ops::norm::{WORKGROUP_SIZES, workgroup_size};
 use crate::ops::{expect_float, float_dtypes};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    scale: f32,
-    _pad: u32,
+crate::kernel_params! {
+    struct Params {
+        rows: u32,
+        len: u32,
+        scale: f32,
+        _pad: u32,
+    }
 }
 
 fn key(t: DType, wg: u32, subgroups: bool) -> KernelKey {
-    KernelKey::new("softmax", "softmax").def("T", t.wgsl()).def("WG", wg).flag("SUBGROUP_OPS", subgroups)
+    KernelKey::new("softmax", "softmax").params::<Params>().def("T", t.wgsl()).def("WG", wg).flag("SUBGROUP_OPS", subgroups)
 }
 
 /// Every variant this family dispatches (for validation).
@@ -57,7 +56,7 @@ pub fn softmax_with_workgroup(gpu: &Gpu, x: &Tensor, scale: f32, wg: u32) -> Res
     gpu.dispatch(
         "softmax",
         &key(x.dtype(), wg, gpu.features().subgroups),
-        bytemuck::bytes_of(&p),
+        &p,
         &[x, &y],
         grid_1d(rows, gpu.limits().max_compute_workgroups_per_dimension),
     )?;
