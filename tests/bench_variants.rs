@@ -27,13 +27,17 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Every variant on every configuration, but the matrix units' emulated
+/// twin (`coop`) on the first only: each of its kernels costs lavapipe
+/// seconds to compile, and tests/gemm.rs and tests/attention.rs run it in f16
+/// and without features.
 #[test]
 fn every_variant_passes_the_bench_check() {
-    for (gpu, dtype) in configs() {
+    for (i, (gpu, dtype)) in configs().into_iter().enumerate() {
         for family in Family::ALL {
             let names = family.variant_names(gpu.caps());
             assert!(names.len() >= 2, "{} lists {names:?}", family.name());
-            for name in names {
+            for name in names.into_iter().filter(|n| i == 0 || *n != "coop") {
                 let c = check_variant(&gpu, family, name, dtype);
                 eprintln!("{}.{name} {}: {}", family.op_name(), label(&gpu, dtype), c.describe());
                 assert!(c.passed(), "{}.{name} {}: {}", family.op_name(), label(&gpu, dtype), c.describe());

@@ -81,10 +81,12 @@ fn networks_on_the_gpu_kernels_match_diffusers() {
     check_on(&[tiled], "vae", "vae-decode", DType::F32, 1e-3);
     let coop = Gpu::new(&GpuOptions { emulate_coop_matrix: true, ..Default::default() }).unwrap();
     if coop.features().f16 {
-        for (case, module) in [("sd1_unet", "unet"), ("sd2_unet", "unet"), ("vae", "vae-decode"), ("clip_gelu", "text-encoder")] {
+        // Each layer shape is a kernel of the emulated twin that lavapipe
+        // compiles anew (seconds each): the SD1 UNet (convolutions, Linear
+        // layers, self- and cross-attention) and the VAE decoder, in f32.
+        for (case, module) in [("sd1_unet", "unet"), ("vae", "vae-decode")] {
             check_on(std::slice::from_ref(&coop), case, module, DType::F32, 2e-2);
         }
-        check_on(std::slice::from_ref(&coop), "sd1_unet", "unet", DType::F16, 2e-2);
         assert!(coop.switched_off().is_empty(), "every first-use check passes: {:?}", coop.switched_off());
     }
 }
