@@ -26,18 +26,7 @@
 // BK (keys per tile), ONE / QUAD (entry point), SUBGROUP_BCAST (0/1: read the
 // tiles through subgroup broadcasts).
 
-struct Params {
-    lq: u32,
-    lk: u32,
-    heads: u32,
-    causal: u32,       // 1: key j is visible to query i only when j <= i
-    scale_log2: f32,   // softmax scale · log2(e)
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+#include "attention_params.wgsl"
 @group(0) @binding(1) var<storage, read> qs: array<vec4<{{T}}>>;
 @group(0) @binding(2) var<storage, read> ks: array<vec4<{{T}}>>;
 @group(0) @binding(3) var<storage, read> vs: array<vec4<{{T}}>>;

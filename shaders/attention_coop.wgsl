@@ -25,18 +25,7 @@
 // Defines: T (storage type), CT (f16: operand type), D, DP, BR, BC, PAD, SG,
 // COOP_HW.
 
-struct Params {
-    lq: u32,
-    lk: u32,
-    heads: u32,
-    causal: u32,       // 1: key j is visible to query i only when j <= i
-    scale_log2: f32,   // softmax scale · log2(e)
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+#include "attention_params.wgsl"
 @group(0) @binding(1) var<storage, read> qs: array<{{T}}>;
 @group(0) @binding(2) var<storage, read> ks: array<{{T}}>;
 @group(0) @binding(3) var<storage, read> vs: array<{{T}}>;

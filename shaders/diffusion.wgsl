@@ -20,16 +20,15 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
-}
+const WG: u32 = {{WG}}u;
+#include "common.wgsl"
 
 #if GUIDANCE
 // ε̂ = ε_∅ + s·(ε_y − ε_∅); the model output holds [uncond; cond] along the batch.
 @group(0) @binding(1) var<storage, read> eps: array<{{T}}>;
 @group(0) @binding(2) var<storage, read_write> o: array<{{T}}>;
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn guidance(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -52,7 +51,7 @@ fn guidance(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 @group(0) @binding(3) var<storage, read_write> o: array<{{T}}>;
 #endif
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn ddim(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -99,7 +98,7 @@ fn pcg4d(v_in: vec4<u32>) -> vec4<u32> {
     return v;
 }
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn randn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
     // Each invocation makes a pair (Box-Muller), elements 2k and 2k+1.

@@ -24,9 +24,8 @@ fn op_div(a: f32, b: f32) -> f32 { return a / b; }
 // a·scale + b·shift: the scalars of Params weight the two inputs.
 fn op_axpby(a: f32, b: f32) -> f32 { return a * p.scale + b * p.shift; }
 
-fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
-}
+const WG: u32 = {{WG}}u;
+#include "common.wgsl"
 
 fn dim8(v: array<vec4<u32>, 2>, d: u32) -> u32 {
     return v[d / 4u][d % 4u];
@@ -36,7 +35,7 @@ fn dim8(v: array<vec4<u32>, 2>, d: u32) -> u32 {
 @group(0) @binding(1) var<storage, read> a: array<{{TA}}>;
 @group(0) @binding(2) var<storage, read_write> o: array<{{TO}}>;
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -55,7 +54,7 @@ fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
 @group(0) @binding(2) var<storage, read> b: array<{{TB}}>;
 @group(0) @binding(3) var<storage, read_write> o: array<{{TO}}>;
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -84,7 +83,7 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
 @group(0) @binding(1) var<storage, read> a: array<{{TA}}>;
 @group(0) @binding(2) var<storage, read_write> o: array<{{TO}}>;
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);

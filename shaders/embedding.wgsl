@@ -3,9 +3,8 @@
 // Defines: T (storage type of the table / output), WG (workgroup size),
 // GATHER / TIMESTEP (entry).
 
-fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
-}
+const WG: u32 = {{WG}}u;
+#include "common.wgsl"
 
 #if GATHER
 // out[i, :] = table[ids[i], :] for the ids that fall in this chunk of the
@@ -29,7 +28,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> table: array<{{T}}>;
 @group(0) @binding(3) var<storage, read_write> out: array<{{T}}>;
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -78,7 +77,7 @@ fn reduce_angle(x: f32) -> f32 {
     return (x - k * TWO_PI_HI) - k * TWO_PI_LO;
 }
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn timestep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);

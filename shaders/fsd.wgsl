@@ -4,9 +4,8 @@
 // Defines: T (storage type of ε(c)), WG (workgroup size), one of WORLDMAP,
 // DISTILL_GRAD.
 
-fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
-}
+const WG: u32 = {{WG}}u;
+#include "common.wgsl"
 
 #if WORLDMAP
 // FSD's view-aligned noise ε(c) (FSD_SPEC §4): for view b, element (d, i, j):
@@ -36,7 +35,7 @@ struct WorldMapParams {
 @group(0) @binding(5) var<storage, read> origins: array<u32>;    // [B, 2]: row0, col0
 @group(0) @binding(6) var<storage, read_write> o: array<{{T}}>;  // [B, D, h, w]
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn worldmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = linear_id(wid, lid, nwg);
@@ -91,7 +90,7 @@ fn is_finite_bits(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn distill_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);

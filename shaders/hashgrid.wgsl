@@ -325,9 +325,7 @@ fn softplus(z: f32) -> f32 {
     return max(z, 0.0) + log1p_pos(exp(-abs(z)));
 }
 
-fn sigmoid(z: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-clamp(z, -80.0, 80.0)));
-}
+#include "common.wgsl"
 
 // pre[j] = Σ_i W1[j, i]·x[i] for the head whose W1 starts at w1.
 fn hidden_pre(x: ptr<function, array<f32, MAX_IN>>, w1: u32, pre: ptr<function, array<f32, MAX_HIDDEN>>) {

@@ -63,9 +63,7 @@ fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
-fn sigmoid(z: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-clamp(z, -80.0, 80.0)));
-}
+#include "common.wgsl"
 
 #if FORWARD
 @group(0) @binding(1) var<storage, read> w: array<f32>;

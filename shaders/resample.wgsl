@@ -19,9 +19,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<{{T}}>;
 @group(0) @binding(2) var<storage, read_write> y: array<{{T}}>;
 
-fn linear_id(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * {{WG}}u + lid.x;
-}
+const WG: u32 = {{WG}}u;
+#include "common.wgsl"
 
 #if NEAREST
 // torch's nearest_idx: exact halving for 2x, identity for equal sizes, else
@@ -32,7 +31,7 @@ fn nearest_source(dst: u32, in_size: u32, out_size: u32, scale: f32) -> u32 {
     return min(u32(floor(f32(dst) * scale)), in_size - 1u);
 }
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn nearest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -65,7 +64,7 @@ fn linear_taps(dst: u32, in_size: u32, scale: f32) -> Taps {
     return Taps(i0, i1, w1);
 }
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn bilinear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
@@ -107,7 +106,7 @@ fn reach(i: u32, out_size: u32, scale: f32) -> vec2<u32> {
     return vec2<u32>(first, last);
 }
 
-@compute @workgroup_size({{WG}})
+@compute @workgroup_size(WG)
 fn bilinear_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                      @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(wid, lid, nwg);
