@@ -239,7 +239,7 @@ fn variant_names_parse_back_and_default_follows_the_device() {
     for v in MatmulVariant::ALL {
         assert_eq!(MatmulVariant::parse(v.name()).unwrap(), v);
     }
-    assert!(MatmulVariant::parse("fast").unwrap_err().to_string().contains("simple, blocked, subgroup, tiled or coop"));
+    assert!(MatmulVariant::parse("fast").unwrap_err().to_string().contains("expected one of simple, blocked, subgroup, tiled, coop"));
     let [on, off] = <[_; 2]>::try_from(gpus()).unwrap();
     assert_eq!(default_variant(&off), MatmulVariant::Blocked);
     if on.features().subgroups && on.caps().subgroup_min_size >= 8 {

@@ -517,10 +517,10 @@ fn print_decisions(decisions: &[TuneDecision], path: &Path, written: usize) {
 // Autotune: buckets, the cache file, the lookup the ops make.
 // ---------------------------------------------------------------------------
 
-pub use crate::gpu::autotune::{
-    AutotuneCache, ENV_AUTOTUNE_CACHE, TunedEntry, adapter_slug, attention_bucket, cache_path, caps_key, conv_bucket, matmul_bucket,
-    tuned_variant,
-};
+pub use crate::gpu::autotune::{AutotuneCache, ENV_AUTOTUNE_CACHE, TunedEntry, adapter_slug, cache_path, caps_key, tuned_variant};
+pub use crate::ops::attention::autotune_bucket as attention_bucket;
+pub use crate::ops::conv2d::autotune_bucket as conv_bucket;
+pub use crate::ops::matmul::autotune_bucket as matmul_bucket;
 use crate::gpu::autotune::remember;
 
 /// Updates the cache at `path` with the decisions (winners in, buckets where

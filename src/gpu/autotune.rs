@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Caps, DType, Gpu};
+use crate::gpu::{Caps, Gpu};
 
 /// Environment variable: the autotune cache file to read and write, or `off`
 /// for none. Default: `$XDG_CACHE_HOME/fsd3d/autotune-<adapter>.json`
@@ -22,42 +22,23 @@ pub const ENV_AUTOTUNE_CACHE: &str = "FSD3D_AUTOTUNE_CACHE";
 pub(crate) const CACHE_FORMAT: u32 = 1;
 
 /// Sizes round up to powers of two: shapes in one bucket share a winner.
-fn size_class(x: usize) -> usize {
+/// Each op names its own buckets from these classes (`ops::matmul::autotune_bucket`, …).
+pub fn size_class(x: usize) -> usize {
     x.max(1).next_power_of_two()
 }
 
-/// The bucket of a matmul with rows M (per batch), columns N and inner size K.
-pub fn matmul_bucket(dtype: DType, m: usize, n: usize, k: usize) -> String {
-    format!("{dtype} M{} N{} K{}", size_class(m), size_class(n), size_class(k))
-}
-
-/// The bucket of a convolution: kernel and stride exactly, channels and
-/// output pixels (batch × Ho × Wo) by size class.
-pub fn conv_bucket(dtype: DType, cin: usize, cout: usize, kernel: (usize, usize), stride: usize, pixels: usize) -> String {
-    format!(
-        "{dtype} k{}x{} s{stride} Cin{} Cout{} P{}",
-        kernel.0,
-        kernel.1,
-        size_class(cin),
-        size_class(cout),
-        size_class(pixels)
-    )
-}
-
-/// The bucket of an attention: head dim exactly, query and key counts by size class.
-pub fn attention_bucket(dtype: DType, head_dim: usize, lq: usize, lk: usize) -> String {
-    format!("{dtype} D{head_dim} Lq{} Lk{}", size_class(lq), size_class(lk))
-}
-
 /// What the variants of these families depend on besides the shape: the
-/// subgroup path and its size range (f16 is in the bucket's dtype; the other
-/// features do not change these kernels). Cache entries are per caps key.
+/// subgroup path and its size range, and the matrix units (f16 is in the
+/// bucket's dtype; the other features do not change these kernels). Cache
+/// entries are per caps key.
 pub fn caps_key(caps: Caps) -> String {
-    if caps.features.subgroups {
+    let subgroups = if caps.features.subgroups {
         format!("subgroups {}-{}", caps.subgroup_min_size, caps.subgroup_max_size)
     } else {
         "no subgroups".into()
-    }
+    };
+    // With matrix units the defaults (and the winners against them) differ.
+    if caps.features.coop_matrix { format!("{subgroups}, coop-matrix") } else { subgroups }
 }
 
 /// The adapter's name as a file name: `llvmpipe-llvm-15-0-6-256-bits`.

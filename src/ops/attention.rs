@@ -9,7 +9,7 @@
 //! (`shaders/attention_coop.wgsl`, [`AttentionVariant::Coop`]) multiplies f16
 //! operands and keeps the softmax and the sums in f32.
 
-use crate::gpu::autotune::{attention_bucket, tuned_variant};
+use crate::gpu::autotune::{size_class, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::gemm;
@@ -32,50 +32,34 @@ const WORKGROUP_SIZE: u32 = 64;
 /// so every adapter runs every variant.
 const TILE_BUDGET_BYTES: usize = 16 * 1024;
 
-/// How the attention is computed. Both are the same fused online-softmax
-/// kernel shaped for different hardware.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AttentionVariant {
-    /// One query per invocation, K/V tiles read from workgroup memory by every
-    /// invocation (a broadcast read on GPUs). The default on GPUs.
-    Fused,
-    /// Four queries per invocation, so that each value loaded from the K/V
-    /// tile serves four queries; with subgroups (of 8+ lanes) each value is
-    /// loaded once per subgroup and broadcast. The default on CPU adapters
-    /// (lavapipe), where every load inside a loop is a loop over the SIMD
-    /// lanes, up to [`QUAD_MAX_DEFAULT_HEAD_DIM`].
-    FusedQuad,
-    /// Flash attention on the matrix units (`shaders/attention_coop.wgsl`):
-    /// Q·Kᵀ and P·V on 16×16×16 cooperative matrices, f16 operands, f32
-    /// softmax and sums. Where the device has no matrix units it runs their
-    /// emulated twin (correct, slow: for testing). Needs f16.
-    Coop,
+crate::ops::kernel_variants! {
+    /// How the attention is computed. Both are the same fused online-softmax
+    /// kernel shaped for different hardware.
+    pub enum AttentionVariant ("attention") {
+        /// One query per invocation, K/V tiles read from workgroup memory by every
+        /// invocation (a broadcast read on GPUs). The default on GPUs.
+        Fused = "fused",
+        /// Four queries per invocation, so that each value loaded from the K/V
+        /// tile serves four queries; with subgroups (of 8+ lanes) each value is
+        /// loaded once per subgroup and broadcast. The default on CPU adapters
+        /// (lavapipe), where every load inside a loop is a loop over the SIMD
+        /// lanes, up to [`QUAD_MAX_DEFAULT_HEAD_DIM`].
+        FusedQuad = "fused-quad",
+        /// Flash attention on the matrix units (`shaders/attention_coop.wgsl`):
+        /// Q·Kᵀ and P·V on 16×16×16 cooperative matrices, f16 operands, f32
+        /// softmax and sums. Where the device has no matrix units it runs their
+        /// emulated twin (correct, slow: for testing). Needs f16.
+        Coop = "coop",
+    }
 }
 
 impl AttentionVariant {
-    pub const ALL: [AttentionVariant; 3] = [AttentionVariant::Fused, AttentionVariant::FusedQuad, AttentionVariant::Coop];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AttentionVariant::Fused => "fused",
-            AttentionVariant::FusedQuad => "fused-quad",
-            AttentionVariant::Coop => "coop",
-        }
-    }
-
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {
             AttentionVariant::Coop => caps.features.f16,
             _ => true,
         }
-    }
-
-    pub fn parse(s: &str) -> Result<AttentionVariant> {
-        AttentionVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = AttentionVariant::ALL.iter().map(|v| v.name()).collect();
-            Error::Invalid(format!("unknown attention variant {s:?}: expected one of {}", names.join(", ")))
-        })
     }
 
     /// The variant `attention` uses for head dim `d` when none is asked for:
@@ -97,12 +81,6 @@ impl AttentionVariant {
             AttentionVariant::FusedQuad => 4 * WORKGROUP_SIZE,
             AttentionVariant::Coop => unreachable!("the matrix-unit kernel chooses its own blocks"),
         }
-    }
-}
-
-impl std::fmt::Display for AttentionVariant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -148,6 +126,12 @@ impl AttentionOpts {
     pub fn new(heads: usize) -> AttentionOpts {
         AttentionOpts { heads, scale: None, causal: false, variant: None }
     }
+}
+
+/// The autotune bucket of an attention: head dim exactly, query and key
+/// counts by power-of-two size class.
+pub fn autotune_bucket(dtype: DType, head_dim: usize, lq: usize, lk: usize) -> String {
+    format!("{dtype} D{head_dim} Lq{} Lk{}", size_class(lq), size_class(lk))
 }
 
 crate::kernel_params! {
@@ -358,7 +342,7 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attention
         return Ok(out);
     }
     let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let variant = choose_variant(gpu, opts.variant, d, || attention_bucket(q.dtype(), d, lq, lk))?;
+    let variant = choose_variant(gpu, opts.variant, d, || autotune_bucket(q.dtype(), d, lq, lk))?;
     let p = Params {
         lq: lq as u32,
         lk: lk as u32,

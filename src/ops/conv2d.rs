@@ -8,7 +8,7 @@
 //! (one extra small dispatch per call) so that four output channels' weights
 //! come in one vec4 load.
 
-use crate::gpu::autotune::{conv_bucket, tuned_variant};
+use crate::gpu::autotune::{size_class, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
 use crate::ops::gemm::{self, ConvGeometry, GemmCore, GemmTiles};
@@ -19,61 +19,32 @@ const WG: u32 = 64;
 /// Pixels per conv_subgroup workgroup tile.
 const SUBGROUP_TILE_PIXELS: u32 = 64;
 
-/// The kernel (and blocking) a convolution runs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Conv2dVariant {
-    /// One invocation per output element.
-    Simple,
-    /// Implicit GEMM, 4 output channels × 4 pixels per invocation.
-    Gemm4x4,
-    /// Implicit GEMM, 8 channels × 4 pixels per invocation.
-    Gemm8x4,
-    /// Implicit GEMM, 8 channels × 8 pixels per invocation.
-    Gemm8x8,
-    /// Implicit GEMM, 4 channels × 8 pixels per invocation, the inputs shared
-    /// by subgroup broadcasts. Needs subgroups of 8 to 64 lanes
-    /// ([`Conv2dVariant::available`]).
-    Subgroup,
-    /// For GPUs: an implicit GEMM on workgroup-memory tiles (im2col
-    /// addressing while staging, the weights read as stored), sums in
-    /// registers ([`crate::ops::gemm`]).
-    Tiled,
-    /// The same on the matrix units where the device has them, else on
-    /// their emulated twin (correct, slow: for testing).
-    Coop,
+crate::ops::kernel_variants! {
+    /// The kernel (and blocking) a convolution runs with.
+    pub enum Conv2dVariant ("conv2d") {
+        /// One invocation per output element.
+        Simple = "simple",
+        /// Implicit GEMM, 4 output channels × 4 pixels per invocation.
+        Gemm4x4 = "gemm4x4",
+        /// Implicit GEMM, 8 channels × 4 pixels per invocation.
+        Gemm8x4 = "gemm8x4",
+        /// Implicit GEMM, 8 channels × 8 pixels per invocation.
+        Gemm8x8 = "gemm8x8",
+        /// Implicit GEMM, 4 channels × 8 pixels per invocation, the inputs shared
+        /// by subgroup broadcasts. Needs subgroups of 8 to 64 lanes
+        /// ([`Conv2dVariant::available`]).
+        Subgroup = "subgroup",
+        /// For GPUs: an implicit GEMM on workgroup-memory tiles (im2col
+        /// addressing while staging, the weights read as stored), sums in
+        /// registers ([`crate::ops::gemm`]).
+        Tiled = "tiled",
+        /// The same on the matrix units where the device has them, else on
+        /// their emulated twin (correct, slow: for testing).
+        Coop = "coop",
+    }
 }
 
 impl Conv2dVariant {
-    pub const ALL: [Conv2dVariant; 7] = [
-        Conv2dVariant::Simple,
-        Conv2dVariant::Gemm4x4,
-        Conv2dVariant::Gemm8x4,
-        Conv2dVariant::Gemm8x8,
-        Conv2dVariant::Subgroup,
-        Conv2dVariant::Tiled,
-        Conv2dVariant::Coop,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Conv2dVariant::Simple => "simple",
-            Conv2dVariant::Gemm4x4 => "gemm4x4",
-            Conv2dVariant::Gemm8x4 => "gemm8x4",
-            Conv2dVariant::Gemm8x8 => "gemm8x8",
-            Conv2dVariant::Subgroup => "subgroup",
-            Conv2dVariant::Tiled => "tiled",
-            Conv2dVariant::Coop => "coop",
-        }
-    }
-
-    /// Parses a [`name`](Self::name).
-    pub fn parse(s: &str) -> Result<Conv2dVariant> {
-        Conv2dVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Conv2dVariant::ALL.iter().map(|v| v.name()).collect();
-            Error::Invalid(format!("unknown conv2d variant {s:?}: expected one of {}", names.join(", ")))
-        })
-    }
-
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {
@@ -161,6 +132,19 @@ impl Default for Conv2dOpts {
 /// convolutions) can run: subgroups of a power-of-two size from 8 to 64.
 pub(crate) fn subgroup_tiles_available(caps: Caps) -> bool {
     caps.features.subgroups && caps.subgroup_min_size >= 8 && caps.subgroup_max_size <= 64 && caps.subgroup_max_size.is_power_of_two()
+}
+
+/// The autotune bucket of a convolution: kernel and stride exactly, channels
+/// and output pixels (batch × Ho × Wo) by power-of-two size class.
+pub fn autotune_bucket(dtype: DType, cin: usize, cout: usize, kernel: (usize, usize), stride: usize, pixels: usize) -> String {
+    format!(
+        "{dtype} k{}x{} s{stride} Cin{} Cout{} P{}",
+        kernel.0,
+        kernel.1,
+        size_class(cin),
+        size_class(cout),
+        size_class(pixels)
+    )
 }
 
 crate::kernel_params! {
@@ -365,7 +349,7 @@ fn conv2d_with(
     u32_of("elements of the output", y.numel())?;
 
     let variant = choose_variant(gpu, opts.variant, || {
-        conv_bucket(x.dtype(), cin, cout, (kh, kw), opts.stride, b * ho * wo)
+        autotune_bucket(x.dtype(), cin, cout, (kh, kw), opts.stride, b * ho * wo)
     })?;
     if !variant.available(gpu.caps()) {
         return Err(Error::Unsupported {

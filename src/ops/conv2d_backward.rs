@@ -24,39 +24,21 @@ const GEMM_PV: u32 = 1;
 /// Pixels per grad_subgroup workgroup tile.
 const SUBGROUP_TILE_PIXELS: u32 = 64;
 
-/// The kernel an input-gradient convolution runs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Conv2dBackwardVariant {
-    /// One invocation per input-gradient element.
-    Simple,
-    /// Implicit GEMM, 8 input channels × 4 pixels per invocation.
-    Gemm,
-    /// Implicit GEMM, 4 channels × 8 pixels per invocation, the output
-    /// gradient shared by subgroup broadcasts. Needs subgroups of 8 to 64
-    /// lanes ([`Conv2dBackwardVariant::available`]).
-    Subgroup,
+crate::ops::kernel_variants! {
+    /// The kernel an input-gradient convolution runs with.
+    pub enum Conv2dBackwardVariant ("conv2d_backward") {
+        /// One invocation per input-gradient element.
+        Simple = "simple",
+        /// Implicit GEMM, 8 input channels × 4 pixels per invocation.
+        Gemm = "gemm",
+        /// Implicit GEMM, 4 channels × 8 pixels per invocation, the output
+        /// gradient shared by subgroup broadcasts. Needs subgroups of 8 to 64
+        /// lanes ([`Conv2dBackwardVariant::available`]).
+        Subgroup = "subgroup",
+    }
 }
 
 impl Conv2dBackwardVariant {
-    pub const ALL: [Conv2dBackwardVariant; 3] =
-        [Conv2dBackwardVariant::Simple, Conv2dBackwardVariant::Gemm, Conv2dBackwardVariant::Subgroup];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Conv2dBackwardVariant::Simple => "simple",
-            Conv2dBackwardVariant::Gemm => "gemm",
-            Conv2dBackwardVariant::Subgroup => "subgroup",
-        }
-    }
-
-    /// Parses a [`name`](Self::name).
-    pub fn parse(s: &str) -> Result<Conv2dBackwardVariant> {
-        Conv2dBackwardVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Conv2dBackwardVariant::ALL.iter().map(|v| v.name()).collect();
-            Error::Invalid(format!("unknown conv2d_backward variant {s:?}: expected one of {}", names.join(", ")))
-        })
-    }
-
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {

@@ -1,55 +1,37 @@
 //! Batched matrix multiply with optional transposes, bias and activation
 //! (`shaders/matmul.wgsl`), and `linear` (torch's `x · Wᵀ + b`) on top of it.
 
-use crate::gpu::autotune::{matmul_bucket, tuned_variant};
+use crate::gpu::autotune::{size_class, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::elementwise::Act;
 use crate::ops::gemm::{self, GemmCore, GemmTiles};
 use crate::ops::{expect_float, float_dtypes};
 
-/// The kernels that compute a matmul; all give the same results up to f32 rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MatmulVariant {
-    /// One output per invocation, 16×16 tiles in workgroup memory: the baseline.
-    Simple,
-    /// Register-blocked: each invocation computes a 32×16 block of C from 4×4
-    /// quads of the operands (vec4 loads where aligned); no workgroup memory.
-    Blocked,
-    /// Like `Blocked`, but the 8 lanes of a subgroup share 32 rows (8 columns
-    /// each) and load A between them, passing it round with subgroupBroadcast.
-    /// Needs subgroups of at least 8 invocations.
-    Subgroup,
-    /// For GPUs: 64×64 or 128×128 blocks staged through workgroup memory,
-    /// double-buffered, 16 or 64 sums in registers per invocation
-    /// (`shaders/gemm.wgsl`, [`crate::ops::gemm`]).
-    Tiled,
-    /// The same staging, multiplied on the matrix units (f16 operands, f32
-    /// sums) where the device has them; elsewhere their emulated twin, which
-    /// is correct but slow (it exists to test the kernel without matrix units).
-    Coop,
+crate::ops::kernel_variants! {
+    /// The kernels that compute a matmul; all give the same results up to f32 rounding.
+    pub enum MatmulVariant ("matmul") {
+        /// One output per invocation, 16×16 tiles in workgroup memory: the baseline.
+        Simple = "simple",
+        /// Register-blocked: each invocation computes a 32×16 block of C from 4×4
+        /// quads of the operands (vec4 loads where aligned); no workgroup memory.
+        Blocked = "blocked",
+        /// Like `Blocked`, but the 8 lanes of a subgroup share 32 rows (8 columns
+        /// each) and load A between them, passing it round with subgroupBroadcast.
+        /// Needs subgroups of at least 8 invocations.
+        Subgroup = "subgroup",
+        /// For GPUs: 64×64 or 128×128 blocks staged through workgroup memory,
+        /// double-buffered, 16 or 64 sums in registers per invocation
+        /// (`shaders/gemm.wgsl`, [`crate::ops::gemm`]).
+        Tiled = "tiled",
+        /// The same staging, multiplied on the matrix units (f16 operands, f32
+        /// sums) where the device has them; elsewhere their emulated twin, which
+        /// is correct but slow (it exists to test the kernel without matrix units).
+        Coop = "coop",
+    }
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 5] =
-        [MatmulVariant::Simple, MatmulVariant::Blocked, MatmulVariant::Subgroup, MatmulVariant::Tiled, MatmulVariant::Coop];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MatmulVariant::Simple => "simple",
-            MatmulVariant::Blocked => "blocked",
-            MatmulVariant::Subgroup => "subgroup",
-            MatmulVariant::Tiled => "tiled",
-            MatmulVariant::Coop => "coop",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<MatmulVariant> {
-        MatmulVariant::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            Error::Invalid(format!("unknown matmul variant {s:?}: expected simple, blocked, subgroup, tiled or coop"))
-        })
-    }
-
     /// Whether a device with `caps` can run this variant.
     pub fn available(self, caps: Caps) -> bool {
         match self {
@@ -65,12 +47,6 @@ impl MatmulVariant {
             MatmulVariant::Coop => Some(GemmCore::Coop),
             _ => None,
         }
-    }
-}
-
-impl std::fmt::Display for MatmulVariant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -124,10 +100,16 @@ pub fn choose_variant(gpu: &Gpu, opts: &MatmulOpts, dtype: DType, m: usize, n: u
         return MatmulVariant::parse(name);
     }
     // A cache naming a variant this build or device lacks falls back to the default.
-    let tuned = tuned_variant(gpu, "matmul", || matmul_bucket(dtype, m, n, k))
+    let tuned = tuned_variant(gpu, "matmul", || autotune_bucket(dtype, m, n, k))
         .and_then(|name| MatmulVariant::parse(&name).ok())
         .filter(|v| v.available(gpu.caps()));
     Ok(tuned.unwrap_or_else(|| default_variant(gpu)))
+}
+
+/// The autotune bucket of a matmul with rows M (per batch), columns N and
+/// inner size K: each by power-of-two size class.
+pub fn autotune_bucket(dtype: DType, m: usize, n: usize, k: usize) -> String {
+    format!("{dtype} M{} N{} K{}", size_class(m), size_class(n), size_class(k))
 }
 
 crate::kernel_params! {

@@ -31,6 +31,46 @@ pub mod hashgrid;
 pub mod mlp;
 pub mod render;
 
+/// Declares a kernel family's variants: the enum (each variant with the name
+/// users give `--variant FAMILY=NAME`), `ALL`, `name`, `parse` (an unknown
+/// name is an error listing the known ones) and `Display`. Whether a device
+/// can run a variant, and which is the default, each family says itself.
+macro_rules! kernel_variants {
+    ($(#[$meta:meta])* pub enum $name:ident ($family:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+
+            /// The name `--variant` and the benches use.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses a [`name`](Self::name).
+            pub fn parse(s: &str) -> $crate::error::Result<$name> {
+                Self::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|v| v.name()).collect();
+                    $crate::error::Error::Invalid(format!(
+                        "unknown {} variant {s:?}: expected one of {}",
+                        $family,
+                        names.join(", ")
+                    ))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+pub(crate) use kernel_variants;
+
 /// Every kernel variant the ops can dispatch on a device with `caps`, for
 /// validation. Each family adds its own.
 pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
