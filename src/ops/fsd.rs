@@ -122,7 +122,8 @@ pub fn distill_grad(gpu: &Gpu, pred: &Tensor, target: &Tensor, g: &DistillGrad, 
     if nonfinite.dtype() != DType::U32 || nonfinite.numel() < 1 {
         return Err(Error::shape(OP, format!("the non-finite counter must be u32 with at least one element, got {nonfinite:?}")));
     }
-    if !(g.clip >= 0.0) {
+    // Written so that a NaN clip is refused too.
+    if g.clip.is_nan() || g.clip < 0.0 {
         return Err(Error::Invalid(format!("{OP}: clip {} must be >= 0 (0 disables it)", g.clip)));
     }
     let y = gpu.empty(pred.shape(), DType::F32)?;

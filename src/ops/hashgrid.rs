@@ -166,11 +166,7 @@ crate::kernel_params! {
 }
 
 fn grid_params(grid: &GridLayout, n: usize) -> Params {
-    let mut p = Params::default();
-    p.n = n as u32;
-    p.levels = grid.levels.len() as u32;
-    p.feats = grid.features_per_level;
-    p.k = 1;
+    let mut p = Params { n: n as u32, levels: grid.levels.len() as u32, feats: grid.features_per_level, k: 1, ..Default::default() };
     for (l, lv) in grid.levels.iter().enumerate() {
         p.level_info[l] = [lv.resolution, lv.offset, lv.size, lv.dense as u32];
         p.level_scale[l] = lv.scale;

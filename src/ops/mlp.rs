@@ -91,12 +91,14 @@ crate::kernel_params! {
 }
 
 fn params(shape: &MlpShape, n: usize, act: OutputAct) -> Params {
-    let mut p = Params::default();
-    p.n = n as u32;
-    p.n_layers = shape.layers() as u32;
-    p.out_act = act.code();
-    p.n_weights = shape.n_weights() as u32;
-    p.saved_len = shape.saved_len() as u32;
+    let mut p = Params {
+        n: n as u32,
+        n_layers: shape.layers() as u32,
+        out_act: act.code(),
+        n_weights: shape.n_weights() as u32,
+        saved_len: shape.saved_len() as u32,
+        ..Default::default()
+    };
     for (i, &d) in shape.dims.iter().enumerate() {
         p.dims[i] = d as u32;
     }
@@ -187,9 +189,7 @@ pub fn reduce_partials(gpu: &Gpu, partials: &Tensor, grad: &Tensor) -> Result<()
     if partials.dtype() != DType::F32 || grad.dtype() != DType::F32 || partials.rank() != 2 || partials.dim(1) != grad.numel() {
         return Err(Error::shape("mlp.reduce_partials", format!("partials {partials:?} do not match gradient {grad:?}")));
     }
-    let mut p = Params::default();
-    p.n = grad.numel() as u32;
-    p.chunk = partials.dim(0) as u32;
+    let p = Params { n: grad.numel() as u32, chunk: partials.dim(0) as u32, ..Default::default() };
     gpu.dispatch("mlp.reduce_partials", &key("reduce_partials"), &p, &[partials, grad], grid_for(gpu, grad.numel(), WG))
 }
 
@@ -204,9 +204,7 @@ pub fn sh_encode(gpu: &Gpu, rays: &Tensor, degree: u32) -> Result<Tensor> {
     }
     let n = rays.dim(0);
     let out = gpu.empty(&[n, (degree * degree) as usize], DType::F32)?;
-    let mut p = Params::default();
-    p.n = n as u32;
-    p.degree = degree;
+    let p = Params { n: n as u32, degree, ..Default::default() };
     gpu.dispatch("mlp.sh_encode", &key("sh_encode"), &p, &[rays, &out], grid_for(gpu, n, WG))?;
     Ok(out)
 }

@@ -302,17 +302,19 @@ impl CompositeSpec {
     }
 
     fn params(&self, n_rays: usize, k: u32, bg: &Background<'_>) -> CompositeParams {
-        let mut p = CompositeParams::default();
-        p.n_rays = n_rays as u32;
-        p.rays_per_view = self.rays_per_view as u32;
-        p.k = k;
-        p.shading = self.shading.code();
-        p.want_normals = self.normal_image as u32;
-        p.dt = self.dt;
-        p.normal_eps = self.normal_eps;
-        p.ambient = self.ambient;
-        p.diffuse = self.diffuse;
-        p.early_stop = self.early_stop;
+        let mut p = CompositeParams {
+            n_rays: n_rays as u32,
+            rays_per_view: self.rays_per_view as u32,
+            k,
+            shading: self.shading.code(),
+            want_normals: self.normal_image as u32,
+            dt: self.dt,
+            normal_eps: self.normal_eps,
+            ambient: self.ambient,
+            diffuse: self.diffuse,
+            early_stop: self.early_stop,
+            ..Default::default()
+        };
         match bg {
             Background::Solid(c) => p.bg_color = [c[0], c[1], c[2], 0.0],
             Background::PerRay(_) => p.bg_tensor = 1,
@@ -458,8 +460,7 @@ pub fn composite_backward(
 pub fn regulariser_values(gpu: &Gpu, marched: &Marched, out: &Composited) -> Result<Tensor> {
     let n = out.orient.numel();
     let values = gpu.empty(&[4], DType::F32)?;
-    let mut p = CompositeParams::default();
-    p.n_rays = n as u32;
+    let p = CompositeParams { n_rays: n as u32, ..Default::default() };
     gpu.dispatch(
         "render.regularisers",
         &key("regularisers"),
