@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use fsd3d::gpu::{DType, Gpu, Tensor};
 use fsd3d::ops::attention::{self, AttentionOpts, AttentionVariant, SUPPORTED_HEAD_DIMS};
+use fsd3d::ops::reference;
 
 /// One attention problem.
 #[derive(Clone, Copy, Debug)]
@@ -20,29 +21,8 @@ struct Case {
 /// softmax(scale · q kᵀ) v per batch and head, f64 accumulation; key j is
 /// visible to query i under the causal mask when j <= i.
 fn reference(c: &Case, scale: f64, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-    let hd = c.heads * c.d;
-    let mut out = vec![0.0f32; c.batch * c.lq * hd];
-    let mut scores = vec![0.0f64; c.lk];
-    for b in 0..c.batch {
-        for h in 0..c.heads {
-            for i in 0..c.lq {
-                let visible = if c.causal { (i + 1).min(c.lk) } else { c.lk };
-                let qrow = &q[(b * c.lq + i) * hd + h * c.d..][..c.d];
-                for (j, s) in scores[..visible].iter_mut().enumerate() {
-                    let krow = &k[(b * c.lk + j) * hd + h * c.d..][..c.d];
-                    *s = scale * qrow.iter().zip(krow).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
-                }
-                let max = scores[..visible].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores[..visible].iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = weights.iter().sum();
-                for e in 0..c.d {
-                    let acc: f64 = (0..visible).map(|j| weights[j] * v[(b * c.lk + j) * hd + h * c.d + e] as f64).sum();
-                    out[(b * c.lq + i) * hd + h * c.d + e] = (acc / sum) as f32;
-                }
-            }
-        }
-    }
-    out
+    let shape = reference::AttentionShape { batch: c.batch, lq: c.lq, lk: c.lk, heads: c.heads, d: c.d, causal: c.causal };
+    reference::narrow(&reference::attention(&shape, scale, &reference::widen(q), &reference::widen(k), &reference::widen(v)))
 }
 
 /// Uploads random q, k, v (values in ±amp), runs the kernel, returns (got, want).

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use fsd3d::gpu::DType;
 use fsd3d::ops::conv2d::{Conv2dOpts, Conv2dVariant, conv2d};
+use fsd3d::ops::reference;
 
 /// One convolution problem: x [b, cin, h, w], weight [cout, cin, kh, kw].
 #[derive(Clone, Copy, Debug)]
@@ -52,33 +53,9 @@ impl Case {
 }
 
 fn reference_conv(c: &Case, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let (ho, wo) = c.out_hw();
-    let mut y = vec![0.0; c.b * c.cout * ho * wo];
-    for b in 0..c.b {
-        for co in 0..c.cout {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut acc = bias.map_or(0.0, |bs| bs[co] as f64);
-                    for ci in 0..c.cin {
-                        for ky in 0..c.kh {
-                            for kx in 0..c.kw {
-                                let iy = (oy * c.stride + ky) as isize - c.pad as isize;
-                                let ix = (ox * c.stride + kx) as isize - c.pad as isize;
-                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
-                                    continue;
-                                }
-                                let xv = x[((b * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize] as f64;
-                                let wv = w[((co * c.cin + ci) * c.kh + ky) * c.kw + kx] as f64;
-                                acc += xv * wv;
-                            }
-                        }
-                    }
-                    y[((b * c.cout + co) * ho + oy) * wo + ox] = acc as f32;
-                }
-            }
-        }
-    }
-    y
+    let shape = reference::ConvShape { batch: c.b, cin: c.cin, h: c.h, w: c.w, cout: c.cout, kh: c.kh, kw: c.kw, stride: c.stride, pad: c.pad };
+    let bias = bias.map(reference::widen);
+    reference::narrow(&reference::conv2d(&shape, &reference::widen(x), &reference::widen(w), bias.as_deref()))
 }
 
 /// Runs `c` on the device with storage types (x, weight, bias) and compares.

@@ -14,6 +14,7 @@ use fsd3d::ops::conv2d::{Conv2dOpts, Conv2dVariant, conv2d_tiled_as};
 use fsd3d::ops::elementwise::Act;
 use fsd3d::ops::gemm::{self, COOP_PATH, GemmCore, GemmTiles};
 use fsd3d::ops::matmul::{MatmulOpts, MatmulVariant, default_variant, matmul, matmul_tiled_as};
+use fsd3d::ops::reference;
 
 /// (trans_a, trans_b) and (m, n, k) of a check.
 type Trans = (bool, bool);
@@ -26,7 +27,7 @@ fn variant_of(core: GemmCore) -> MatmulVariant {
     }
 }
 
-/// act(alpha · op(A) op(B) + bias) in f64; A [ba, .., ..] with ba ∈ {1, batch}.
+/// act(alpha · op(A) op(B) + bias) by the library reference; a shared operand is one matrix for every batch.
 #[allow(clippy::too_many_arguments)]
 fn matmul_reference(
     (trans_a, trans_b): (bool, bool),
@@ -38,23 +39,9 @@ fn matmul_reference(
     alpha: f32,
     act: Act,
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(batch * m * n);
-    for bi in 0..batch {
-        let ao = if bcast_a { 0 } else { bi * m * k };
-        let bo = if bcast_b { 0 } else { bi * k * n };
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0.0f64;
-                for kk in 0..k {
-                    let av = if trans_a { a[ao + kk * m + i] } else { a[ao + i * k + kk] };
-                    let bv = if trans_b { b[bo + j * k + kk] } else { b[bo + kk * n + j] };
-                    s += av as f64 * bv as f64;
-                }
-                out.push(act.apply((s * alpha as f64 + bias[j] as f64) as f32));
-            }
-        }
-    }
-    out
+    let shape = reference::MatmulShape { batch, m, n, k, trans_a, trans_b, shared_a: bcast_a, shared_b: bcast_b };
+    let want = reference::matmul(&shape, &reference::widen(a), &reference::widen(b), Some(&reference::widen(bias)), alpha as f64, act);
+    reference::narrow(&want)
 }
 
 /// The tolerance of a core: the matrix units take f16 operands (where the
@@ -134,35 +121,11 @@ fn f16_storage_and_degenerate_sizes_match_reference() {
     }
 }
 
-/// x [b, cin, h, w] * w [cout, cin, kh, kw] + bias, f64.
+/// x [b, cin, h, w] * w [cout, cin, kh, kw] + bias, by the library reference.
 #[allow(clippy::too_many_arguments)]
 fn conv_reference(x: &[f32], w: &[f32], bias: &[f32], [b, cin, h, wd]: [usize; 4], [cout, kh, kw]: [usize; 3], stride: usize, pad: usize) -> Vec<f32> {
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (wd + 2 * pad - kw) / stride + 1;
-    let mut y = Vec::with_capacity(b * cout * ho * wo);
-    for bi in 0..b {
-        for co in 0..cout {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut s = bias[co] as f64;
-                    for ci in 0..cin {
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let iy = (oy * stride + ky) as isize - pad as isize;
-                                let ix = (ox * stride + kx) as isize - pad as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    let xv = x[((bi * cin + ci) * h + iy as usize) * wd + ix as usize];
-                                    s += xv as f64 * w[((co * cin + ci) * kh + ky) * kw + kx] as f64;
-                                }
-                            }
-                        }
-                    }
-                    y.push(s as f32);
-                }
-            }
-        }
-    }
-    y
+    let shape = reference::ConvShape { batch: b, cin, h, w: wd, cout, kh, kw, stride, pad };
+    reference::narrow(&reference::conv2d(&shape, &reference::widen(x), &reference::widen(w), Some(&reference::widen(bias))))
 }
 
 /// The implicit GEMM at every tiling of both cores: 3×3 "same", stride 2 on

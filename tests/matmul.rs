@@ -12,6 +12,7 @@ use common::*;
 use fsd3d::gpu::{DType, Gpu};
 use fsd3d::ops::elementwise::Act;
 use fsd3d::ops::matmul::{MatmulOpts, MatmulVariant, default_variant, linear, matmul};
+use fsd3d::ops::reference;
 
 /// One problem: op(A) is [M, K], op(B) is [K, N]; a batch of 0 means a rank-2 operand.
 #[derive(Clone, Copy, Debug)]
@@ -65,25 +66,18 @@ fn epilogues(case: usize) -> [(f32, bool, Act); 2] {
 
 /// The reference: act(alpha · op(A) op(B) + bias) with f64 sums, [batch, M, N].
 fn reference(p: &Problem, a: &[f32], b: &[f32], bias: Option<&[f32]>, alpha: f32, act: Act) -> Vec<f32> {
-    let (m, n, k) = (p.m, p.n, p.k);
-    let mut out = Vec::with_capacity(p.batch() * m * n);
-    for bi in 0..p.batch() {
-        let a_off = if p.batch_a > 1 { bi * m * k } else { 0 };
-        let b_off = if p.batch_b > 1 { bi * k * n } else { 0 };
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0.0f64;
-                for kk in 0..k {
-                    let av = if p.trans_a { a[a_off + kk * m + i] } else { a[a_off + i * k + kk] };
-                    let bv = if p.trans_b { b[b_off + j * k + kk] } else { b[b_off + kk * n + j] };
-                    s += av as f64 * bv as f64;
-                }
-                let y = s * alpha as f64 + bias.map_or(0.0, |bs| bs[j] as f64);
-                out.push(act.apply(y as f32));
-            }
-        }
-    }
-    out
+    let shape = reference::MatmulShape {
+        batch: p.batch(),
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        trans_a: p.trans_a,
+        trans_b: p.trans_b,
+        shared_a: p.batch_a <= 1,
+        shared_b: p.batch_b <= 1,
+    };
+    let bias = bias.map(reference::widen);
+    reference::narrow(&reference::matmul(&shape, &reference::widen(a), &reference::widen(b), bias.as_deref(), alpha as f64, act))
 }
 
 /// Tolerance for a K-term sum: rounding errors grow like √K; f16 storage of the

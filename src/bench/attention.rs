@@ -158,30 +158,9 @@ pub(crate) fn check_samples(gpu: &Gpu, variant: &str, dtype: DType) -> Result<Ve
     Ok(out)
 }
 
-/// softmax(scale · q kᵀ) v per batch and head, in f64.
+/// The library's reference (ops::reference::attention) for a check case.
 fn reference(c: &CheckAttention, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
-    let hd = c.heads * c.d;
+    let shape = crate::ops::reference::AttentionShape { batch: c.batch, lq: c.lq, lk: c.lk, heads: c.heads, d: c.d, causal: c.causal };
     let scale = c.scale.map_or(1.0 / (c.d as f64).sqrt(), |s| s as f64);
-    let mut out = vec![0.0; c.batch * c.lq * hd];
-    for b in 0..c.batch {
-        for h in 0..c.heads {
-            for i in 0..c.lq {
-                let keys = if c.causal { (i + 1).min(c.lk) } else { c.lk };
-                let qi = &q[(b * c.lq + i) * hd + h * c.d..][..c.d];
-                let scores: Vec<f64> = (0..keys)
-                    .map(|j| scale * qi.iter().zip(&k[(b * c.lk + j) * hd + h * c.d..][..c.d]).map(|(a, b)| a * b).sum::<f64>())
-                    .collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = weights.iter().sum();
-                for (j, w) in weights.iter().enumerate() {
-                    let vj = &v[(b * c.lk + j) * hd + h * c.d..][..c.d];
-                    for (o, x) in out[(b * c.lq + i) * hd + h * c.d..][..c.d].iter_mut().zip(vj) {
-                        *o += w / total * x;
-                    }
-                }
-            }
-        }
-    }
-    out
+    crate::ops::reference::attention(&shape, scale, q, k, v)
 }

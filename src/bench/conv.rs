@@ -211,33 +211,18 @@ pub(crate) fn check_samples(gpu: &Gpu, variant: &str, dtype: DType) -> Result<Ve
     Ok(out)
 }
 
-/// torch's conv2d (zero padding) in f64.
+/// The library's reference (ops::reference::conv2d) for a check case.
 fn reference(c: &CheckConv, x: &[f64], w: &[f64], bias: &[f64]) -> Vec<f64> {
-    let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
-    let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
-    let mut out = Vec::with_capacity(c.batch * c.cout * ho * wo);
-    for b in 0..c.batch {
-        for co in 0..c.cout {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut sum = if c.bias { bias[co] } else { 0.0 };
-                    for ci in 0..c.cin {
-                        for ky in 0..c.k {
-                            for kx in 0..c.k {
-                                let iy = (oy * c.stride + ky) as isize - c.pad as isize;
-                                let ix = (ox * c.stride + kx) as isize - c.pad as isize;
-                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
-                                    continue;
-                                }
-                                let xv = x[((b * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize];
-                                sum += xv * w[((co * c.cin + ci) * c.k + ky) * c.k + kx];
-                            }
-                        }
-                    }
-                    out.push(sum);
-                }
-            }
-        }
-    }
-    out
+    let shape = crate::ops::reference::ConvShape {
+        batch: c.batch,
+        cin: c.cin,
+        h: c.h,
+        w: c.w,
+        cout: c.cout,
+        kh: c.k,
+        kw: c.k,
+        stride: c.stride,
+        pad: c.pad,
+    };
+    crate::ops::reference::conv2d(&shape, x, w, c.bias.then_some(bias))
 }

@@ -187,29 +187,22 @@ pub(crate) fn check_samples(gpu: &Gpu, variant: &str, dtype: DType) -> Result<Ve
         let act = if c.silu { Act::Silu } else { Act::None };
         let opts = MatmulOpts { trans_b: c.trans_b, alpha: c.alpha, act, variant: Some(variant), ..Default::default() };
         let got = gpu.download(&matmul(gpu, &ta, &tb, c.bias.then_some(&tbias), &opts)?)?;
-        out.push(Sample { shape: format!("{}x{}x{} · {}", c.batch, c.m, c.k, if c.trans_b { "Bᵀ" } else { "B" }), got, want: reference(c, &as_stored(&a, dtype), &as_stored(&b, dtype), &as_stored(&bias, dtype)) });
+        out.push(Sample { shape: format!("{}x{}x{} · {}", c.batch, c.m, c.k, if c.trans_b { "Bᵀ" } else { "B" }), got, want: reference(c, &as_stored(&a, dtype), &as_stored(&b, dtype), &as_stored(&bias, dtype), act) });
     }
     Ok(out)
 }
 
-/// `act(alpha · A[b]·op(B) + bias)` in f64.
-fn reference(c: &CheckCase, a: &[f64], b: &[f64], bias: &[f64]) -> Vec<f64> {
-    let mut out = Vec::with_capacity(c.batch * c.m * c.n);
-    for bi in 0..c.batch {
-        for i in 0..c.m {
-            for j in 0..c.n {
-                let mut sum = 0.0;
-                for l in 0..c.k {
-                    let bv = if c.trans_b { b[j * c.k + l] } else { b[l * c.n + j] };
-                    sum += a[(bi * c.m + i) * c.k + l] * bv;
-                }
-                let mut y = sum * c.alpha as f64 + if c.bias { bias[j] } else { 0.0 };
-                if c.silu {
-                    y /= 1.0 + (-y).exp();
-                }
-                out.push(y);
-            }
-        }
-    }
-    out
+/// The library's reference (ops::reference::matmul) for a check case.
+fn reference(c: &CheckCase, a: &[f64], b: &[f64], bias: &[f64], act: Act) -> Vec<f64> {
+    let shape = crate::ops::reference::MatmulShape {
+        batch: c.batch,
+        m: c.m,
+        n: c.n,
+        k: c.k,
+        trans_a: false,
+        trans_b: c.trans_b,
+        shared_a: false,
+        shared_b: true,
+    };
+    crate::ops::reference::matmul(&shape, a, b, c.bias.then_some(bias), c.alpha as f64, act)
 }

@@ -45,16 +45,18 @@ impl Act {
     }
     /// The reference implementation (f64 inside, as the tests' CPU reference).
     pub fn apply(self, x: f32) -> f32 {
-        let x = x as f64;
-        let y = match self {
+        self.apply_f64(x as f64) as f32
+    }
+    /// The reference implementation in f64 (ops::reference).
+    pub fn apply_f64(self, x: f64) -> f64 {
+        match self {
             Act::None => x,
             Act::Silu => x / (1.0 + (-x).exp()),
             Act::Relu => x.max(0.0),
             Act::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
             Act::GeluTanh => 0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh()),
             Act::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
-        };
-        y as f32
+        }
     }
     /// Parses a config name (`silu`, `gelu`, `quick_gelu`, `gelu_pytorch_tanh`, ...).
     pub fn parse(s: &str) -> Result<Act> {

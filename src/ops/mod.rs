@@ -19,6 +19,7 @@ pub mod fsd;
 pub mod gemm;
 pub mod matmul;
 pub mod norm;
+pub mod reference;
 pub mod resample;
 pub mod softmax;
 // Input gradients (the VAE encoder's backward pass).
