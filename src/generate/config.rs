@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diffusion::guidance::{Method, Weighting};
+use crate::diffusion::guidance::{GuidanceSettings, Method, Weighting};
+use crate::diffusion::prompts::PromptSpec;
 use crate::diffusion::noise::WorldMapConfig;
 use crate::diffusion::timesteps::TimestepSchedule;
 use crate::error::{Error, Result};
@@ -261,6 +262,18 @@ impl GenerateConfig {
         self.overlay_toml(&text, &path.display().to_string())
     }
 
+    /// The run's prompts for the guidance: the view-dependent suffixes when
+    /// asked for, and the negative prompt (NFSD's).
+    pub fn prompt_spec(&self) -> PromptSpec<'_> {
+        PromptSpec { prompt: &self.prompt, view_dependent: self.guidance.view_dependent_prompt, negative: self.guidance.negative.as_deref() }
+    }
+
+    /// The guidance of the run's method with the `[guidance]` settings.
+    pub fn guidance_settings(&self) -> GuidanceSettings {
+        let g = &self.guidance;
+        GuidanceSettings { scale: g.cfg, target: self.method.target(), weighting: g.weighting, grad_clip: g.grad_clip }
+    }
+
     /// The complete config as TOML.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::Invalid(format!("config to TOML: {e}")))
@@ -284,20 +297,4 @@ fn merge(mut base: toml::Table, overlay: toml::Table) -> toml::Table {
         }
     }
     base
-}
-
-/// The view-dependent prompt suffix of a camera (FSD_SPEC §5): overhead
-/// above 60° elevation, else front within 45° of azimuth 0, back beyond 135°,
-/// side in between.
-pub fn view_suffix(elevation_deg: f32, azimuth_deg: f32) -> &'static str {
-    let a = (azimuth_deg + 180.0).rem_euclid(360.0) - 180.0;
-    if elevation_deg > 60.0 {
-        ", overhead view"
-    } else if a.abs() < 45.0 {
-        ", front view"
-    } else if a.abs() > 135.0 {
-        ", back view"
-    } else {
-        ", side view"
-    }
 }
