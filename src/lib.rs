@@ -7,12 +7,12 @@
 //! - [`bench`]: kernel measurements shared by `cargo bench` and `fsd3d bench`.
 pub mod bench;
 pub mod diffusion;
-pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod gpu;
+pub mod image2d;
 pub mod io;
 pub mod models;
 pub mod ops;

@@ -392,8 +392,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, size, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
-            let m = fsd3d::distill::image2d::Method2d::parse(method)?;
-            let mut c = fsd3d::distill::image2d::Image2dConfig::paper_defaults(m);
+            let m = fsd3d::image2d::Method2d::parse(method)?;
+            let mut c = fsd3d::image2d::Image2dConfig::paper_defaults(m);
             c.seed = *seed;
             c.negative = negative.clone();
             c.size = size.size();
@@ -408,7 +408,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let bar = progress_bar(c.steps as u64, method);
             let started = std::time::Instant::now();
-            let img = fsd3d::distill::image2d::distill_image(&gpu, &prior, prompt, &c, |i, _, t| {
+            let img = fsd3d::image2d::distill_image(&gpu, &prior, prompt, &c, |i, _, t| {
                 bar.set_position(i as u64);
                 bar.set_message(format!("{method} t={t}"));
             })?;

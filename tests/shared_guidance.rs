@@ -10,7 +10,7 @@ use fsd3d::diffusion::guidance::{Method, Weighting};
 use fsd3d::diffusion::prompts::{NFSD_NEGATIVE, ViewDirection};
 use fsd3d::generate::{GenerateConfig, Generator, PriorKind};
 use fsd3d::gpu::{DType, Gpu, Tensor};
-use fsd3d::distill::image2d::{AdamGuidance, Image2dConfig, Method2d};
+use fsd3d::image2d::{AdamGuidance, Image2dConfig, Method2d};
 use fsd3d::models::pixel_prior::PixelPriorSpec;
 use fsd3d::models::prior::{Prior, StableDiffusion};
 

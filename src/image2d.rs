@@ -1,5 +1,7 @@
-//! 2D distillation (the paper's §3 and Table 3): optimise one image (pixel
-//! priors) or its latent (latent priors) with a distillation gradient.
+//! `fsd3d image`, 2D distillation (the paper's §3 and Table 3): optimise one
+//! image (pixel priors) or its latent (latent priors) with a distillation
+//! gradient. The gradient is the run's `diffusion::guidance::Guidance`, the
+//! same as the 3D loop's (`generate`); only what is optimised differs.
 //!
 //! - `sds`, `nfsd`, `fsd`: Adam on x̂ with the method's gradient and noise
 //!   (FSD: one fixed ε̃ for the whole run, as a single view's world-map noise is);
