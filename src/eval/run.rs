@@ -44,11 +44,12 @@ use crate::eval::figure::labelled_grid;
 use crate::eval::metrics::Labels;
 use crate::eval::report::{self, CrossFidSplit, Evaluation, RunViews};
 use crate::export::{self, Rgb8};
-use crate::generate::outputs::{Outputs, Summary, write_summary};
+use crate::generate::config::{ConfigFlags, ConfigOverlay};
+use crate::generate::job::{self, slug};
+use crate::generate::outputs::Outputs;
 use crate::generate::{self as g, Finish, GenerateConfig, Generator, PriorKind, StepReport};
 use crate::gpu::{DType, Gpu};
 use crate::models::classifier::Classifier;
-use crate::models::pixel_prior::PixelPriorSpec;
 use crate::models::prior::{Prior, StableDiffusion};
 use crate::ops::render::Shading;
 use crate::scene::camera::eval_cameras;
@@ -114,15 +115,6 @@ impl EvalMethod {
         EvalMethod { label: label.into(), slug: method.name().into(), method, beta: None, theta_deg: None }
     }
 
-    /// Lays this row's settings over a run config (after the overlay: they win).
-    pub fn apply(&self, cfg: &mut GenerateConfig) {
-        if let Some(b) = self.beta {
-            cfg.noise.beta = b;
-        }
-        if let Some(t) = self.theta_deg {
-            cfg.noise.theta_deg = t;
-        }
-    }
 }
 
 /// The methods of `--methods` (sds, nfsd, fsd, fsd-constant), with `fsd`
@@ -197,30 +189,6 @@ pub fn parse_prompts(text: &str, what: &str) -> Result<Vec<String>> {
         )));
     }
     Ok(prompts)
-}
-
-/// A folder-name form of a prompt: lower-case ASCII letters and digits, runs
-/// of anything else as one '-', at most 60 characters ("untitled" if nothing is left).
-pub fn slug(text: &str) -> String {
-    let s: String = text.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let s: String = s.split('-').filter(|w| !w.is_empty()).collect::<Vec<_>>().join("-").chars().take(60).collect();
-    let s = s.trim_end_matches('-').to_string();
-    if s.is_empty() { "untitled".into() } else { s }
-}
-
-/// A `--config` overlay: TOML text with any keys of the run config.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConfigOverlay {
-    /// Where it came from (for errors), e.g. the file name.
-    pub name: String,
-    pub text: String,
-}
-
-impl ConfigOverlay {
-    pub fn read(path: &Path) -> Result<ConfigOverlay> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("reading the config {}: {e}", path.display())))?;
-        Ok(ConfigOverlay { name: path.display().to_string(), text })
-    }
 }
 
 /// The DDIM reference row: samples of the prior itself.
@@ -323,23 +291,18 @@ impl EvalPlan {
         CrossFidSplit { a: self.seeds[..half].to_vec(), b: self.seeds[half..].to_vec() }
     }
 
-    /// The config of one run: defaults for the prior and method, the
-    /// overlay, then --steps, the seed and the row's ablation setting.
+    /// The config of one run: the layers `generate` stacks, with this
+    /// plan's --steps, the seed and the row's ablation setting as the flags.
     pub fn run_config(&self, prompt: &str, method: &EvalMethod, seed: u64, kind: &PriorKind) -> Result<GenerateConfig> {
-        let mut cfg = GenerateConfig::defaults(prompt, method.method, kind);
-        if let Some(o) = &self.config {
-            cfg = cfg.overlay_toml(&o.text, &o.name)?;
-        }
-        cfg.prompt = prompt.to_string();
-        cfg.method = method.method;
-        cfg.model = self.model.clone();
-        cfg.seed = seed;
-        if let Some(s) = self.steps {
-            cfg.steps = s;
-        }
-        method.apply(&mut cfg);
-        cfg.validate()?;
-        Ok(cfg)
+        let flags = ConfigFlags {
+            model: self.model.clone(),
+            seed: Some(seed),
+            steps: self.steps,
+            beta: method.beta,
+            theta_deg: method.theta_deg,
+            ..ConfigFlags::default()
+        };
+        GenerateConfig::layered(prompt, method.method, kind, self.config.as_ref(), &flags)
     }
 
     /// `OUT/runs/<prompt>/<method>/s<seed>`.
@@ -472,10 +435,7 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
     let started = Instant::now();
     plan.validate()?;
     let model_dir = crate::models::model_dir(plan.model.as_deref());
-    let kind = match PixelPriorSpec::load(&model_dir)? {
-        Some(spec) => PriorKind::Pixel(spec),
-        None => PriorKind::Latent,
-    };
+    let kind = job::prior_kind(&model_dir)?;
     if !model_dir.join("classifier").is_dir() {
         return Err(Error::Invalid(format!(
             "eval scores runs with the prior's classifier, and {} has no classifier/ folder; use the embedded prior (leave out --model)",
@@ -495,10 +455,11 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         }
         jobs.push(of_prompt);
     }
-    // Every run records the storage type it ran with (as `generate` does).
-    let dtype = crate::models::resolve_dtype(gpu, &jobs[0][0].cfg.dtype, &model_dir)?;
-    for job in jobs.iter_mut().flatten() {
-        job.cfg.dtype = dtype.name().to_string();
+    // Every run records the storage type it ran with (as `generate` does);
+    // the overlay is the same for all, so is the type.
+    let dtype = job::resolve_dtype(gpu, &mut jobs[0][0].cfg)?;
+    for run in jobs.iter_mut().flatten() {
+        run.cfg.dtype = dtype.name().to_string();
     }
     let prior = StableDiffusion::load(gpu, &model_dir, dtype)?;
     let classifier = Classifier::load(gpu, &model_dir)?;
@@ -653,20 +614,12 @@ fn run_unit(
         _ => Generator::resume(ctx.gpu, ctx.prior, job.cfg.clone(), &checkpoint)?,
     };
     if work != Work::Reused {
-        let started = Instant::now();
-        let first = run.step;
-        let mut last_rms = None;
-        let finish = g::optimise(&mut run, &job.dir, stop, |r| {
-            last_rms = r.grad_rms.or(last_rms);
-            progress(&EvalEvent::Step(r));
-        })?;
-        let done = run.step - first;
-        summary.steps_optimised += done;
-        if finish == Finish::Interrupted {
+        let outcome = job::run_to_end(&mut run, &job.dir, stop, |r| progress(&EvalEvent::Step(r)))?;
+        summary.steps_optimised += outcome.steps_done;
+        if outcome.finish == Finish::Interrupted {
             return Ok(None);
         }
-        let seconds = started.elapsed().as_secs_f64();
-        write_run_summary(ctx, &job.dir, &run, seconds, done, last_rms)?;
+        write_run_summary(ctx, &job.dir, &run, &outcome)?;
     }
     match work {
         Work::Fresh => summary.fresh += 1,
@@ -780,7 +733,7 @@ fn table_difference(a: &toml::Table, b: &toml::Table, prefix: &str) -> Option<St
 }
 
 /// The generate-style `summary.json` of an eval run (no mesh or turntable).
-fn write_run_summary(ctx: &Context<'_>, dir: &Path, run: &Generator<'_>, seconds: f64, done: u64, last_rms: Option<f32>) -> Result<()> {
+fn write_run_summary(ctx: &Context<'_>, dir: &Path, run: &Generator<'_>, outcome: &job::RunOutcome) -> Result<()> {
     let outputs = Outputs {
         files: vec![files::VIEW_GRID.into(), files::FRONT.into(), files::VIEWS.into()],
         mesh: None,
@@ -788,22 +741,7 @@ fn write_run_summary(ctx: &Context<'_>, dir: &Path, run: &Generator<'_>, seconds
         verdict: None,
         seconds: 0.0,
     };
-    let summary = Summary {
-        prompt: &run.cfg.prompt,
-        method: run.cfg.method.name(),
-        seed: run.cfg.seed,
-        steps: run.cfg.steps,
-        steps_done: run.step,
-        completed: run.step >= run.cfg.steps,
-        optimise_seconds: seconds,
-        outputs_seconds: 0.0,
-        mean_step_ms: 1e3 * seconds / done.max(1) as f64,
-        adapter: ctx.gpu.adapter_name(),
-        model: ctx.model_dir.display().to_string(),
-        final_grad_rms: last_rms,
-        outputs: &outputs,
-    };
-    write_summary(dir, &summary)
+    job::write_summary(ctx.gpu, run, outcome, &outputs, dir)
 }
 
 /// Renders the views around the object at the prior's resolution (as

@@ -19,6 +19,7 @@
 //! holds parameters, Adam's moments and the occupancy grid, so a resumed run
 //! continues exactly where an uninterrupted one would have been.
 pub mod config;
+pub mod job;
 pub mod outputs;
 
 use std::io::Write;
