@@ -124,7 +124,7 @@ pub struct DdimReference {
     /// DDIM's η (0 deterministic, 1 ancestral).
     pub eta: f32,
     /// Samples per seed: sample k of seed s uses the noise seed
-    /// [`reference_seed`]`(s, k)`. Cross-FID needs at least 2 images per
+    /// [`reference_seed`](super::reference_seed)`(s, k)`. Cross-FID needs at least 2 images per
     /// seed half, and one image per seed gives only 1 per half with 2 seeds.
     pub samples_per_seed: usize,
 }
