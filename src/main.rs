@@ -457,7 +457,8 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
     let job = GenerateJob::prepare(&gpu, request)?;
     let (cfg, out) = (&job.cfg, &job.out);
     let prior = job.load_prior(&gpu).with_context(|| format!("loading the pipeline in {}", job.model_dir.display()))?;
-    let mut run = job.start(&gpu, &prior).with_context(|| if job.resume { format!("resuming from {}", job.checkpoint().display()) } else { "starting the run".into() })?;
+    let run = job.start(&gpu, &prior);
+    let mut run = if job.resume { run.with_context(|| format!("resuming from {}", job.checkpoint().display()))? } else { run? };
     let stop = job::stop_on_ctrl_c();
     eprintln!(
         "{} \"{}\": {} steps on {} (seed {}), writing to {}{}",

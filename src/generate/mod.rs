@@ -7,7 +7,8 @@
 //! → image = 2·rgb − 1 → bilinear resize to the prior's input (when sizes differ)
 //! → z = the image (pixel prior) or VAE mean × scaling factor (latent prior)
 //! → ε: world map ε(c) (fsd) / fresh (sds, nfsd) / constant
-//! → x_t = α_t·z + σ_t·ε → prior on [uncond; cond] → g = w(t)·(ε̂ − ε)
+//! → the run's Guidance (diffusion::guidance, the same as the 2D loop's):
+//!   x_t = α_t·z + σ_t·ε → prior on [uncond; cond] → g = w(t)·(ε̂ − ε)
 //! → ∂L/∂z = g / B → VAE encoder backward → resize backward → ×2
 //! → renderer backward + regularisers → Adam
 //! ```
