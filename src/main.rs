@@ -392,8 +392,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Image { prompt, method, model, seed, steps, cfg, lr, negative, size, out, dtype, profile } => {
             let gpu = cli.gpu.open(*profile)?;
             let prior = load_pipeline(&gpu, model.as_deref(), dtype)?;
-            let m = fsd3d::distill::image2d::Method2d::parse(method)?;
-            let mut c = fsd3d::distill::image2d::Image2dConfig::paper_defaults(m);
+            let m = fsd3d::image2d::Method2d::parse(method)?;
+            let mut c = fsd3d::image2d::Image2dConfig::paper_defaults(m);
             c.seed = *seed;
             c.negative = negative.clone();
             c.size = size.size();
@@ -408,7 +408,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let bar = progress_bar(c.steps as u64, method);
             let started = std::time::Instant::now();
-            let img = fsd3d::distill::image2d::distill_image(&gpu, &prior, prompt, &c, |i, _, t| {
+            let img = fsd3d::image2d::distill_image(&gpu, &prior, prompt, &c, |i, _, t| {
                 bar.set_position(i as u64);
                 bar.set_message(format!("{method} t={t}"));
             })?;
@@ -430,79 +430,36 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Set by Ctrl-C: the loop writes a checkpoint and stops. A second Ctrl-C exits at once.
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
-    use fsd3d::generate::{self as g, GenerateConfig, PriorKind};
+    use fsd3d::generate::config::{ConfigFlags, ConfigOverlay};
+    use fsd3d::generate::job::{self, GenerateJob, GenerateRequest};
     let gpu = gpu_args.open(a.profile)?;
-    let (mut cfg, out, resume) = match &a.resume {
-        Some(dir) => {
-            let path = dir.join(g::files::CONFIG);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (is {} a run folder?)", path.display(), dir.display()))?;
-            let mut cfg = GenerateConfig::from_toml(&text, &path.display().to_string())?;
-            if let Some(s) = a.steps {
-                cfg.steps = s;
-            }
-            (cfg, dir.clone(), true)
-        }
-        None => {
-            let prompt = a.prompt.clone().expect("clap requires a prompt without --resume");
-            let method = fsd3d::diffusion::guidance::Method::parse(&a.method)?;
-            let dir = fsd3d::models::model_dir(a.model.as_deref());
-            let kind = match fsd3d::models::pixel_prior::PixelPriorSpec::load(&dir)? {
-                Some(spec) => PriorKind::Pixel(spec),
-                None => PriorKind::Latent,
-            };
-            let mut cfg = GenerateConfig::defaults(&prompt, method, &kind);
-            if let Some(path) = &a.config {
-                cfg = cfg.overlay_file(path)?;
-            }
-            cfg.model = a.model.clone();
-            if let Some(v) = a.seed {
-                cfg.seed = v;
-            }
-            if let Some(v) = a.steps {
-                cfg.steps = v;
-            }
-            if let Some(v) = a.cfg {
-                cfg.guidance.cfg = v;
-            }
-            if let Some(v) = a.theta {
-                cfg.noise.theta_deg = v;
-            }
-            if let Some(v) = a.beta {
-                cfg.noise.beta = v;
-            }
-            if let Some(v) = a.alpha0 {
-                cfg.noise.alpha0 = v;
-            }
-            if a.fresh_background {
-                cfg.noise.fixed_background = false;
-            }
-            if let Some(v) = &a.dtype {
-                cfg.dtype = v.clone();
-            }
-            let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}-s{}", slug(&cfg.prompt), cfg.method.name(), cfg.seed)));
-            (cfg, out, false)
-        }
+    let request = match &a.resume {
+        Some(dir) => GenerateRequest::Resume { dir: dir.clone(), steps: a.steps },
+        None => GenerateRequest::New {
+            prompt: a.prompt.clone().expect("clap requires a prompt without --resume"),
+            method: fsd3d::diffusion::guidance::Method::parse(&a.method)?,
+            overlay: a.config.as_deref().map(ConfigOverlay::read).transpose()?,
+            flags: ConfigFlags {
+                model: a.model.clone(),
+                seed: a.seed,
+                steps: a.steps,
+                cfg: a.cfg,
+                theta_deg: a.theta,
+                beta: a.beta,
+                alpha0: a.alpha0,
+                fresh_background: a.fresh_background,
+                dtype: a.dtype.clone(),
+            },
+            out: a.out.clone(),
+        },
     };
-    let model_dir = fsd3d::models::model_dir(cfg.model.as_deref());
-    // A run records the storage type it ran with, so that a resume elsewhere matches.
-    cfg.dtype = fsd3d::models::resolve_dtype(&gpu, &cfg.dtype, &model_dir)?.name().to_string();
-    cfg.validate()?;
-    let prior = load_pipeline(&gpu, Some(&model_dir), &cfg.dtype)?;
-    let mut run = if resume {
-        let ck = out.join(g::files::CHECKPOINT);
-        g::Generator::resume(&gpu, &prior, cfg.clone(), &ck).with_context(|| format!("resuming from {}", ck.display()))?
-    } else {
-        g::Generator::new(&gpu, &prior, cfg.clone())?
-    };
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
+    let job = GenerateJob::prepare(&gpu, request)?;
+    let (cfg, out) = (&job.cfg, &job.out);
+    let prior = job.load_prior(&gpu).with_context(|| format!("loading the pipeline in {}", job.model_dir.display()))?;
+    let run = job.start(&gpu, &prior);
+    let mut run = if job.resume { run.with_context(|| format!("resuming from {}", job.checkpoint().display()))? } else { run? };
+    let stop = job::stop_on_ctrl_c();
     eprintln!(
         "{} \"{}\": {} steps on {} (seed {}), writing to {}{}",
         cfg.method.name(),
@@ -511,49 +468,31 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
         gpu.adapter_name(),
         cfg.seed,
         out.display(),
-        if resume { format!(", resuming at step {}", run.step) } else { String::new() }
+        if job.resume { format!(", resuming at step {}", run.step) } else { String::new() }
     );
     let bar = progress_bar(cfg.steps, cfg.method.name());
     bar.set_position(run.step);
     bar.reset_eta();
-    let started = std::time::Instant::now();
-    let first = run.step;
-    let mut last_rms = None;
-    let finish = g::optimise(&mut run, &out, &STOP, |r| {
+    let outcome = job::run_to_end(&mut run, out, stop, |r| {
         bar.set_position(r.step);
         if let Some(rms) = r.grad_rms {
-            last_rms = Some(rms);
             bar.set_message(format!("{} t={} |g|={rms:.3}", cfg.method.name(), r.t));
         }
     })?;
     bar.finish_and_clear();
-    let optimise_seconds = started.elapsed().as_secs_f64();
-    if finish == g::Finish::Interrupted {
+    if outcome.finish == fsd3d::generate::Finish::Interrupted {
         eprintln!("interrupted at step {}: checkpoint written; continue with `fsd3d generate --resume {}`", run.step, out.display());
         std::process::exit(130);
     }
-    let done = run.step - first;
-    eprintln!("optimised {done} steps in {optimise_seconds:.1} s ({:.0} ms/step); writing renders and the mesh", 1e3 * optimise_seconds / done.max(1) as f64);
-    let classifier = if model_dir.join("classifier").is_dir() { Some(fsd3d::models::classifier::Classifier::load(&gpu, &model_dir)?) } else { None };
+    eprintln!(
+        "optimised {} steps in {:.1} s ({:.0} ms/step); writing renders and the mesh",
+        outcome.steps_done,
+        outcome.seconds,
+        outcome.mean_step_ms()
+    );
     let spinner = indicatif::ProgressBar::new_spinner();
-    let outputs = g::outputs::write_outputs(&gpu, &run.scene, &run.cfg, classifier.as_ref(), &out, |what| spinner.set_message(what.to_string()))?;
+    let outputs = job.write_outputs(&gpu, &run, &outcome, |what| spinner.set_message(what.to_string()))?;
     spinner.finish_and_clear();
-    let summary = g::outputs::Summary {
-        prompt: &cfg.prompt,
-        method: cfg.method.name(),
-        seed: cfg.seed,
-        steps: cfg.steps,
-        steps_done: run.step,
-        completed: true,
-        optimise_seconds,
-        outputs_seconds: outputs.seconds,
-        mean_step_ms: 1e3 * optimise_seconds / done.max(1) as f64,
-        adapter: gpu.adapter_name(),
-        model: model_dir.display().to_string(),
-        final_grad_rms: last_rms,
-        outputs: &outputs,
-    };
-    g::outputs::write_summary(&out, &summary)?;
     if let Some(e) = &outputs.mesh_error {
         eprintln!("warning: no mesh: {e}");
     }
@@ -610,7 +549,7 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         methods: er::expand_methods(&a.methods, &a.beta, &a.theta)?,
         model: a.model.clone(),
         steps: a.steps,
-        config: a.config.as_deref().map(er::ConfigOverlay::read).transpose()?,
+        config: a.config.as_deref().map(fsd3d::generate::config::ConfigOverlay::read).transpose()?,
         views: a.views,
         figure_scale: a.figure_scale,
         reference: (!a.no_ddim).then_some(reference),
@@ -618,11 +557,7 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
     };
     plan.validate()?;
     let gpu = gpu_args.open(false)?;
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
+    let stop = fsd3d::generate::job::stop_on_ctrl_c();
     eprintln!(
         "eval: {} prompts × {} methods × {} seeds{} on {}, writing to {}",
         plan.prompts.len(),
@@ -638,7 +573,7 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}").expect("valid template"),
     );
     let mut unit = String::new();
-    let summary = er::run_eval(&gpu, &plan, &a.out, &STOP, |e| match e {
+    let summary = er::run_eval(&gpu, &plan, &a.out, stop, |e| match e {
         EvalEvent::Unit { index, total, label, prompt, seed, work, step, steps } => {
             bar.set_length(*total as u64);
             bar.set_position(*index as u64);
@@ -680,13 +615,6 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         eprintln!("wrote {}", f.display());
     }
     Ok(())
-}
-
-/// A folder-name form of a prompt: lowercase words joined by '-'.
-fn slug(prompt: &str) -> String {
-    let s: String = prompt.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let s = s.split('-').filter(|w| !w.is_empty()).collect::<Vec<_>>().join("-");
-    if s.is_empty() { "untitled".into() } else { s.chars().take(60).collect() }
 }
 
 fn info(args: &GpuArgs, all: bool, json: bool) -> Result<()> {

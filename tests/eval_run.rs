@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fsd3d::diffusion::guidance::Method;
-use fsd3d::eval::run::{self as er, ConfigOverlay, DdimReference, EvalEvent, EvalPlan, EvalResults, Work};
+use fsd3d::eval::run::{self as er, DdimReference, EvalEvent, EvalPlan, EvalResults, Work};
 use fsd3d::generate as g;
+use fsd3d::generate::config::{ConfigFlags, ConfigOverlay};
+use fsd3d::generate::job::{self, GenerateJob, GenerateRequest, slug};
 
 /// Small scene, cheap renders: what tests/generate.rs's tiny_config changes,
 /// plus a smaller hash table (the checkpoints stay small).
@@ -100,7 +102,7 @@ fn eval_writes_results_reuses_runs_and_resumes_after_ctrl_c() {
     }
     // Figures: 3 rows (reference, FSD, SDS) × 2 seeds of 64² cells (2 × 32), with labels.
     for p in prompts {
-        let fig = fsd3d::export::image::read_png(&out.join(er::files::figure(&er::slug(p)))).unwrap();
+        let fig = fsd3d::export::image::read_png(&out.join(er::files::figure(&slug(p)))).unwrap();
         assert!(fig.width > 2 * 64 && fig.height > 3 * 64 && fig.height < 4 * 64, "{p}: figure {}x{}", fig.width, fig.height);
     }
     // A run folder has what a person needs to look and to resume.
@@ -180,8 +182,8 @@ fn methods_expand_into_labelled_ablation_rows() {
     let plain = plan.run_config("a red cube", &er::EvalMethod::plain(Method::Fsd), 3, &kind).unwrap();
     assert_eq!((plain.noise.beta, plain.noise.theta_deg), (0.9, 90.0));
     // Folder names stay plain.
-    assert_eq!(er::slug("An orange Cube, front view!"), "an-orange-cube-front-view");
-    assert_eq!(er::slug("???"), "untitled");
+    assert_eq!(slug("An orange Cube, front view!"), "an-orange-cube-front-view");
+    assert_eq!(slug("???"), "untitled");
     assert_eq!(plan.cross_fid_split().a, Vec::<u64>::new());
     let mut four = plan.clone();
     four.seeds = vec![0, 1, 2, 3];
@@ -235,6 +237,44 @@ fn bad_input_gives_clear_errors() {
     let kind = g::PriorKind::Latent;
     let e = plan.run_config("a red cube", &plan.methods[0], 0, &kind).unwrap_err().to_string();
     assert!(e.contains("cfgg") && e.contains("typo.toml"), "{e}");
+}
+
+/// One prompt, one folder name: `generate` (its default `runs/<prompt>-<method>-s<seed>`)
+/// and `eval` (`runs/<prompt>/<method>/s<seed>`) cut a long prompt to the
+/// same 60 characters and drop the '-' the cut can leave; and they lay the
+/// same config layers over it.
+#[test]
+fn generate_and_eval_name_and_configure_a_long_prompt_alike() {
+    // The 60th character is the space before "cube": cut there, a bare cut ends in '-'.
+    let prompt = format!("{} cube", "x".repeat(59));
+    let stem = "x".repeat(59);
+    assert_eq!(slug(&prompt), stem);
+    let gpu = common::gpu();
+    let overlay = ConfigOverlay { name: "tiny.toml".into(), text: format!("prompt = \"not this one\"\nseed = 9\n{TINY}") };
+    let request = GenerateRequest::New {
+        prompt: prompt.clone(),
+        method: Method::Fsd,
+        overlay: Some(overlay.clone()),
+        flags: ConfigFlags { seed: Some(3), steps: Some(7), ..ConfigFlags::default() },
+        out: None,
+    };
+    let generate = GenerateJob::prepare(&gpu, request).unwrap();
+    assert_eq!(generate.out, Path::new("runs").join(format!("{stem}-fsd-s3")));
+    assert_eq!(generate.out, job::default_run_dir(&generate.cfg));
+
+    let mut plan = tiny_plan(&[&prompt], &[3], &["fsd"], 7);
+    plan.config = Some(overlay);
+    let out = Path::new("OUT");
+    assert_eq!(EvalPlan::run_dir(out, &prompt, "fsd", 3), out.join("runs").join(&stem).join("fsd").join("s3"));
+    assert_eq!(out.join(er::files::figure(&slug(&prompt))), out.join(format!("figure_{stem}.png")));
+
+    // The command line's prompt and seed win over the overlay's, in both.
+    let kind = job::prior_kind(&fsd3d::models::embedded_prior_dir()).unwrap();
+    let mut eval_cfg = plan.run_config(&prompt, &plan.methods[0], 3, &kind).unwrap();
+    job::resolve_dtype(&gpu, &mut eval_cfg).unwrap();
+    assert_eq!((generate.cfg.prompt.as_str(), generate.cfg.seed, generate.cfg.steps), (prompt.as_str(), 3, 7));
+    assert_eq!(generate.cfg.scene.field.log2_table_size, 12, "the overlay reached the config");
+    assert_eq!(eval_cfg, generate.cfg);
 }
 
 #[test]

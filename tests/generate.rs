@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use fsd3d::diffusion::guidance::Method;
-use fsd3d::generate::config::view_suffix;
+use fsd3d::diffusion::prompts::view_suffix;
 use fsd3d::generate::{self as g, Finish, GenerateConfig, Generator, PriorKind};
 use fsd3d::gpu::DType;
 use fsd3d::models::pixel_prior::PixelPriorSpec;

@@ -4,7 +4,7 @@ mod common;
 use std::path::Path;
 
 use fsd3d::diffusion::size::ImageSize;
-use fsd3d::distill::image2d::{Image2dConfig, Method2d, distill_image};
+use fsd3d::image2d::{Image2dConfig, Method2d, distill_image};
 use fsd3d::gpu::DType;
 use fsd3d::models::prior::StableDiffusion;
 

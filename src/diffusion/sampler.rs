@@ -3,6 +3,7 @@
 //! stochastic (η > 0; η = 1 is DDPM's ancestral sampler on the DDIM grid),
 //! whose noise is keyed by the request's seed and the step. It draws at any
 //! size the model allows (`diffusion::size`), as the pipeline does.
+use crate::diffusion::prompts::SamplerEmbeddings;
 use crate::diffusion::schedule::Ddim;
 use crate::diffusion::size::{ImageSize, Latents, SampleGeometry};
 use crate::error::{Error, Result};
@@ -83,9 +84,7 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
     let noise = batch_of(gpu, noises)?;
     let mut x = ew::scale(gpu, &noise, ddim.init_noise_sigma() as f32)?;
     let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
-    let cond = prior.embed(gpu, &prompts)?;
-    let guided = first.cfg > 1.0;
-    let uncond = if guided { Some(prior.embed(gpu, &vec![first.negative.as_deref().unwrap_or(""); reqs.len()])?) } else { None };
+    let SamplerEmbeddings { cond, uncond } = SamplerEmbeddings::new(gpu, prior, &prompts, first.negative.as_deref(), first.cfg)?;
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
         let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg)?;

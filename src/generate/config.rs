@@ -2,14 +2,17 @@
 //! folder: enough to reproduce it.
 //!
 //! Layers, later ones win: the defaults for the prior and method
-//! ([`GenerateConfig::defaults`]), then a `--config FILE.toml`, then the
-//! command-line options. A TOML file only needs the keys it changes.
+//! ([`GenerateConfig::defaults`]), then a `--config FILE.toml`
+//! ([`ConfigOverlay`]), then the command-line options ([`ConfigFlags`]);
+//! [`GenerateConfig::layered`] stacks them for `generate` and for every run
+//! of `eval`. A TOML file only needs the keys it changes.
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diffusion::guidance::{Method, Weighting};
+use crate::diffusion::guidance::{GuidanceSettings, Method, Weighting};
 use crate::diffusion::noise::WorldMapConfig;
+use crate::diffusion::prompts::PromptSpec;
 use crate::diffusion::timesteps::TimestepSchedule;
 use crate::error::{Error, Result};
 use crate::models::pixel_prior::PixelPriorSpec;
@@ -97,6 +100,43 @@ pub struct OutputConfig {
     pub log_every: u64,
 }
 
+/// A `--config` overlay: TOML text with any keys of the run config, read
+/// once (eval lays it over every run).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigOverlay {
+    /// Where it came from (for errors), e.g. the file name.
+    pub name: String,
+    pub text: String,
+}
+
+impl ConfigOverlay {
+    pub fn read(path: &Path) -> Result<ConfigOverlay> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("reading the config {}: {e}", path.display())))?;
+        Ok(ConfigOverlay { name: path.display().to_string(), text })
+    }
+}
+
+/// The command-line layer: what is given replaces the overlay's value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigFlags {
+    /// The prior's folder (None: `$FSD3D_MODEL`, else the embedded prior).
+    /// Always the command's, never the overlay's: the defaults below it were
+    /// chosen for this prior.
+    pub model: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub steps: Option<u64>,
+    /// Guidance scale.
+    pub cfg: Option<f32>,
+    /// World-map noise: patch span Θ in degrees, blend β, opacity threshold α0.
+    pub theta_deg: Option<f64>,
+    pub beta: Option<f32>,
+    pub alpha0: Option<f32>,
+    /// Redraw the world map's background noise every step.
+    pub fresh_background: bool,
+    /// "f32", "f16" or "auto".
+    pub dtype: Option<String>,
+}
+
 /// Which defaults a prior gets.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PriorKind {
@@ -150,6 +190,36 @@ impl GenerateConfig {
             c.apply_pixel_prior(spec);
         }
         c
+    }
+
+    /// The config of a new run: the defaults for the prior and method, the
+    /// overlay, then the prompt, the method and the flags (so an overlay
+    /// cannot change what the command line names); validated.
+    pub fn layered(prompt: &str, method: Method, kind: &PriorKind, overlay: Option<&ConfigOverlay>, flags: &ConfigFlags) -> Result<GenerateConfig> {
+        let mut cfg = GenerateConfig::defaults(prompt, method, kind);
+        if let Some(o) = overlay {
+            cfg = cfg.overlay_toml(&o.text, &o.name)?;
+        }
+        cfg.prompt = prompt.to_string();
+        cfg.method = method;
+        cfg.model = flags.model.clone();
+        fn set<T>(slot: &mut T, given: Option<T>) {
+            if let Some(v) = given {
+                *slot = v;
+            }
+        }
+        set(&mut cfg.seed, flags.seed);
+        set(&mut cfg.steps, flags.steps);
+        set(&mut cfg.guidance.cfg, flags.cfg);
+        set(&mut cfg.noise.theta_deg, flags.theta_deg);
+        set(&mut cfg.noise.beta, flags.beta);
+        set(&mut cfg.noise.alpha0, flags.alpha0);
+        if flags.fresh_background {
+            cfg.noise.fixed_background = false;
+        }
+        set(&mut cfg.dtype, flags.dtype.clone());
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Cameras, light, material, background and resolution of the prior's
@@ -255,10 +325,16 @@ impl GenerateConfig {
         merged.try_into().map_err(|e: toml::de::Error| Error::Invalid(format!("{what}: {e}")))
     }
 
-    /// Reads a config file written by a run (or by hand: see [`overlay_toml`](Self::overlay_toml)).
-    pub fn overlay_file(&self, path: &Path) -> Result<GenerateConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("reading the config {}: {e}", path.display())))?;
-        self.overlay_toml(&text, &path.display().to_string())
+    /// The run's prompts for the guidance: the view-dependent suffixes when
+    /// asked for, and the negative prompt (NFSD's).
+    pub fn prompt_spec(&self) -> PromptSpec<'_> {
+        PromptSpec { prompt: &self.prompt, view_dependent: self.guidance.view_dependent_prompt, negative: self.guidance.negative.as_deref() }
+    }
+
+    /// The guidance of the run's method with the `[guidance]` settings.
+    pub fn guidance_settings(&self) -> GuidanceSettings {
+        let g = &self.guidance;
+        GuidanceSettings { scale: g.cfg, target: self.method.target(), weighting: g.weighting, grad_clip: g.grad_clip }
     }
 
     /// The complete config as TOML.
@@ -284,20 +360,4 @@ fn merge(mut base: toml::Table, overlay: toml::Table) -> toml::Table {
         }
     }
     base
-}
-
-/// The view-dependent prompt suffix of a camera (FSD_SPEC §5): overhead
-/// above 60° elevation, else front within 45° of azimuth 0, back beyond 135°,
-/// side in between.
-pub fn view_suffix(elevation_deg: f32, azimuth_deg: f32) -> &'static str {
-    let a = (azimuth_deg + 180.0).rem_euclid(360.0) - 180.0;
-    if elevation_deg > 60.0 {
-        ", overhead view"
-    } else if a.abs() < 45.0 {
-        ", front view"
-    } else if a.abs() > 135.0 {
-        ", back view"
-    } else {
-        ", side view"
-    }
 }

@@ -7,7 +7,8 @@
 //! → image = 2·rgb − 1 → bilinear resize to the prior's input (when sizes differ)
 //! → z = the image (pixel prior) or VAE mean × scaling factor (latent prior)
 //! → ε: world map ε(c) (fsd) / fresh (sds, nfsd) / constant
-//! → x_t = α_t·z + σ_t·ε → prior on [uncond; cond] → g = w(t)·(ε̂ − ε)
+//! → the run's Guidance (diffusion::guidance, the same as the 2D loop's):
+//!   x_t = α_t·z + σ_t·ε → prior on [uncond; cond] → g = w(t)·(ε̂ − ε)
 //! → ∂L/∂z = g / B → VAE encoder backward → resize backward → ×2
 //! → renderer backward + regularisers → Adam
 //! ```
@@ -19,6 +20,7 @@
 //! holds parameters, Adam's moments and the occupancy grid, so a resumed run
 //! continues exactly where an uninterrupted one would have been.
 pub mod config;
+pub mod job;
 pub mod outputs;
 
 use std::io::Write;
@@ -26,18 +28,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::diffusion::guidance::{Method, NFSD_NEGATIVE, noisy, predict_epsilon};
+use crate::diffusion::guidance::Guidance;
 use crate::diffusion::noise::{ViewAngles, ViewNoise};
-use crate::diffusion::schedule::NoiseSchedule;
+use crate::diffusion::prompts::ViewDirection;
 use crate::diffusion::timesteps::uniform;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::prior::Prior;
-use crate::ops::fsd::{DistillGrad, distill_grad};
 use crate::ops::elementwise as ew;
 use crate::ops::resample;
 use crate::ops::render::{RegulariserWeights, Shading};
-use crate::scene::camera::Camera;
 use crate::scene::{CameraSampler, RayBatch, RenderOptions, Scene};
 
 pub use config::{GenerateConfig, PriorKind};
@@ -73,61 +73,6 @@ pub enum Finish {
     Interrupted,
 }
 
-/// Text embeddings the loop needs, computed once.
-struct PromptEmbeddings {
-    /// The prompt, or one per view direction (front, side, back, overhead).
-    cond: Vec<(&'static str, Tensor)>,
-    uncond: Tensor,
-    /// NFSD's negative prompt.
-    negative: Option<Tensor>,
-}
-
-impl PromptEmbeddings {
-    fn new(gpu: &Gpu, prior: &dyn Prior, cfg: &GenerateConfig) -> Result<PromptEmbeddings> {
-        let suffixes: &[&'static str] =
-            if cfg.guidance.view_dependent_prompt { &[", front view", ", side view", ", back view", ", overhead view"] } else { &[""] };
-        let cond = suffixes
-            .iter()
-            .map(|&s| Ok((s, prior.embed(gpu, &[&format!("{}{s}", cfg.prompt)])?)))
-            .collect::<Result<Vec<_>>>()?;
-        let uncond = prior.embed(gpu, &[""])?;
-        let negative = match cfg.method {
-            Method::Nfsd => Some(prior.embed(gpu, &[cfg.guidance.negative.as_deref().unwrap_or(NFSD_NEGATIVE)])?),
-            _ => None,
-        };
-        Ok(PromptEmbeddings { cond, uncond, negative })
-    }
-
-    /// [B, L, D]: each camera's prompt.
-    fn for_cameras(&self, gpu: &Gpu, cams: &[Camera]) -> Result<Tensor> {
-        let pick = |c: &Camera| -> &Tensor {
-            if self.cond.len() == 1 {
-                return &self.cond[0].1;
-            }
-            let s = config::view_suffix(c.elevation, c.azimuth);
-            &self.cond.iter().find(|(k, _)| *k == s).expect("every suffix is embedded").1
-        };
-        if cams.len() == 1 {
-            return Ok(pick(&cams[0]).clone());
-        }
-        let parts: Vec<&Tensor> = cams.iter().map(pick).collect();
-        crate::ops::concat::concat(gpu, &parts, 0)
-    }
-
-    /// The unconditional embedding repeated for B views.
-    fn uncond_for(&self, gpu: &Gpu, b: usize) -> Result<Tensor> {
-        repeat_batch(gpu, &self.uncond, b)
-    }
-}
-
-fn repeat_batch(gpu: &Gpu, x: &Tensor, b: usize) -> Result<Tensor> {
-    if b == 1 {
-        return Ok(x.clone());
-    }
-    let parts: Vec<&Tensor> = std::iter::repeat_n(x, b).collect();
-    crate::ops::concat::concat(gpu, &parts, 0)
-}
-
 /// One 3D run in progress.
 pub struct Generator<'a> {
     gpu: &'a Gpu,
@@ -136,10 +81,7 @@ pub struct Generator<'a> {
     pub scene: Scene,
     sampler: CameraSampler,
     noise: ViewNoise,
-    schedule: NoiseSchedule,
-    prompts: PromptEmbeddings,
-    /// u32 [1]: non-finite gradient values since the last check.
-    nonfinite: Tensor,
+    guidance: Guidance<'a>,
     /// Steps done.
     pub step: u64,
 }
@@ -159,10 +101,8 @@ impl<'a> Generator<'a> {
         let scene = Scene::new(gpu, &cfg.scene, cfg.seed)?;
         let sampler = CameraSampler::new(cfg.camera.clone(), cfg.seed)?;
         let noise = ViewNoise::new(gpu, cfg.method.noise(), cfg.noise, [c, h, w], cfg.seed)?;
-        let schedule = NoiseSchedule::new(prior.scheduler_config())?;
-        let prompts = PromptEmbeddings::new(gpu, prior, &cfg)?;
-        let nonfinite = gpu.upload_u32(&[0], &[1])?;
-        Ok(Generator { gpu, prior, cfg, scene, sampler, noise, schedule, prompts, nonfinite, step: 0 })
+        let guidance = Guidance::new(gpu, prior, &cfg.prompt_spec(), cfg.guidance_settings())?;
+        Ok(Generator { gpu, prior, cfg, scene, sampler, noise, guidance, step: 0 })
     }
 
     /// Continues from a checkpoint written by [`Generator::save_checkpoint`].
@@ -211,30 +151,13 @@ impl<'a> Generator<'a> {
         let image = if resized { resample::resize_bilinear(gpu, &image, ih, iw)? } else { image };
         let encoded = self.prior.encode(gpu, &image)?;
         let z = &encoded.sample;
-        let t = cfg.guidance.timesteps.timestep(step, cfg.steps, self.schedule.num_train_timesteps(), uniform(cfg.seed, step));
+        let t = cfg.guidance.timesteps.timestep(step, cfg.steps, self.guidance.schedule().num_train_timesteps(), uniform(cfg.seed, step));
         let views: Vec<ViewAngles> = cams.iter().map(|c| ViewAngles::from_elevation_azimuth_deg(c.elevation as f64, c.azimuth as f64)).collect();
         let eps = self.noise.sample(gpu, &views, Some(&opacity), step as u32, DType::F32)?;
-        let x_t = noisy(gpu, &self.schedule, t, z, &eps)?;
-        let cond = self.prompts.for_cameras(gpu, &cams)?;
-        let uncond = self.prompts.uncond_for(gpu, b)?;
-        let s = &self.schedule;
-        let (pred, target) = match &self.prompts.negative {
-            None => (predict_epsilon(gpu, self.prior, s, t, &x_t, &cond, Some(&uncond), cfg.guidance.cfg)?, eps),
-            Some(neg) => {
-                // NFSD: s·(ε_y − ε_∅) + (ε_∅ − ε_neg), against zero.
-                let neg = repeat_batch(gpu, neg, b)?;
-                let ey = predict_epsilon(gpu, self.prior, s, t, &x_t, &cond, None, 1.0)?;
-                let e0 = predict_epsilon(gpu, self.prior, s, t, &x_t, &uncond, None, 1.0)?;
-                let en = predict_epsilon(gpu, self.prior, s, t, &x_t, &neg, None, 1.0)?;
-                let guide = ew::axpby(gpu, cfg.guidance.cfg, &ey, -cfg.guidance.cfg, &e0)?;
-                let shift = ew::sub(gpu, &e0, &en)?;
-                (ew::add(gpu, &guide, &shift)?, gpu.zeros(eps.shape(), DType::F32)?)
-            }
-        };
         // ∂L/∂z = g / B, back through the encoder and the resize; the image
         // is 2·rgb − 1, so ∂L/∂rgb = 2·∂L/∂image.
-        let g = DistillGrad { weight: cfg.guidance.weighting.weight(s, t) as f32, clip: cfg.guidance.grad_clip, out_scale: 1.0 / b as f32 };
-        let d_z = distill_grad(gpu, &pred, &target, &g, &self.nonfinite)?;
+        let directions: Vec<ViewDirection> = cams.iter().map(|c| ViewDirection { elevation_deg: c.elevation, azimuth_deg: c.azimuth }).collect();
+        let d_z = self.distillation_gradient(z, &eps, t, &directions)?;
         let d_image = self.prior.encode_backward(gpu, &encoded, &d_z)?;
         let d_image = if resized { resample::resize_bilinear_backward(gpu, &d_image, h, w)? } else { d_image };
         let d_rgb = ew::scale(gpu, &d_image, 2.0)?.reshape(r.images.rgb.shape())?;
@@ -246,7 +169,7 @@ impl<'a> Generator<'a> {
 
         let log_now = self.step.is_multiple_of(cfg.output.log_every) || self.step == cfg.steps;
         let grad_rms = if log_now {
-            let bad = gpu.download_u32(&self.nonfinite)?[0];
+            let bad = self.guidance.nonfinite_count(gpu)?;
             if bad > 0 {
                 return Err(Error::Invalid(format!(
                     "step {}: {bad} non-finite values in the distillation gradient (t = {t}); the scene is left as the last checkpoint has it. Try a lower --cfg, a lower learning rate ([scene.adam] in --config), or [guidance] grad_clip{}",
@@ -266,6 +189,13 @@ impl<'a> Generator<'a> {
             None
         };
         Ok(StepReport { step: self.step, steps: cfg.steps, t, grad_rms, step_ms: started.elapsed().as_secs_f64() * 1e3 })
+    }
+
+    /// The distillation gradient ∂L/∂z = g / B on the batch z of views
+    /// looking from `views`, for noise ε at timestep t: the run's
+    /// [`Guidance`], which the 2D loop shares.
+    pub fn distillation_gradient(&self, z: &Tensor, eps: &Tensor, t: i64, views: &[ViewDirection]) -> Result<Tensor> {
+        self.guidance.gradient(self.gpu, z, eps, t, views, 1.0 / views.len() as f32)
     }
 
     /// Writes the checkpoint atomically.

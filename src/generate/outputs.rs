@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::metrics;
 use crate::export::{self, Rgb8};
 use crate::gpu::{DType, Gpu};
@@ -184,7 +184,7 @@ pub fn classify_views(gpu: &Gpu, scene: &Scene, cfg: &GenerateConfig, c: &Classi
     })
 }
 
-/// `summary.json`.
+/// `summary.json` (written by `job::write_summary`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary<'a> {
     pub prompt: &'a str,
@@ -201,9 +201,4 @@ pub struct Summary<'a> {
     pub model: String,
     pub final_grad_rms: Option<f32>,
     pub outputs: &'a Outputs,
-}
-
-pub fn write_summary(out: &Path, summary: &Summary<'_>) -> Result<()> {
-    let json = serde_json::to_string_pretty(summary).map_err(|e| Error::Invalid(format!("summary to JSON: {e}")))?;
-    crate::io::write_atomic(&out.join(super::files::SUMMARY), json.as_bytes())
 }

@@ -1,12 +1,15 @@
-//! 2D distillation (the paper's §3 and Table 3): optimise one image (pixel
-//! priors) or its latent (latent priors) with a distillation gradient.
+//! `fsd3d image`, 2D distillation (the paper's §3 and Table 3): optimise one
+//! image (pixel priors) or its latent (latent priors) with a distillation
+//! gradient. The gradient is the run's `diffusion::guidance::Guidance`, the
+//! same as the 3D loop's (`generate`); only what is optimised differs.
 //!
 //! - `sds`, `nfsd`, `fsd`: Adam on x̂ with the method's gradient and noise
 //!   (FSD: one fixed ε̃ for the whole run, as a single view's world-map noise is);
 //! - `fsd-euler`: FSD's first-order update (Eq. 26), which reproduces DDIM
 //!   (Proposition 1) from the same ε̃ and timesteps;
 //! - `ddim`: the sampler itself, for reference.
-use crate::diffusion::guidance::{NFSD_NEGATIVE, Weighting, noisy, predict_epsilon};
+use crate::diffusion::guidance::{Guidance, GuidanceSettings, Target, Weighting, noisy, predict_epsilon};
+use crate::diffusion::prompts::{PromptSpec, SamplerEmbeddings, ViewDirection};
 use crate::diffusion::sampler::{SampleRequest, ddim_sample};
 use crate::diffusion::schedule::{Ddim, NoiseSchedule};
 use crate::diffusion::size::{ImageSize, SampleGeometry};
@@ -28,6 +31,16 @@ pub enum Method2d {
 }
 
 impl Method2d {
+    /// What an Adam method's gradient compares the prediction with (None for
+    /// fsd-euler and ddim, which take no gradient).
+    pub fn target(self) -> Option<Target> {
+        match self {
+            Method2d::Sds | Method2d::Fsd => Some(Target::Noise),
+            Method2d::Nfsd => Some(Target::NegativePrompt),
+            Method2d::FsdEuler | Method2d::Ddim => None,
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Method2d> {
         Ok(match s {
             "sds" => Method2d::Sds,
@@ -127,8 +140,8 @@ fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut 
     let ddim = Ddim::new(prior.scheduler_config(), c.steps)?;
     let s = &ddim.schedule;
     let eps_fixed = fixed_noise(gpu, &sample_shape(prior, c)?, c.seed)?;
-    let cond = prior.embed(gpu, &[prompt])?;
-    let uncond = if c.cfg > 1.0 { Some(prior.embed(gpu, &[c.negative.as_deref().unwrap_or("")])?) } else { None };
+    // The sampler's prompts (a negative prompt is CFG's unconditional branch), as DDIM has them.
+    let prompts = SamplerEmbeddings::new(gpu, prior, &[prompt], c.negative.as_deref(), c.cfg)?;
     // x̂_T = (1 − σ_T)·ε̃ / α_T makes x_T = α_T·x̂_T + σ_T·ε̃ = ε̃, DDIM's start.
     let t0 = ddim.timesteps[0];
     let mut xhat = ew::scale(gpu, &eps_fixed, ((1.0 - s.sigma(t0)) / s.alpha(t0)) as f32)?;
@@ -136,7 +149,7 @@ fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut 
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
         let x_t = noisy(gpu, s, t, &xhat, &eps_fixed)?;
-        let eps = predict_epsilon(gpu, prior, s, t, &x_t, &cond, uncond.as_ref(), c.cfg)?;
+        let eps = predict_epsilon(gpu, prior, s, t, &x_t, &prompts.cond, prompts.uncond.as_ref(), c.cfg)?;
         let mut xgt = ew::axpby(gpu, (1.0 / s.alpha(t)) as f32, &x_t, (-s.sigma(t) / s.alpha(t)) as f32, &eps)?;
         if let Some(r) = clip {
             xgt = ew::clamp(gpu, &xgt, -r, r)?;
@@ -153,44 +166,53 @@ fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut 
     prior.to_image(gpu, &gpu.to_dtype(&x, prior.dtype())?)
 }
 
+/// The Adam methods' guidance: what turns x̂, ε and t into the gradient,
+/// the same [`Guidance`] as the 3D loop's.
+pub struct AdamGuidance<'a> {
+    guidance: Guidance<'a>,
+}
+
+impl<'a> AdamGuidance<'a> {
+    /// The guidance of `c`'s method (sds, nfsd or fsd) for `prompt`;
+    /// `c.negative` is NFSD's negative prompt. A 2D image is not
+    /// view-dependent and its gradient is not clamped.
+    pub fn new(gpu: &Gpu, prior: &'a dyn Prior, prompt: &str, c: &Image2dConfig) -> Result<AdamGuidance<'a>> {
+        let target = c.method.target().ok_or_else(|| {
+            Error::Invalid(format!("2D method {:?} takes no gradient steps: only sds, nfsd and fsd run Adam", c.method))
+        })?;
+        let spec = PromptSpec { prompt, view_dependent: false, negative: c.negative.as_deref() };
+        let settings = GuidanceSettings { scale: c.cfg, target, weighting: c.weighting, grad_clip: 0.0 };
+        Ok(AdamGuidance { guidance: Guidance::new(gpu, prior, &spec, settings)? })
+    }
+
+    pub fn schedule(&self) -> &NoiseSchedule {
+        self.guidance.schedule()
+    }
+
+    /// The gradient on x̂ [1, C, h, w] for noise ε at timestep t: what one Adam step gets.
+    pub fn gradient(&self, gpu: &Gpu, xhat: &Tensor, eps: &Tensor, t: i64) -> Result<Tensor> {
+        // A 2D image has no camera: the one view has the default direction.
+        self.guidance.gradient(gpu, xhat, eps, t, &[ViewDirection::default()], 1.0)
+    }
+}
+
 fn adam_run(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut on_step: impl FnMut(usize, usize, i64)) -> Result<Tensor> {
     c.timesteps.check()?;
-    let s = NoiseSchedule::new(prior.scheduler_config())?;
+    let guidance = AdamGuidance::new(gpu, prior, prompt, c)?;
     let shape = sample_shape(prior, c)?;
     let xhat = gpu.zeros(&shape, DType::F32)?;
     let m = gpu.zeros(&shape, DType::F32)?;
     let v = gpu.zeros(&shape, DType::F32)?;
     let eps_fixed = fixed_noise(gpu, &shape, c.seed)?;
-    let cond = prior.embed(gpu, &[prompt])?;
-    let uncond = prior.embed(gpu, &[""])?;
-    let negative = match c.method {
-        Method2d::Nfsd => Some(prior.embed(gpu, &[c.negative.as_deref().unwrap_or(NFSD_NEGATIVE)])?),
-        _ => None,
-    };
     let hyper = AdamHyper { lr: c.lr, beta1: 0.9, beta2: 0.99, eps: 1e-15 };
+    let train_timesteps = guidance.schedule().num_train_timesteps();
     for step in 0..c.steps {
-        let t = c.timesteps.timestep(step as u64, c.steps as u64, s.num_train_timesteps(), uniform(c.seed, step as u64));
+        let t = c.timesteps.timestep(step as u64, c.steps as u64, train_timesteps, uniform(c.seed, step as u64));
         let eps = match c.method {
             Method2d::Fsd => eps_fixed.clone(),
             _ => dops::randn(gpu, &shape, DType::F32, NoiseKey { seed: c.seed, step: step as u32, purpose: NoisePurpose::DistillNoise })?,
         };
-        let x_t = noisy(gpu, &s, t, &xhat, &eps)?;
-        let wt = c.weighting.weight(&s, t) as f32;
-        let grad = match &negative {
-            None => {
-                let e = predict_epsilon(gpu, prior, &s, t, &x_t, &cond, Some(&uncond), c.cfg)?;
-                ew::axpby(gpu, wt, &e, -wt, &eps)?
-            }
-            Some(neg) => {
-                // NFSD: s·(ε_y − ε_∅) + (ε_∅ − ε_neg).
-                let ey = predict_epsilon(gpu, prior, &s, t, &x_t, &cond, None, 1.0)?;
-                let e0 = predict_epsilon(gpu, prior, &s, t, &x_t, &uncond, None, 1.0)?;
-                let en = predict_epsilon(gpu, prior, &s, t, &x_t, neg, None, 1.0)?;
-                let guide = ew::axpby(gpu, c.cfg, &ey, -c.cfg, &e0)?;
-                let shift = ew::sub(gpu, &e0, &en)?;
-                ew::axpby(gpu, wt, &guide, wt, &shift)?
-            }
-        };
+        let grad = guidance.gradient(gpu, &xhat, &eps, t)?;
         adam_step(gpu, &xhat, &grad, &m, &v, &hyper, step as u64 + 1, 1.0)?;
         gpu.flush()?;
         on_step(step + 1, c.steps, t);

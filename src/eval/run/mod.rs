@@ -1,0 +1,294 @@
+//! `fsd3d eval`: the paper's evaluation (FSD_SPEC §6) as one resumable job.
+//!
+//! For every prompt × method × seed it makes (or finds) a 3D run, renders
+//! `views` views around the object at the prior's own resolution, and asks
+//! the embedded prior's classifier about them; for every prompt × seed it
+//! draws DDIM samples from the prior itself as the reference row. Then the
+//! table ([`report::evaluate`]), `results.md`, `results.json` and one
+//! methods × seeds figure per prompt.
+//!
+//! ```text
+//! OUT/
+//!   results.md, results.json, figure_<prompt>.png
+//!   runs/<prompt>/<method>/s<seed>/   config.toml, log.csv, checkpoint.safetensors,
+//!                                     summary.json, renders.png (the classified views),
+//!                                     render_0deg.png (the figure's cell), eval_views.json
+//!   runs/<prompt>/ddim/s<seed>/       sample_<k>.png, ddim.json
+//! ```
+//!
+//! Everything is resumable: a run whose checkpoint (or summary) is at the
+//! configured steps is reused (its cached classifier outputs, else its
+//! checkpoint re-rendered), a partial checkpoint is resumed, anything else
+//! runs fresh; DDIM samples already on disk with the same settings are
+//! reused. Ctrl-C (the `stop` flag) ends the current run with a checkpoint
+//! and returns; the same call again continues. A folder whose run was made
+//! with another config (other than its step count) is an error, not
+//! silently overwritten.
+//!
+//! Each 3D run gets the same config layers as `fsd3d generate`: the defaults
+//! for the prior and method, the `--config` overlay, then `--steps`, the seed
+//! and the method's ablation setting (β, Θ). Eval runs skip the heavy
+//! outputs of `generate` (turntable, mesh); `fsd3d generate --resume DIR`
+//! on a run folder writes them.
+//!
+//! The job in parts: `plan` (what to do), `units` (one 3D run),
+//! `reference` (the DDIM row), `results` (results.md / .json, figures);
+//! this module drives them in order and reports progress.
+mod plan;
+mod reference;
+mod results;
+mod units;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::eval::metrics::Labels;
+use crate::eval::report::{self, RunViews};
+use crate::generate::job::{self, slug};
+use crate::generate::{GenerateConfig, StepReport};
+use crate::gpu::Gpu;
+use crate::models::classifier::Classifier;
+use crate::models::prior::{Prior, StableDiffusion};
+
+pub use plan::{DdimReference, EvalMethod, EvalPlan, expand_methods, parse_prompts, read_prompts};
+pub use reference::{DDIM_LABEL, DDIM_SLUG, reference_seed};
+pub use results::{EvalResults, RunRecord, date_of_unix_days, utc_date};
+
+use reference::{reference_dir, reference_unit};
+use results::{write_figure, write_results};
+use units::run_unit;
+
+/// File names in the output folder and in each run folder.
+pub mod files {
+    pub const RESULTS_MD: &str = "results.md";
+    pub const RESULTS_JSON: &str = "results.json";
+    /// The folder of all runs: `runs/<prompt>/<method>/s<seed>`.
+    pub const RUNS: &str = "runs";
+    /// Per 3D run: the classifier's outputs on its views (what a rerun reuses).
+    pub const VIEWS: &str = "eval_views.json";
+    /// Per 3D run: the classified views, as one grid.
+    pub const VIEW_GRID: &str = "renders.png";
+    /// Per 3D run: the 0° view at `figure_scale` × the prior's resolution (the figure's cell).
+    pub const FRONT: &str = "render_0deg.png";
+    /// Per DDIM reference: the settings its samples were drawn with.
+    pub const DDIM_PARAMS: &str = "ddim.json";
+
+    /// The figure of one prompt.
+    pub fn figure(prompt_slug: &str) -> String {
+        format!("figure_{prompt_slug}.png")
+    }
+
+    /// DDIM sample `k` of a seed.
+    pub fn ddim_sample(k: usize) -> String {
+        format!("sample_{k}.png")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Progress
+// ---------------------------------------------------------------------------
+
+/// What one unit of work (a 3D run or a seed's DDIM samples) does in this call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    /// Optimised from step 0.
+    Fresh,
+    /// Continued from a partial checkpoint.
+    Resumed,
+    /// Already complete: nothing optimised or sampled.
+    Reused,
+    /// DDIM samples drawn.
+    Sampled,
+}
+
+/// What [`run_eval`] reports as it goes.
+#[derive(Debug)]
+pub enum EvalEvent<'a> {
+    /// A unit begins: `index` of `total` (0-based), with what it will do.
+    Unit { index: usize, total: usize, label: &'a str, prompt: &'a str, seed: u64, work: Work, step: u64, steps: u64 },
+    /// An optimisation step of the current run.
+    Step(&'a StepReport),
+    /// A DDIM step of the current reference seed's samples (drawn as one batch).
+    Sample { samples: usize, step: usize, steps: usize },
+    /// Rendering and classifying the current run's views.
+    Views,
+    /// Writing results.md, results.json and the figures.
+    Writing,
+}
+
+/// What a call of [`run_eval`] did.
+#[derive(Clone, Debug, Default)]
+pub struct EvalSummary {
+    /// False when `stop` ended it early (a checkpoint was written; call again to continue).
+    pub finished: bool,
+    /// 3D runs in the plan.
+    pub runs: usize,
+    pub fresh: usize,
+    pub resumed: usize,
+    pub reused: usize,
+    /// Optimisation steps done in this call, over all runs.
+    pub steps_optimised: u64,
+    /// DDIM samples drawn in this call / found on disk.
+    pub samples_drawn: usize,
+    pub samples_reused: usize,
+    pub wall_seconds: f64,
+    /// results.md, results.json and the figures (when finished).
+    pub files: Vec<PathBuf>,
+    pub results: Option<EvalResults>,
+}
+
+// ---------------------------------------------------------------------------
+// The job
+// ---------------------------------------------------------------------------
+
+/// What every unit needs.
+struct Context<'a> {
+    gpu: &'a Gpu,
+    prior: &'a StableDiffusion,
+    classifier: &'a Classifier,
+    labels: Labels,
+    plan: &'a EvalPlan,
+    out: &'a Path,
+    model_dir: PathBuf,
+    /// The prior's image side (the classified views' size).
+    size: usize,
+}
+
+impl Context<'_> {
+    /// Side of the figure's renders.
+    fn figure_side(&self) -> usize {
+        self.plan.figure_scale as usize * self.size
+    }
+}
+
+/// One 3D run of the plan.
+struct RunJob {
+    method: EvalMethod,
+    prompt: String,
+    seed: u64,
+    cfg: GenerateConfig,
+    dir: PathBuf,
+}
+
+/// Runs (or continues) the whole evaluation into `out`; see the module doc.
+pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut progress: impl FnMut(&EvalEvent)) -> Result<EvalSummary> {
+    let started = Instant::now();
+    plan.validate()?;
+    let model_dir = crate::models::model_dir(plan.model.as_deref());
+    let kind = job::prior_kind(&model_dir)?;
+    if !model_dir.join("classifier").is_dir() {
+        return Err(Error::Invalid(format!(
+            "eval scores runs with the prior's classifier, and {} has no classifier/ folder; use the embedded prior (leave out --model)",
+            model_dir.display()
+        )));
+    }
+    // Every config first, so a bad overlay stops the job before any work.
+    let mut jobs: Vec<Vec<RunJob>> = Vec::new();
+    for prompt in &plan.prompts {
+        let mut of_prompt = Vec::new();
+        for method in &plan.methods {
+            for &seed in &plan.seeds {
+                let cfg = plan.run_config(prompt, method, seed, &kind)?;
+                let dir = EvalPlan::run_dir(out, prompt, &method.slug, seed);
+                of_prompt.push(RunJob { method: method.clone(), prompt: prompt.clone(), seed, cfg, dir });
+            }
+        }
+        jobs.push(of_prompt);
+    }
+    // Every run records the storage type it ran with (as `generate` does);
+    // the overlay is the same for all, so is the type.
+    let dtype = job::resolve_dtype(gpu, &mut jobs[0][0].cfg)?;
+    for run in jobs.iter_mut().flatten() {
+        run.cfg.dtype = dtype.name().to_string();
+    }
+    let prior = StableDiffusion::load(gpu, &model_dir, dtype)?;
+    let classifier = Classifier::load(gpu, &model_dir)?;
+    let [size, _] = prior.image_size();
+    let ctx = Context { gpu, prior: &prior, classifier: &classifier, labels: Labels::of(&classifier), plan, out, model_dir, size };
+
+    let per_prompt = plan.seeds.len() * (plan.methods.len() + plan.reference.is_some() as usize);
+    let total = plan.prompts.len() * per_prompt;
+    let mut summary = EvalSummary { runs: plan.prompts.len() * plan.seeds.len() * plan.methods.len(), ..Default::default() };
+    let mut all_views: Vec<RunViews> = Vec::new();
+    let mut records: Vec<RunRecord> = Vec::new();
+    let mut index = 0;
+    for (prompt, runs) in plan.prompts.iter().zip(&jobs) {
+        if let Some(reference) = &plan.reference {
+            for &seed in &plan.seeds {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(interrupted(summary, started));
+                }
+                let Some((views, work)) = reference_unit(&ctx, reference, prompt, seed, index, total, stop, &mut progress, &mut summary)? else {
+                    return Ok(interrupted(summary, started));
+                };
+                let folder = reference_dir(out, prompt, seed);
+                records.push(RunRecord { method: DDIM_LABEL.into(), prompt: prompt.clone(), seed, folder: relative(out, &folder), work, steps: 0 });
+                all_views.push(views);
+                index += 1;
+            }
+        }
+        for job in runs {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(interrupted(summary, started));
+            }
+            let Some((views, work, steps)) = run_unit(&ctx, job, index, total, stop, &mut progress, &mut summary)? else {
+                return Ok(interrupted(summary, started));
+            };
+            records.push(RunRecord {
+                method: job.method.label.clone(),
+                prompt: job.prompt.clone(),
+                seed: job.seed,
+                folder: relative(out, &job.dir),
+                work,
+                steps,
+            });
+            all_views.push(views);
+            index += 1;
+        }
+    }
+
+    progress(&EvalEvent::Writing);
+    let evaluation = report::evaluate(&all_views, &ctx.labels, &plan.cross_fid_split())?;
+    for prompt in &plan.prompts {
+        let path = out.join(files::figure(&slug(prompt)));
+        write_figure(&ctx, prompt, &jobs, &path)?;
+        summary.files.push(path);
+    }
+    let mut steps_per_run: Vec<u64> = jobs.iter().flatten().map(|j| j.cfg.steps).collect();
+    steps_per_run.sort_unstable();
+    steps_per_run.dedup();
+    let results = EvalResults {
+        command: plan.command_line.clone(),
+        date: utc_date(std::time::SystemTime::now()),
+        adapter: gpu.adapter_name(),
+        model: ctx.model_dir.display().to_string(),
+        steps_per_run,
+        views: plan.views,
+        view_size: size,
+        reference: plan.reference.clone(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        runs: records,
+        evaluation,
+    };
+    summary.files.splice(0..0, write_results(out, &results, &summary)?);
+    summary.finished = true;
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.results = Some(results);
+    Ok(summary)
+}
+
+fn interrupted(mut summary: EvalSummary, started: Instant) -> EvalSummary {
+    summary.finished = false;
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary
+}
+
+fn relative(out: &Path, dir: &Path) -> String {
+    dir.strip_prefix(out).unwrap_or(dir).display().to_string()
+}
+
