@@ -296,7 +296,7 @@ fn field_backward_matches_finite_differences() {
     }
 }
 
-/// Timings of the field kernels alone (`cargo test --test scene_hashgrid --
+/// Timings of the field kernels alone (`cargo test --test hashgrid --
 /// --ignored --nocapture time_field`; FSD3D_SHADERS may point at edited shaders).
 #[test]
 #[ignore]
