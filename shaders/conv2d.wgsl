@@ -50,6 +50,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#include "conv_core.wgsl"
 #if !PACK
 @group(0) @binding(1) var<storage, read> x: array<{{TX}}>;
 #if SIMPLE
@@ -104,12 +105,10 @@ fn conv_simple(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 #endif
 
 #if PACK
-// Weights [Cout, Cin, kh, kw] -> packed [cout_pad / tile_c, kh·kw·Cin, tile_c]:
-// the GEMMs' workgroups each own a tile of tile_c output channels and stream
-// its weights front to back, contiguously (a plain [K, Cout] layout has them
-// read with a stride of Cout: 5× slower at Cout = 1280 on llvmpipe, TLB
-// misses); within a row (tap, ci) the tile's channels are contiguous, so
-// four come in one vec4 load. Channels from Cout up to cout_pad are zero.
+// Weights [Cout, Cin, kh, kw] -> packed [cout_pad / tile_c, kh·kw·Cin, tile_c]
+// (see packed_slot; M = the output channels): contiguous per tile, where a
+// plain [K, Cout] layout has them read with a stride of Cout: 5× slower at
+// Cout = 1280 on llvmpipe, TLB misses. Channels from Cout up to cout_pad are zero.
 @group(0) @binding(1) var<storage, read> w_src: array<{{TW}}>;
 @group(0) @binding(2) var<storage, read_write> w_packed: array<{{TW}}>;
 
@@ -118,14 +117,10 @@ fn conv_pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
              @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = (wid.x + wid.y * nwg.x) * {{WG}}u + lid;
     let taps = p.kh * p.kw;
-    let k_len = taps * p.cin;
-    if (i >= k_len * p.cout_pad) { return; }
-    let k = (i / p.tile_c) % k_len;   // tap · Cin + ci
-    let co = (i / (p.tile_c * k_len)) * p.tile_c + i % p.tile_c;
-    let ci = k % p.cin;
-    let tap = k / p.cin;
+    if (i >= taps * p.cin * p.cout_pad) { return; }
+    let s = packed_slot(i, p.cin, taps, p.tile_c);   // s.m: co, s.k: ci
     var v = {{TW}}(0.0);
-    if (co < p.cout) { v = w_src[(co * p.cin + ci) * taps + tap]; }
+    if (s.m < p.cout) { v = w_src[(s.m * p.cin + s.k) * taps + s.tap]; }
     w_packed[i] = v;
 }
 #endif
@@ -179,8 +174,7 @@ fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             for (var v = 0u; v < {{PV}}u; v++) {
                 let hi = hi0[v] + i32(ky);
                 let wi = wi0[v] + i32(kx);
-                tap_ok[v] = pix_ok[v] & (hi >= vec4<i32>(0)) & (hi < vec4<i32>(i32(p.h)))
-                    & (wi >= vec4<i32>(0)) & (wi < vec4<i32>(i32(p.w)));
+                tap_ok[v] = pix_ok[v] & inside4(hi, wi, p.h, p.w);
                 off[v] = select(vec4<u32>(0u), x_base[v] + vec4<u32>(hi) * p.w + vec4<u32>(wi), tap_ok[v]);
             }
             for (var ci = 0u; ci < p.cin; ci++) {
@@ -192,14 +186,7 @@ fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                     off[v] = o + vec4<u32>(plane_in);
                 }
                 for (var q = 0u; q < {{BM}}u / 4u; q++) {
-                    let w = vec4<f32>(w4[w_at + q]);
-                    for (var v = 0u; v < {{PV}}u; v++) {
-                        let a = (4u * q) * {{PV}}u + v;
-                        acc[a] = fma(vec4<f32>(w.x), xv[v], acc[a]);
-                        acc[a + {{PV}}u] = fma(vec4<f32>(w.y), xv[v], acc[a + {{PV}}u]);
-                        acc[a + 2u * {{PV}}u] = fma(vec4<f32>(w.z), xv[v], acc[a + 2u * {{PV}}u]);
-                        acc[a + 3u * {{PV}}u] = fma(vec4<f32>(w.w), xv[v], acc[a + 3u * {{PV}}u]);
-                    }
+                    tile_fma(&acc, q, vec4<f32>(w4[w_at + q]), &xv);
                 }
                 w_at += w_step;
             }
@@ -229,7 +216,8 @@ fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // Packed weights (see conv_pack), read four output channels at a time.
 @group(0) @binding(2) var<storage, read> w4: array<vec4<{{TW}}>>;
 
-// The implicit GEMM with the input shared through subgroup broadcasts.
+// The implicit GEMM with the input shared through subgroup broadcasts
+// (broadcast_fma8 in conv_core.wgsl).
 // conv_gemm's invocations each load their own pixels' inputs: on llvmpipe
 // every such load is eight scalar loads. Here a subgroup works on 8 pixels
 // and 4·S output channels (S = subgroup size, 8 ≤ S ≤ 64): lanes 0..7 load
@@ -275,36 +263,19 @@ fn conv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             for (var kx = 0u; kx < p.kw; kx++) {
                 let hi = hi0 + i32(ky);
                 let wi = wi0 + i32(kx);
-                let tap_ok = pix_ok && hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w);
+                let tap_ok = pix_ok && inside(hi, wi, p.h, p.w);
                 var off = select(0u, x_base + u32(hi) * p.w + u32(wi), tap_ok);
                 for (var ci = 0u; ci < p.cin; ci++) {
                     let xv = select(0.0, f32(x[off]), tap_ok);
                     off += plane_in;
-                    let w = vec4<f32>(w4[w_at]);
+                    broadcast_fma8(&acc, vec4<f32>(w4[w_at]), xv);
                     w_at += w_step;
-                    // Broadcast lane ids must be constants: unrolled by hand.
-                    acc[0] = fma(w, vec4<f32>(subgroupBroadcast(xv, 0u)), acc[0]);
-                    acc[1] = fma(w, vec4<f32>(subgroupBroadcast(xv, 1u)), acc[1]);
-                    acc[2] = fma(w, vec4<f32>(subgroupBroadcast(xv, 2u)), acc[2]);
-                    acc[3] = fma(w, vec4<f32>(subgroupBroadcast(xv, 3u)), acc[3]);
-                    acc[4] = fma(w, vec4<f32>(subgroupBroadcast(xv, 4u)), acc[4]);
-                    acc[5] = fma(w, vec4<f32>(subgroupBroadcast(xv, 5u)), acc[5]);
-                    acc[6] = fma(w, vec4<f32>(subgroupBroadcast(xv, 6u)), acc[6]);
-                    acc[7] = fma(w, vec4<f32>(subgroupBroadcast(xv, 7u)), acc[7]);
                 }
             }
         }
 
         // Where each of the 8 pixels' outputs start (held by lanes 0..7).
-        var out_at: array<u32, 8>;
-        out_at[0] = subgroupBroadcast(y_base, 0u);
-        out_at[1] = subgroupBroadcast(y_base, 1u);
-        out_at[2] = subgroupBroadcast(y_base, 2u);
-        out_at[3] = subgroupBroadcast(y_base, 3u);
-        out_at[4] = subgroupBroadcast(y_base, 4u);
-        out_at[5] = subgroupBroadcast(y_base, 5u);
-        out_at[6] = subgroupBroadcast(y_base, 6u);
-        out_at[7] = subgroupBroadcast(y_base, 7u);
+        var out_at = broadcast8(y_base);
         for (var c = 0u; c < 4u; c++) {
             let co = co_q * 4u + c;
             if (co < p.cout) {

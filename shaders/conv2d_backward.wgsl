@@ -60,6 +60,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#include "conv_core.wgsl"
 #if !PACK
 @group(0) @binding(1) var<storage, read> dy: array<{{TY}}>;
 #if SIMPLE
@@ -100,12 +101,9 @@ fn grad_simple(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 #endif
 
 #if PACK
-// Weights [Cout, Cin, kh, kw] -> packed [cin_pad / tile_c, kh·kw·Cout, tile_c]:
-// the transpose of conv2d.wgsl's packing (input channels are the GEMM's M
-// here). A workgroup owns a tile of tile_c input channels and streams its
-// weights contiguously, tap by tap and Cout within a tap; within a row
-// (tap, co) the tile's channels are contiguous, so four come in one vec4
-// load. Channels from Cin up to cin_pad are zero.
+// Weights [Cout, Cin, kh, kw] -> packed [cin_pad / tile_c, kh·kw·Cout, tile_c]
+// (see packed_slot): the transpose of conv2d.wgsl's packing, the input
+// channels being the GEMM's M here. Channels from Cin up to cin_pad are zero.
 @group(0) @binding(1) var<storage, read> w_src: array<{{TW}}>;
 @group(0) @binding(2) var<storage, read_write> w_packed: array<{{TW}}>;
 
@@ -114,14 +112,10 @@ fn grad_pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
              @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = (wid.x + wid.y * nwg.x) * {{WG}}u + lid;
     let taps = p.kh * p.kw;
-    let k_len = taps * p.cout;
-    if (i >= k_len * p.cin_pad) { return; }
-    let k = (i / p.tile_c) % k_len;   // tap · Cout + co
-    let ci = (i / (p.tile_c * k_len)) * p.tile_c + i % p.tile_c;
-    let co = k % p.cout;
-    let tap = k / p.cout;
+    if (i >= taps * p.cout * p.cin_pad) { return; }
+    let s = packed_slot(i, p.cout, taps, p.tile_c);   // s.m: ci, s.k: co
     var v = {{TW}}(0.0);
-    if (ci < p.cin) { v = w_src[(co * p.cin + ci) * taps + tap]; }
+    if (s.m < p.cin) { v = w_src[(s.k * p.cin + s.m) * taps + s.tap]; }
     w_packed[i] = v;
 }
 #endif
@@ -192,8 +186,7 @@ fn grad_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             for (var v = 0u; v < {{PV}}u; v++) {
                 let oy = yq[v] + vec4<i32>(oy0);
                 let ox = xq[v] + vec4<i32>(ox0);
-                tap_ok[v] = pix_ok[v] & (oy >= vec4<i32>(0)) & (oy < vec4<i32>(i32(p.ho)))
-                    & (ox >= vec4<i32>(0)) & (ox < vec4<i32>(i32(p.wo)));
+                tap_ok[v] = pix_ok[v] & inside4(oy, ox, p.ho, p.wo);
                 off[v] = select(vec4<u32>(0u), dy_base[v] + vec4<u32>(oy) * p.wo + vec4<u32>(ox), tap_ok[v]);
             }
             var w_at = w_tile + (ky * p.kw + kx) * p.cout * w_step;
@@ -206,14 +199,7 @@ fn grad_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                     off[v] = o + vec4<u32>(plane_dy);
                 }
                 for (var q = 0u; q < {{BM}}u / 4u; q++) {
-                    let w = vec4<f32>(w4[w_at + q]);
-                    for (var v = 0u; v < {{PV}}u; v++) {
-                        let a = (4u * q) * {{PV}}u + v;
-                        acc[a] = fma(vec4<f32>(w.x), gv[v], acc[a]);
-                        acc[a + {{PV}}u] = fma(vec4<f32>(w.y), gv[v], acc[a + {{PV}}u]);
-                        acc[a + 2u * {{PV}}u] = fma(vec4<f32>(w.z), gv[v], acc[a + 2u * {{PV}}u]);
-                        acc[a + 3u * {{PV}}u] = fma(vec4<f32>(w.w), gv[v], acc[a + 3u * {{PV}}u]);
-                    }
+                    tile_fma(&acc, q, vec4<f32>(w4[w_at + q]), &gv);
                 }
                 w_at += w_step;
             }
@@ -284,37 +270,20 @@ fn grad_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             let oy = yq + tap_shift(p.phase_y, ky);
             for (var kx = first_tap(p.phase_x); kx < p.kw; kx += p.stride) {
                 let ox = xq + tap_shift(p.phase_x, kx);
-                let tap_ok = pix_ok && oy >= 0 && oy < i32(p.ho) && ox >= 0 && ox < i32(p.wo);
+                let tap_ok = pix_ok && inside(oy, ox, p.ho, p.wo);
                 var off = select(0u, dy_base + u32(oy) * p.wo + u32(ox), tap_ok);
                 var w_at = w_lane + (ky * p.kw + kx) * p.cout * w_step;
                 for (var co = 0u; co < p.cout; co++) {
                     let g = select(0.0, f32(dy[off]), tap_ok);
                     off += plane_dy;
-                    let w = vec4<f32>(w4[w_at]);
+                    broadcast_fma8(&acc, vec4<f32>(w4[w_at]), g);
                     w_at += w_step;
-                    // Broadcast lane ids must be constants: unrolled by hand.
-                    acc[0] = fma(w, vec4<f32>(subgroupBroadcast(g, 0u)), acc[0]);
-                    acc[1] = fma(w, vec4<f32>(subgroupBroadcast(g, 1u)), acc[1]);
-                    acc[2] = fma(w, vec4<f32>(subgroupBroadcast(g, 2u)), acc[2]);
-                    acc[3] = fma(w, vec4<f32>(subgroupBroadcast(g, 3u)), acc[3]);
-                    acc[4] = fma(w, vec4<f32>(subgroupBroadcast(g, 4u)), acc[4]);
-                    acc[5] = fma(w, vec4<f32>(subgroupBroadcast(g, 5u)), acc[5]);
-                    acc[6] = fma(w, vec4<f32>(subgroupBroadcast(g, 6u)), acc[6]);
-                    acc[7] = fma(w, vec4<f32>(subgroupBroadcast(g, 7u)), acc[7]);
                 }
             }
         }
 
         // Where each of the 8 pixels' dx[b, 0, y, x] is (held by lanes 0..7).
-        var out_at: array<u32, 8>;
-        out_at[0] = subgroupBroadcast(dx_at, 0u);
-        out_at[1] = subgroupBroadcast(dx_at, 1u);
-        out_at[2] = subgroupBroadcast(dx_at, 2u);
-        out_at[3] = subgroupBroadcast(dx_at, 3u);
-        out_at[4] = subgroupBroadcast(dx_at, 4u);
-        out_at[5] = subgroupBroadcast(dx_at, 5u);
-        out_at[6] = subgroupBroadcast(dx_at, 6u);
-        out_at[7] = subgroupBroadcast(dx_at, 7u);
+        var out_at = broadcast8(dx_at);
         for (var c = 0u; c < 4u; c++) {
             let ci = ci_q * 4u + c;
             if (ci < p.cin) {

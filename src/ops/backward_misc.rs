@@ -11,7 +11,7 @@ use crate::ops::concat::permute;
 use crate::ops::matmul::{MatmulOpts, matmul};
 use crate::ops::norm::{WORKGROUP_SIZES, workgroup_size};
 use crate::ops::softmax::softmax;
-use crate::ops::{WG_1D, expect_float, expect_rank, float_dtypes, grid_for};
+use crate::ops::{WG_1D, expect_float, expect_rank, float_dtypes, grid_for, u32_of};
 
 crate::kernel_params! {
     struct Params {
@@ -54,10 +54,6 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
         }
     }
     v
-}
-
-fn u32_of(op: &'static str, what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::shape(op, format!("{what} = {n} is over the 32-bit index range")))
 }
 
 fn same_shape(op: &'static str, fwd_name: &str, fwd: &Tensor, dy: &Tensor) -> Result<()> {

@@ -12,7 +12,10 @@ use crate::gpu::autotune::{size_class, tuned_variant};
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
 use crate::ops::gemm::{self, ConvGeometry, GemmCore, GemmTiles};
-use crate::ops::{expect_float, float_dtypes, grid_for};
+use crate::ops::{expect_float, float_dtypes, grid_for, u32_of};
+
+/// The op errors name.
+const OP: &str = "conv2d";
 
 /// Workgroup size of every conv2d kernel.
 const WG: u32 = 64;
@@ -227,7 +230,7 @@ fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
     let rows = (p.kh * p.kw * p.cin) as usize;
     let tiles = (p.cout_pad / p.tile_c) as usize;
     let packed = gpu.empty(&[tiles, rows, p.tile_c as usize], weight.dtype())?;
-    u32_of("elements of the packed weight", packed.numel())?;
+    u32_of(OP, "elements of the packed weight", packed.numel())?;
     gpu.dispatch(
         "conv2d.pack",
         &pack_key(weight.dtype()),
@@ -242,10 +245,6 @@ fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
 fn pixel_tiles_grid(gpu: &Gpu, pixel_tiles: u32, channel_tiles: u32) -> [u32; 3] {
     let [x, z, _] = grid_1d(pixel_tiles, gpu.limits().max_compute_workgroups_per_dimension);
     [x, channel_tiles, z]
-}
-
-fn u32_of(what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::shape("conv2d", format!("{what} = {n} is over the 32-bit index range")))
 }
 
 /// 2-D convolution as torch.nn.functional.conv2d: x `[B, Cin, H, W]`, weight
@@ -286,7 +285,6 @@ fn conv2d_with(
     opts: Conv2dOpts,
     tiles: Option<GemmTiles>,
 ) -> Result<Tensor> {
-    const OP: &str = "conv2d";
     expect_float(OP, x)?;
     expect_float(OP, weight)?;
     if x.rank() != 4 {
@@ -327,8 +325,8 @@ fn conv2d_with(
     if cin == 0 {
         return Err(Error::shape(OP, format!("x {:?} has no input channels", x.shape())));
     }
-    u32_of("elements of x", x.numel())?;
-    u32_of("elements of weight", weight.numel())?;
+    u32_of(OP, "elements of x", x.numel())?;
+    u32_of(OP, "elements of weight", weight.numel())?;
     let p = Params {
         batch: b as u32,
         cin: cin as u32,
@@ -339,14 +337,14 @@ fn conv2d_with(
         wo: wo as u32,
         kh: kh as u32,
         kw: kw as u32,
-        stride: u32_of("stride", opts.stride)?,
-        pad: u32_of("padding", opts.padding)?,
-        n_pix: u32_of("output pixels", b * ho * wo)?,
+        stride: u32_of(OP, "stride", opts.stride)?,
+        pad: u32_of(OP, "padding", opts.padding)?,
+        n_pix: u32_of(OP, "output pixels", b * ho * wo)?,
         cout_pad: cout as u32,
         tile_c: 1,
         _pad: [0; 2],
     };
-    u32_of("elements of the output", y.numel())?;
+    u32_of(OP, "elements of the output", y.numel())?;
 
     let variant = choose_variant(gpu, opts.variant, || {
         autotune_bucket(x.dtype(), cin, cout, (kh, kw), opts.stride, b * ho * wo)
@@ -370,7 +368,7 @@ fn conv2d_with(
     // The epilogue adds a residual stored as the result is; another is added apart.
     let fused_residual = residual.filter(|r| r.dtype() == y.dtype());
     if let Some(core) = variant.gemm_core() {
-        u32_of("Cin·kh·kw", cin * kh * kw)?;
+        u32_of(OP, "Cin·kh·kw", cin * kh * kw)?;
         let g = ConvGeometry {
             batch: p.batch,
             cin: p.cin,

@@ -13,7 +13,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
-use crate::ops::{expect_float, float_dtypes, grid_for};
+use crate::ops::{expect_float, float_dtypes, grid_for, u32_of};
+
+/// The op errors name.
+const OP: &str = "conv2d_input_grad";
 
 /// Workgroup size of every conv2d_backward kernel.
 const WG: u32 = 64;
@@ -152,18 +155,13 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     v
 }
 
-fn u32_of(what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n)
-        .map_err(|_| Error::shape("conv2d_input_grad", format!("{what} = {n} is over the 32-bit index range")))
-}
-
 /// Records the repacking of `weight` into the GEMMs' layout
 /// `[cin_pad / tile_c, kh·kw·Cout, tile_c]` (see grad_pack in the shader).
 fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
     let rows = (p.kh * p.kw * p.cout) as usize;
     let tiles = (p.cin_pad / p.tile_c) as usize;
     let packed = gpu.empty(&[tiles, rows, p.tile_c as usize], weight.dtype())?;
-    u32_of("elements of the packed weight", packed.numel())?;
+    u32_of(OP, "elements of the packed weight", packed.numel())?;
     gpu.dispatch(
         "conv2d_backward.pack",
         &pack_key(weight.dtype()),
@@ -190,7 +188,6 @@ pub fn conv2d_input_grad(
     input_hw: (usize, usize),
     opts: Conv2dBackwardOpts,
 ) -> Result<Tensor> {
-    const OP: &str = "conv2d_input_grad";
     expect_float(OP, dy)?;
     expect_float(OP, weight)?;
     if dy.rank() != 4 {
@@ -241,9 +238,9 @@ pub fn conv2d_input_grad(
     if dx.numel() == 0 {
         return Ok(dx);
     }
-    u32_of("elements of dy", dy.numel())?;
-    u32_of("elements of weight", weight.numel())?;
-    u32_of("elements of dx", dx.numel())?;
+    u32_of(OP, "elements of dy", dy.numel())?;
+    u32_of(OP, "elements of weight", weight.numel())?;
+    u32_of(OP, "elements of dx", dx.numel())?;
     let p = Params {
         batch: b as u32,
         cin: cin as u32,
@@ -254,9 +251,9 @@ pub fn conv2d_input_grad(
         wo: wo as u32,
         kh: kh as u32,
         kw: kw as u32,
-        stride: u32_of("stride", opts.stride)?,
-        pad: u32_of("padding", opts.padding)?,
-        n_pix: u32_of("input pixels", b * h * w)?,
+        stride: u32_of(OP, "stride", opts.stride)?,
+        pad: u32_of(OP, "padding", opts.padding)?,
+        n_pix: u32_of(OP, "input pixels", b * h * w)?,
         cin_pad: cin as u32,
         tile_c: 1,
         phase_y: 0,
@@ -300,7 +297,7 @@ pub fn conv2d_input_grad(
                 phase_x: px as u32,
                 hq: hq as u32,
                 wq: wq as u32,
-                n_pix: u32_of("pixels of a phase", b * hq * wq)?,
+                n_pix: u32_of(OP, "pixels of a phase", b * hq * wq)?,
                 ..p
             };
             let [gx, gz, _] = grid_1d(phase.n_pix.div_ceil(tile_pixels), gpu.limits().max_compute_workgroups_per_dimension);

@@ -111,6 +111,18 @@ pub fn grid_for(gpu: &Gpu, n: usize, wg: u32) -> [u32; 3] {
     crate::gpu::grid_1d((n as u32).div_ceil(wg), gpu.limits().max_compute_workgroups_per_dimension)
 }
 
+/// Workgroups for a 2-D launch: x counts blocks within a row (or plane),
+/// the `rows` fold into y and z.
+pub(crate) fn grid_rows(gpu: &Gpu, x: u32, rows: u32) -> [u32; 3] {
+    let [y, z, _] = crate::gpu::grid_1d(rows, gpu.limits().max_compute_workgroups_per_dimension);
+    [x, y, z]
+}
+
+/// `n` as a kernel's 32-bit index, or an error naming the op and what is too large.
+pub(crate) fn u32_of(op: &'static str, what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::shape(op, format!("{what} = {n} is over the 32-bit index range")))
+}
+
 pub(crate) fn expect_float(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() == DType::U32 {
         return Err(Error::shape(op, format!("expected a float tensor, got {t:?}")));

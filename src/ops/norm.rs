@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
-use crate::ops::{expect_float, float_dtypes};
+use crate::ops::{expect_float, float_dtypes, grid_rows, u32_of};
 
 /// Workgroup sizes the row / group reductions are built for (powers of two).
 /// [`workgroup_size`] picks one per device; the `*_with_workgroup` functions
@@ -146,17 +146,6 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
         }
     }
     v
-}
-
-/// Workgroups for a 2-D launch whose x counts blocks within a row and whose
-/// `rows` fold into y and z.
-fn grid_rows(gpu: &Gpu, x: u32, rows: u32) -> [u32; 3] {
-    let [y, z, _] = grid_1d(rows, gpu.limits().max_compute_workgroups_per_dimension);
-    [x, y, z]
-}
-
-fn u32_of(op: &'static str, what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::shape(op, format!("{what} = {n} is over the 32-bit index range")))
 }
 
 /// torch.nn.GroupNorm over x `[B, C, ...spatial]` with `groups` groups,

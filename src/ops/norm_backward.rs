@@ -6,7 +6,10 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
 use crate::ops::norm::{Affine, WORKGROUP_SIZES, workgroup_size};
-use crate::ops::{expect_float, float_dtypes};
+use crate::ops::{expect_float, float_dtypes, grid_rows, u32_of};
+
+/// The op errors name.
+const OP: &str = "group_norm_input_grad";
 
 /// Elements per block (one workgroup each) of a (batch, channel) plane, so
 /// that a VAE plane of 262 144 elements spreads over 128 workgroups while the
@@ -102,17 +105,6 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     v
 }
 
-fn u32_of(what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::shape("group_norm_input_grad", format!("{what} = {n} is over the 32-bit index range")))
-}
-
-/// Workgroups for the block kernels: x = block within a plane, the planes
-/// folded into y and z.
-fn grid_blocks(gpu: &Gpu, blocks: u32, planes: u32) -> [u32; 3] {
-    let [y, z, _] = grid_1d(planes, gpu.limits().max_compute_workgroups_per_dimension);
-    [blocks, y, z]
-}
-
 /// The gradient with respect to x of
 /// `group_norm(x, groups, gamma, beta, eps, silu)` (see
 /// [`crate::ops::norm::group_norm`]) given the gradient `dz` of its output:
@@ -148,7 +140,6 @@ pub fn group_norm_input_grad_with_workgroup(
     silu: bool,
     wg: u32,
 ) -> Result<Tensor> {
-    const OP: &str = "group_norm_input_grad";
     if !WORKGROUP_SIZES.contains(&wg) {
         return Err(Error::Invalid(format!("{OP}: workgroup size {wg} is not one of {WORKGROUP_SIZES:?}")));
     }
@@ -171,13 +162,13 @@ pub fn group_norm_input_grad_with_workgroup(
     }
     let storage = Storage { x: x.dtype(), grad: dz.dtype() };
     let subgroups = gpu.features().subgroups;
-    let plane_len = u32_of("spatial size", x.numel() / (batch * channels))?;
+    let plane_len = u32_of(OP, "spatial size", x.numel() / (batch * channels))?;
     let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
     let block_len = BLOCK_LEN.max(plane_len.div_ceil(max_dim));
     let n_blocks = plane_len.div_ceil(block_len);
-    let n_planes = u32_of("batch·channels", batch * channels)?;
-    let n_groups = u32_of("batch·groups", batch * groups)?;
-    u32_of("elements of x", x.numel())?;
+    let n_planes = u32_of(OP, "batch·channels", batch * channels)?;
+    let n_groups = u32_of(OP, "batch·groups", batch * groups)?;
+    u32_of(OP, "elements of x", x.numel())?;
     let p = Params {
         n_groups,
         n_planes,
@@ -189,7 +180,7 @@ pub fn group_norm_input_grad_with_workgroup(
         eps,
     };
     let params = &p;
-    let blocks = grid_blocks(gpu, n_blocks, n_planes);
+    let blocks = grid_rows(gpu, n_blocks, n_planes);
     let per_group = grid_1d(n_groups.div_ceil(WG_FINALIZE), max_dim);
 
     let partials = gpu.empty(&[n_planes as usize, n_blocks as usize, 2], DType::F32)?;
