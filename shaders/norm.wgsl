@@ -39,17 +39,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<{{T}}>;
 
-// Workgroup ids, and the subgroup ids when subgroups are on.
-struct Ids {
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-#if SUBGROUP_OPS
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-    @builtin(subgroup_id) sg_id: u32,
-    @builtin(num_subgroups) n_sg: u32,
-#endif
-}
+// Workgroup ids (and subgroup ids with SUBGROUP_OPS).
+#include "workgroup_ids.wgsl"
 
 #if !GN_FINALIZE
 var<workgroup> red: array<f32, {{WG}}>;

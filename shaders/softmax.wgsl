@@ -18,16 +18,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<{{T}}>;
 @group(0) @binding(2) var<storage, read_write> y: array<{{T}}>;
 
-struct Ids {
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-#if SUBGROUP_OPS
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-    @builtin(subgroup_id) sg_id: u32,
-    @builtin(num_subgroups) n_sg: u32,
-#endif
-}
+// Workgroup ids (and subgroup ids with SUBGROUP_OPS).
+#include "workgroup_ids.wgsl"
 
 var<workgroup> red: array<f32, {{WG}}>;
 

@@ -1,6 +1,7 @@
 // The workgroup reductions shared by reduction kernels (`#include "wg_sum.wgsl"`).
-// The including file declares `var<workgroup> red: array<f32, {{WG}}>` and an
-// `Ids` struct with lid, and with sg_lane, sg_id and n_sg when SUBGROUP_OPS.
+// The including file declares `var<workgroup> red: array<f32, {{WG}}>`; the
+// ids come from workgroup_ids.wgsl.
+#include "workgroup_ids.wgsl"
 
 // Maximum (is_max) or sum of `v` over the workgroup, returned to every
 // invocation. Must be called by all invocations (workgroup-uniform control
