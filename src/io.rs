@@ -1,16 +1,91 @@
 //! Files users keep: written atomically (a temporary file in the same folder,
-//! then a rename), so an interrupted run never leaves a half-written output.
+//! flushed to the disk, then renamed over the target, and the folder's entry
+//! flushed too), so an interrupted run, a killed process or a power cut
+//! leaves either the old file or the new one, never a half-written one.
+use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Writes `data` to `path` atomically and durably; creates missing folders.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let err = |e| Error::Io { path: path.to_path_buf(), source: e };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, data).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        // The data must be on the disk before the rename makes it the file:
+        // otherwise a crash can leave the new name pointing at nothing.
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    sync_dir(dir.unwrap_or(Path::new("."))).map_err(err)
+}
+
+/// Flushes a folder's entries (the rename) to the disk. Folders cannot be
+/// opened for syncing on Windows; there the rename is as durable as the
+/// file system makes it.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("fsd3d-io-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn writes_replaces_and_leaves_no_temporary_file() {
+        let d = scratch("replace");
+        let p = d.join("sub").join("out.bin");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.bin")], "only the file itself is left");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_and_keeps_the_old_one() {
+        let d = scratch("fail");
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("out.bin");
+        write_atomic(&p, b"kept").unwrap();
+        // A folder where the temporary file must go: the rename onto it fails.
+        let blocked = d.join("dir-target");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        let e = write_atomic(&blocked, b"new").unwrap_err().to_string();
+        assert!(e.contains("dir-target"), "{e}");
+        assert!(blocked.join("inside").is_dir(), "the folder was not replaced");
+        assert_eq!(std::fs::read(&p).unwrap(), b"kept");
+        let tmp_left = std::fs::read_dir(&d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp"));
+        assert!(!tmp_left, "no temporary file is left after a failed write");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

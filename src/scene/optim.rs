@@ -121,8 +121,9 @@ pub const FORMAT_KEY: &str = "format";
 pub const FORMAT: &str = "fsd3d-scene/1";
 
 /// Writes `tensors` (f32 or u32) and `metadata` to a safetensors file at
-/// `path`: to a temporary file beside it first, then renamed over it, so an
-/// interrupted save never leaves a broken checkpoint.
+/// `path` with [`crate::io::write_atomic`] (a temporary file flushed to the
+/// disk, then renamed over it), so an interrupted save never leaves a
+/// broken checkpoint.
 pub fn save_checkpoint(gpu: &Gpu, path: &Path, tensors: &[(String, &Tensor)], mut metadata: HashMap<String, String>) -> Result<()> {
     metadata.insert(FORMAT_KEY.into(), FORMAT.into());
     let mut host: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -139,11 +140,10 @@ pub fn save_checkpoint(gpu: &Gpu, path: &Path, tensors: &[(String, &Tensor)], mu
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(st_err(path))?)))
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(st_err(path))?;
-    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-    let file_name = path.file_name().ok_or_else(|| Error::Invalid(format!("checkpoint path {} has no file name", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
-    std::fs::rename(&tmp, path).map_err(io)
+    if path.file_name().is_none() {
+        return Err(Error::Invalid(format!("checkpoint path {} has no file name", path.display())));
+    }
+    crate::io::write_atomic(path, &bytes)
 }
 
 fn st_err(path: &Path) -> impl Fn(safetensors::SafeTensorError) -> Error + '_ {
