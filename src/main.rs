@@ -460,6 +460,9 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
     let run = job.start(&gpu, &prior);
     let mut run = if job.resume { run.with_context(|| format!("resuming from {}", job.checkpoint().display()))? } else { run? };
     let stop = job::stop_on_ctrl_c();
+    if job.restarted {
+        eprintln!("{} has no checkpoint yet (the run stopped before its first one): starting it again from step 0", out.display());
+    }
     eprintln!(
         "{} \"{}\": {} steps on {} (seed {}), writing to {}{}",
         cfg.method.name(),

@@ -162,6 +162,36 @@ fn a_run_interrupted_and_resumed_matches_an_uninterrupted_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--resume` on a run killed after it wrote its config but before its first
+/// checkpoint starts the run again from step 0 (and says so), instead of
+/// failing on the missing checkpoint; once a checkpoint exists it continues.
+#[test]
+fn resuming_a_run_without_a_checkpoint_starts_it_again() {
+    use fsd3d::generate::job::{GenerateJob, GenerateRequest};
+    let gpu = common::gpu();
+    let prior = StableDiffusion::load(&gpu, &fsd3d::models::embedded_prior_dir(), DType::F32).unwrap();
+    let dir = std::env::temp_dir().join(format!("fsd3d-generate-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = tiny_config(Method::Fsd, 2);
+    cfg.dtype = "f32".into();
+    std::fs::write(dir.join(g::files::CONFIG), cfg.to_toml().unwrap()).unwrap();
+
+    let resume = || GenerateJob::prepare(&gpu, GenerateRequest::Resume { dir: dir.clone(), steps: None }).unwrap();
+    let job = resume();
+    assert!(job.restarted && !job.resume, "no checkpoint: a restart, not a resume");
+    assert_eq!(job.cfg, cfg);
+    let mut run = job.start(&gpu, &prior).unwrap();
+    assert_eq!(run.step, 0);
+    assert_eq!(g::optimise(&mut run, &dir, &AtomicBool::new(false), |_| {}).unwrap(), Finish::Completed);
+    assert!(dir.join(g::files::CHECKPOINT).is_file());
+
+    let job = GenerateJob::prepare(&gpu, GenerateRequest::Resume { dir: dir.clone(), steps: Some(3) }).unwrap();
+    assert!(job.resume && !job.restarted, "a checkpoint: a resume");
+    assert_eq!(job.start(&gpu, &prior).unwrap().step, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn every_method_runs_and_a_finished_run_writes_its_outputs() {
     let gpu = common::gpu();

@@ -143,17 +143,20 @@ pub struct GenerateJob {
     pub out: PathBuf,
     /// Continue from `out`'s checkpoint.
     pub resume: bool,
+    /// `--resume` found the run's config but no checkpoint (the run was
+    /// killed before it wrote its first one): it starts again from step 0.
+    pub restarted: bool,
     pub model_dir: PathBuf,
 }
 
 impl GenerateJob {
     pub fn prepare(gpu: &Gpu, request: GenerateRequest) -> Result<GenerateJob> {
-        let (mut cfg, out, resume) = match request {
+        let (mut cfg, out, resume, restarted) = match request {
             GenerateRequest::New { prompt, method, overlay, flags, out } => {
                 let kind = prior_kind(&crate::models::model_dir(flags.model.as_deref()))?;
                 let cfg = GenerateConfig::layered(&prompt, method, &kind, overlay.as_ref(), &flags)?;
                 let out = out.unwrap_or_else(|| default_run_dir(&cfg));
-                (cfg, out, false)
+                (cfg, out, false, false)
             }
             GenerateRequest::Resume { dir, steps } => {
                 let path = dir.join(files::CONFIG);
@@ -164,13 +167,17 @@ impl GenerateJob {
                 if let Some(s) = steps {
                     cfg.steps = s;
                 }
-                (cfg, dir, true)
+                // A run writes its config before its first step and its first
+                // checkpoint only later: a run killed in between has nothing
+                // to continue, and starts over.
+                let has_checkpoint = dir.join(files::CHECKPOINT).is_file();
+                (cfg, dir, has_checkpoint, !has_checkpoint)
             }
         };
         resolve_dtype(gpu, &mut cfg)?;
         cfg.validate()?;
         let model_dir = crate::models::model_dir(cfg.model.as_deref());
-        Ok(GenerateJob { cfg, out, resume, model_dir })
+        Ok(GenerateJob { cfg, out, resume, restarted, model_dir })
     }
 
     /// The prior, in the storage type the config records.
