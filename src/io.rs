@@ -34,6 +34,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir.unwrap_or(Path::new("."))).map_err(err)
 }
 
+/// FNV-1a, 64 bits: the checksum of what fsd3d writes and reads back
+/// (checkpoints), to tell a damaged file from a good one. Not a defence
+/// against tampering.
+pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// Flushes a folder's entries (the rename) to the disk. Folders cannot be
 /// opened for syncing on Windows; there the rename is as durable as the
 /// file system makes it.

@@ -121,6 +121,14 @@ fn checkpoint_round_trip() {
     let mut other = Scene::new(&gpu, &other_cfg, 1).unwrap();
     let e = other.load(&gpu, &path).unwrap_err().to_string();
     assert!(e.contains("geometry.mlp") && e.contains("config"), "{e}");
+    // One flipped bit in the data (the tensors are at the end) is found.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 0x10;
+    let damaged = dir.join("damaged.safetensors");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let e = b.load(&gpu, &damaged).unwrap_err().to_string();
+    assert!(e.contains("damaged.safetensors") && e.contains("checksum"), "{e}");
     // Not a checkpoint at all.
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();

@@ -189,6 +189,18 @@ fn resuming_a_run_without_a_checkpoint_starts_it_again() {
     let job = GenerateJob::prepare(&gpu, GenerateRequest::Resume { dir: dir.clone(), steps: Some(3) }).unwrap();
     assert!(job.resume && !job.restarted, "a checkpoint: a resume");
     assert_eq!(job.start(&gpu, &prior).unwrap().step, 2);
+
+    // The checkpoint knows the config it optimised: what is written may
+    // change, what is optimised may not.
+    let mut edited = cfg.clone();
+    edited.output.render_size = 24;
+    std::fs::write(dir.join(g::files::CONFIG), edited.to_toml().unwrap()).unwrap();
+    assert_eq!(resume().start(&gpu, &prior).unwrap().step, 2);
+    edited.guidance.cfg = 7.0;
+    edited.seed = 9;
+    std::fs::write(dir.join(g::files::CONFIG), edited.to_toml().unwrap()).unwrap();
+    let e = resume().start(&gpu, &prior).err().expect("another config").to_string();
+    assert!(e.contains("guidance.cfg") && e.contains("seed: 0 → 9") && !e.contains("render_size"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

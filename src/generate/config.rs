@@ -337,6 +337,19 @@ impl GenerateConfig {
         GuidanceSettings { scale: g.cfg, target: self.method.target(), weighting: g.weighting, grad_clip: g.grad_clip }
     }
 
+    /// What decides the optimisation, as JSON: the whole config but `steps`
+    /// (a resume may extend a run) and `[output]` (what is written, not what
+    /// is optimised). A checkpoint records it, and a resume under a config
+    /// that differs in it is refused ([`config_differences`]).
+    pub fn optimisation_json(&self) -> Result<String> {
+        let mut v = serde_json::to_value(self).map_err(|e| Error::Invalid(format!("config to JSON: {e}")))?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("steps");
+            o.remove("output");
+        }
+        Ok(v.to_string())
+    }
+
     /// The complete config as TOML.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::Invalid(format!("config to TOML: {e}")))
@@ -360,4 +373,38 @@ fn merge(mut base: toml::Table, overlay: toml::Table) -> toml::Table {
         }
     }
     base
+}
+
+/// The keys (dotted paths) whose values differ between two configs in
+/// [`GenerateConfig::optimisation_json`]'s form, each as `key: a → b`.
+pub fn config_differences(a: &str, b: &str) -> Result<Vec<String>> {
+    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| Error::Invalid(format!("a recorded config is not JSON: {e}")));
+    let (a, b) = (parse(a)?, parse(b)?);
+    let mut out = Vec::new();
+    diff_values("", &a, &b, &mut out);
+    Ok(out)
+}
+
+fn diff_values(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => diff_values(&p, u, v, out),
+                    (u, v) => out.push(format!("{p}: {} → {}", show(u), show(v))),
+                }
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} → {b}")),
+        _ => {}
+    }
+}
+
+fn show(v: Option<&serde_json::Value>) -> String {
+    v.map_or("(absent)".to_string(), |v| v.to_string())
 }

@@ -73,6 +73,10 @@ pub enum Finish {
     Interrupted,
 }
 
+/// The checkpoint metadata key of the run's config
+/// ([`GenerateConfig::optimisation_json`]), checked on resume.
+pub const RUN_CONFIG_KEY: &str = "run_config";
+
 /// One 3D run in progress.
 pub struct Generator<'a> {
     gpu: &'a Gpu,
@@ -108,7 +112,21 @@ impl<'a> Generator<'a> {
     /// Continues from a checkpoint written by [`Generator::save_checkpoint`].
     pub fn resume(gpu: &'a Gpu, prior: &'a dyn Prior, cfg: GenerateConfig, checkpoint: &Path) -> Result<Generator<'a>> {
         let mut g = Generator::new(gpu, prior, cfg)?;
-        g.scene.load(gpu, checkpoint)?;
+        let meta = g.scene.load(gpu, checkpoint)?;
+        // The run in the checkpoint must be this config's (checkpoints from
+        // before this record was kept carry none and are taken as they are).
+        if let Some(recorded) = meta.get(RUN_CONFIG_KEY) {
+            let differences = config::config_differences(recorded, &g.cfg.optimisation_json()?)?;
+            if !differences.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: the checkpoint was written by a run with another config (checkpoint → now): {}. Only `steps` \
+                     and the [output] table may change between a run and its resume: undo the change, or start a new \
+                     run in another folder",
+                    checkpoint.display(),
+                    differences.join("; ")
+                )));
+            }
+        }
         // One Adam step per iteration: the optimiser's count is the run's.
         g.step = g.scene.adam.step;
         if g.step > g.cfg.steps {
@@ -198,9 +216,10 @@ impl<'a> Generator<'a> {
         self.guidance.gradient(self.gpu, z, eps, t, views, 1.0 / views.len() as f32)
     }
 
-    /// Writes the checkpoint atomically.
+    /// Writes the checkpoint atomically, with the config it optimises.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        self.scene.save(self.gpu, path)
+        let meta = std::collections::HashMap::from([(RUN_CONFIG_KEY.to_string(), self.cfg.optimisation_json()?)]);
+        self.scene.save_with(self.gpu, path, meta)
     }
 }
 

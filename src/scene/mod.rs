@@ -237,18 +237,23 @@ impl Scene {
 
     /// Saves parameters, Adam's state and the occupancy grid (atomically).
     pub fn save(&self, gpu: &Gpu, path: &Path) -> Result<()> {
+        self.save_with(gpu, path, HashMap::new())
+    }
+
+    /// [`Scene::save`] with the caller's own metadata beside the scene's.
+    pub fn save_with(&self, gpu: &Gpu, path: &Path, mut meta: HashMap<String, String>) -> Result<()> {
         let mut tensors = self.adam.state_tensors();
         tensors.push(("occupancy.history".into(), &self.occupancy.occupancy));
         tensors.push(("occupancy.bits".into(), &self.occupancy.bits));
-        let mut meta = HashMap::new();
         meta.insert("adam_step".into(), self.adam.step.to_string());
         meta.insert("seed".into(), self.seed.to_string());
         meta.insert("config".into(), serde_json::to_string(&self.cfg).map_err(|e| Error::Invalid(e.to_string()))?);
         optim::save_checkpoint(gpu, path, &tensors, meta)
     }
 
-    /// Restores what [`Scene::save`] wrote into this scene (same config).
-    pub fn load(&mut self, gpu: &Gpu, path: &Path) -> Result<()> {
+    /// Restores what [`Scene::save`] wrote into this scene (same config);
+    /// returns the checkpoint's metadata.
+    pub fn load(&mut self, gpu: &Gpu, path: &Path) -> Result<HashMap<String, String>> {
         let ck = Checkpoint::read(path)?;
         for (name, t) in self.adam.state_tensors() {
             ck.restore(gpu, &name, t)?;
@@ -259,6 +264,7 @@ impl Scene {
             .meta("adam_step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::Invalid(format!("{}: no adam_step in the checkpoint", path.display())))?;
-        self.adam.zero_grad(gpu)
+        self.adam.zero_grad(gpu)?;
+        Ok(ck.metadata)
     }
 }

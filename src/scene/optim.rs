@@ -139,11 +139,28 @@ pub fn save_checkpoint(gpu: &Gpu, path: &Path, tensors: &[(String, &Tensor)], mu
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(st_err(path))?)))
         .collect::<Result<Vec<_>>>()?;
+    metadata.insert(CHECKSUM_KEY.into(), checksum(host.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))));
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(st_err(path))?;
     if path.file_name().is_none() {
         return Err(Error::Invalid(format!("checkpoint path {} has no file name", path.display())));
     }
     crate::io::write_atomic(path, &bytes)
+}
+
+/// The metadata key of a checkpoint's checksum: [`crate::io::fnv1a64`] over
+/// its tensors in name order (name, dtype, shape, bytes), as 16 hex digits.
+/// Checkpoints written before it have none and are read unchecked.
+pub const CHECKSUM_KEY: &str = "checksum";
+
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, safetensors::Dtype, &'a [usize], &'a [u8])>) -> String {
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by_key(|t| t.0);
+    let mut h = Vec::with_capacity(sorted.len());
+    for (name, dtype, shape, bytes) in sorted {
+        let head = format!("{name}\0{dtype:?}\0{shape:?}\0");
+        h.push(crate::io::fnv1a64(&[head.as_bytes(), bytes]));
+    }
+    format!("{:016x}", crate::io::fnv1a64(&[bytemuck::cast_slice(&h)]))
 }
 
 fn st_err(path: &Path) -> impl Fn(safetensors::SafeTensorError) -> Error + '_ {
@@ -165,11 +182,21 @@ impl Checkpoint {
         if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
             return Err(Error::Invalid(format!("{} is not an fsd3d scene checkpoint ({FORMAT})", path.display())));
         }
-        let tensors = st
+        let tensors: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
             .tensors()
             .into_iter()
             .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
             .collect();
+        if let Some(want) = metadata.get(CHECKSUM_KEY) {
+            let got = checksum(tensors.iter().map(|(n, (d, s, b))| (n.as_str(), *d, s.as_slice(), b.as_slice())));
+            if &got != want {
+                return Err(Error::Invalid(format!(
+                    "{} is damaged: its contents do not match its checksum ({got}, recorded {want}); restore it from a \
+                     copy, or delete it to start the run again",
+                    path.display()
+                )));
+            }
+        }
         Ok(Checkpoint { tensors, metadata })
     }
 
