@@ -164,6 +164,7 @@ impl GenerateJob {
                     Error::Invalid(format!("reading {}: {e}; --resume takes the folder of a run (where it wrote config.toml and checkpoint.safetensors)", path.display()))
                 })?;
                 let mut cfg = GenerateConfig::from_toml(&text, &path.display().to_string())?;
+                cfg.validate().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
                 if let Some(s) = steps {
                     cfg.steps = s;
                 }

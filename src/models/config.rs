@@ -208,6 +208,9 @@ impl UNetConfig {
                 return Err(format!("{what} is not supported"));
             }
         }
+        if self.norm_num_groups == 0 {
+            return Err("norm_num_groups must be at least 1".into());
+        }
         if self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0) {
             return Err(format!("norm_num_groups {} does not divide every block_out_channels", self.norm_num_groups));
         }
@@ -269,6 +272,14 @@ impl VaeConfig {
                 path.display()
             )));
         }
+        if c.norm_num_groups == 0 || c.block_out_channels.iter().any(|ch| ch % c.norm_num_groups != 0) {
+            return Err(Error::Invalid(format!(
+                "{}: norm_num_groups {} must be at least 1 and divide every block_out_channels {:?}",
+                path.display(),
+                c.norm_num_groups,
+                c.block_out_channels
+            )));
+        }
         Ok(c)
     }
 }
@@ -321,7 +332,7 @@ fn d_quick_gelu() -> String {
 impl ClipTextConfig {
     pub fn load(path: &Path) -> Result<ClipTextConfig> {
         let c: ClipTextConfig = read_config(path)?;
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::Invalid(format!(
                 "{}: hidden_size {} is not a multiple of num_attention_heads {}",
                 path.display(),

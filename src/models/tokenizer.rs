@@ -106,6 +106,16 @@ fn tok_err(dir: &Path, e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("tokenizer in {}: {e}", dir.display()))
 }
 
+/// Runs `f`, turning a panic into an error naming the tokenizer folder: the
+/// tokenizers crate panics on some malformed or inconsistent files instead
+/// of returning an error.
+fn without_panics<T>(dir: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        tok_err(dir, format!("the tokenizer files are malformed or inconsistent ({}); fetch them again", what.unwrap_or_default()))
+    })
+}
+
 impl PromptTokenizer {
     /// Loads from a tokenizer folder (`tokenizer/` of a pipeline) or a pipeline folder.
     pub fn from_dir(dir: &Path) -> Result<PromptTokenizer> {
@@ -113,9 +123,9 @@ impl PromptTokenizer {
         let special = SpecialTokens::from_dir(&dir)?;
         let (vocab, merges, json) = (dir.join("vocab.json"), dir.join("merges.txt"), dir.join("tokenizer.json"));
         let mut inner = if vocab.is_file() && merges.is_file() {
-            clip_bpe(&vocab, &merges, &special).map_err(|e| tok_err(&dir, e))?
+            without_panics(&dir, || clip_bpe(&vocab, &merges, &special))?.map_err(|e| tok_err(&dir, e))?
         } else if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| tok_err(&dir, e))?
+            without_panics(&dir, || Tokenizer::from_file(&json))?.map_err(|e| tok_err(&dir, e))?
         } else {
             return Err(Error::Invalid(format!(
                 "no tokenizer in {}: expected vocab.json + merges.txt (CLIP BPE) or tokenizer.json",
@@ -134,12 +144,17 @@ impl PromptTokenizer {
             pad_token: special.pad.clone(),
             ..Default::default()
         }));
-        Ok(PromptTokenizer { inner, special, pad_id, source: dir })
+        let tokenizer = PromptTokenizer { inner, special, pad_id, source: dir };
+        // Some inconsistent tokenizer.json files (a post-processor naming a
+        // token the vocabulary lacks, say) load but fail on the first prompt:
+        // find out now, while the error can still name the file.
+        tokenizer.encode("a photo, front view")?;
+        Ok(tokenizer)
     }
 
     /// Token ids of `prompt`, exactly `max_length` of them.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(prompt, true).map_err(|e| tok_err(&self.source, e))?;
+        let enc = without_panics(&self.source, || self.inner.encode(prompt, true))?.map_err(|e| tok_err(&self.source, e))?;
         let ids = enc.get_ids().to_vec();
         if ids.len() != self.special.max_length {
             return Err(tok_err(&self.source, format!("encoded {} ids, expected {}", ids.len(), self.special.max_length)));

@@ -95,7 +95,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 
 /// FNV-1a hash of a tensor name: its stream's offset from the seed.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
+    crate::io::fnv1a64(&[bytes])
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
