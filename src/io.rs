@@ -34,6 +34,29 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir.unwrap_or(Path::new("."))).map_err(err)
 }
 
+/// Removes the temporary files [`write_atomic`] leaves in `dir` when its
+/// process is killed mid-write (`.NAME.tmpPID`, from other processes than
+/// this one); returns how many. A run calls it when it starts in its folder.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let own = format!(".tmp{}", std::process::id());
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name.starts_with('.')
+            && !name.ends_with(&own)
+            && name.rfind(".tmp").is_some_and(|i| {
+                let pid = &name[i + 4..];
+                !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+            });
+        if stale && entry.path().is_file() {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::Io { path: entry.path(), source: e })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// FNV-1a, 64 bits: the checksum of what fsd3d writes and reads back
 /// (checkpoints), to tell a damaged file from a good one. Not a defence
 /// against tampering.
@@ -82,6 +105,23 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out.bin")], "only the file itself is left");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_of_other_processes_are_removed() {
+        let d = scratch("stale");
+        std::fs::create_dir_all(&d).unwrap();
+        let own = format!(".log.csv.tmp{}", std::process::id());
+        for n in [".checkpoint.safetensors.tmp12345", ".config.toml.tmp7", own.as_str(), "keep.tmp1", ".hidden", ".x.tmp", "checkpoint.safetensors"] {
+            std::fs::write(d.join(n), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(&d).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want = vec![own.clone(), "keep.tmp1".into(), ".hidden".into(), ".x.tmp".into(), "checkpoint.safetensors".into()];
+        want.sort();
+        assert_eq!(left, want);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

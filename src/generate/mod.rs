@@ -245,6 +245,8 @@ impl RunPaths {
 pub fn optimise(run: &mut Generator<'_>, out: &Path, stop: &AtomicBool, mut on_step: impl FnMut(&StepReport)) -> Result<Finish> {
     let paths = RunPaths { out: out.to_path_buf() };
     std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?;
+    // What a killed run was writing when it died is of no use.
+    crate::io::remove_stale_temporaries(out)?;
     crate::io::write_atomic(&paths.config(), run.cfg.to_toml()?.as_bytes())?;
     let mut log = open_log(&paths.log(), run.step)?;
     let every = run.cfg.output.checkpoint_every;
