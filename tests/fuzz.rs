@@ -207,16 +207,17 @@ fn targets(gpu: &std::sync::Arc<Gpu>, work: &Path) -> Vec<(&'static str, PathBuf
     use fsd3d::models::config::{ClipTextConfig, UNetConfig};
     let p = prior();
     let tok = p.join("tokenizer");
-    let mut t: Vec<(&'static str, PathBuf, Vec<PathBuf>, Parser)> = Vec::new();
-    t.push(("unet-config", p.join("unet/config.json"), vec![], Box::new(|d| UNetConfig::load(&d.join("config.json")).map(drop))));
-    t.push(("clip-config", p.join("text_encoder/config.json"), vec![], Box::new(|d| ClipTextConfig::load(&d.join("config.json")).map(drop))));
-    t.push((
-        "scheduler-config",
-        p.join("scheduler/scheduler_config.json"),
-        vec![],
-        Box::new(|d| fsd3d::diffusion::schedule::SchedulerConfig::load(&d.join("scheduler_config.json")).map(drop)),
-    ));
-    t.push(("pixel-prior", p.join("fsd3d_prior.json"), vec![], Box::new(|d| fsd3d::models::pixel_prior::PixelPriorSpec::load(d).map(drop))));
+    let mut t: Vec<(&'static str, PathBuf, Vec<PathBuf>, Parser)> = vec![
+        ("unet-config", p.join("unet/config.json"), vec![], Box::new(|d| UNetConfig::load(&d.join("config.json")).map(drop))),
+        ("clip-config", p.join("text_encoder/config.json"), vec![], Box::new(|d| ClipTextConfig::load(&d.join("config.json")).map(drop))),
+        (
+            "scheduler-config",
+            p.join("scheduler/scheduler_config.json"),
+            vec![],
+            Box::new(|d| fsd3d::diffusion::schedule::SchedulerConfig::load(&d.join("scheduler_config.json")).map(drop)),
+        ),
+        ("pixel-prior", p.join("fsd3d_prior.json"), vec![], Box::new(|d| fsd3d::models::pixel_prior::PixelPriorSpec::load(d).map(drop))),
+    ];
     let tokenizer: fn(&Path) -> fsd3d::Result<()> = |d| {
         let t = fsd3d::models::tokenizer::PromptTokenizer::from_dir(d)?;
         t.encode("a red cube, front view").map(drop)
