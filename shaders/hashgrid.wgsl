@@ -11,9 +11,16 @@
 // from the host (ops/hashgrid.rs, GridLayout). Points outside [0,1]³ are
 // clamped onto it.
 //
-// The backward passes scatter-add into the gradient table: atomicAdd on
-// atomic<f32> where the adapter has SHADER_FLOAT32_ATOMIC (F32_ATOMICS), a
-// compare-and-swap loop on atomic<u32> with bitcasts where not. Zero
+// The backward passes scatter-add into the gradient table in fixed point,
+// so that the sums do not depend on the order the atomics land in (float
+// additions do: two runs would differ in their last bits, and Adam turns
+// those into whole steps). Each table gradient is a 64-bit two's-complement
+// integer in units of 2^-40, held as two u32 words (grad_lo, grad_hi):
+// integer addition is associative, and the carry out of the low word's
+// atomicAdd is added to the high word, so the 64-bit sum is exact in any
+// order. resolve_fixed then adds the sums to the f32 gradient and clears the
+// words. Range: |sum| < 2^23 per entry; each contribution is rounded to the
+// nearest 2^-40 (~9e-13); non-finite ones are zeroed before (distill_grad). Zero
 // contributions are skipped (most rows of a render have no gradient).
 //
 // Field (world box [-radius, radius]³, features x = grid((pos + r)/(2r))):
@@ -40,11 +47,11 @@
 // sample count only the device knows (SAMPLES) needs no readback.
 //
 // Defines: LEVELS, FEATS, HIDDEN (a literal such as `16u`, or `p.levels`,
-// `p.feats`, `p.hidden` for the generic variant), F32_ATOMICS, SAMPLES (points
+// `p.feats`, `p.hidden` for the generic variant), SAMPLES (points
 // are the renderer's samples [capacity, 4] (xyz, t) and their count is info[0],
 // instead of a [n, 3] tensor and p.n), ALBEDO, MAX_IN and MAX_HIDDEN (array
 // sizes), and one entry flag: ENCODE, ENCODE_BACKWARD, FIELD_FORWARD,
-// FIELD_BACKWARD.
+// FIELD_BACKWARD, RESOLVE_FIXED.
 
 const WG: u32 = 64u;
 // Private and workgroup array sizes: exactly LEVELS·FEATS and HIDDEN in a
@@ -94,13 +101,10 @@ fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
 #endif
 
 #if ENCODE_BACKWARD
-#if F32_ATOMICS
-@group(0) @binding(1) var<storage, read_write> grad: array<atomic<f32>>;
-#else
-@group(0) @binding(1) var<storage, read_write> grad: array<atomic<u32>>;
-#endif
+@group(0) @binding(1) var<storage, read_write> grad_lo: array<atomic<u32>>;  // fixed-point sums, low words
 @group(0) @binding(2) var<storage, read> points: array<f32>;            // [n, 3]
 @group(0) @binding(3) var<storage, read> d_features: array<f32>;        // [n, LEVELS·FEATS]
+@group(0) @binding(4) var<storage, read_write> grad_hi: array<atomic<u32>>;  // and high words
 #endif
 
 #if FIELD_FORWARD
@@ -119,11 +123,7 @@ fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
 #endif
 
 #if FIELD_BACKWARD
-#if F32_ATOMICS
-@group(0) @binding(1) var<storage, read_write> grad: array<atomic<f32>>;
-#else
-@group(0) @binding(1) var<storage, read_write> grad: array<atomic<u32>>;
-#endif
+@group(0) @binding(1) var<storage, read_write> grad_lo: array<atomic<u32>>;  // fixed-point sums, low words
 @group(0) @binding(2) var<storage, read> mlp: array<f32>;
 @group(0) @binding(3) var<storage, read> table: array<f32>;
 #if SAMPLES
@@ -136,7 +136,16 @@ fn thread_id(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;    // [workgroups · parts, P]
 #if SAMPLES
 @group(0) @binding(8) var<storage, read> info: array<u32>;
+@group(0) @binding(9) var<storage, read_write> grad_hi: array<atomic<u32>>;  // and high words
+#else
+@group(0) @binding(8) var<storage, read_write> grad_hi: array<atomic<u32>>;  // and high words
 #endif
+#endif
+
+#if RESOLVE_FIXED
+@group(0) @binding(1) var<storage, read_write> grad: array<f32>;        // [n]: += the sums
+@group(0) @binding(2) var<storage, read_write> sum_lo: array<u32>;      // [n], cleared
+@group(0) @binding(3) var<storage, read_write> sum_hi: array<u32>;      // [n], cleared
 #endif
 
 // ---------------------------------------------------------------------------
@@ -173,6 +182,7 @@ fn level_cell(u: vec3<f32>, l: u32) -> Cell {
 }
 
 #if !ENCODE_BACKWARD
+#if !RESOLVE_FIXED
 // x[l·F + f] = Σ_c w_c · table[entry_c·F + f], for every level l.
 fn grid_features(u: vec3<f32>, x: ptr<function, array<f32, MAX_IN>>) {
     let nf = n_feats();
@@ -188,21 +198,29 @@ fn grid_features(u: vec3<f32>, x: ptr<function, array<f32, MAX_IN>>) {
     }
 }
 #endif
+#endif
 
 #if !ENCODE
 #if !FIELD_FORWARD
-// grad[i] += v, atomically.
+#if !RESOLVE_FIXED
+// (grad_hi, grad_lo)[i] += round(v · 2^40), atomically and exactly.
 fn scatter_add(i: u32, v: f32) {
-#if F32_ATOMICS
-    atomicAdd(&grad[i], v);
-#else
-    var old = atomicLoad(&grad[i]);
-    loop {
-        let r = atomicCompareExchangeWeak(&grad[i], old, bitcast<u32>(bitcast<f32>(old) + v));
-        if (r.exchanged) { break; }
-        old = r.old_value;
+    // |v|·2^8 = m_hi + m_lo·2^-32: the integer part and the fraction of a
+    // non-negative f32 are exact, and the fraction·2^32 is rounded to the
+    // nearest integer (below 2^32: a fraction under 1 is at most 1 − 2^-24).
+    // Then the sign, in two's complement. The same v always gives the same
+    // words. Clamped to the range.
+    let m = min(abs(v) * 256.0, 1073741824.0);
+    let m_hi = floor(m);
+    var lo = u32(round((m - m_hi) * 4294967296.0));
+    var hi = u32(m_hi);
+    if (v < 0.0) {
+        lo = ~lo + 1u;
+        hi = ~hi + select(0u, 1u, lo == 0u);
     }
-#endif
+    let old = atomicAdd(&grad_lo[i], lo);
+    let carry = select(0u, 1u, old + lo < old);
+    atomicAdd(&grad_hi[i], hi + carry);
 }
 
 // The transpose of grid_features: grad[entry_c·F + f] += w_c · dx[l·F + f].
@@ -223,6 +241,7 @@ fn grid_scatter(u: vec3<f32>, dx: ptr<function, array<f32, MAX_IN>>) {
 }
 #endif
 #endif
+#endif
 
 // ---------------------------------------------------------------------------
 // Standalone encoding: points [n, 3] in [0,1]^3 -> features [n, LEVELS·FEATS].
@@ -241,7 +260,31 @@ fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 }
 #endif
 
+#if RESOLVE_FIXED
+// grad[i] += (sum_hi, sum_lo)[i] · 2^-40; the words cleared for the next pass.
+@compute @workgroup_size(WG)
+fn resolve_fixed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_id(wid, lid, nwg);
+    if (i >= p.n) { return; }
+    var lo = sum_lo[i];
+    var hi = sum_hi[i];
+    if (lo == 0u && hi == 0u) { return; }
+    // Convert the magnitude (so that no f32 sum cancels) and put the sign back.
+    let negative = bitcast<i32>(hi) < 0;
+    if (negative) {
+        lo = ~lo + 1u;
+        hi = ~hi + select(0u, 1u, lo == 0u);
+    }
+    let magnitude = (f32(hi) * 4294967296.0 + f32(lo)) * 9.094947017729282e-13;  // 2^-40
+    grad[i] += select(magnitude, -magnitude, negative);
+    sum_lo[i] = 0u;
+    sum_hi[i] = 0u;
+}
+#endif
+
 #if ENCODE_BACKWARD
+
 @compute @workgroup_size(WG)
 fn encode_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -260,6 +303,7 @@ fn encode_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 #if !ENCODE
 #if !ENCODE_BACKWARD
+#if !RESOLVE_FIXED
 // Offsets of the four weight matrices in `mlp`.
 fn w1d_at() -> u32 { return 0u; }
 fn w2d_at() -> u32 { return n_hidden() * n_in(); }
@@ -345,6 +389,7 @@ fn head_out(pre: ptr<function, array<f32, MAX_HIDDEN>>, w2: u32, o: u32) -> f32 
     for (var j = 0u; j < nh; j++) { s += mlp[w2 + o * nh + j] * max((*pre)[j], 0.0); }
     return s;
 }
+#endif
 #endif
 #endif
 

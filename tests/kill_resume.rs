@@ -3,8 +3,9 @@
 //! (checkpoints every step, so kills land in and around checkpoint writes)
 //! and continued each time with `--resume` (or started again with the
 //! original command when the kill came before it wrote its config). The run
-//! must always continue and end complete: a loadable final checkpoint at the
-//! last step, a log that tells each step once, and the outputs.
+//! must always continue and end complete: a final checkpoint at the last
+//! step, bit for bit the uninterrupted run's, a log that tells each step
+//! once, and the outputs.
 //!
 //! The suite kills twice; the long mode 25 times:
 //! `cargo test --release --test kill_resume -- --ignored --nocapture`.
@@ -66,6 +67,14 @@ fn kill_and_resume(kills: usize, seed: u64) {
 
     let ck = fsd3d::scene::optim::Checkpoint::read(&out.join("checkpoint.safetensors")).expect("a final checkpoint that reads back");
     assert_eq!(ck.meta("adam_step"), Some(STEPS.to_string().as_str()), "the final checkpoint is at the last step");
+    // Bit for bit the uninterrupted run's.
+    let straight = fsd3d::scene::optim::Checkpoint::read(&dir.join("timing").join("checkpoint.safetensors")).unwrap();
+    let mut names: Vec<&String> = straight.tensors.keys().collect();
+    names.sort();
+    assert!(!names.is_empty());
+    for name in names {
+        assert!(ck.tensors.get(name) == straight.tensors.get(name), "{name} differs from the uninterrupted run's after {kills} kills");
+    }
     let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
     let steps: Vec<u64> = log.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "the log tells each step once:\n{log}");

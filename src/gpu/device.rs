@@ -24,7 +24,10 @@ pub const ENV_SYNC: &str = "FSD3D_SYNC";
 pub struct Features {
     /// f16 storage and arithmetic in shaders (SHADER_F16).
     pub f16: bool,
-    /// `atomic<f32>` with atomicAdd (SHADER_FLOAT32_ATOMIC); else a CAS loop.
+    /// `atomic<f32>` with atomicAdd (SHADER_FLOAT32_ATOMIC). Reported, but no
+    /// kernel takes it now: float atomics add in whatever order they land,
+    /// and the hash grid's gradient is scattered in fixed point instead so
+    /// that runs are reproducible.
     pub f32_atomics: bool,
     /// Subgroup operations (SUBGROUP); else workgroup-memory reductions.
     pub subgroups: bool,

@@ -204,7 +204,8 @@ fn key(entry: &'static str, dims: Dims) -> KernelKey {
         .flag("ENCODE", entry == "encode")
         .flag("ENCODE_BACKWARD", entry == "encode_backward")
         .flag("FIELD_FORWARD", entry == "field_forward")
-        .flag("FIELD_BACKWARD", entry == "field_backward");
+        .flag("FIELD_BACKWARD", entry == "field_backward")
+        .flag("RESOLVE_FIXED", entry == "resolve_fixed");
     match dims {
         Some((l, f, h)) => k
             .def("LEVELS", format!("{l}u"))
@@ -222,19 +223,40 @@ fn key(entry: &'static str, dims: Dims) -> KernelKey {
 }
 
 fn encode_key() -> KernelKey {
-    key("encode", None).flag("SAMPLES", false).flag("ALBEDO", false).flag("F32_ATOMICS", false)
+    key("encode", None).flag("SAMPLES", false).flag("ALBEDO", false)
 }
-fn encode_backward_key(f32_atomics: bool) -> KernelKey {
-    key("encode_backward", None).flag("SAMPLES", false).flag("ALBEDO", false).flag("F32_ATOMICS", f32_atomics)
+fn encode_backward_key() -> KernelKey {
+    key("encode_backward", None).flag("SAMPLES", false).flag("ALBEDO", false)
 }
 fn field_forward_key(dims: Dims, samples: bool, albedo: bool) -> KernelKey {
-    key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo).flag("F32_ATOMICS", false)
+    key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo)
 }
-fn field_backward_key(dims: Dims, samples: bool, f32_atomics: bool) -> KernelKey {
-    key("field_backward", dims)
-        .flag("SAMPLES", samples)
-        .flag("ALBEDO", true)
-        .flag("F32_ATOMICS", f32_atomics)
+fn field_backward_key(dims: Dims, samples: bool) -> KernelKey {
+    key("field_backward", dims).flag("SAMPLES", samples).flag("ALBEDO", true)
+}
+fn resolve_fixed_key() -> KernelKey {
+    key("resolve_fixed", None).flag("SAMPLES", false).flag("ALBEDO", false)
+}
+
+/// The table gradient's fixed-point sums (see the shader's header): the low
+/// and high u32 words of each entry's 64-bit sum, zero. `resolve_fixed`
+/// leaves them zero again, so a caller may keep them between passes.
+struct FixedSums {
+    lo: Tensor,
+    hi: Tensor,
+}
+
+impl FixedSums {
+    fn zeros(gpu: &Gpu, n: usize) -> Result<FixedSums> {
+        Ok(FixedSums { lo: gpu.zeros(&[n], DType::U32)?, hi: gpu.zeros(&[n], DType::U32)? })
+    }
+
+    /// grad += the sums (and the sums cleared).
+    fn resolve_into(&self, gpu: &Gpu, grad: &Tensor) -> Result<()> {
+        let n = grad.numel();
+        let p = Params { n: u32::try_from(n).map_err(|_| Error::shape("hashgrid", format!("{n} table gradients are over the 32-bit index range")))?, ..Default::default() };
+        gpu.dispatch("hashgrid.resolve_fixed", &resolve_fixed_key(), &p, &[grad, &self.lo, &self.hi], grid_for(gpu, n, WG))
+    }
 }
 
 /// Rows of weight-gradient partials each field_backward workgroup writes:
@@ -243,26 +265,16 @@ fn backward_parts(hidden: u32) -> usize {
     (WG / hidden).max(1) as usize
 }
 
-/// The scatter paths available: the CAS loop always, f32 atomics where the adapter has them.
-fn atomic_paths(caps: Caps) -> Vec<bool> {
-    if caps.features.f32_atomics { vec![false, true] } else { vec![false] }
-}
-
 /// Every variant this family dispatches (for validation).
-pub fn variants(caps: Caps) -> Vec<KernelKey> {
-    let mut v = vec![encode_key()];
+pub fn variants(_caps: Caps) -> Vec<KernelKey> {
+    let mut v = vec![encode_key(), encode_backward_key(), resolve_fixed_key()];
     let mut dims: Vec<Dims> = vec![None];
     dims.extend(SPECIALIZED.iter().map(|&d| Some(d)));
-    for a in atomic_paths(caps) {
-        v.push(encode_backward_key(a));
-    }
     for &d in &dims {
         v.push(field_forward_key(d, false, false));
         for samples in [false, true] {
             v.push(field_forward_key(d, samples, true));
-            for a in atomic_paths(caps) {
-                v.push(field_backward_key(d, samples, a));
-            }
+            v.push(field_backward_key(d, samples));
         }
     }
     v
@@ -297,19 +309,22 @@ pub fn encode(gpu: &Gpu, layout: &GridLayout, table: &Tensor, points: &Tensor) -
 }
 
 /// Adds dL/dtable to `grad_table` given dL/dfeatures `[n, levels·features]`
-/// (scatter-add: f32 atomics where the adapter has them, else a CAS loop).
+/// (scatter-added in fixed point: the same inputs give the same bits, see
+/// the shader's header).
 pub fn encode_backward(gpu: &Gpu, layout: &GridLayout, points: &Tensor, d_features: &Tensor, grad_table: &Tensor) -> Result<()> {
     let n = expect_points("hashgrid.encode_backward", points)?;
     expect_f32("hashgrid.encode_backward", "d_features", d_features, Some(n * layout.output_dim()))?;
     expect_f32("hashgrid.encode_backward", "grad_table", grad_table, Some(layout.n_params()))?;
     let p = grid_params(layout, n);
+    let sums = FixedSums::zeros(gpu, grad_table.numel())?;
     gpu.dispatch(
         "hashgrid.encode_backward",
-        &encode_backward_key(gpu.features().f32_atomics),
+        &encode_backward_key(),
         &p,
-        &[grad_table, points, d_features],
+        &[&sums.lo, points, d_features, &sums.hi],
         grid_for(gpu, n, WG),
-    )
+    )?;
+    sums.resolve_into(gpu, grad_table)
 }
 
 /// Where the field's points come from.
@@ -443,15 +458,18 @@ pub fn field_backward(
     let partials = gpu.empty(&[groups * backward_parts(f.hidden), layout.len], DType::F32)?;
     let p = field_params(f, n, k);
     let (pts, info) = points.tensors();
-    let mut bind = vec![grad_table, mlp, table, pts, d_density, d_albedo, &partials];
+    let sums = FixedSums::zeros(gpu, grad_table.numel())?;
+    let mut bind = vec![&sums.lo, mlp, table, pts, d_density, d_albedo, &partials];
     bind.extend(info);
+    bind.push(&sums.hi);
     gpu.dispatch(
         OP,
-        &field_backward_key(dims, samples, gpu.features().f32_atomics),
+        &field_backward_key(dims, samples),
         &p,
         &bind,
         crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension),
     )?;
+    sums.resolve_into(gpu, grad_table)?;
     crate::ops::mlp::reduce_partials(gpu, &partials, grad_mlp)
 }
 
