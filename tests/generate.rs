@@ -179,6 +179,11 @@ fn runs_of_one_config_are_bit_identical() {
     let differ = ba.iter().zip(&bb).filter(|(x, y)| x != y).count();
     assert_eq!(differ, 0, "{differ} of {} parameters differ between two runs of one config", ba.len());
     assert_ne!(ba, bits(&Generator::new(&gpu, &prior, cfg.clone()).unwrap()), "the runs moved the parameters");
+    // The files too: the same bytes, header included.
+    for file in [g::files::CHECKPOINT, g::files::CONFIG] {
+        let (fa, fb) = (std::fs::read(dir.join("a").join(file)).unwrap(), std::fs::read(dir.join("b").join(file)).unwrap());
+        assert!(fa == fb, "{file} differs between two runs of one config");
+    }
 
     let _ = std::fs::remove_dir_all(&dir);
 }

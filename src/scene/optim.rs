@@ -140,11 +140,33 @@ pub fn save_checkpoint(gpu: &Gpu, path: &Path, tensors: &[(String, &Tensor)], mu
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(st_err(path))?)))
         .collect::<Result<Vec<_>>>()?;
     metadata.insert(CHECKSUM_KEY.into(), checksum(host.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))));
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(st_err(path))?;
+    let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(st_err(path))?;
+    sort_header(&mut bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     if path.file_name().is_none() {
         return Err(Error::Invalid(format!("checkpoint path {} has no file name", path.display())));
     }
     crate::io::write_atomic(path, &bytes)
+}
+
+/// Rewrites a safetensors file's JSON header with its keys sorted, in place.
+/// safetensors writes the metadata from a HashMap, whose order changes from
+/// process to process: sorted, one scene gives one file, byte for byte.
+/// The sorted header has the same characters as the original, so it takes
+/// the same length and the tensor data does not move.
+fn sort_header(bytes: &mut [u8]) -> std::result::Result<(), String> {
+    let len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize).ok_or("no header")?;
+    let header = bytes.get_mut(8..8 + len).ok_or("header past the end")?;
+    let text = std::str::from_utf8(header).map_err(|e| e.to_string())?;
+    // serde_json's Map is a BTreeMap: parsed and printed again, keys are sorted.
+    let value: serde_json::Value = serde_json::from_str(text.trim_end()).map_err(|e| e.to_string())?;
+    let sorted = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+    if sorted.len() > header.len() {
+        return Err(format!("sorted header is {} bytes, the original {}", sorted.len(), header.len()));
+    }
+    // The padding safetensors adds to align the data is spaces.
+    header.fill(b' ');
+    header[..sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(())
 }
 
 /// The metadata key of a checkpoint's checksum: [`crate::io::fnv1a64`] over
