@@ -24,6 +24,15 @@ pub enum Error {
     )]
     TooLarge { what: String, shape: Vec<usize>, dtype: &'static str, bytes: u64, limit: u64 },
 
+    #[error("{0}")]
+    OutOfMemory(Box<OutOfMemory>),
+
+    #[error(
+        "the GPU device was lost ({reason}): the driver reset it, it faulted or it was removed, and nothing more \
+         can run on it in this process{then}"
+    )]
+    DeviceLost { reason: String, then: String },
+
     #[error("shader {file}: {message}")]
     Shader { file: String, message: String },
 
@@ -45,8 +54,17 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // `cause`, not `source`: the message already holds it, and a `source`
+    // would print it twice in a chain of context (anyhow's `{:#}`).
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
+
+    #[error(
+        "{path}: not written, the disk is full ({cause}). Files are replaced only once complete, so \
+         nothing written before was lost or changed: free some space and run the command again (a \
+         `generate` run continues from its last checkpoint with `fsd3d generate --resume <its folder>`)"
+    )]
+    DiskFull { path: PathBuf, cause: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -54,5 +72,35 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn shape(op: &'static str, message: impl Into<String>) -> Self {
         Error::Shape { op, message: message.into() }
+    }
+}
+
+/// What did not fit in GPU memory ([`Error::OutOfMemory`]; boxed, so that
+/// every `Result` stays small).
+#[derive(Debug)]
+pub struct OutOfMemory {
+    /// The tensor: a weight's name, or where in the code it was made.
+    pub what: String,
+    pub shape: Vec<usize>,
+    pub dtype: &'static str,
+    /// Its size, as printed ("3.0 MiB").
+    pub bytes: String,
+    /// What the engine held already.
+    pub held: String,
+    /// Which limit it hit: the budget or the device's refusal.
+    pub limit: String,
+    /// " in a training step": the work, or empty.
+    pub doing: String,
+    /// The settings that make that work smaller.
+    pub smaller: &'static str,
+}
+
+impl std::fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "out of GPU memory{}: {} of shape {:?} ({}) needs {} more, with {} already held, and {}. To need less: {}",
+            self.doing, self.what, self.shape, self.dtype, self.bytes, self.held, self.limit, self.smaller
+        )
     }
 }

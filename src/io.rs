@@ -7,9 +7,20 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// The error of a failed write to `path`: [`Error::DiskFull`] when the disk
+/// (or the user's quota, or the file size limit) has no room, which says
+/// what was kept and how to go on; [`Error::Io`] otherwise.
+pub fn write_error(path: &Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    match e.kind() {
+        StorageFull | QuotaExceeded | FileTooLarge => Error::DiskFull { path: path.to_path_buf(), cause: e },
+        _ => Error::Io { path: path.to_path_buf(), cause: e },
+    }
+}
+
 /// Writes `data` to `path` atomically and durably; creates missing folders.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let err = |e| Error::Io { path: path.to_path_buf(), source: e };
+    let err = |e| write_error(path, e);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -50,7 +61,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
                 !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
             });
         if stale && entry.path().is_file() {
-            std::fs::remove_file(entry.path()).map_err(|e| Error::Io { path: entry.path(), source: e })?;
+            std::fs::remove_file(entry.path()).map_err(|e| Error::Io { path: entry.path(), cause: e })?;
             removed += 1;
         }
     }
@@ -141,5 +152,18 @@ mod tests {
         let tmp_left = std::fs::read_dir(&d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp"));
         assert!(!tmp_left, "no temporary file is left after a failed write");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_write_errors() {
+        let p = Path::new("runs/x/renders.png");
+        for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::QuotaExceeded, std::io::ErrorKind::FileTooLarge] {
+            let e = write_error(p, std::io::Error::from(kind));
+            assert!(matches!(e, Error::DiskFull { .. }), "{kind:?} -> {e}");
+            let text = e.to_string();
+            assert!(text.contains("runs/x/renders.png") && text.contains("disk is full") && text.contains("--resume"), "{text}");
+        }
+        let e = write_error(p, std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(matches!(e, Error::Io { .. }), "{e}");
     }
 }

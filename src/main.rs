@@ -33,6 +33,10 @@ struct GpuArgs {
     /// Kernel variant for a family, e.g. `--variant matmul=simple` (repeatable; env FSD3D_VARIANTS=a=b,c=d).
     #[arg(long = "variant", global = true, value_name = "FAMILY=NAME")]
     variants: Vec<String>,
+    /// A budget for the GPU memory the engine allocates (e.g. 6GiB, 512M): work past it stops with an
+    /// error that names the tensor and what to make smaller, before the driver runs out.
+    #[arg(long, global = true, env = "FSD3D_MEMORY_LIMIT", value_name = "SIZE")]
+    memory_limit: Option<String>,
 }
 
 impl GpuArgs {
@@ -51,6 +55,7 @@ impl GpuArgs {
                 v
             },
             emulate_coop_matrix: std::env::var(fsd3d::gpu::device::ENV_EMULATE_COOP).is_ok_and(|v| v != "0" && !v.is_empty()),
+            memory_limit: self.memory_limit.as_deref().filter(|s| !s.is_empty()).map(fsd3d::gpu::memory::parse_bytes).transpose()?,
         };
         Ok(Gpu::new(&opts)?)
     }

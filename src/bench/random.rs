@@ -22,7 +22,7 @@ impl RandomFolder {
         let n = FOLDERS.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("fsd3d-random-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+        std::fs::create_dir_all(&path).map_err(|e| Error::Io { path: path.clone(), cause: e })?;
         Ok(RandomFolder { path })
     }
 
@@ -34,9 +34,9 @@ impl RandomFolder {
     pub fn write(&self, rel: &str, text: &str) -> Result<()> {
         let path = self.path.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::Io { path: parent.to_path_buf(), source: e })?;
+            std::fs::create_dir_all(parent).map_err(|e| Error::Io { path: parent.to_path_buf(), cause: e })?;
         }
-        std::fs::write(&path, text).map_err(|e| Error::Io { path, source: e })
+        std::fs::write(&path, text).map_err(|e| Error::Io { path, cause: e })
     }
 
     /// A component with random weights in `sub` ("" for the folder itself):
@@ -51,7 +51,7 @@ impl RandomFolder {
     pub fn copy_files(&self, from: &Path, sub: &str) -> Result<()> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |e| Error::Io { path, source: e }
+            move |e| Error::Io { path, cause: e }
         };
         let to = self.path.join(sub);
         std::fs::create_dir_all(&to).map_err(io(&to))?;

@@ -149,7 +149,7 @@ fn models(args: &BenchArgs) -> Result<Vec<Model>> {
         let name = dir.display().to_string();
         if args.random_weights {
             let path = component_dir(dir).join("config.json");
-            let json = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            let json = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), cause: e })?;
             return Ok(vec![Model::random(&name, json)?]);
         }
         return Ok(vec![Model::folder(&name, dir)?]);

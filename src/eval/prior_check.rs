@@ -220,7 +220,7 @@ pub fn run_prior_check(
     let open_verdicts = verdicts.split_off(grid_count);
     let open_images = &images[grid_count..];
 
-    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), cause: e })?;
     // samples.png: a row per (shape, seed), a column per colour.
     let per_row = labels.colours.len();
     let rows: Vec<(String, Vec<Rgb8>)> = images[..grid_count]

@@ -68,7 +68,7 @@ pub fn write_png(path: &Path, img: &Rgb8) -> Result<()> {
 
 /// Reads an 8-bit RGB or RGBA PNG (alpha dropped).
 pub fn read_png(path: &Path) -> Result<Rgb8> {
-    let file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let mut buf = vec![0; dec.output_buffer_size().unwrap_or(0)];
     let info = dec.next_frame(&mut buf).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;

@@ -183,6 +183,7 @@ impl GenerateJob {
 
     /// The prior, in the storage type the config records.
     pub fn load_prior(&self, gpu: &Gpu) -> Result<StableDiffusion> {
+        let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::LOADING_PRIOR);
         StableDiffusion::load(gpu, &self.model_dir, DType::parse(&self.cfg.dtype)?)
     }
 
@@ -198,6 +199,7 @@ impl GenerateJob {
     /// After the run: renders, turntable, mesh, the classifier's verdict
     /// (when the prior has a classifier/) and `summary.json`.
     pub fn write_outputs(&self, gpu: &Gpu, run: &Generator<'_>, outcome: &RunOutcome, progress: impl FnMut(&str)) -> Result<Outputs> {
+        let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::WRITING_OUTPUTS);
         let classifier = if self.model_dir.join("classifier").is_dir() { Some(Classifier::load(gpu, &self.model_dir)?) } else { None };
         let outputs = write_outputs(gpu, &run.scene, &run.cfg, classifier.as_ref(), &self.out, progress)?;
         write_summary(gpu, run, outcome, &outputs, &self.out)?;

@@ -102,6 +102,7 @@ impl<'a> Generator<'a> {
                 "the training render is {rw}x{rh} but the prior's samples are {w}x{h}: set [camera] width and height to the same multiple of {w} (e.g. {w})"
             )));
         }
+        let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::CREATING_SCENE);
         let scene = Scene::new(gpu, &cfg.scene, cfg.seed)?;
         let sampler = CameraSampler::new(cfg.camera.clone(), cfg.seed)?;
         let noise = ViewNoise::new(gpu, cfg.method.noise(), cfg.noise, [c, h, w], cfg.seed)?;
@@ -244,44 +245,74 @@ impl RunPaths {
 /// is set; writes the config, the log and checkpoints into `out`.
 pub fn optimise(run: &mut Generator<'_>, out: &Path, stop: &AtomicBool, mut on_step: impl FnMut(&StepReport)) -> Result<Finish> {
     let paths = RunPaths { out: out.to_path_buf() };
-    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), cause: e })?;
     // What a killed run was writing when it died is of no use.
     crate::io::remove_stale_temporaries(out)?;
     crate::io::write_atomic(&paths.config(), run.cfg.to_toml()?.as_bytes())?;
     let mut log = open_log(&paths.log(), run.step)?;
+    let _phase = run.gpu.memory_phase(crate::gpu::MemoryPhase::TRAINING_STEP);
+    // The step of the newest checkpoint on disk: a resumed run starts at one.
+    let mut saved = (run.step > 0).then_some(run.step);
     let every = run.cfg.output.checkpoint_every;
-    while run.step < run.cfg.steps {
-        if stop.load(Ordering::SeqCst) {
-            run.save_checkpoint(&paths.checkpoint())?;
-            return Ok(Finish::Interrupted);
+    let result = (|| {
+        while run.step < run.cfg.steps {
+            if stop.load(Ordering::SeqCst) {
+                run.save_checkpoint(&paths.checkpoint())?;
+                return Ok(Finish::Interrupted);
+            }
+            let shading = run.shading_at(run.step);
+            let orientation = run.cfg.loss.orientation_at(run.step);
+            let rep = run.step()?;
+            if let Some(rms) = rep.grad_rms {
+                writeln!(log, "{},{},{rms:.6e},{:.1},{shading:?},{orientation}", rep.step, rep.t, rep.step_ms)
+                    .map_err(|e| crate::io::write_error(&paths.log(), e))?;
+                log.flush().map_err(|e| crate::io::write_error(&paths.log(), e))?;
+            }
+            on_step(&rep);
+            if every > 0 && run.step.is_multiple_of(every) && run.step < run.cfg.steps {
+                run.save_checkpoint(&paths.checkpoint())?;
+                saved = Some(run.step);
+            }
         }
-        let shading = run.shading_at(run.step);
-        let orientation = run.cfg.loss.orientation_at(run.step);
-        let rep = run.step()?;
-        if let Some(rms) = rep.grad_rms {
-            writeln!(log, "{},{},{rms:.6e},{:.1},{shading:?},{orientation}", rep.step, rep.t, rep.step_ms)
-                .map_err(|e| Error::Io { path: paths.log(), source: e })?;
-            log.flush().map_err(|e| Error::Io { path: paths.log(), source: e })?;
+        run.save_checkpoint(&paths.checkpoint())?;
+        Ok(Finish::Completed)
+    })();
+    // The scene lives on the lost device: nothing more can be saved, so say
+    // what is on disk and how to go on from it.
+    result.map_err(|e| match e {
+        Error::DeviceLost { reason, .. } => {
+            let resume = format!("`fsd3d generate --resume {}`", out.display());
+            let then = match saved {
+                Some(step) => format!(
+                    ". The run stopped at step {}; its checkpoint of step {step} and its log are kept in {}: \
+                     once the GPU works again (a new process, after a driver reset or a reboot), {resume} continues from there",
+                    run.step,
+                    out.display()
+                ),
+                None => format!(
+                    ". The run stopped at step {} before its first checkpoint: once the GPU works again, {resume} \
+                     starts it again (set [output] checkpoint_every to lose fewer steps)",
+                    run.step
+                ),
+            };
+            Error::DeviceLost { reason, then }
         }
-        on_step(&rep);
-        if every > 0 && run.step.is_multiple_of(every) && run.step < run.cfg.steps {
-            run.save_checkpoint(&paths.checkpoint())?;
-        }
-    }
-    run.save_checkpoint(&paths.checkpoint())?;
-    Ok(Finish::Completed)
+        e => e,
+    })
 }
 
 /// Opens the log for appending from `step`: a fresh file at step 0; on
 /// resume, lines past the checkpoint's step (written after it, before a
 /// crash) are dropped so the log tells one consistent history.
 fn open_log(path: &Path, step: u64) -> Result<std::fs::File> {
-    let io_err = |e| Error::Io { path: path.to_path_buf(), source: e };
+    let io_err = |e| Error::Io { path: path.to_path_buf(), cause: e };
     let mut kept = format!("{LOG_HEADER}\n");
     if step > 0
         && let Ok(text) = std::fs::read_to_string(path)
     {
-        for line in text.lines().skip(1) {
+        // A line without its newline was cut short (a kill or a full disk
+        // mid-write) and is dropped.
+        for line in text.split_inclusive('\n').skip(1).filter_map(|l| l.strip_suffix('\n')) {
             let s: Option<u64> = line.split(',').next().and_then(|v| v.parse().ok());
             if s.is_some_and(|s| s <= step) {
                 kept.push_str(line);
@@ -291,4 +322,24 @@ fn open_log(path: &Path, step: u64) -> Result<std::fs::File> {
     }
     crate::io::write_atomic(path, kept.as_bytes())?;
     std::fs::OpenOptions::new().append(true).open(path).map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_log_keeps_whole_lines_up_to_the_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("fsd3d-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.csv");
+        // Steps 1-3 whole, step 4 written after the checkpoint, and a line
+        // cut short by a kill or a full disk ("1" of "10,..." reads as step 1).
+        let text = format!("{LOG_HEADER}\n1,900,1e-1,5.0,Ambient,0\n2,880,1e-1,5.0,Ambient,0\n3,860,1e-1,5.0,Ambient,0\n4,840,1e-1,5.0,Ambient,0\n1");
+        std::fs::write(&path, text).unwrap();
+        drop(open_log(&path, 3).unwrap());
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(kept, format!("{LOG_HEADER}\n1,900,1e-1,5.0,Ambient,0\n2,880,1e-1,5.0,Ambient,0\n3,860,1e-1,5.0,Ambient,0\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

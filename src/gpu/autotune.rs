@@ -108,7 +108,7 @@ impl AutotuneCache {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
+            Err(e) => return Err(Error::Io { path: path.to_path_buf(), cause: e }),
         };
         let bad = |why: String| {
             Error::Invalid(format!(

@@ -205,6 +205,10 @@ pub struct GpuOptions {
     /// and its fallback, on an adapter without them. A testing instrument
     /// (slow), as `FSD3D_EMULATE_COOP=1`.
     pub emulate_coop_matrix: bool,
+    /// A budget for the engine's GPU buffers, in bytes: an allocation past
+    /// it is an out-of-memory error naming the tensor (`--memory-limit`,
+    /// `FSD3D_MEMORY_LIMIT`). None: only the device's memory limits.
+    pub memory_limit: Option<u64>,
 }
 
 /// Environment variable: any value but `0` sets [`GpuOptions::emulate_coop_matrix`].
@@ -239,7 +243,11 @@ impl GpuOptions {
         let shader_dir = std::env::var_os(crate::gpu::kernel::ENV_SHADER_DIR).map(Into::into);
         let variants = parse_variants(&std::env::var(ENV_VARIANTS).unwrap_or_default())?;
         let emulate_coop_matrix = std::env::var(ENV_EMULATE_COOP).is_ok_and(|v| v != "0" && !v.is_empty());
-        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir, variants, emulate_coop_matrix })
+        let memory_limit = match std::env::var(crate::gpu::memory::ENV_MEMORY_LIMIT) {
+            Ok(s) if !s.is_empty() => Some(crate::gpu::memory::parse_bytes(&s)?),
+            _ => None,
+        };
+        Ok(GpuOptions { adapter, disable, profile: false, sync_each_dispatch, shader_dir, variants, emulate_coop_matrix, memory_limit })
     }
 }
 
@@ -266,6 +274,12 @@ pub struct Gpu {
     switched_off: Mutex<Vec<(&'static str, String)>>,
     /// Kernels that have been through their first use (see [`Gpu::first_use`]).
     used_kernels: Mutex<std::collections::HashSet<crate::gpu::KernelKey>>,
+    /// See [`GpuOptions::memory_limit`].
+    pub(crate) memory_limit: Option<u64>,
+    /// Why the device was lost, once it is (set by wgpu's device-lost callback).
+    pub(crate) lost: Arc<Mutex<Option<String>>>,
+    /// The work allocations are for, named in out-of-memory errors.
+    pub(crate) memory_phase: Mutex<crate::gpu::memory::MemoryPhase>,
 }
 
 fn device_rank(t: wgpu::DeviceType) -> u32 {
@@ -354,6 +368,18 @@ impl Gpu {
             sink.lock().unwrap().push(e.to_string());
         }));
 
+        // A lost device (driver reset, GPU fault, unplugged eGPU) fails every
+        // later call; the reason is kept so that the error says what happened.
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let why = match reason {
+                wgpu::DeviceLostReason::Destroyed => "destroyed".to_string(),
+                _ => format!("{reason:?}"),
+            };
+            *lost_sink.lock().unwrap() = Some(if message.is_empty() { why } else { format!("{why}: {message}") });
+        });
+
         let caps = Caps {
             features,
             subgroup_min_size: if features.subgroups { info.subgroup_min_size } else { 0 },
@@ -373,6 +399,9 @@ impl Gpu {
             emulate_coop_matrix: opts.emulate_coop_matrix,
             switched_off: Mutex::default(),
             used_kernels: Mutex::default(),
+            memory_limit: opts.memory_limit,
+            lost,
+            memory_phase: Mutex::new(crate::gpu::memory::MemoryPhase::ANY),
             device,
             queue,
             info,
@@ -418,11 +447,33 @@ impl Gpu {
         &self.queue
     }
 
+    /// Why the device was lost, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap().clone()
+    }
+
+    /// [`Error::DeviceLost`] once the device is lost: every call after that
+    /// fails, and this error says why instead of the symptom.
+    pub(crate) fn check_lost(&self) -> Result<()> {
+        match self.lost_reason() {
+            Some(reason) => Err(Error::DeviceLost { reason, then: String::new() }),
+            None => Ok(()),
+        }
+    }
+
     /// Takes and clears the validation errors raised since the last check.
     pub(crate) fn take_errors(&self, context: &str) -> Result<()> {
+        self.check_lost()?;
         let mut errs = self.errors.lock().unwrap();
         if errs.is_empty() {
             return Ok(());
+        }
+        // Errors may be the first sign of a lost device, whose callback wgpu
+        // runs when the device is next polled: poll, so the error says so.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        if let Err(lost) = self.check_lost() {
+            errs.clear();
+            return Err(lost);
         }
         let message = errs.join("\n");
         errs.clear();

@@ -109,7 +109,7 @@ impl ShaderSource {
         if let Some(d) = &self.dir {
             let p = d.join(file);
             if p.is_file() {
-                let text = std::fs::read_to_string(&p).map_err(|e| Error::Io { path: p.clone(), source: e })?;
+                let text = std::fs::read_to_string(&p).map_err(|e| Error::Io { path: p.clone(), cause: e })?;
                 return Ok((p.display().to_string(), text));
             }
         }

@@ -7,6 +7,7 @@
 pub mod autotune;
 pub mod device;
 pub mod kernel;
+pub mod memory;
 pub mod params;
 pub mod pool;
 pub mod profile;
@@ -15,6 +16,7 @@ pub mod tensor;
 
 pub use device::{Caps, Features, Gpu, GpuOptions};
 pub use kernel::{KernelKey, ShaderSource};
+pub use memory::MemoryPhase;
 pub use params::{KernelParams, NoParams};
 pub use profile::ProfileEntry;
 pub use tensor::{DType, Tensor};

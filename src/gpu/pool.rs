@@ -22,6 +22,8 @@ pub struct PoolStats {
     pub allocations: u64,
     pub reuses: u64,
     pub bytes_allocated: u64,
+    /// Of those, the bytes not freed yet (see [`BufferPool::trim`]).
+    pub bytes_held: u64,
 }
 
 /// A buffer that goes back to its pool when the last tensor using it drops.
@@ -62,43 +64,34 @@ pub fn size_class(bytes: u64) -> u64 {
 }
 
 impl BufferPool {
-    /// A buffer of at least `bytes`, reused where one is free. Its contents are
+    /// A free buffer of size class `class`, if one is idle. Its contents are
     /// whatever the last user left: kernels must overwrite all they expose.
-    pub fn get(self: &Arc<Self>, device: &wgpu::Device, bytes: u64) -> Arc<PooledBuffer> {
-        let class = size_class(bytes);
-        let reused = self.free.lock().unwrap().get_mut(&class).and_then(|v| v.pop());
-        let mut stats = self.stats.lock().unwrap();
-        let buffer = match reused {
-            Some(b) => {
-                stats.reuses += 1;
-                b
-            }
-            None => {
-                stats.allocations += 1;
-                stats.bytes_allocated += class;
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("fsd3d pooled"),
-                    size: class,
-                    usage: STORAGE_USAGE,
-                    mapped_at_creation: false,
-                })
-            }
-        };
-        Arc::new(PooledBuffer { buffer: Some(buffer), class, pool: Arc::downgrade(self) })
+    pub fn reuse(self: &Arc<Self>, class: u64) -> Option<Arc<PooledBuffer>> {
+        let buffer = self.free.lock().unwrap().get_mut(&class).and_then(|v| v.pop())?;
+        self.stats.lock().unwrap().reuses += 1;
+        Some(Arc::new(PooledBuffer { buffer: Some(buffer), class, pool: Arc::downgrade(self) }))
     }
 
-    /// Wraps a buffer made elsewhere (an upload) so that it joins the pool when freed.
+    /// Takes a new buffer into the pool: it joins the free list when its
+    /// last tensor drops, and counts as held until the pool frees it.
     pub fn adopt(self: &Arc<Self>, buffer: wgpu::Buffer) -> Arc<PooledBuffer> {
         let class = buffer.size();
         let mut stats = self.stats.lock().unwrap();
         stats.allocations += 1;
         stats.bytes_allocated += class;
+        stats.bytes_held += class;
         Arc::new(PooledBuffer { buffer: Some(buffer), class, pool: Arc::downgrade(self) })
     }
 
     /// Frees every idle buffer (after a phase that will not come back, say).
     pub fn trim(&self) {
-        self.free.lock().unwrap().clear();
+        let freed: u64 = self.free.lock().unwrap().drain().map(|(class, v)| class * v.len() as u64).sum();
+        self.stats.lock().unwrap().bytes_held -= freed;
+    }
+
+    /// Bytes of every buffer the pool gave out and has not freed, in use or idle.
+    pub fn held_bytes(&self) -> u64 {
+        self.stats.lock().unwrap().bytes_held
     }
 
     pub fn stats(&self) -> PoolStats {

@@ -206,7 +206,9 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
             .map(|_| ())
-            .map_err(|e| Error::Readback(e.to_string()))
+            .map_err(|e| {
+                self.check_lost().err().unwrap_or_else(|| Error::Readback(e.to_string()))
+            })
     }
 
     /// Submits the open encoder, plus `extra` commands recorded after it.
@@ -258,9 +260,8 @@ impl Gpu {
         });
         self.wait()?;
         self.take_errors("readback")?;
-        rx.recv()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        let lost = |e: String| self.check_lost().err().unwrap_or(Error::Readback(e));
+        rx.recv().map_err(|e| lost(e.to_string()))?.map_err(|e| lost(e.to_string()))?;
         let data = staging.slice(..).get_mapped_range().map_err(|e| Error::Readback(format!("{e:?}")))?.to_vec();
         staging.unmap();
         Ok(data)

@@ -2,11 +2,11 @@
 use std::sync::Arc;
 
 use half::f16;
-use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
-use crate::gpu::pool::{PooledBuffer, STORAGE_USAGE};
+use crate::gpu::memory::Request;
+use crate::gpu::pool::{PooledBuffer, size_class};
 
 /// Storage element type. Arithmetic is always f32; f16 halves memory and
 /// bandwidth where the adapter has SHADER_F16. U32 holds indices (token ids).
@@ -156,13 +156,25 @@ impl Gpu {
     }
 
     /// An uninitialised tensor from the pool: the kernel that fills it must
-    /// write every element.
+    /// write every element. Out-of-memory errors name the code that asked.
+    #[track_caller]
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let caller = std::panic::Location::caller();
         let bytes = self.check_tensor("(output)", shape, dtype)?;
-        Ok(Tensor { buf: self.pool.get(&self.device, bytes), shape: shape.to_vec(), dtype })
+        let class = size_class(bytes);
+        let buf = match self.pool.reuse(class) {
+            Some(b) => b,
+            None => {
+                let what = format!("the tensor made at {}:{}", caller.file(), caller.line());
+                let buffer = self.new_buffer(&Request { what: &what, shape, dtype }, class, None)?;
+                self.pool.adopt(buffer)
+            }
+        };
+        Ok(Tensor { buf, shape: shape.to_vec(), dtype })
     }
 
     /// A tensor of zeros (cleared on the device, in recording order).
+    #[track_caller]
     pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = self.empty(shape, dtype)?;
         self.record_clear(&t);
@@ -179,11 +191,7 @@ impl Gpu {
         }
         let mut data = bytes.to_vec();
         data.resize(padded as usize, 0);
-        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(what),
-            contents: &data,
-            usage: STORAGE_USAGE,
-        });
+        let buffer = self.new_buffer(&Request { what, shape, dtype }, padded, Some(&data))?;
         Ok(Tensor { buf: self.pool.adopt(buffer), shape: shape.to_vec(), dtype })
     }
 

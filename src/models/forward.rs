@@ -27,7 +27,7 @@ pub const MODULES: [&str; 4] = ["unet", "text-encoder", "vae-encode", "vae-decod
 
 /// Reads every tensor of a safetensors file as f32 (integer ids included).
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
     let mut out = HashMap::new();

@@ -108,7 +108,7 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
 impl Weights {
     /// Opens every `.safetensors` file of the chosen variant in `dir`.
     pub fn open(dir: &Path, variant: Variant) -> Result<Weights> {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), cause: e })?;
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
@@ -141,9 +141,9 @@ impl Weights {
         let mut maps = Vec::new();
         let mut index = HashMap::new();
         for (i, path) in chosen.into_iter().enumerate() {
-            let file = std::fs::File::open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            let file = std::fs::File::open(&path).map_err(|e| Error::Io { path: path.clone(), cause: e })?;
             // SAFETY: the map is read-only and the file is not expected to change while fsd3d runs.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), cause: e })?;
             let st = SafeTensors::deserialize(&map).map_err(|e| corrupt(&path, e))?;
             for (name, v) in st.tensors() {
                 let start = v.data().as_ptr() as usize - map.as_ptr() as usize;

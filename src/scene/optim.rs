@@ -197,7 +197,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(st_err(path))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(st_err(path))?;
         let metadata = meta.metadata().clone().unwrap_or_default();

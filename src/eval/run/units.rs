@@ -107,7 +107,7 @@ fn inspect_run(dir: &Path, cfg: &GenerateConfig, views: usize, size: usize, fron
         return Ok(RunState::Fresh);
     }
     let config_path = dir.join(g::files::CONFIG);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::Io { path: config_path.clone(), source: e })?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::Io { path: config_path.clone(), cause: e })?;
     let existing = GenerateConfig::from_toml(&text, &config_path.display().to_string())?;
     if let Some(key) = first_difference(&existing, cfg)? {
         return Err(Error::Invalid(format!(
@@ -148,9 +148,9 @@ fn checkpoint_step(path: &Path) -> Result<Option<u64>> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => return Err(Error::Io { path: path.to_path_buf(), cause: e }),
     };
-    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+    let io = |e| Error::Io { path: path.to_path_buf(), cause: e };
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(io)?;
     let len = u64::from_le_bytes(len);
