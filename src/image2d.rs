@@ -28,6 +28,8 @@ pub enum Method2d {
     Fsd,
     FsdEuler,
     Ddim,
+    /// Classifier score distillation, without its negative term in 2D.
+    Csd,
 }
 
 impl Method2d {
@@ -37,6 +39,7 @@ impl Method2d {
         match self {
             Method2d::Sds | Method2d::Fsd => Some(Target::Noise),
             Method2d::Nfsd => Some(Target::NegativePrompt),
+            Method2d::Csd => Some(Target::ClassifierScore),
             Method2d::FsdEuler | Method2d::Ddim => None,
         }
     }
@@ -48,7 +51,8 @@ impl Method2d {
             "fsd" => Method2d::Fsd,
             "fsd-euler" => Method2d::FsdEuler,
             "ddim" => Method2d::Ddim,
-            _ => return Err(Error::Invalid(format!("unknown 2D method {s:?}: expected sds, nfsd, fsd, fsd-euler or ddim"))),
+            "csd" => Method2d::Csd,
+            _ => return Err(Error::Invalid(format!("unknown 2D method {s:?}: expected sds, nfsd, fsd, fsd-euler, ddim or csd"))),
         })
     }
 }
@@ -79,6 +83,8 @@ impl Image2dConfig {
         let (steps, cfg, lr) = match method {
             Method2d::Sds => (500, 100.0, 2e-2),
             Method2d::Nfsd => (500, 7.5, 2e-2),
+            // Not in Table 3: NFSD's, the other method with a zero target.
+            Method2d::Csd => (500, 7.5, 2e-2),
             Method2d::Fsd => (500, 7.5, 3e-3),
             Method2d::FsdEuler | Method2d::Ddim => (50, 7.5, 0.0),
         };
@@ -173,15 +179,15 @@ pub struct AdamGuidance<'a> {
 }
 
 impl<'a> AdamGuidance<'a> {
-    /// The guidance of `c`'s method (sds, nfsd or fsd) for `prompt`;
+    /// The guidance of `c`'s method (sds, nfsd, fsd or csd) for `prompt`;
     /// `c.negative` is NFSD's negative prompt. A 2D image is not
     /// view-dependent and its gradient is not clamped.
     pub fn new(gpu: &Gpu, prior: &'a dyn Prior, prompt: &str, c: &Image2dConfig) -> Result<AdamGuidance<'a>> {
         let target = c.method.target().ok_or_else(|| {
-            Error::Invalid(format!("2D method {:?} takes no gradient steps: only sds, nfsd and fsd run Adam", c.method))
+            Error::Invalid(format!("2D method {:?} takes no gradient steps: only sds, nfsd, fsd and csd run Adam", c.method))
         })?;
         let spec = PromptSpec { prompt, view_dependent: false, negative: c.negative.as_deref() };
-        let settings = GuidanceSettings { scale: c.cfg, target, weighting: c.weighting, grad_clip: 0.0 };
+        let settings = GuidanceSettings { scale: c.cfg, target, weighting: c.weighting, grad_clip: 0.0, negative_weight: 0.0 };
         Ok(AdamGuidance { guidance: Guidance::new(gpu, prior, &spec, settings)? })
     }
 

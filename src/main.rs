@@ -123,7 +123,7 @@ enum Command {
     /// 2D distillation of one image (the paper's Table 3 settings by default).
     Image {
         prompt: String,
-        /// sds | nfsd | fsd | fsd-euler | ddim
+        /// sds | nfsd | fsd | fsd-euler | ddim | csd
         #[arg(long, default_value = "fsd")]
         method: String,
         #[arg(long)]
@@ -174,7 +174,7 @@ struct GenerateArgs {
     /// The prompt (not needed with --resume).
     #[arg(required_unless_present = "resume")]
     prompt: Option<String>,
-    /// fsd | sds | nfsd | fsd-constant
+    /// fsd | sds | nfsd | fsd-constant | csd
     #[arg(long, default_value = "fsd")]
     method: String,
     #[arg(long)]
@@ -226,7 +226,7 @@ struct EvalArgs {
     /// Seeds, comma-separated (the first half against the second for Cross-FID).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
     seeds: Vec<u64>,
-    /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant (table rows in this order).
+    /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant, csd (table rows in this order).
     #[arg(long, value_delimiter = ',', default_value = "fsd,sds")]
     methods: Vec<String>,
     /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior); it needs a classifier/.

@@ -60,7 +60,16 @@ fn the_3d_and_2d_loops_take_the_same_gradient_for_every_method() {
         .map(|i| (weight * (SCALE as f64 * (ey[i] as f64 - e0[i] as f64) + (e0[i] as f64 - en[i] as f64))) as f32)
         .collect();
 
-    let cases = [(Method::Sds, Method2d::Sds), (Method::Nfsd, Method2d::Nfsd), (Method::Fsd, Method2d::Fsd), (Method::FsdConstant, Method2d::Fsd)];
+    // CSD: the classifier score alone, s·(ε_y − ε_∅), against zero.
+    let want_csd: Vec<f32> = (0..ey.len()).map(|i| (weight * SCALE as f64 * (ey[i] as f64 - e0[i] as f64)) as f32).collect();
+
+    let cases = [
+        (Method::Sds, Method2d::Sds),
+        (Method::Nfsd, Method2d::Nfsd),
+        (Method::Fsd, Method2d::Fsd),
+        (Method::FsdConstant, Method2d::Fsd),
+        (Method::Csd, Method2d::Csd),
+    ];
     for (method3d, method2d) in cases {
         let what = format!("{} / {method2d:?}", method3d.name());
         let mut cfg = GenerateConfig::defaults(PROMPT, method3d, &kind);
@@ -78,14 +87,42 @@ fn the_3d_and_2d_loops_take_the_same_gradient_for_every_method() {
         let differing = g3.iter().zip(&g2).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differing, 0, "{what}: {differing} of {} gradient values differ between the 3D and the 2D loop", g3.len());
 
-        let want = if method3d == Method::Nfsd { &want_nfsd } else { &want_noise };
+        let want = match method3d {
+            Method::Nfsd => &want_nfsd,
+            Method::Csd => &want_csd,
+            _ => &want_noise,
+        };
         assert!(want.iter().any(|v| v.abs() > 1e-3), "{what}: a vanishing gradient proves nothing");
         // x_t is rounded differently here (f64) than by the kernel (f32).
         common::assert_close(&what, &g3, want, 1e-4);
     }
-    // NFSD's gradient is another one: the comparison above can tell them apart.
-    let apart = want_noise.iter().zip(&want_nfsd).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(apart > 1e-2, "SDS and NFSD gradients differ by only {apart}");
+    // NFSD's and CSD's gradients are other ones: the comparison above can tell them apart.
+    for (name, other) in [("NFSD", &want_nfsd), ("CSD", &want_csd)] {
+        let apart = want_noise.iter().zip(other).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(apart > 1e-2, "SDS and {name} gradients differ by only {apart}");
+    }
+
+    // CSD's negative-prompt term: ω₁·(ε_y − ε_∅) − ω₂·(ε_neg − ε_∅), with
+    // NFSD's default negative prompt.
+    let w2 = 0.7;
+    let want: Vec<f32> = (0..ey.len())
+        .map(|i| (weight * (SCALE as f64 * (ey[i] as f64 - e0[i] as f64) - w2 * (en[i] as f64 - e0[i] as f64))) as f32)
+        .collect();
+    let mut cfg = GenerateConfig::defaults(PROMPT, Method::Csd, &kind);
+    cfg.guidance.cfg = SCALE;
+    cfg.guidance.weighting = Weighting::Sds;
+    cfg.guidance.grad_clip = 0.0;
+    cfg.guidance.view_dependent_prompt = false;
+    cfg.guidance.negative_weight = w2 as f32;
+    let run = Generator::new(&gpu, &prior, cfg.clone()).unwrap();
+    let g3 = gpu.download(&run.distillation_gradient(&z, &eps, T, &[ViewDirection::default()]).unwrap()).unwrap();
+    common::assert_close("csd with a negative weight", &g3, &want, 1e-4);
+    let apart = want.iter().zip(&want_csd).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(apart > 1e-3, "the negative term changes CSD's gradient by only {apart}");
+    // Only CSD has a negative weight.
+    cfg.method = Method::Fsd;
+    let e = Generator::new(&gpu, &prior, cfg).err().expect("a negative weight outside CSD is refused").to_string();
+    assert!(e.contains("negative_weight") && e.contains("csd"), "{e}");
 }
 
 #[test]
@@ -94,6 +131,6 @@ fn the_2d_guidance_refuses_methods_without_a_gradient() {
     let prior = StableDiffusion::load(&gpu, &fsd3d::models::embedded_prior_dir(), DType::F32).unwrap();
     for m in [Method2d::FsdEuler, Method2d::Ddim] {
         let e = AdamGuidance::new(&gpu, &prior, PROMPT, &Image2dConfig::paper_defaults(m)).err().expect("no Adam guidance").to_string();
-        assert!(e.contains("sds, nfsd and fsd"), "{e}");
+        assert!(e.contains("sds, nfsd, fsd and csd"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! The distillation gradients of FSD_SPEC §2: SDS, NFSD and FSD, with the
-//! weightings w(t). The UNet Jacobian is skipped: the gradient on the render z
-//! is w(t)·(ε̂ − ε) (or NFSD's variant), written as ∂L/∂z = grad / B.
+//! weightings w(t), and the CSD baseline of the paper's Figure 9. The UNet
+//! Jacobian is skipped: the gradient on the render z is w(t)·(ε̂ − ε) (or
+//! NFSD's or CSD's variant), written as ∂L/∂z = grad / B.
 //!
 //! [`Guidance`] is the one guidance object of a run: the 2D loop
 //! (`image2d`) and the 3D loop (`generate`) both hand it z, ε and t and get
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::prior::Prior;
 use crate::ops::fsd::{DistillGrad, distill_grad};
+use crate::ops::concat;
 use crate::ops::elementwise as ew;
 
 /// The distillation method.
@@ -26,6 +28,8 @@ pub enum Method {
     Fsd,
     /// FSD with one constant noise for every view (Fig. 6 ablation).
     FsdConstant,
+    /// Classifier score distillation (Yu et al. 2023), a Figure 9 baseline.
+    Csd,
 }
 
 impl Method {
@@ -35,7 +39,8 @@ impl Method {
             "nfsd" => Method::Nfsd,
             "fsd" => Method::Fsd,
             "fsd-constant" => Method::FsdConstant,
-            _ => return Err(crate::Error::Invalid(format!("unknown method {s:?}: expected sds, nfsd, fsd or fsd-constant"))),
+            "csd" => Method::Csd,
+            _ => return Err(crate::Error::Invalid(format!("unknown method {s:?}: expected sds, nfsd, fsd, fsd-constant or csd"))),
         })
     }
     pub fn name(self) -> &'static str {
@@ -44,12 +49,13 @@ impl Method {
             Method::Nfsd => "nfsd",
             Method::Fsd => "fsd",
             Method::FsdConstant => "fsd-constant",
+            Method::Csd => "csd",
         }
     }
     /// The noise each method adds.
     pub fn noise(self) -> NoiseMode {
         match self {
-            Method::Sds | Method::Nfsd => NoiseMode::Random,
+            Method::Sds | Method::Nfsd | Method::Csd => NoiseMode::Random,
             Method::Fsd => NoiseMode::WorldMap,
             Method::FsdConstant => NoiseMode::Constant,
         }
@@ -58,6 +64,7 @@ impl Method {
     pub fn target(self) -> Target {
         match self {
             Method::Nfsd => Target::NegativePrompt,
+            Method::Csd => Target::ClassifierScore,
             Method::Sds | Method::Fsd | Method::FsdConstant => Target::Noise,
         }
     }
@@ -72,6 +79,13 @@ pub enum Target {
     /// NFSD: s·(ε_y − ε_∅) + (ε_∅ − ε_neg) against zero; ε_neg is the
     /// prediction for a negative prompt.
     NegativePrompt,
+    /// CSD: the classifier score alone, ω₁·(ε_y − ε_∅) − ω₂·(ε_neg − ε_∅)
+    /// against zero (the CSD paper's gradient with its negative-prompt term;
+    /// ω₁ is the guidance scale, ω₂ [`GuidanceSettings::negative_weight`],
+    /// and ε_neg is only predicted when ω₂ ≠ 0). SDS's gradient is this
+    /// plus (ε_∅ − ε) at ω₂ = 0: CSD drops the part that pulls towards the
+    /// unconditional prediction.
+    ClassifierScore,
 }
 
 /// w(t).
@@ -120,6 +134,18 @@ pub fn predict_epsilon(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, 
     to_epsilon(gpu, s, t, x_t, &out)
 }
 
+/// The prior's unguided ε̂ (f32) at x_t for each of `embeddings`, from one
+/// model call on the batch [x_t; x_t; …] (as CFG batches its pair): one
+/// pass instead of one per prompt.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_epsilons(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, embeddings: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let n = embeddings.len();
+    let x_n = concat::concat(gpu, &vec![x_t; n], 0)?;
+    let context = concat::concat(gpu, embeddings, 0)?;
+    let eps = predict_epsilon(gpu, prior, s, t, &x_n, &context, None, 1.0)?;
+    concat::split_equal(gpu, &eps, 0, n)
+}
+
 /// How a run guides: the same four numbers in 2D and 3D.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GuidanceSettings {
@@ -129,6 +155,9 @@ pub struct GuidanceSettings {
     pub weighting: Weighting,
     /// Clamp each weighted gradient element to ±this (0: no clamp).
     pub grad_clip: f32,
+    /// CSD's ω₂, the weight of the negative prompt's classifier score
+    /// (0: no negative term). Other targets ignore it.
+    pub negative_weight: f32,
 }
 
 /// A run's guidance: its prompts' embeddings, the noise schedule and the
@@ -143,13 +172,16 @@ pub struct Guidance<'a> {
 }
 
 impl<'a> Guidance<'a> {
-    /// Embeds the prompts once. `prompt.negative` is NFSD's negative prompt
-    /// (its default list when None); other targets embed none.
+    /// Embeds the prompts once. `prompt.negative` is NFSD's negative prompt,
+    /// and CSD's when its ω₂ ≠ 0 (NFSD's default list when None); other
+    /// targets embed none.
     pub fn new(gpu: &Gpu, prior: &'a dyn Prior, prompt: &PromptSpec, settings: GuidanceSettings) -> Result<Guidance<'a>> {
-        let negative = match settings.target {
-            Target::NegativePrompt => Some(prompt.negative.unwrap_or(NFSD_NEGATIVE)),
-            Target::Noise => None,
+        let uses_negative = match settings.target {
+            Target::NegativePrompt => true,
+            Target::ClassifierScore => settings.negative_weight != 0.0,
+            Target::Noise => false,
         };
+        let negative = uses_negative.then(|| prompt.negative.unwrap_or(NFSD_NEGATIVE));
         let prompts = PromptEmbeddings::new(gpu, prior, &PromptSpec { negative, ..*prompt })?;
         let schedule = NoiseSchedule::new(prior.scheduler_config())?;
         let nonfinite = gpu.upload_u32(&[0], &[1])?;
@@ -183,17 +215,33 @@ impl<'a> Guidance<'a> {
     /// The prediction and what it is compared with (FSD_SPEC §2).
     fn prediction_and_target(&self, gpu: &Gpu, t: i64, x_t: &Tensor, p: &PromptBatch, eps: &Tensor) -> Result<(Tensor, Tensor)> {
         let (prior, s, scale) = (self.prior, &self.schedule, self.settings.scale);
-        // Guidance::new embeds a negative prompt exactly for Target::NegativePrompt.
-        match &p.negative {
-            None => Ok((predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale)?, eps.clone())),
-            Some(neg) => {
+        let unguided = |embeddings: &[&Tensor]| predict_epsilons(gpu, prior, s, t, x_t, embeddings);
+        let zero = || gpu.zeros(eps.shape(), DType::F32);
+        match self.settings.target {
+            Target::Noise => Ok((predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale)?, eps.clone())),
+            Target::NegativePrompt => {
+                // Guidance::new embeds the negative prompt for this target.
+                let neg = p.negative.as_ref().ok_or_else(|| Error::Invalid("NFSD without a negative prompt".into()))?;
                 // Three unguided predictions: s·(ε_y − ε_∅) + (ε_∅ − ε_neg), against zero.
-                let ey = predict_epsilon(gpu, prior, s, t, x_t, &p.cond, None, 1.0)?;
-                let e0 = predict_epsilon(gpu, prior, s, t, x_t, &p.uncond, None, 1.0)?;
-                let en = predict_epsilon(gpu, prior, s, t, x_t, neg, None, 1.0)?;
+                let [ey, e0, en]: [Tensor; 3] = unguided(&[&p.cond, &p.uncond, neg])?.try_into().expect("three predictions");
                 let guide = ew::axpby(gpu, scale, &ey, -scale, &e0)?;
                 let shift = ew::sub(gpu, &e0, &en)?;
-                Ok((ew::add(gpu, &guide, &shift)?, gpu.zeros(eps.shape(), DType::F32)?))
+                Ok((ew::add(gpu, &guide, &shift)?, zero()?))
+            }
+            Target::ClassifierScore => {
+                let w2 = self.settings.negative_weight;
+                let pred = match &p.negative {
+                    Some(neg) if w2 != 0.0 => {
+                        let [ey, e0, en]: [Tensor; 3] = unguided(&[&p.cond, &p.uncond, neg])?.try_into().expect("three predictions");
+                        let score = ew::axpby(gpu, scale, &ey, -scale, &e0)?;
+                        ew::sub(gpu, &score, &ew::axpby(gpu, w2, &en, -w2, &e0)?)?
+                    }
+                    _ => {
+                        let [ey, e0]: [Tensor; 2] = unguided(&[&p.cond, &p.uncond])?.try_into().expect("two predictions");
+                        ew::axpby(gpu, scale, &ey, -scale, &e0)?
+                    }
+                };
+                Ok((pred, zero()?))
             }
         }
     }

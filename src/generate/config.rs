@@ -53,11 +53,21 @@ pub struct GuidanceConfig {
     pub timesteps: TimestepSchedule,
     /// Clamp each gradient element to ±this (0: no clamp).
     pub grad_clip: f32,
-    /// NFSD's negative prompt (its default list when absent).
+    /// NFSD's negative prompt, and CSD's when `negative_weight` ≠ 0 (NFSD's
+    /// default list when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative: Option<String>,
+    /// CSD only: ω₂, the weight of the negative prompt's classifier score
+    /// (0, the default: no negative term). Absent from configs where 0, so
+    /// that configs and checkpoints written before it still match.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub negative_weight: f32,
     /// Append ", front view" / ", side view" / ", back view" / ", overhead view".
     pub view_dependent_prompt: bool,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 /// Regulariser weights (FSD_SPEC §5 "losses").
@@ -170,6 +180,7 @@ impl GenerateConfig {
                 timesteps,
                 grad_clip: 0.0,
                 negative: None,
+                negative_weight: 0.0,
                 view_dependent_prompt: true,
             },
             noise: WorldMapConfig::default(),
@@ -304,6 +315,12 @@ impl GenerateConfig {
         if !(self.guidance.cfg.is_finite() && self.guidance.cfg > 0.0) {
             return Err(Error::Invalid(format!("generate: cfg {} must be a positive number", self.guidance.cfg)));
         }
+        if !self.guidance.negative_weight.is_finite() || (self.guidance.negative_weight != 0.0 && self.method != Method::Csd) {
+            return Err(Error::Invalid(format!(
+                "generate: [guidance] negative_weight {} is CSD's weight of the negative prompt: a finite number, and 0 for methods other than csd",
+                self.guidance.negative_weight
+            )));
+        }
         if self.guidance.grad_clip.is_nan() || self.guidance.grad_clip < 0.0 {
             return Err(Error::Invalid(format!("generate: grad_clip {} must be >= 0 (0 disables it)", self.guidance.grad_clip)));
         }
@@ -334,7 +351,7 @@ impl GenerateConfig {
     /// The guidance of the run's method with the `[guidance]` settings.
     pub fn guidance_settings(&self) -> GuidanceSettings {
         let g = &self.guidance;
-        GuidanceSettings { scale: g.cfg, target: self.method.target(), weighting: g.weighting, grad_clip: g.grad_clip }
+        GuidanceSettings { scale: g.cfg, target: self.method.target(), weighting: g.weighting, grad_clip: g.grad_clip, negative_weight: g.negative_weight }
     }
 
     /// What decides the optimisation, as JSON: the whole config but `steps`

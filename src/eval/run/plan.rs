@@ -36,13 +36,14 @@ impl EvalMethod {
             Method::Nfsd => "NFSD",
             Method::Fsd => "FSD",
             Method::FsdConstant => "FSD constant noise",
+            Method::Csd => "CSD",
         };
         EvalMethod { label: label.into(), slug: method.name().into(), method, beta: None, theta_deg: None }
     }
 
 }
 
-/// The methods of `--methods` (sds, nfsd, fsd, fsd-constant), with `fsd`
+/// The methods of `--methods` (sds, nfsd, fsd, fsd-constant, csd), with `fsd`
 /// expanded into one row per β of `betas` and per Θ of `thetas` (every
 /// combination when both are given: "FSD β=0.5 Θ=120"). An unknown method,
 /// a repeated one, or an ablation list without `fsd` to expand is an error.
