@@ -144,3 +144,29 @@ fn a_lost_device_stops_the_run_at_its_last_checkpoint_and_it_resumes() {
     assert!(a == b, "the resumed run's checkpoint differs from the uninterrupted run's");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A device lost while the outputs are written: the error says that the
+/// run's checkpoint is kept and that `--resume` writes the outputs.
+#[test]
+fn a_device_lost_while_writing_outputs_names_the_checkpoint_and_resume() {
+    use fsd3d::generate::job::{GenerateJob, RunOutcome};
+    let dir = scratch("lost-outputs");
+    let mut cfg = tiny_config(1);
+    cfg.output.render_size = 16;
+    cfg.output.turntable_frames = 2;
+    cfg.output.mesh_resolution = 16;
+    let doomed = Gpu::new(&GpuOptions::default()).unwrap();
+    let prior = StableDiffusion::load(&doomed, &fsd3d::models::embedded_prior_dir(), DType::F32).unwrap();
+    let job = GenerateJob { cfg: cfg.clone(), out: dir.clone(), resume: false, restarted: false, model_dir: fsd3d::models::embedded_prior_dir() };
+    let mut run = job.start(&doomed, &prior).unwrap();
+    let never = AtomicBool::new(false);
+    g::optimise(&mut run, &dir, &never, |_| {}).unwrap();
+    doomed.device().destroy();
+    let outcome = RunOutcome { finish: g::Finish::Completed, seconds: 1.0, steps_done: 1, last_grad_rms: None };
+    let e = job.write_outputs(&doomed, &run, &outcome, |_| {}).err().expect("no outputs from a lost device");
+    let text = e.to_string();
+    assert!(matches!(e, Error::DeviceLost { .. }), "{text}");
+    assert!(text.contains("checkpoint of step 1") && text.contains(&format!("--resume {}", dir.display())), "{text}");
+    assert!(dir.join(g::files::CHECKPOINT).is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -200,9 +200,26 @@ impl GenerateJob {
     /// (when the prior has a classifier/) and `summary.json`.
     pub fn write_outputs(&self, gpu: &Gpu, run: &Generator<'_>, outcome: &RunOutcome, progress: impl FnMut(&str)) -> Result<Outputs> {
         let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::WRITING_OUTPUTS);
-        let classifier = if self.model_dir.join("classifier").is_dir() { Some(Classifier::load(gpu, &self.model_dir)?) } else { None };
-        let outputs = write_outputs(gpu, &run.scene, &run.cfg, classifier.as_ref(), &self.out, progress)?;
-        write_summary(gpu, run, outcome, &outputs, &self.out)?;
-        Ok(outputs)
+        let written = (|| {
+            let classifier = if self.model_dir.join("classifier").is_dir() { Some(Classifier::load(gpu, &self.model_dir)?) } else { None };
+            let outputs = write_outputs(gpu, &run.scene, &run.cfg, classifier.as_ref(), &self.out, progress)?;
+            write_summary(gpu, run, outcome, &outputs, &self.out)?;
+            Ok(outputs)
+        })();
+        // The outputs come from the scene on the device; the run's last
+        // checkpoint is on disk, and a resume of it writes them again.
+        written.map_err(|e| match e {
+            Error::DeviceLost { reason, .. } => Error::DeviceLost {
+                reason,
+                then: format!(
+                    ". The outputs were being written; the run's checkpoint of step {} is kept in {}: once the GPU works again, \
+                     `fsd3d generate --resume {}` writes them",
+                    run.step,
+                    self.out.display(),
+                    self.out.display()
+                ),
+            },
+            e => e,
+        })
     }
 }
