@@ -163,7 +163,7 @@ fn a_device_lost_while_writing_outputs_names_the_checkpoint_and_resume() {
     g::optimise(&mut run, &dir, &never, |_| {}).unwrap();
     doomed.device().destroy();
     let outcome = RunOutcome { finish: g::Finish::Completed, seconds: 1.0, steps_done: 1, last_grad_rms: None };
-    let e = job.write_outputs(&doomed, &run, &outcome, |_| {}).err().expect("no outputs from a lost device");
+    let e = job.write_outputs(&doomed, &run, &outcome, |_| {}).expect_err("no outputs from a lost device");
     let text = e.to_string();
     assert!(matches!(e, Error::DeviceLost { .. }), "{text}");
     assert!(text.contains("checkpoint of step 1") && text.contains(&format!("--resume {}", dir.display())), "{text}");
