@@ -137,7 +137,6 @@ pub fn predict_epsilon(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, 
 /// The prior's unguided ε̂ (f32) at x_t for each of `embeddings`, from one
 /// model call on the batch [x_t; x_t; …] (as CFG batches its pair): one
 /// pass instead of one per prompt.
-#[allow(clippy::too_many_arguments)]
 pub fn predict_epsilons(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, embeddings: &[&Tensor]) -> Result<Vec<Tensor>> {
     let n = embeddings.len();
     let x_n = concat::concat(gpu, &vec![x_t; n], 0)?;
@@ -215,33 +214,29 @@ impl<'a> Guidance<'a> {
     /// The prediction and what it is compared with (FSD_SPEC §2).
     fn prediction_and_target(&self, gpu: &Gpu, t: i64, x_t: &Tensor, p: &PromptBatch, eps: &Tensor) -> Result<(Tensor, Tensor)> {
         let (prior, s, scale) = (self.prior, &self.schedule, self.settings.scale);
-        let unguided = |embeddings: &[&Tensor]| predict_epsilons(gpu, prior, s, t, x_t, embeddings);
-        let zero = || gpu.zeros(eps.shape(), DType::F32);
         match self.settings.target {
             Target::Noise => Ok((predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale)?, eps.clone())),
-            Target::NegativePrompt => {
-                // Guidance::new embeds the negative prompt for this target.
-                let neg = p.negative.as_ref().ok_or_else(|| Error::Invalid("NFSD without a negative prompt".into()))?;
-                // Three unguided predictions: s·(ε_y − ε_∅) + (ε_∅ − ε_neg), against zero.
-                let [ey, e0, en]: [Tensor; 3] = unguided(&[&p.cond, &p.uncond, neg])?.try_into().expect("three predictions");
-                let guide = ew::axpby(gpu, scale, &ey, -scale, &e0)?;
-                let shift = ew::sub(gpu, &e0, &en)?;
-                Ok((ew::add(gpu, &guide, &shift)?, zero()?))
-            }
-            Target::ClassifierScore => {
-                let w2 = self.settings.negative_weight;
-                let pred = match &p.negative {
-                    Some(neg) if w2 != 0.0 => {
-                        let [ey, e0, en]: [Tensor; 3] = unguided(&[&p.cond, &p.uncond, neg])?.try_into().expect("three predictions");
-                        let score = ew::axpby(gpu, scale, &ey, -scale, &e0)?;
-                        ew::sub(gpu, &score, &ew::axpby(gpu, w2, &en, -w2, &e0)?)?
+            // Both compare the classifier score s·(ε_y − ε_∅), shifted by a
+            // negative prompt's, with zero. Guidance::new embeds the negative
+            // prompt for NFSD, and for CSD when its ω₂ ≠ 0.
+            Target::NegativePrompt | Target::ClassifierScore => {
+                let mut embeddings = vec![&p.cond, &p.uncond];
+                embeddings.extend(p.negative.as_ref());
+                let eps_hat = predict_epsilons(gpu, prior, s, t, x_t, &embeddings)?;
+                let (ey, e0) = (&eps_hat[0], &eps_hat[1]);
+                let score = ew::axpby(gpu, scale, ey, -scale, e0)?;
+                let pred = match (self.settings.target, eps_hat.get(2)) {
+                    // NFSD: + (ε_∅ − ε_neg).
+                    (Target::NegativePrompt, Some(en)) => ew::add(gpu, &score, &ew::sub(gpu, e0, en)?)?,
+                    (Target::NegativePrompt, None) => return Err(Error::Invalid("NFSD without a negative prompt".into())),
+                    // CSD: − ω₂·(ε_neg − ε_∅).
+                    (_, Some(en)) => {
+                        let w2 = self.settings.negative_weight;
+                        ew::sub(gpu, &score, &ew::axpby(gpu, w2, en, -w2, e0)?)?
                     }
-                    _ => {
-                        let [ey, e0]: [Tensor; 2] = unguided(&[&p.cond, &p.uncond])?.try_into().expect("two predictions");
-                        ew::axpby(gpu, scale, &ey, -scale, &e0)?
-                    }
+                    (_, None) => score,
                 };
-                Ok((pred, zero()?))
+                Ok((pred, gpu.zeros(eps.shape(), DType::F32)?))
             }
         }
     }

@@ -47,6 +47,7 @@ pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, on_step: i
 /// negative prompt and the size, which the batch shares.
 pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], mut on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
     let first = reqs.first().ok_or_else(|| Error::Invalid("sample: an empty batch".into()))?;
+    let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::SAMPLING);
     if let Some(r) = reqs.iter().find(|r| r.steps != first.steps || r.cfg != first.cfg || r.eta != first.eta || r.negative != first.negative) {
         return Err(Error::Invalid(format!(
             "sample: a batch shares steps, guidance scale, eta and negative prompt; {:?} has ({}, {}, {}, {:?}), {:?} has ({}, {}, {}, {:?})",

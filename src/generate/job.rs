@@ -183,7 +183,6 @@ impl GenerateJob {
 
     /// The prior, in the storage type the config records.
     pub fn load_prior(&self, gpu: &Gpu) -> Result<StableDiffusion> {
-        let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::LOADING_PRIOR);
         StableDiffusion::load(gpu, &self.model_dir, DType::parse(&self.cfg.dtype)?)
     }
 

@@ -68,6 +68,7 @@ pub struct StableDiffusion {
 
 impl StableDiffusion {
     pub fn load(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<StableDiffusion> {
+        let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::LOADING_PRIOR);
         for part in ["unet", "text_encoder", "tokenizer", "scheduler"] {
             if !dir.join(part).is_dir() {
                 return Err(Error::Invalid(format!(
