@@ -34,6 +34,20 @@
 // clamped to the box (threestudio's finite_difference normals). density is
 // [n, K]; albedo is [n, 3], for row 0 only, when ALBEDO.
 //
+// ANALYTIC normals (threestudio's `analytic`): one row per point, and K = 4
+// values: σ and its gradient ∇σ = σ'(z)·∂z/∂pos, carried forward from the
+// trilinear weights' derivatives (J_i = ∂x_i/∂u per feature) through the
+// density head: ∂z/∂x_i = r_i = Σ_j W2d[j]·[pre_j > 0]·W1d[j, i], so
+// ∂z/∂pos = Σ_i r_i·J_i / (2·radius) + ∇blob. One gather of the 8 corners per
+// level instead of seven. The backward of the gradient (given dL/d∇σ = dg):
+//   dL/dz    += σ''(z)·(dg · ∂z/∂pos)                   (σ'' = s(1 − s), s = sigmoid(z))
+//   q         = σ'(z)·dg / (2·radius)                    (dL/d(Σ r_i J_i))
+//   c_i       = J_i · q                                  (dL/dr_i)
+//   dW1d[j,:] += [pre_j > 0]·W2d[j]·c,  dW2d[j] += [pre_j > 0]·(W1d[j,:]·c)
+//   dtable[corner, i] += r_i·(q · ∂w_corner/∂u)
+// (the ReLU masks and the trilinear weights are piecewise linear: their
+// second derivatives vanish almost everywhere, as in torch's double backward).
+//
 // field_backward takes dL/dσ per row and dL/da per point, recomputes the
 // row's features and hidden layers, scatters dL/dx into the grid gradient
 // and reduces the weight gradients over the workgroup's rows: each thread
@@ -181,6 +195,26 @@ fn level_cell(u: vec3<f32>, l: u32) -> Cell {
     return cell;
 }
 
+#if ANALYTIC
+// ∂weight_c/∂u of the 8 vertices of level_cell(u, l): zero along an axis where
+// u is outside [0,1] (clamped there; inclusive at the ends, as torch's clamp).
+fn cell_weight_gradients(u: vec3<f32>, l: u32) -> array<vec3<f32>, 8> {
+    let scale = p.level_scale[l / 4u][l % 4u];
+    let inside = (u >= vec3<f32>(0.0)) & (u <= vec3<f32>(1.0));
+    let dpos = select(vec3<f32>(0.0), vec3<f32>(scale), inside);
+    let pos = clamp(u, vec3<f32>(0.0), vec3<f32>(1.0)) * scale + 0.5;
+    let f = pos - floor(pos);
+    var out: array<vec3<f32>, 8>;
+    for (var c = 0u; c < 8u; c++) {
+        let bit = vec3<u32>(c & 1u, (c >> 1u) & 1u, (c >> 2u) & 1u) == vec3<u32>(1u);
+        let w3 = select(1.0 - f, f, bit);
+        let d3 = select(-dpos, dpos, bit);
+        out[c] = vec3<f32>(d3.x * w3.y * w3.z, w3.x * d3.y * w3.z, w3.x * w3.y * d3.z);
+    }
+    return out;
+}
+#endif
+
 #if !ENCODE_BACKWARD
 #if !RESOLVE_FIXED
 // x[l·F + f] = Σ_c w_c · table[entry_c·F + f], for every level l.
@@ -197,6 +231,28 @@ fn grid_features(u: vec3<f32>, x: ptr<function, array<f32, MAX_IN>>) {
         }
     }
 }
+
+#if ANALYTIC
+// grid_features and their Jacobian jac[i] = ∂x_i/∂u.
+fn grid_features_jacobian(u: vec3<f32>, x: ptr<function, array<f32, MAX_IN>>, jac: ptr<function, array<vec3<f32>, MAX_IN>>) {
+    let nf = n_feats();
+    for (var l = 0u; l < n_levels(); l++) {
+        let cell = level_cell(u, l);
+        let dw = cell_weight_gradients(u, l);
+        for (var f = 0u; f < nf; f++) {
+            var s = 0.0;
+            var sj = vec3<f32>(0.0);
+            for (var c = 0u; c < 8u; c++) {
+                let t = table[cell.entry[c] * nf + f];
+                s += cell.weight[c] * t;
+                sj += dw[c] * t;
+            }
+            (*x)[l * nf + f] = s;
+            (*jac)[l * nf + f] = sj;
+        }
+    }
+}
+#endif
 #endif
 #endif
 
@@ -239,6 +295,32 @@ fn grid_scatter(u: vec3<f32>, dx: ptr<function, array<f32, MAX_IN>>) {
         }
     }
 }
+
+#if ANALYTIC
+// grid_scatter plus the normals' term: grad[entry_c·F + f] += w_c·dx[i] +
+// r[i]·(q · ∂w_c/∂u), i = l·F + f.
+fn grid_scatter_analytic(u: vec3<f32>, dx: ptr<function, array<f32, MAX_IN>>, r: ptr<function, array<f32, MAX_IN>>, q: vec3<f32>) {
+    let nf = n_feats();
+    let has_q = any(q != vec3<f32>(0.0));
+    for (var l = 0u; l < n_levels(); l++) {
+        var any_grad = false;
+        for (var f = 0u; f < nf; f++) {
+            any_grad = any_grad || (*dx)[l * nf + f] != 0.0 || (has_q && (*r)[l * nf + f] != 0.0);
+        }
+        if (!any_grad) { continue; }
+        let cell = level_cell(u, l);
+        let dw = cell_weight_gradients(u, l);
+        for (var c = 0u; c < 8u; c++) {
+            let wq = dot(q, dw[c]);
+            for (var f = 0u; f < nf; f++) {
+                let i = l * nf + f;
+                let v = cell.weight[c] * (*dx)[i] + (*r)[i] * wq;
+                if (v != 0.0) { scatter_add(cell.entry[c] * nf + f, v); }
+            }
+        }
+    }
+}
+#endif
 #endif
 #endif
 #endif
@@ -339,6 +421,16 @@ fn row_of(r: u32, n: u32) -> Row {
     return Row((r - n) / 6u, 1u + (r - n) % 6u);
 }
 
+// Rows of n points: one per density value, but one per point with ANALYTIC
+// normals (whose K = 4 values all come from the point's own row).
+fn row_count(n: u32) -> u32 {
+#if ANALYTIC
+    return n;
+#else
+    return n * p.k;
+#endif
+}
+
 // World position of row k of point i (k > 0: finite-difference offsets, clamped to the box).
 fn row_position(i: u32, k: u32) -> vec3<f32> {
     let pos = point_position(i);
@@ -369,6 +461,15 @@ fn softplus(z: f32) -> f32 {
     return max(z, 0.0) + log1p_pos(exp(-abs(z)));
 }
 
+#if ANALYTIC
+// ∇ of blob_bias (zero at the centre, where it has a kink).
+fn blob_bias_gradient(pos: vec3<f32>) -> vec3<f32> {
+    let len = length(pos);
+    if (len == 0.0) { return vec3<f32>(0.0); }
+    return (-p.blob_scale / (p.blob_std * len)) * pos;
+}
+#endif
+
 #include "common.wgsl"
 
 // pre[j] = Σ_i W1[j, i]·x[i] for the head whose W1 starts at w1.
@@ -389,6 +490,26 @@ fn head_out(pre: ptr<function, array<f32, MAX_HIDDEN>>, w2: u32, o: u32) -> f32 
     for (var j = 0u; j < nh; j++) { s += mlp[w2 + o * nh + j] * max((*pre)[j], 0.0); }
     return s;
 }
+
+#if ANALYTIC
+// r[i] = ∂z/∂x_i of the density head: Σ_j W2d[j]·[pre_j > 0]·W1d[j, i].
+fn density_input_gradient(pre: ptr<function, array<f32, MAX_HIDDEN>>, r: ptr<function, array<f32, MAX_IN>>) {
+    let nin = n_in();
+    for (var i = 0u; i < nin; i++) { (*r)[i] = 0.0; }
+    for (var j = 0u; j < n_hidden(); j++) {
+        let coef = select(0.0, mlp[w2d_at() + j], (*pre)[j] > 0.0);
+        let row = w1d_at() + j * nin;
+        for (var i = 0u; i < nin; i++) { (*r)[i] += coef * mlp[row + i]; }
+    }
+}
+
+// ∂z/∂pos (world units): Σ_i r_i·J_i / (2·radius) + ∇blob.
+fn density_position_gradient(r: ptr<function, array<f32, MAX_IN>>, jac: ptr<function, array<vec3<f32>, MAX_IN>>, pos: vec3<f32>) -> vec3<f32> {
+    var s = vec3<f32>(0.0);
+    for (var i = 0u; i < n_in(); i++) { s += (*r)[i] * (*jac)[i]; }
+    return s / (2.0 * p.radius) + blob_bias_gradient(pos);
+}
+#endif
 #endif
 #endif
 #endif
@@ -408,7 +529,7 @@ fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                  @builtin(num_workgroups) nwg: vec3<u32>) {
     if (lid == 0u) { wg_points = point_count(); }
     let n = workgroupUniformLoad(&wg_points);
-    let n_rows = n * p.k;
+    let n_rows = row_count(n);
     let n_tiles = (n_rows + WG - 1u) / WG;
     let group = wid.x + wid.y * nwg.x;
     let n_groups = nwg.x * nwg.y;
@@ -417,11 +538,26 @@ fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let rw = row_of(min(row, n_rows - 1u), n);
         let pos = row_position(rw.point, rw.k);
         var x: array<f32, MAX_IN>;
+#if ANALYTIC
+        var jac: array<vec3<f32>, MAX_IN>;
+        grid_features_jacobian(unit_position(pos), &x, &jac);
+#else
         grid_features(unit_position(pos), &x);
+#endif
         var pre: array<f32, MAX_HIDDEN>;
         hidden_pre(&x, w1d_at(), &pre);
-        let sigma = softplus(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
+        let z = head_out(&pre, w2d_at(), 0u) + blob_bias(pos);
+        let sigma = softplus(z);
         if (row < n_rows) { density_out[rw.point * p.k + rw.k] = sigma; }
+#if ANALYTIC
+        var r: array<f32, MAX_IN>;
+        density_input_gradient(&pre, &r);
+        // softplus' = sigmoid
+        let g = sigmoid(z) * density_position_gradient(&r, &jac, pos);
+        if (row < n_rows) {
+            for (var a = 0u; a < 3u; a++) { density_out[rw.point * p.k + 1u + a] = g[a]; }
+        }
+#endif
 #if ALBEDO
         if (tile * WG < n) {
             hidden_pre(&x, w1a_at(), &pre);
@@ -438,62 +574,122 @@ fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 
 #if FIELD_BACKWARD
 // A tile is WG rows: each thread runs the backward of one row, then the
-// workgroup reduces the weight gradients over the tile (two barriers).
+// workgroup reduces the weight gradients over the tile, in two phases that
+// share one tile array: the density head from y = dz·x + c (c: the analytic
+// normals' term, zero otherwise) and the ReLU masks, since
+//   dW1d[j, :] += [pre_j > 0]·W2d[j]·y,  dW2d[j] += [pre_j > 0]·(W1d[j, :]·y)
+// (with c = 0 these are the usual dh_j·x and dz·relu(pre_j)); then the albedo
+// head from x, for tiles of centre rows.
 
-// Features of the tile's rows, in vec4s (zero-padded past LEVELS·FEATS): a
-// quarter of the loads in the reduction, which reads them for every hidden unit.
+// Per row, in vec4s (zero-padded past LEVELS·FEATS): y, then x.
 const IN4: u32 = (MAX_IN + 3u) / 4u;
-var<workgroup> tile_x: array<array<vec4<f32>, IN4>, WG>;
-var<workgroup> tile_dz: array<vec4<f32>, WG>;            // dL/d(pre-activation outputs): density, albedo rgb
+var<workgroup> tile_v: array<array<vec4<f32>, IN4>, WG>;
+// Per row: bit j of the density head's pre_j > 0 (MAX_HIDDEN ≤ 64).
+var<workgroup> tile_mask: array<vec2<u32>, WG>;
+// Per row: 1 if it has a density gradient (else 0), and dL/d(raw albedo).
+var<workgroup> tile_dz: array<vec4<f32>, WG>;
 
-// Backward of one row given its upstream gradients: scatters dL/dx into the
-// grid, leaves x in tile_x[slot] and returns dL/d(raw density, raw albedo).
-// `centre_rows`: the tile holds centre rows (workgroup-uniform).
-fn row_backward(rw: Row, d_sigma: f32, d_alb: vec3<f32>, slot: u32, centre_rows: bool) -> vec4<f32> {
-    let pos = row_position(rw.point, rw.k);
-    let u = unit_position(pos);
-    var x: array<f32, MAX_IN>;
-    grid_features(u, &x);
+// What a row leaves for the reduction (besides x and y).
+struct RowGrad {
+    density: bool,
+    dz_a: vec3<f32>,
+    mask: vec2<u32>,
+}
+
+fn store_tile(slot: u32, v: ptr<function, array<f32, MAX_IN>>) {
     let nin = n_in();
-    let nh = n_hidden();
-    var dx: array<f32, MAX_IN>;
-    for (var d = 0u; d < nin; d++) { dx[d] = 0.0; }
     for (var d4 = 0u; d4 < n_in4(); d4++) {
-        var v = vec4<f32>(0.0);
+        var w = vec4<f32>(0.0);
         for (var e = 0u; e < 4u; e++) {
             let d = 4u * d4 + e;
-            if (d < nin) { v[e] = x[d]; }
+            if (d < nin) { w[e] = (*v)[d]; }
         }
-        tile_x[slot][d4] = v;
+        tile_v[slot][d4] = w;
     }
+}
 
+// Backward of one row given its upstream gradients (dL/dσ, dL/d∇σ with
+// ANALYTIC, dL/dalbedo): scatters into the grid gradient, leaves the row's x
+// and y and returns what the reduction needs. `centre_rows`: the tile holds
+// centre rows (workgroup-uniform).
+fn row_backward(rw: Row, d_sigma: f32, d_grad: vec3<f32>, d_alb: vec3<f32>, centre_rows: bool,
+                x: ptr<function, array<f32, MAX_IN>>, y: ptr<function, array<f32, MAX_IN>>) -> RowGrad {
+    let pos = row_position(rw.point, rw.k);
+    let u = unit_position(pos);
+    let nin = n_in();
+    let nh = n_hidden();
+#if ANALYTIC
+    var jac: array<vec3<f32>, MAX_IN>;
+    grid_features_jacobian(u, x, &jac);
+#else
+    grid_features(u, x);
+#endif
+    var out: RowGrad;
     var pre: array<f32, MAX_HIDDEN>;
-    hidden_pre(&x, w1d_at(), &pre);
-    // softplus' = sigmoid
-    let dz_d = d_sigma * sigmoid(head_out(&pre, w2d_at(), 0u) + blob_bias(pos));
+    hidden_pre(x, w1d_at(), &pre);
+    out.mask = vec2<u32>(0u);
+    for (var j = 0u; j < nh; j++) {
+        if (pre[j] > 0.0) { out.mask[j / 32u] |= 1u << (j % 32u); }
+    }
+    let z = head_out(&pre, w2d_at(), 0u) + blob_bias(pos);
+    let s = sigmoid(z);  // softplus' = sigmoid
+    var dz_d = d_sigma * s;
+    var dx: array<f32, MAX_IN>;
+#if ANALYTIC
+    var r: array<f32, MAX_IN>;
+    density_input_gradient(&pre, &r);
+    dz_d += s * (1.0 - s) * dot(d_grad, density_position_gradient(&r, &jac, pos));
+    let q = s * d_grad / (2.0 * p.radius);
+    for (var d = 0u; d < nin; d++) {
+        dx[d] = dz_d * r[d];
+        (*y)[d] = dz_d * (*x)[d] + dot(jac[d], q);
+    }
+    out.density = dz_d != 0.0 || any(q != vec3<f32>(0.0));
+#else
+    for (var d = 0u; d < nin; d++) {
+        dx[d] = 0.0;
+        (*y)[d] = dz_d * (*x)[d];
+    }
     for (var j = 0u; j < nh; j++) {
         let dh = select(0.0, mlp[w2d_at() + j] * dz_d, pre[j] > 0.0);
         let w1 = w1d_at() + j * nin;
         for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
     }
-    var dz_a = vec3<f32>(0.0);
+    out.density = dz_d != 0.0;
+#endif
+    out.dz_a = vec3<f32>(0.0);
 #if ALBEDO
     if (centre_rows) {
-        hidden_pre(&x, w1a_at(), &pre);
+        hidden_pre(x, w1a_at(), &pre);
         var a: vec3<f32>;
         for (var c = 0u; c < 3u; c++) { a[c] = sigmoid(head_out(&pre, w2a_at(), c)); }
-        dz_a = d_alb * a * (1.0 - a);
+        out.dz_a = d_alb * a * (1.0 - a);
         for (var j = 0u; j < nh; j++) {
             let w2 = w2a_at() + j;
-            let g = mlp[w2] * dz_a.x + mlp[w2 + nh] * dz_a.y + mlp[w2 + 2u * nh] * dz_a.z;
+            let g = mlp[w2] * out.dz_a.x + mlp[w2 + nh] * out.dz_a.y + mlp[w2 + 2u * nh] * out.dz_a.z;
             let dh = select(0.0, g, pre[j] > 0.0);
             let w1 = w1a_at() + j * nin;
             for (var d = 0u; d < nin; d++) { dx[d] += mlp[w1 + d] * dh; }
         }
     }
 #endif
+#if ANALYTIC
+    grid_scatter_analytic(u, &dx, &r, q);
+#else
     grid_scatter(u, &dx);
-    return vec4<f32>(dz_d, dz_a);
+#endif
+    return out;
+}
+
+// Upstream density values per row: K with finite differences or none (1 per
+// row), all 4 of the point with ANALYTIC.
+fn row_density_grad(rw: Row) -> vec4<f32> {
+#if ANALYTIC
+    let b = rw.point * p.k;
+    return vec4<f32>(d_density[b], d_density[b + 1u], d_density[b + 2u], d_density[b + 3u]);
+#else
+    return vec4<f32>(d_density[rw.point * p.k + rw.k], 0.0, 0.0, 0.0);
+#endif
 }
 
 // Whether any of the WG rows from `first` has an upstream gradient. Every
@@ -503,7 +699,7 @@ fn rows_have_grad(first: u32, n_rows: u32, n: u32) -> bool {
     let end = min(first + WG, n_rows);
     for (var r = first; r < end; r++) {
         let rw = row_of(r, n);
-        if (d_density[rw.point * p.k + rw.k] != 0.0) { return true; }
+        if (any(row_density_grad(rw) != vec4<f32>(0.0))) { return true; }
 #if ALBEDO
         if (rw.k == 0u) {
             let a = 3u * rw.point;
@@ -521,7 +717,7 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let nh = n_hidden();
     if (lid == 0u) { wg_points = point_count(); }
     let n = workgroupUniformLoad(&wg_points);
-    let n_rows = n * p.k;
+    let n_rows = row_count(n);
     let n_tiles = (n_rows + WG - 1u) / WG;
     let group = wid.x + wid.y * nwg.x;
     let n_groups = nwg.x * nwg.y;
@@ -555,6 +751,8 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
     let w2d_j = mlp[w2d_at() + j];
     let w2a_j = vec3<f32>(mlp[w2a_at() + j], mlp[w2a_at() + nh + j], mlp[w2a_at() + 2u * nh + j]);
+    let j_word = j / 32u;
+    let j_bit = 1u << (j % 32u);
     var acc_w2d = 0.0;
     var acc_w2a = vec3<f32>(0.0);
 
@@ -564,36 +762,53 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         if (!rows_have_grad(first, n_rows, n)) { continue; }
         let row = first + lid;
         let rw = row_of(min(row, n_rows - 1u), n);
-        var d_sigma = 0.0;
+        var dd = vec4<f32>(0.0);
         var d_alb = vec3<f32>(0.0);
         if (row < n_rows) {
-            d_sigma = d_density[rw.point * p.k + rw.k];
+            dd = row_density_grad(rw);
 #if ALBEDO
             if (rw.k == 0u) { d_alb = vec3<f32>(d_albedo[3u * rw.point], d_albedo[3u * rw.point + 1u], d_albedo[3u * rw.point + 2u]); }
 #endif
         }
-        tile_dz[lid] = row_backward(rw, d_sigma, d_alb, lid, first < n);
+        let centre_rows = first < n;
+        var x: array<f32, MAX_IN>;
+        var y: array<f32, MAX_IN>;
+        let rg = row_backward(rw, dd.x, dd.yzw, d_alb, centre_rows, &x, &y);
+        store_tile(lid, &y);
+        tile_mask[lid] = rg.mask;
+        tile_dz[lid] = vec4<f32>(select(0.0, 1.0, rg.density), rg.dz_a);
         workgroupBarrier();
         if (reducer) {
             for (var r = part; r < WG; r += parts) {
-                let dzr = tile_dz[r];
-                if (all(dzr == vec4<f32>(0.0))) { continue; }
-                var pre = 0.0;
-                for (var d4 = 0u; d4 < n_in4(); d4++) { pre += dot(w1d_row[d4], tile_x[r][d4]); }
-                let dh = select(0.0, w2d_j * dzr.x, pre > 0.0);
-                for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1d[d4] += dh * tile_x[r][d4]; }
-                acc_w2d += dzr.x * max(pre, 0.0);
-#if ALBEDO
-                if (any(dzr.yzw != vec3<f32>(0.0))) {
-                    var pre_a = 0.0;
-                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_x[r][d4]); }
-                    let dh_a = select(0.0, dot(w2a_j, dzr.yzw), pre_a > 0.0);
-                    for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_x[r][d4]; }
-                    acc_w2a += dzr.yzw * max(pre_a, 0.0);
+                if (tile_dz[r].x == 0.0 || (tile_mask[r][j_word] & j_bit) == 0u) { continue; }
+                var wy = 0.0;
+                for (var d4 = 0u; d4 < n_in4(); d4++) {
+                    acc_w1d[d4] += w2d_j * tile_v[r][d4];
+                    wy += dot(w1d_row[d4], tile_v[r][d4]);
                 }
-#endif
+                acc_w2d += wy;
             }
         }
+#if ALBEDO
+        // Uniform: `first` is.
+        if (centre_rows) {
+            workgroupBarrier();
+            store_tile(lid, &x);
+            workgroupBarrier();
+            if (reducer) {
+                for (var r = part; r < WG; r += parts) {
+                    let dz_a = tile_dz[r].yzw;
+                    if (all(dz_a == vec3<f32>(0.0))) { continue; }
+                    var pre_a = 0.0;
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_v[r][d4]); }
+                    if (pre_a <= 0.0) { continue; }
+                    let dh_a = dot(w2a_j, dz_a);
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_v[r][d4]; }
+                    acc_w2a += dz_a * pre_a;
+                }
+            }
+        }
+#endif
         workgroupBarrier();
     }
 

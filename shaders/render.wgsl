@@ -18,9 +18,10 @@
 //   normal = Σ w_s·n_s, orient = Σ w_s·max(0, n_s·d)²
 // with c_s the shaded colour: albedo (ALBEDO, also threestudio's ambient-only
 // steps), albedo·(ambient + diffuse·max(0, n·l)) (DIFFUSE), or the same with a
-// white albedo (TEXTURELESS); l = normalize(light − x). Normals come from the
-// density rows 1..6 (hashgrid.wgsl): n = −normalize(g), g_a = (σ(x + ε e_a) −
-// σ(x − ε e_a))/(2ε), threestudio's finite-difference normals.
+// white albedo (TEXTURELESS); l = normalize(light − x). Normals are
+// n = −normalize(g) with g the density gradient (hashgrid.wgsl): with K = 4
+// the analytic ∇σ in values 1..3, with K = 7 the finite differences of rows
+// 1..6, g_a = (σ(x + ε e_a) − σ(x − ε e_a))/(2ε).
 // Images are NCHW: [views, C, H, W], ray r = view·H·W + pixel.
 //
 // Backward (per ray, the reverse accumulation of instant-ngp: nothing per
@@ -34,8 +35,9 @@
 // opacity with itself); the orientation loss Σ_s w_s·max(0, n_s·d)² / (rays
 // with opacity > 0) treats w_s as a constant (threestudio detaches it), so it
 // only reaches the normals. dL/dn goes through the normalisation to g and to
-// the six density rows (first-order: exactly threestudio's autograd through
-// its finite differences). Outputs: dL/dσ [n, K], dL/dalbedo [n, 3],
+// ∇σ's three values (K = 4) or the six density rows (K = 7; first-order:
+// exactly threestudio's autograd through its finite differences). Outputs:
+// dL/d(density values) [n, K], dL/dalbedo [n, 3],
 // dL/dbackground [rays, 3].
 //
 // Occupancy grid (res³ cells over the box, one bit each): occupancy_points
@@ -233,7 +235,7 @@ fn march_scan(@builtin(local_invocation_index) lid: u32) {
 struct CompositeParams {
     n_rays: u32,
     rays_per_view: u32,
-    k: u32,               // density rows per sample: 1, or 7 with normals
+    k: u32,               // density values per sample: 1, 4 (σ, analytic ∇σ) or 7 (finite-difference rows)
     shading: u32,         // 0 albedo, 1 diffuse, 2 textureless
     bg_tensor: u32,       // background from the tensor (else bg_color)
     has_d_opacity: u32,   // backward: dL/dopacity given
@@ -305,8 +307,13 @@ fn albedo_of(s: u32) -> vec3<f32> {
     return vec3<f32>(albedo[3u * s], albedo[3u * s + 1u], albedo[3u * s + 2u]);
 }
 
-// (σ(x + ε e_a) − σ(x − ε e_a)) / (2ε) per axis: the finite-difference density gradient.
+// The density gradient of sample s: analytic (K = 4), or
+// (σ(x + ε e_a) − σ(x − ε e_a)) / (2ε) per axis (K = 7).
 fn density_gradient(s: u32) -> vec3<f32> {
+    if (p.k == 4u) {
+        let b = s * 4u;
+        return vec3<f32>(density[b + 1u], density[b + 2u], density[b + 3u]);
+    }
     let b = s * 7u;
     return vec3<f32>(density[b + 1u] - density[b + 2u], density[b + 3u] - density[b + 4u], density[b + 5u] - density[b + 6u])
         / (2.0 * p.normal_eps);
@@ -370,7 +377,7 @@ fn composite(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let w = t_trans * alpha_of(xs);
         let smp = samples[s];
         var n = vec3<f32>(0.0);
-        if (p.k == 7u) { n = normal_of(density_gradient(s)); }
+        if (p.k > 1u) { n = normal_of(density_gradient(s)); }
         let c = shaded(albedo_of(s), light_at(smp.xyz, n, light));
         rgb += w * c;
         opacity += w;
@@ -443,7 +450,7 @@ fn composite_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         let a = albedo_of(s);
         var g = vec3<f32>(0.0);
         var n = vec3<f32>(0.0);
-        if (p.k == 7u) {
+        if (p.k > 1u) {
             g = density_gradient(s);
             n = normal_of(g);
         }
@@ -468,16 +475,20 @@ fn composite_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             default: { da = dc; }
         }
         for (var q = 0u; q < 3u; q++) { d_albedo[3u * s + q] = da[q]; }
-        if (p.k == 7u) {
+        if (p.k > 1u) {
             // Orientation loss, w treated as a constant.
             dn += lambda_orient * w * 2.0 * max(dot(n, d), 0.0) * d;
-            // n = −g/max(|g|, eps) -> dL/dg -> the six density rows.
+            // n = −g/max(|g|, eps) -> dL/dg -> ∇σ's values, or the six density rows.
             let len = length(g);
             var dg: vec3<f32>;
             if (len > 1e-12) { dg = -(dn - dot(dn, n) * n) / len; } else { dg = -dn / 1e-12; }
-            for (var axis = 0u; axis < 3u; axis++) {
-                d_density[s * 7u + 1u + 2u * axis] = dg[axis] / two_eps;
-                d_density[s * 7u + 2u + 2u * axis] = -dg[axis] / two_eps;
+            if (p.k == 4u) {
+                for (var axis = 0u; axis < 3u; axis++) { d_density[s * 4u + 1u + axis] = dg[axis]; }
+            } else {
+                for (var axis = 0u; axis < 3u; axis++) {
+                    d_density[s * 7u + 1u + 2u * axis] = dg[axis] / two_eps;
+                    d_density[s * 7u + 2u + 2u * axis] = -dg[axis] / two_eps;
+                }
             }
         }
         t_trans = t_next;

@@ -7,7 +7,7 @@ mod common;
 mod scene_reference;
 use common::*;
 use fsd3d::gpu::{Caps, DType, Gpu, kernel};
-use fsd3d::ops::hashgrid::{self, FieldPoints, FieldSpec, GridLayout};
+use fsd3d::ops::hashgrid::{self, FieldPoints, FieldSpec, GridLayout, NormalKind};
 use scene_reference as cpu;
 
 #[test]
@@ -176,7 +176,7 @@ fn bad_input_is_a_clear_error() {
 // The field.
 
 fn small_field() -> FieldSpec {
-    FieldSpec { grid: tiny_layout(), hidden: 16, radius: 1.0, normal_eps: 0.05, blob_scale: 2.0, blob_std: 0.5 }
+    FieldSpec { grid: tiny_layout(), hidden: 16, radius: 1.0, normals: NormalKind::FiniteDifference, normal_eps: 0.05, blob_scale: 2.0, blob_std: 0.5 }
 }
 
 /// threestudio's dimensions (16 levels × 2, 64 hidden: the specialised
@@ -186,6 +186,7 @@ fn default_dims_field() -> FieldSpec {
         grid: GridLayout::new(16, 2, 8, 16, 1.447269).unwrap(),
         hidden: 64,
         radius: 2.0,
+        normals: NormalKind::FiniteDifference,
         normal_eps: 0.01,
         blob_scale: 10.0,
         blob_std: 0.5,
@@ -197,9 +198,14 @@ fn default_dims_field() -> FieldSpec {
 /// reduction splits the rows between two groups of 24 threads and leaves 16
 /// threads without a unit).
 fn odd_dims_field() -> FieldSpec {
-    FieldSpec { grid: GridLayout::new(5, 1, 7, 3, 1.9).unwrap(), hidden: 24, radius: 1.5, normal_eps: 0.03, blob_scale: 4.0, blob_std: 0.6 }
+    FieldSpec { grid: GridLayout::new(5, 1, 7, 3, 1.9).unwrap(), hidden: 24, radius: 1.5, normals: NormalKind::FiniteDifference, normal_eps: 0.03, blob_scale: 4.0, blob_std: 0.6 }
 }
 
+/// (normals, kind): none, finite-difference rows, analytic gradient.
+const NORMAL_MODES: [(bool, NormalKind); 3] =
+    [(false, NormalKind::Analytic), (true, NormalKind::FiniteDifference), (true, NormalKind::Analytic)];
+
+#[derive(Clone)]
 struct FieldCase {
     spec: FieldSpec,
     table: Vec<f32>,
@@ -235,11 +241,12 @@ fn field_forward_matches_reference() {
         for (ci, spec) in [small_field(), default_dims_field(), odd_dims_field()].into_iter().enumerate() {
             for &n in &[1usize, 33] {
                 let c = field_case(spec.clone(), 20 + ci as u64, n.max(2));
-                for normals in [false, true] {
-                    let k = hashgrid::rows_per_point(normals) as usize;
+                for (normals, kind) in NORMAL_MODES {
+                    let c = FieldCase { spec: FieldSpec { normals: kind, ..c.spec.clone() }, ..c.clone() };
+                    let k = c.spec.values_per_point(normals) as usize;
                     let (d, a) = run_field(&gpu, &c, &c.table, &c.mlp, normals);
                     let (wd, wa) = cpu::field(&c.spec, &cpu::to_f64(&c.table), &cpu::to_f64(&c.mlp), &c.points, k);
-                    let what = format!("field case {ci} n={n} normals={normals} [{}]", gpu.features().names().join(","));
+                    let what = format!("field case {ci} n={n} normals={normals} {kind:?} [{}]", gpu.features().names().join(","));
                     assert_close(&format!("{what} density"), &d, &cpu::to_f32(&wd), 1e-5);
                     assert_close(&format!("{what} albedo"), &a, &cpu::to_f32(&wa), 1e-5);
                 }
@@ -248,10 +255,60 @@ fn field_forward_matches_reference() {
     }
 }
 
+/// The reference's analytic ∇σ (the chain rule written out) against central
+/// differences of its own σ along each axis, where neither a level's cell
+/// face nor a ReLU kink of the density head lies within the difference's
+/// reach (σ is piecewise smooth: across either its slope jumps).
+#[test]
+fn analytic_gradient_is_the_derivative_of_the_density() {
+    // threestudio's finest level (4096 cells) leaves f32 positions too coarse
+    // for differences that stay inside one cell; the embedded prior's grid
+    // (8 levels, finest ~190 cells) stands in for it.
+    let prior_dims = FieldSpec { grid: GridLayout::new(8, 2, 10, 16, 1.42).unwrap(), hidden: 32, radius: 1.0, normals: NormalKind::Analytic, normal_eps: 0.01, blob_scale: 10.0, blob_std: 0.5 };
+    for (ci, spec) in [small_field(), prior_dims, odd_dims_field()].into_iter().enumerate() {
+        let c = field_case(spec, 60 + ci as u64, 120);
+        let (t64, m64) = (cpu::to_f64(&c.table), cpu::to_f64(&c.mlp));
+        let r = c.spec.radius;
+        let eps = 1e-4 * r;
+        let (mut checked, mut total) = (0, 0);
+        for i in 0..120 {
+            // Inside the box, away from its faces (where u is clamped).
+            let p: [f32; 3] = [0, 1, 2].map(|a| c.points[3 * i + a] * 0.8);
+            let (_, g) = cpu::density_and_gradient(&c.spec, &t64, &m64, p);
+            for axis in 0..3 {
+                total += 1;
+                let u = (p[axis] + r) / (2.0 * r);
+                let reach = eps / (2.0 * r);
+                let crosses = c.spec.grid.levels.iter().any(|lv| {
+                    let lo = (u - reach) * lv.scale + 0.5;
+                    let hi = (u + reach) * lv.scale + 0.5;
+                    lo.floor() != hi.floor()
+                });
+                let shifted = |d: f32| {
+                    let mut q = p;
+                    q[axis] += d;
+                    q
+                };
+                let kink = cpu::density_active_units(&c.spec, &t64, &m64, shifted(eps)) != cpu::density_active_units(&c.spec, &t64, &m64, shifted(-eps));
+                if crosses || kink {
+                    continue;
+                }
+                let at = |d: f32| cpu::field_at(&c.spec, &t64, &m64, shifted(d)).0;
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+                let tol = 2e-3 * g.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                assert!((fd - g[axis]).abs() <= tol, "case {ci} point {p:?} axis {axis}: analytic {} vs differences {fd}", g[axis]);
+                checked += 1;
+            }
+        }
+        eprintln!("case {ci}: {checked} of {total} (point, axis) pairs away from cell faces checked");
+        assert!(checked * 4 >= total, "case {ci}: only {checked} of {total} pairs could be checked");
+    }
+}
+
 /// dL/dtable and dL/dmlp for L = Σ a·density + Σ b·albedo.
 fn field_grads(gpu: &Gpu, c: &FieldCase, a: &[f32], b: &[f32], normals: bool) -> (Vec<f32>, Vec<f32>) {
     let n = c.points.len() / 3;
-    let k = hashgrid::rows_per_point(normals) as usize;
+    let k = c.spec.values_per_point(normals) as usize;
     let t = gpu.upload(&c.table, &[c.table.len()], DType::F32).unwrap();
     let m = gpu.upload(&c.mlp, &[c.mlp.len()], DType::F32).unwrap();
     let p = gpu.upload(&c.points, &[n, 3], DType::F32).unwrap();
@@ -273,9 +330,10 @@ fn field_backward_matches_finite_differences() {
         // Case 2: 70 points, so that with normals the 490 rows span several
         // tiles and one tile holds both centre and offset rows.
         let n = [40, 12, 70][ci];
-        let c = field_case(spec, 40 + ci as u64, n);
-        for normals in [true, false] {
-            let k = hashgrid::rows_per_point(normals) as usize;
+        let c0 = field_case(spec, 40 + ci as u64, n);
+        for (normals, kind) in NORMAL_MODES {
+            let c = FieldCase { spec: FieldSpec { normals: kind, ..c0.spec.clone() }, ..c0.clone() };
+            let k = c.spec.values_per_point(normals) as usize;
             let a = rand_vec(50, n * k, -1.0, 1.0);
             let mut b = rand_vec(51, n * 3, -1.0, 1.0);
             b[3..6].fill(0.0); // a point with no albedo gradient
@@ -294,7 +352,7 @@ fn field_backward_matches_finite_differences() {
             let mut grads = Vec::new();
             for gpu in gpus() {
                 let (gt, gm) = field_grads(&gpu, &c, &a, &b, normals);
-                let label = format!("case {ci} normals={normals} [{}]", gpu.features().names().join(","));
+                let label = format!("case {ci} normals={normals} {kind:?} [{}]", gpu.features().names().join(","));
                 let pick = |g: &[f32], idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| g[i] as f64).collect() };
                 let et = cpu::rel_error(&pick(&gt, &all_t), &fd_t_ref);
                 let em = cpu::rel_error(&pick(&gm, &all_m), &fd_m_ref);
@@ -302,14 +360,28 @@ fn field_backward_matches_finite_differences() {
                 assert!(et < 1e-4 && em < 1e-4, "{label}: table {et}, mlp {em}");
                 // Central differences of the device's own f32 forward, on the
                 // largest-gradient entries and some others.
-                let it = cpu::probe_indices(&gt, 6);
-                let im = cpu::probe_indices(&gm, 6);
+                // The analytic gradient's ReLU masks flip under larger steps
+                // and its jumps there are large (they carry the grid's
+                // scales): probe with smaller steps, and only entries over
+                // whose step the f64 reference is smooth (its differences at
+                // h and at 1e-6 agree).
+                let h = if normals && kind == NormalKind::Analytic { 1e-3 } else { 1e-2 };
+                let smooth = |idx: Vec<usize>, params: &[f64], loss: &dyn Fn(&[f64]) -> f64| -> Vec<usize> {
+                    let coarse = cpu::central_differences(params, &idx, h, loss);
+                    let fine = cpu::central_differences(params, &idx, 1e-6, loss);
+                    let kept: Vec<usize> =
+                        idx.iter().zip(coarse.iter().zip(&fine)).filter(|(_, (c, f))| (*c - *f).abs() <= 1e-3 * f.abs().max(1.0)).map(|(i, _)| *i).collect();
+                    assert!(kept.len() * 2 >= idx.len(), "{label}: the reference has kinks near most probes: kept {kept:?} of {idx:?}");
+                    kept
+                };
+                let it = smooth(cpu::probe_indices(&gt, 6), &t64, &|t| ref_loss(t, &m64));
+                let im = smooth(cpu::probe_indices(&gm, 6), &m64, &|m| ref_loss(&t64, m));
                 let gpu_loss = |tab: &[f64], mlp: &[f64]| -> f64 {
                     let (d, al) = run_field(&gpu, &c, &cpu::to_f32(tab), &cpu::to_f32(mlp), normals);
                     field_loss(&d, &al, &a, &b)
                 };
-                let fd_t = cpu::central_differences(&t64, &it, 1e-2, |t| gpu_loss(t, &m64));
-                let fd_m = cpu::central_differences(&m64, &im, 1e-2, |m| gpu_loss(&t64, m));
+                let fd_t = cpu::central_differences(&t64, &it, h, |t| gpu_loss(t, &m64));
+                let fd_m = cpu::central_differences(&m64, &im, h, |m| gpu_loss(&t64, m));
                 let et = cpu::rel_error(&pick(&gt, &it), &fd_t);
                 let em = cpu::rel_error(&pick(&gm, &im), &fd_m);
                 eprintln!("field backward vs f32 device differences, {label}: table {et:.2e}, mlp {em:.2e}");
@@ -329,7 +401,7 @@ fn field_backward_matches_finite_differences() {
 #[ignore]
 fn time_field() {
     let gpu = Gpu::from_env().unwrap();
-    let spec = FieldSpec { grid: GridLayout::new(8, 2, 14, 4, 1.6).unwrap(), hidden: 32, radius: 1.0, normal_eps: 0.01, blob_scale: 10.0, blob_std: 0.5 };
+    let spec = FieldSpec { grid: GridLayout::new(8, 2, 14, 4, 1.6).unwrap(), hidden: 32, radius: 1.0, normals: NormalKind::FiniteDifference, normal_eps: 0.01, blob_scale: 10.0, blob_std: 0.5 };
     let n = 40_000;
     let c = field_case(spec, 1, n);
     let t = gpu.upload(&c.table, &[c.table.len()], DType::F32).unwrap();

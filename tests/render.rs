@@ -8,7 +8,7 @@ mod common;
 mod scene_reference;
 use common::*;
 use fsd3d::gpu::{DType, Gpu, Tensor};
-use fsd3d::ops::hashgrid::{self, FieldPoints, FieldSpec, GridLayout};
+use fsd3d::ops::hashgrid::{self, FieldPoints, FieldSpec, GridLayout, NormalKind};
 use fsd3d::ops::render::{
     self, Background, CompositeSpec, MarchInfo, MarchSpec, Marched, RegulariserWeights, Shading,
 };
@@ -198,7 +198,12 @@ fn capacity_overflow_drops_the_last_samples() {
 // ---------------------------------------------------------------------------
 // Compositing.
 
+/// Finite-difference normals where `normals`; [`composite_spec_with`] picks the kind.
 fn composite_spec(shading: Shading, normals: bool) -> CompositeSpec {
+    composite_spec_with(shading, normals.then_some(NormalKind::FiniteDifference))
+}
+
+fn composite_spec_with(shading: Shading, normals: Option<NormalKind>) -> CompositeSpec {
     CompositeSpec {
         rays_per_view: RAYS_PER_VIEW,
         lights: LIGHTS.to_vec(),
@@ -206,11 +211,17 @@ fn composite_spec(shading: Shading, normals: bool) -> CompositeSpec {
         ambient: 0.1,
         diffuse: 0.9,
         dt: 0.1,
-        normals,
+        normals: normals.is_some(),
+        normal_kind: normals.unwrap_or_default(),
         normal_eps: 0.05,
         early_stop: 0.0,
-        normal_image: normals,
+        normal_image: normals.is_some(),
     }
+}
+
+/// Density values per sample of `spec`.
+fn values_of(spec: &CompositeSpec) -> usize {
+    if spec.normals { spec.normal_kind.values_per_point() as usize } else { 1 }
 }
 
 /// Random field outputs for every sample: densities giving alphas across (0, 1).
@@ -232,6 +243,13 @@ fn field_values(m: &Marching, k: usize, seed: u64) -> FieldValues {
             }
         }
     }
+    // Analytic values: σ and a gradient of either sign.
+    if k == 4 {
+        let grad = rand_vec(seed + 9, cap * 3, -30.0, 30.0);
+        for s in 0..cap {
+            density[s * 4 + 1..s * 4 + 4].copy_from_slice(&grad[3 * s..3 * s + 3]);
+        }
+    }
     FieldValues { density, albedo: rand_vec(seed + 1, cap * 3, 0.05, 0.95), bg: rand_vec(seed + 2, m.ranges.len() / 2 * 3, 0.0, 1.0) }
 }
 
@@ -246,7 +264,7 @@ struct Rendered {
 
 fn run_composite(gpu: &Gpu, m: &Marching, v: &FieldValues, spec: &CompositeSpec, per_ray_bg: bool) -> Rendered {
     let cap = m.samples.len() / 4;
-    let k = if spec.normals { 7 } else { 1 };
+    let k = values_of(spec);
     let d = gpu.upload(&v.density, &[cap, k], DType::F32).unwrap();
     let a = gpu.upload(&v.albedo, &[cap, 3], DType::F32).unwrap();
     let bgt = gpu.upload(&v.bg, &[v.bg.len() / 3, 3], DType::F32).unwrap();
@@ -276,15 +294,19 @@ fn composite_matches_reference() {
     for gpu in gpus() {
         let m = run_march(&gpu, &march_spec(true));
         let n = m.ranges.len() / 2;
-        for (shading, normals) in [(Shading::Albedo, false), (Shading::Albedo, true), (Shading::Diffuse, true), (Shading::Textureless, true)] {
+        let fd = Some(NormalKind::FiniteDifference);
+        let analytic = Some(NormalKind::Analytic);
+        for (shading, normals) in
+            [(Shading::Albedo, None), (Shading::Albedo, fd), (Shading::Diffuse, fd), (Shading::Textureless, fd), (Shading::Diffuse, analytic), (Shading::Textureless, analytic)]
+        {
             for (per_ray, early_stop) in [(false, 0.0), (true, 1e-2)] {
-                let spec = CompositeSpec { early_stop, ..composite_spec(shading, normals) };
-                let k = if normals { 7 } else { 1 };
+                let spec = CompositeSpec { early_stop, ..composite_spec_with(shading, normals) };
+                let k = values_of(&spec);
                 let v = field_values(&m, k, 5);
                 let got = run_composite(&gpu, &m, &v, &spec, per_ray);
                 let d64 = cpu::to_f64(&v.density);
                 let want = cpu::composite(&spec, &m.rays_host, &m.ranges, &m.samples, &d64, &d64, &cpu::to_f64(&v.albedo), &bg_per_ray(&v, per_ray, n));
-                let what = format!("{shading:?} normals={normals} per-ray bg={per_ray} early stop={early_stop}");
+                let what = format!("{shading:?} normals={normals:?} per-ray bg={per_ray} early stop={early_stop}");
                 let img = |f: &dyn Fn(usize, usize) -> f64| -> Vec<f32> {
                     let mut out = vec![0.0; n * 3];
                     for r in 0..n {
@@ -350,7 +372,7 @@ fn reference_loss(
 fn grads_of(gpu: &Gpu, m: &Marching, v: &FieldValues, spec: &CompositeSpec, per_ray: bool, up: &Upstream, reg: &RegulariserWeights) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let n = m.ranges.len() / 2;
     let cap = m.samples.len() / 4;
-    let k = if spec.normals { 7 } else { 1 };
+    let k = values_of(spec);
     let d = gpu.upload(&v.density, &[cap, k], DType::F32).unwrap();
     let a = gpu.upload(&v.albedo, &[cap, 3], DType::F32).unwrap();
     let bgt = gpu.upload(&v.bg, &[n, 3], DType::F32).unwrap();
@@ -367,18 +389,20 @@ fn composite_backward_matches_finite_differences() {
     for gpu in gpus() {
         let m = run_march(&gpu, &march_spec(true));
         let n = m.ranges.len() / 2;
-        for (shading, normals) in [(Shading::Albedo, false), (Shading::Diffuse, true), (Shading::Textureless, true)] {
-            let spec = composite_spec(shading, normals);
-            let k = if normals { 7 } else { 1 };
-            let reg = RegulariserWeights { orientation: if normals { REG.orientation } else { 0.0 }, ..REG };
-            let per_ray = normals;
+        let fd = Some(NormalKind::FiniteDifference);
+        let analytic = Some(NormalKind::Analytic);
+        for (shading, normals) in [(Shading::Albedo, None), (Shading::Diffuse, fd), (Shading::Textureless, fd), (Shading::Diffuse, analytic), (Shading::Textureless, analytic)] {
+            let spec = composite_spec_with(shading, normals);
+            let k = values_of(&spec);
+            let reg = RegulariserWeights { orientation: if normals.is_some() { REG.orientation } else { 0.0 }, ..REG };
+            let per_ray = normals.is_some();
             let v = field_values(&m, k, 11);
             let up = upstream(n, 12);
             let (gd, ga, gb) = grads_of(&gpu, &m, &v, &spec, per_ray, &up, &reg);
             let fg = MarchInfo::read(&gpu, &m.marched).unwrap().foreground_rays as usize;
             let (d64, a64) = (cpu::to_f64(&v.density), cpu::to_f64(&v.albedo));
             let bg = bg_per_ray(&v, per_ray, n);
-            let what = format!("{shading:?} normals={normals} [{}]", gpu.features().names().join(","));
+            let what = format!("{shading:?} normals={normals:?} [{}]", gpu.features().names().join(","));
             // Every density row and albedo of the valid samples, every background.
             let di: Vec<usize> = (0..m.count * k).collect();
             let ai: Vec<usize> = (0..m.count * 3).collect();
@@ -448,8 +472,8 @@ fn regulariser_values_match_reference() {
 // ---------------------------------------------------------------------------
 // The whole render: march -> field -> composite, and back.
 
-fn render_field() -> FieldSpec {
-    FieldSpec { grid: GridLayout::new(4, 2, 6, 2, 2.0).unwrap(), hidden: 16, radius: RADIUS, normal_eps: 0.05, blob_scale: 3.0, blob_std: 0.7 }
+fn render_field(normals: NormalKind) -> FieldSpec {
+    FieldSpec { grid: GridLayout::new(4, 2, 6, 2, 2.0).unwrap(), hidden: 16, radius: RADIUS, normals, normal_eps: 0.05, blob_scale: 3.0, blob_std: 0.7 }
 }
 
 struct FieldParams {
@@ -482,13 +506,13 @@ fn render_loss_and_grads(gpu: &Gpu, m: &Marching, f: &FieldSpec, w: &FieldParams
 
 #[test]
 fn render_backward_matches_finite_differences() {
-    let f = render_field();
-    let w = FieldParams {
-        table: rand_vec(31, f.grid.n_params(), -1.0, 1.0),
-        mlp: rand_vec(32, f.mlp_layout().len, -0.6, 0.6),
-    };
-    for (shading, normals) in [(Shading::Albedo, false), (Shading::Diffuse, true)] {
-        let spec = composite_spec(shading, normals);
+    for (shading, normals) in [(Shading::Albedo, None), (Shading::Diffuse, Some(NormalKind::FiniteDifference)), (Shading::Diffuse, Some(NormalKind::Analytic))] {
+        let f = render_field(normals.unwrap_or_default());
+        let w = FieldParams {
+            table: rand_vec(31, f.grid.n_params(), -1.0, 1.0),
+            mlp: rand_vec(32, f.mlp_layout().len, -0.6, 0.6),
+        };
+        let spec = composite_spec_with(shading, normals);
         let mut all = Vec::new();
         for gpu in gpus() {
             let m = run_march(&gpu, &march_spec(true));
@@ -502,7 +526,7 @@ fn render_backward_matches_finite_differences() {
             let fd_m = cpu::central_differences(&cpu::to_f64(&w.mlp), &im, 3e-3, loss_m);
             let et = cpu::rel_error(&it.iter().map(|&i| gt[i] as f64).collect::<Vec<_>>(), &fd_t);
             let em = cpu::rel_error(&im.iter().map(|&i| gm[i] as f64).collect::<Vec<_>>(), &fd_m);
-            let what = format!("{shading:?} normals={normals} [{}]", gpu.features().names().join(","));
+            let what = format!("{shading:?} normals={normals:?} [{}]", gpu.features().names().join(","));
             eprintln!("render backward {what} vs f32 device differences: table {et:.2e}, mlp {em:.2e}");
             assert!(et < 1e-2 && em < 1e-2, "{what}: table {et}, mlp {em}");
             all.push((gt, gm));

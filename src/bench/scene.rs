@@ -8,7 +8,7 @@
 use crate::bench::Case;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu};
-use crate::ops::hashgrid::{self, FieldPoints};
+use crate::ops::hashgrid::{self, FieldPoints, NormalKind};
 use crate::ops::render::RegulariserWeights;
 use crate::scene::camera::{Camera, RayBatch};
 use crate::scene::{RenderOptions, Scene, SceneConfig};
@@ -36,19 +36,40 @@ fn field_row_flops(cfg: &SceneConfig) -> f64 {
     2.0 * 8.0 * inputs + 2.0 * (2.0 * inputs * h + 4.0 * h)
 }
 
-fn field_case<'a>(gpu: &'a Gpu, points: usize, normals: bool) -> Result<Case<'a>> {
-    let cfg = SceneConfig::default();
+/// Forward FLOPs of one point's analytic normal on top of its row: the
+/// Jacobian blend (3 per corner and feature), r = ∂z/∂x and Σ r_i·J_i.
+fn analytic_normal_flops(cfg: &SceneConfig) -> f64 {
+    let f = &cfg.field;
+    let inputs = (f.levels * f.features_per_level) as f64;
+    2.0 * 8.0 * 3.0 * inputs + 2.0 * inputs * f.hidden as f64 + 6.0 * inputs
+}
+
+/// The field's forward and backward at `points` points, without normals or
+/// with normals of `normals` kind.
+fn field_case<'a>(gpu: &'a Gpu, points: usize, normals: Option<NormalKind>) -> Result<Case<'a>> {
+    let mut cfg = SceneConfig::default();
+    if let Some(kind) = normals {
+        cfg.field.normal_type = kind;
+    }
     let scene = Scene::new(gpu, &cfg, 0)?;
-    let k = hashgrid::rows_per_point(normals) as usize;
+    let k = scene.field.spec.values_per_point(normals.is_some()) as usize;
+    let analytic = normals == Some(NormalKind::Analytic);
+    let normals = normals.is_some();
     let pts = gpu.upload(&fill(points * 3, 1, -0.6, 0.6), &[points, 3], DType::F32)?;
     let d_density = gpu.upload(&fill(points * k, 2, -1.0, 1.0), &[points, k], DType::F32)?;
     let d_albedo = gpu.upload(&fill(points * 3, 3, -1.0, 1.0), &[points, 3], DType::F32)?;
-    let rows = (points * k) as f64;
-    let flops = rows * field_row_flops(&cfg) * 4.0; // forward, then backward ≈ 3 forwards
+    let rows = if analytic { points } else { points * k } as f64;
+    let row_flops = field_row_flops(&cfg) + if analytic { analytic_normal_flops(&cfg) } else { 0.0 };
+    let flops = rows * row_flops * 4.0; // forward, then backward ≈ 3 forwards
     let bytes = rows * (16.0 * 8.0 * 2.0 * 4.0) * 3.0; // table reads (forward, backward) and scatters
+    let what = match (normals, analytic) {
+        (false, _) => "",
+        (true, true) => " +analytic normals",
+        (true, false) => " +fd normals",
+    };
     Ok(Case {
-        kernel: format!("scene.field fwd+bwd{}", if normals { " +normals" } else { "" }),
-        shape: format!("{points} points x {k} rows, grid 16x2x2^19, mlp 64"),
+        kernel: format!("scene.field fwd+bwd{what}"),
+        shape: format!("{points} points x {} rows, grid 16x2x2^19, mlp 64", rows as usize / points),
         dtype: DType::F32,
         flops,
         bytes,
@@ -87,13 +108,14 @@ fn render_case<'a>(gpu: &'a Gpu, res: u32, shading: Shading, blob: bool) -> Resu
     let opts = RenderOptions::training(shading, 1, shading != Shading::Albedo);
     let reg = RegulariserWeights { orientation: if opts.normals { 10.0 } else { 0.0 }, sparsity: 1.0, opaque: 0.0 };
     let samples = n as f64 * cfg.render.samples_per_ray as f64;
-    let k = hashgrid::rows_per_point(opts.normals) as f64;
+    let k = if !opts.normals { 1.0 } else if cfg.field.normal_type == NormalKind::Analytic { 1.0 } else { 7.0 };
+    let row_flops = field_row_flops(&cfg) + if opts.normals && k == 1.0 { analytic_normal_flops(&cfg) } else { 0.0 };
     Ok(Case {
         kernel: format!("scene.render fwd+bwd {shading:?}").to_lowercase(),
         shape: format!("{res}x{res} rays x {} samples ({})", cfg.render.samples_per_ray, if blob { "blob occupancy" } else { "all occupied" }),
         dtype: DType::F32,
         // At most: every sample of every ray (all occupied).
-        flops: if blob { 0.0 } else { samples * k * field_row_flops(&cfg) * 4.0 },
+        flops: if blob { 0.0 } else { samples * k * row_flops * 4.0 },
         bytes: 0.0,
         record: Box::new(move || {
             let r = scene.render(gpu, &rays, &opts)?;
@@ -118,7 +140,11 @@ fn adam_case(gpu: &Gpu) -> Result<Case<'_>> {
 
 pub fn cases(gpu: &Gpu, quick: bool) -> Result<Vec<Case<'_>>> {
     let points = if quick { 1 << 12 } else { 1 << 18 };
-    let mut v = vec![field_case(gpu, points, false)?, field_case(gpu, points / 8, true)?];
+    let mut v = vec![
+        field_case(gpu, points, None)?,
+        field_case(gpu, points / 8, Some(NormalKind::FiniteDifference))?,
+        field_case(gpu, points / 8, Some(NormalKind::Analytic))?,
+    ];
     let res = if quick { 16 } else { 64 };
     v.push(render_case(gpu, res, Shading::Albedo, true)?);
     v.push(render_case(gpu, res, Shading::Diffuse, true)?);

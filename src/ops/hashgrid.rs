@@ -1,11 +1,14 @@
 //! Multiresolution hash-grid encoding and the field fused on it
 //! (`shaders/hashgrid.wgsl`): encode / encode_backward on their own, and
 //! field_forward / field_backward (grid → density and albedo MLP heads, with
-//! finite-difference normal rows) for the renderer.
+//! the density gradient for normals: analytic, or finite-difference rows)
+//! for the renderer.
 //!
 //! The grid follows tiny-cuda-nn's `GridEncoding` (hash type, linear
 //! interpolation) exactly: level scales, resolutions, dense/hashed indexing,
 //! per-level table sizes and offsets (see [`GridLayout`]).
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
@@ -100,8 +103,33 @@ impl GridLayout {
     }
 }
 
+/// Where the normals' density gradient comes from (threestudio's `normal_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormalKind {
+    /// ∇σ carried through the grid's trilinear weights and the density head
+    /// in the point's own row: one gather per level (FSD_SPEC §5: "normals
+    /// from the density gradient").
+    #[default]
+    Analytic,
+    /// Central differences of σ at ±normal_eps along each axis: six more
+    /// rows per point.
+    FiniteDifference,
+}
+
+impl NormalKind {
+    /// Density values per point when normals are evaluated: σ and ∇σ (4), or
+    /// σ at the point and its six offsets (7).
+    pub fn values_per_point(self) -> u32 {
+        match self {
+            NormalKind::Analytic => 4,
+            NormalKind::FiniteDifference => 7,
+        }
+    }
+}
+
 /// The field on top of a grid: two MLP heads of one hidden layer, the world
-/// box and threestudio's density bias and finite-difference normals.
+/// box, threestudio's density bias and how normals are computed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FieldSpec {
     pub grid: GridLayout,
@@ -109,6 +137,8 @@ pub struct FieldSpec {
     pub hidden: u32,
     /// The world box is [-radius, radius]³.
     pub radius: f32,
+    /// How normals are computed.
+    pub normals: NormalKind,
     /// Finite-difference offset of the normal rows, world units.
     pub normal_eps: f32,
     /// Density bias `blob_scale·(1 − |x|/blob_std)` (blob_magic3d).
@@ -145,6 +175,17 @@ impl FieldSpec {
     pub fn mlp_layout(&self) -> MlpLayout {
         let (h, i) = (self.hidden as usize, self.grid.output_dim());
         MlpLayout { w1_density: 0, w2_density: h * i, w1_albedo: h * i + h, w2_albedo: 2 * h * i + h, len: 2 * h * i + 4 * h }
+    }
+
+    /// Density values per point (K): 1 without normals, else
+    /// [`NormalKind::values_per_point`].
+    pub fn values_per_point(&self, normals: bool) -> u32 {
+        if normals { self.normals.values_per_point() } else { 1 }
+    }
+
+    /// Whether the kernels carry the analytic gradient.
+    fn analytic(&self, normals: bool) -> bool {
+        normals && self.normals == NormalKind::Analytic
     }
 }
 
@@ -201,6 +242,7 @@ fn dims_for(levels: usize, feats: u32, hidden: u32) -> Dims {
 
 fn key(entry: &'static str, dims: Dims) -> KernelKey {
     let k = KernelKey::new(FAMILY, entry).params::<Params>()
+        .flag("ANALYTIC", false)
         .flag("ENCODE", entry == "encode")
         .flag("ENCODE_BACKWARD", entry == "encode_backward")
         .flag("FIELD_FORWARD", entry == "field_forward")
@@ -228,11 +270,11 @@ fn encode_key() -> KernelKey {
 fn encode_backward_key() -> KernelKey {
     key("encode_backward", None).flag("SAMPLES", false).flag("ALBEDO", false)
 }
-fn field_forward_key(dims: Dims, samples: bool, albedo: bool) -> KernelKey {
-    key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo)
+fn field_forward_key(dims: Dims, samples: bool, albedo: bool, analytic: bool) -> KernelKey {
+    key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo).flag("ANALYTIC", analytic)
 }
-fn field_backward_key(dims: Dims, samples: bool) -> KernelKey {
-    key("field_backward", dims).flag("SAMPLES", samples).flag("ALBEDO", true)
+fn field_backward_key(dims: Dims, samples: bool, analytic: bool) -> KernelKey {
+    key("field_backward", dims).flag("SAMPLES", samples).flag("ALBEDO", true).flag("ANALYTIC", analytic)
 }
 fn resolve_fixed_key() -> KernelKey {
     key("resolve_fixed", None).flag("SAMPLES", false).flag("ALBEDO", false)
@@ -271,10 +313,12 @@ pub fn variants(_caps: Caps) -> Vec<KernelKey> {
     let mut dims: Vec<Dims> = vec![None];
     dims.extend(SPECIALIZED.iter().map(|&d| Some(d)));
     for &d in &dims {
-        v.push(field_forward_key(d, false, false));
+        v.push(field_forward_key(d, false, false, false));
         for samples in [false, true] {
-            v.push(field_forward_key(d, samples, true));
-            v.push(field_backward_key(d, samples));
+            for analytic in [false, true] {
+                v.push(field_forward_key(d, samples, true, analytic));
+                v.push(field_backward_key(d, samples, analytic));
+            }
         }
     }
     v
@@ -361,11 +405,6 @@ impl FieldPoints<'_> {
     }
 }
 
-/// Rows per point: 7 with finite-difference normal rows, else 1.
-pub fn rows_per_point(normals: bool) -> u32 {
-    if normals { 7 } else { 1 }
-}
-
 fn check_field(op: &'static str, f: &FieldSpec, table: &Tensor, mlp: &Tensor) -> Result<()> {
     f.validate()?;
     expect_f32(op, "table", table, Some(f.grid.n_params()))?;
@@ -377,14 +416,16 @@ fn stride_workgroups(gpu: &Gpu, rows: usize, cap: usize) -> [u32; 3] {
     crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension)
 }
 
-/// The field at `points`: density `[n, K]` (K = 7 with `normals`: the point
-/// and its six finite-difference neighbours) and albedo `[n, 3]`.
+/// The field at `points`: density `[n, K]` and albedo `[n, 3]`. K is 1
+/// without `normals`; with them 4 (σ, ∇σ) for analytic normals or 7 (σ at
+/// the point and its six finite-difference neighbours).
 /// In `Samples` mode `n` is the capacity; rows past `info[0]` are not written.
 pub fn field_forward(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, points: FieldPoints<'_>, normals: bool) -> Result<(Tensor, Tensor)> {
     const OP: &str = "hashgrid.field_forward";
     check_field(OP, f, table, mlp)?;
     let (n, samples) = points.check(OP)?;
-    let k = rows_per_point(normals);
+    let k = f.values_per_point(normals);
+    let rows = if f.analytic(normals) { n } else { n * k as usize };
     let density = gpu.empty(&[n, k as usize], DType::F32)?;
     let albedo = gpu.empty(&[n, 3], DType::F32)?;
     let p = field_params(f, n, k);
@@ -394,10 +435,10 @@ pub fn field_forward(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     bind.extend(info);
     gpu.dispatch(
         OP,
-        &field_forward_key(dims, samples, true),
+        &field_forward_key(dims, samples, true, f.analytic(normals)),
         &p,
         &bind,
-        stride_workgroups(gpu, n * k as usize, MAX_STRIDE_WORKGROUPS),
+        stride_workgroups(gpu, rows, MAX_STRIDE_WORKGROUPS),
     )?;
     Ok((density, albedo))
 }
@@ -413,7 +454,7 @@ pub fn field_density(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
     gpu.dispatch(
         OP,
-        &field_forward_key(dims, false, false),
+        &field_forward_key(dims, false, false, false),
         &p,
         &[table, mlp, points, &density, &unused_albedo],
         stride_workgroups(gpu, n, MAX_STRIDE_WORKGROUPS),
@@ -429,7 +470,7 @@ fn backward_workgroups(gpu: &Gpu, rows: usize) -> usize {
     rows.div_ceil(WG as usize).clamp(1, cap)
 }
 
-/// Backward of [`field_forward`]: given dL/dσ `[n, K]` and dL/dalbedo `[n, 3]`,
+/// Backward of [`field_forward`]: given dL/d(density values) `[n, K]` and dL/dalbedo `[n, 3]`,
 /// adds dL/dtable to `grad_table` and dL/dweights to `grad_mlp`.
 #[allow(clippy::too_many_arguments)]
 pub fn field_backward(
@@ -447,14 +488,15 @@ pub fn field_backward(
     const OP: &str = "hashgrid.field_backward";
     check_field(OP, f, table, mlp)?;
     let (n, samples) = points.check(OP)?;
-    let k = rows_per_point(normals);
+    let k = f.values_per_point(normals);
+    let rows = if f.analytic(normals) { n } else { n * k as usize };
     expect_f32(OP, "d_density", d_density, Some(n * k as usize))?;
     expect_f32(OP, "d_albedo", d_albedo, Some(n * 3))?;
     expect_f32(OP, "grad_table", grad_table, Some(f.grid.n_params()))?;
     let layout = f.mlp_layout();
     expect_f32(OP, "grad_mlp", grad_mlp, Some(layout.len))?;
     let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
-    let groups = backward_workgroups(gpu, n * k as usize);
+    let groups = backward_workgroups(gpu, rows);
     let partials = gpu.empty(&[groups * backward_parts(f.hidden), layout.len], DType::F32)?;
     let p = field_params(f, n, k);
     let (pts, info) = points.tensors();
@@ -464,7 +506,7 @@ pub fn field_backward(
     bind.push(&sums.hi);
     gpu.dispatch(
         OP,
-        &field_backward_key(dims, samples),
+        &field_backward_key(dims, samples, f.analytic(normals)),
         &p,
         &bind,
         crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension),

@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::grid_for;
+use crate::ops::hashgrid::NormalKind;
 
 const FAMILY: &str = "render";
 const WG: u32 = 64;
@@ -224,8 +225,11 @@ pub struct CompositeSpec {
     pub diffuse: f32,
     /// The sample spacing (as marched).
     pub dt: f32,
-    /// Density has K = 7 rows per sample (finite-difference normals).
+    /// Density carries the normals' gradient: K = 4 values per sample (σ,
+    /// ∇σ) for analytic normals, 7 rows (σ and its ±eps neighbours) for
+    /// finite differences; else K = 1.
     pub normals: bool,
+    pub normal_kind: NormalKind,
     /// Finite-difference offset of those rows.
     pub normal_eps: f32,
     /// Stop a ray once its transmittance is below this.
@@ -298,7 +302,7 @@ impl CompositeSpec {
         if !(self.dt > 0.0 && self.normal_eps > 0.0) {
             return Err(Error::Invalid(format!("{op}: dt {} and normal eps {} must be positive", self.dt, self.normal_eps)));
         }
-        Ok((views, if self.normals { 7 } else { 1 }))
+        Ok((views, if self.normals { self.normal_kind.values_per_point() } else { 1 }))
     }
 
     fn params(&self, n_rays: usize, k: u32, bg: &Background<'_>) -> CompositeParams {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::ops::hashgrid::{self, FieldSpec, GridLayout};
+use crate::ops::hashgrid::{self, FieldSpec, GridLayout, NormalKind};
 use crate::scene::camera::{purpose, rng_for};
 
 /// Geometry and its encoding. Defaults: FSD_SPEC §5 (threestudio).
@@ -24,6 +24,9 @@ pub struct FieldConfig {
     /// Density bias `blob_scale·(1 − |x|/blob_std)` (blob_magic3d).
     pub blob_scale: f32,
     pub blob_std: f32,
+    /// How normals are computed: "analytic" (the density gradient) or
+    /// "finite-difference" (central differences at ±normal_eps).
+    pub normal_type: NormalKind,
     /// Finite-difference offset of the normals, world units.
     pub normal_eps: f32,
     /// Table entries start uniform in ±grid_init (tcnn's 1e-4).
@@ -42,6 +45,7 @@ impl Default for FieldConfig {
             hidden: 64,
             blob_scale: 10.0,
             blob_std: 0.5,
+            normal_type: NormalKind::Analytic,
             normal_eps: 0.01,
             grid_init: 1e-4,
         }
@@ -56,6 +60,7 @@ impl FieldConfig {
             grid,
             hidden: self.hidden,
             radius: self.radius,
+            normals: self.normal_type,
             normal_eps: self.normal_eps,
             blob_scale: self.blob_scale,
             blob_std: self.blob_std,

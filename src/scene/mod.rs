@@ -167,6 +167,7 @@ impl Scene {
             diffuse: self.cfg.material.diffuse,
             dt,
             normals: opts.normals,
+            normal_kind: self.field.spec.normals,
             normal_eps: self.field.spec.normal_eps,
             early_stop: rc.early_stop,
             normal_image: opts.normal_image,

@@ -95,8 +95,102 @@ pub fn field_at(spec: &FieldSpec, table: &[f64], mlp: &[f64], pos: [f32; 3]) -> 
     (softplus(raw_d + bias), [sigmoid(raw_a[0]), sigmoid(raw_a[1]), sigmoid(raw_a[2])])
 }
 
+/// ∂(trilinear weight)/∂u of the 8 vertices of [`level_corners`] (same
+/// order): the product rule on the per-axis weights, times the level's scale
+/// along each axis where u is inside [0, 1] (zero where it is clamped).
+pub fn level_corner_gradients(layout: &GridLayout, l: usize, u: [f32; 3]) -> Vec<[f64; 3]> {
+    let lv = &layout.levels[l];
+    let mut fr = [0f64; 3];
+    let mut dpos = [0f64; 3];
+    for d in 0..3 {
+        let pos = u[d].clamp(0.0, 1.0) * lv.scale + 0.5;
+        fr[d] = (pos - pos.floor()) as f64;
+        dpos[d] = if (0.0..=1.0).contains(&u[d]) { lv.scale as f64 } else { 0.0 };
+    }
+    (0..8u32)
+        .map(|c| {
+            let bit = |d: usize| (c >> d) & 1 == 1;
+            let w = |d: usize| if bit(d) { fr[d] } else { 1.0 - fr[d] };
+            let dw = |d: usize| if bit(d) { dpos[d] } else { -dpos[d] };
+            [dw(0) * w(1) * w(2), w(0) * dw(1) * w(2), w(0) * w(1) * dw(2)]
+        })
+        .collect()
+}
+
+/// (σ, ∇σ in world units) at world `pos`, by the chain rule written out:
+/// features and their Jacobian from the corners' weight gradients, through
+/// the density head's ReLU layer, softplus and the blob bias.
+pub fn density_and_gradient(spec: &FieldSpec, table: &[f64], mlp: &[f64], pos: [f32; 3]) -> (f64, [f64; 3]) {
+    let r = spec.radius;
+    let u = [(pos[0] + r) / (2.0 * r), (pos[1] + r) / (2.0 * r), (pos[2] + r) / (2.0 * r)];
+    let layout = &spec.grid;
+    let nf = layout.features_per_level as usize;
+    let nin = layout.output_dim();
+    let mut x = vec![0.0; nin];
+    let mut jac = vec![[0.0f64; 3]; nin];
+    for l in 0..layout.levels.len() {
+        let corners = level_corners(layout, l, u);
+        let grads = level_corner_gradients(layout, l, u);
+        for ((entry, w), dw) in corners.into_iter().zip(grads) {
+            for f in 0..nf {
+                let t = table[entry * nf + f];
+                x[l * nf + f] += w * t;
+                for d in 0..3 {
+                    jac[l * nf + f][d] += dw[d] * t;
+                }
+            }
+        }
+    }
+    let lay = spec.mlp_layout();
+    let h = spec.hidden as usize;
+    let (w1, w2) = (&mlp[lay.w1_density..lay.w2_density], &mlp[lay.w2_density..lay.w1_albedo]);
+    let mut z = 0.0;
+    let mut dz_du = [0.0f64; 3];
+    for j in 0..h {
+        let pre: f64 = (0..nin).map(|i| w1[j * nin + i] * x[i]).sum();
+        if pre > 0.0 {
+            z += w2[j] * pre;
+            for d in 0..3 {
+                dz_du[d] += w2[j] * (0..nin).map(|i| w1[j * nin + i] * jac[i][d]).sum::<f64>();
+            }
+        }
+    }
+    let p64 = pos.map(|v| v as f64);
+    let norm = p64.iter().map(|v| v * v).sum::<f64>().sqrt();
+    z += spec.blob_scale as f64 * (1.0 - norm / spec.blob_std as f64);
+    let s = sigmoid(z);
+    let mut g = [0.0; 3];
+    for d in 0..3 {
+        let blob = if norm > 0.0 { -(spec.blob_scale as f64) / spec.blob_std as f64 * p64[d] / norm } else { 0.0 };
+        g[d] = s * (dz_du[d] / (2.0 * r as f64) + blob);
+    }
+    (softplus(z), g)
+}
+
+/// Which hidden units of the density head are active (pre-activation > 0) at `pos`.
+pub fn density_active_units(spec: &FieldSpec, table: &[f64], mlp: &[f64], pos: [f32; 3]) -> Vec<bool> {
+    let r = spec.radius;
+    let u = [(pos[0] + r) / (2.0 * r), (pos[1] + r) / (2.0 * r), (pos[2] + r) / (2.0 * r)];
+    let x = grid_features(&spec.grid, table, u);
+    let lay = spec.mlp_layout();
+    let nin = x.len();
+    (0..spec.hidden as usize).map(|j| (0..nin).map(|i| mlp[lay.w1_density + j * nin + i] * x[i]).sum::<f64>() > 0.0).collect()
+}
+
 /// The field at `points` (world, [n, 3]): density [n, K] and albedo [n, 3].
+/// K = 1 (σ), 4 (σ and its analytic gradient) or 7 (σ at the point and its
+/// six finite-difference neighbours).
 pub fn field(spec: &FieldSpec, table: &[f64], mlp: &[f64], points: &[f32], k: usize) -> (Vec<f64>, Vec<f64>) {
+    if k == 4 {
+        let (_, albedo) = field(spec, table, mlp, points, 1);
+        let density = (0..points.len() / 3)
+            .flat_map(|i| {
+                let (s, g) = density_and_gradient(spec, table, mlp, [points[3 * i], points[3 * i + 1], points[3 * i + 2]]);
+                [s, g[0], g[1], g[2]]
+            })
+            .collect();
+        return (density, albedo);
+    }
     let n = points.len() / 3;
     let mut density = Vec::with_capacity(n * k);
     let mut albedo = Vec::with_capacity(n * 3);
@@ -192,7 +286,7 @@ pub fn composite(
     albedo: &[f64],
     bg: &[[f64; 3]],
 ) -> RefImages {
-    let k = if spec.normals { 7 } else { 1 };
+    let k = if spec.normals { spec.normal_kind.values_per_point() as usize } else { 1 };
     let n = ranges.len() / 2;
     let mut out = RefImages::default();
     let dt = spec.dt as f64;
@@ -213,6 +307,11 @@ pub fn composite(
             let w_orient = t_orient * (1.0 - (-orient_density[s * k] * dt).exp());
             let x = [samples[4 * s] as f64, samples[4 * s + 1] as f64, samples[4 * s + 2] as f64];
             let mut nv = [0.0; 3];
+            if k == 4 {
+                let g = [density[s * 4 + 1], density[s * 4 + 2], density[s * 4 + 3]];
+                let len = norm3(g).max(1e-12);
+                nv = [-g[0] / len, -g[1] / len, -g[2] / len];
+            }
             if k == 7 {
                 let e = spec.normal_eps as f64;
                 let g = [
