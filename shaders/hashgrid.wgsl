@@ -574,24 +574,27 @@ fn field_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 
 #if FIELD_BACKWARD
 // A tile is WG rows: each thread runs the backward of one row, then the
-// workgroup reduces the weight gradients over the tile, in two phases that
-// share one tile array: the density head from y = dz·x + c (c: the analytic
-// normals' term, zero otherwise) and the ReLU masks, since
-//   dW1d[j, :] += [pre_j > 0]·W2d[j]·y,  dW2d[j] += [pre_j > 0]·(W1d[j, :]·y)
-// (with c = 0 these are the usual dh_j·x and dz·relu(pre_j)); then the albedo
-// head from x, for tiles of centre rows.
+// workgroup reduces the weight gradients over the tile. Without ANALYTIC in
+// one phase from each row's x and dz (dW1[j, :] += dh_j·x, dW2[j] +=
+// dz·relu(pre_j), both heads). With it, in two phases that share one tile
+// array: the density head from y = dz·x + c (c: the normals' term) and the
+// ReLU masks, since
+//   dW1d[j, :] += [pre_j > 0]·W2d[j]·y,  dW2d[j] += [pre_j > 0]·(W1d[j, :]·y),
+// then the albedo head from x.
 
-// Per row, in vec4s (zero-padded past LEVELS·FEATS): y, then x.
+// Per row, in vec4s (zero-padded past LEVELS·FEATS): x, or (ANALYTIC) y then x.
 const IN4: u32 = (MAX_IN + 3u) / 4u;
 var<workgroup> tile_v: array<array<vec4<f32>, IN4>, WG>;
 // Per row: bit j of the density head's pre_j > 0 (MAX_HIDDEN ≤ 64).
 var<workgroup> tile_mask: array<vec2<u32>, WG>;
-// Per row: 1 if it has a density gradient (else 0), and dL/d(raw albedo).
+// Per row: dL/d(raw density), or (ANALYTIC) 1 if it has a density gradient
+// else 0; and dL/d(raw albedo).
 var<workgroup> tile_dz: array<vec4<f32>, WG>;
 
 // What a row leaves for the reduction (besides x and y).
 struct RowGrad {
     density: bool,
+    dz_d: f32,
     dz_a: vec3<f32>,
     mask: vec2<u32>,
 }
@@ -628,9 +631,11 @@ fn row_backward(rw: Row, d_sigma: f32, d_grad: vec3<f32>, d_alb: vec3<f32>, cent
     var pre: array<f32, MAX_HIDDEN>;
     hidden_pre(x, w1d_at(), &pre);
     out.mask = vec2<u32>(0u);
+#if ANALYTIC
     for (var j = 0u; j < nh; j++) {
         if (pre[j] > 0.0) { out.mask[j / 32u] |= 1u << (j % 32u); }
     }
+#endif
     let z = head_out(&pre, w2d_at(), 0u) + blob_bias(pos);
     let s = sigmoid(z);  // softplus' = sigmoid
     var dz_d = d_sigma * s;
@@ -646,10 +651,7 @@ fn row_backward(rw: Row, d_sigma: f32, d_grad: vec3<f32>, d_alb: vec3<f32>, cent
     }
     out.density = dz_d != 0.0 || any(q != vec3<f32>(0.0));
 #else
-    for (var d = 0u; d < nin; d++) {
-        dx[d] = 0.0;
-        (*y)[d] = dz_d * (*x)[d];
-    }
+    for (var d = 0u; d < nin; d++) { dx[d] = 0.0; }
     for (var j = 0u; j < nh; j++) {
         let dh = select(0.0, mlp[w2d_at() + j] * dz_d, pre[j] > 0.0);
         let w1 = w1d_at() + j * nin;
@@ -657,6 +659,7 @@ fn row_backward(rw: Row, d_sigma: f32, d_grad: vec3<f32>, d_alb: vec3<f32>, cent
     }
     out.density = dz_d != 0.0;
 #endif
+    out.dz_d = dz_d;
     out.dz_a = vec3<f32>(0.0);
 #if ALBEDO
     if (centre_rows) {
@@ -774,6 +777,7 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         var x: array<f32, MAX_IN>;
         var y: array<f32, MAX_IN>;
         let rg = row_backward(rw, dd.x, dd.yzw, d_alb, centre_rows, &x, &y);
+#if ANALYTIC
         store_tile(lid, &y);
         tile_mask[lid] = rg.mask;
         tile_dz[lid] = vec4<f32>(select(0.0, 1.0, rg.density), rg.dz_a);
@@ -789,26 +793,41 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                 acc_w2d += wy;
             }
         }
-#if ALBEDO
-        // Uniform: `first` is.
-        if (centre_rows) {
-            workgroupBarrier();
-            store_tile(lid, &x);
-            workgroupBarrier();
-            if (reducer) {
-                for (var r = part; r < WG; r += parts) {
-                    let dz_a = tile_dz[r].yzw;
-                    if (all(dz_a == vec3<f32>(0.0))) { continue; }
-                    var pre_a = 0.0;
-                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_v[r][d4]); }
-                    if (pre_a <= 0.0) { continue; }
-                    let dh_a = dot(w2a_j, dz_a);
-                    for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_v[r][d4]; }
-                    acc_w2a += dz_a * pre_a;
+        // Then the albedo head from x (every tile holds centre rows).
+        workgroupBarrier();
+        store_tile(lid, &x);
+#else
+        // y = dz·x here: one phase from x and dz serves both heads.
+        store_tile(lid, &x);
+        tile_dz[lid] = vec4<f32>(rg.dz_d, rg.dz_a);
+#endif
+        workgroupBarrier();
+        if (reducer) {
+            for (var r = part; r < WG; r += parts) {
+                let dzr = tile_dz[r];
+#if !ANALYTIC
+                if (dzr.x != 0.0) {
+                    var pre = 0.0;
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre += dot(w1d_row[d4], tile_v[r][d4]); }
+                    if (pre > 0.0) {
+                        let dh = w2d_j * dzr.x;
+                        for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1d[d4] += dh * tile_v[r][d4]; }
+                        acc_w2d += dzr.x * pre;
+                    }
                 }
+#endif
+#if ALBEDO
+                let dz_a = dzr.yzw;
+                if (all(dz_a == vec3<f32>(0.0))) { continue; }
+                var pre_a = 0.0;
+                for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_v[r][d4]); }
+                if (pre_a <= 0.0) { continue; }
+                let dh_a = dot(w2a_j, dz_a);
+                for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_v[r][d4]; }
+                acc_w2a += dz_a * pre_a;
+#endif
             }
         }
-#endif
         workgroupBarrier();
     }
 
