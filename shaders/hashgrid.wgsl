@@ -784,13 +784,17 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         workgroupBarrier();
         if (reducer) {
             for (var r = part; r < WG; r += parts) {
-                if (tile_dz[r].x == 0.0 || (tile_mask[r][j_word] & j_bit) == 0u) { continue; }
+                // Uniform skip (every reducer reads the same row); the mask
+                // is per unit, so it selects rather than branches.
+                if (tile_dz[r].x == 0.0) { continue; }
+                let unit_on = (tile_mask[r][j_word] & j_bit) != 0u;
+                let coef = select(0.0, w2d_j, unit_on);
                 var wy = 0.0;
                 for (var d4 = 0u; d4 < n_in4(); d4++) {
-                    acc_w1d[d4] += w2d_j * tile_v[r][d4];
+                    acc_w1d[d4] += coef * tile_v[r][d4];
                     wy += dot(w1d_row[d4], tile_v[r][d4]);
                 }
-                acc_w2d += wy;
+                acc_w2d += select(0.0, wy, unit_on);
             }
         }
         // Then the albedo head from x (every tile holds centre rows).
@@ -802,29 +806,29 @@ fn field_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         tile_dz[lid] = vec4<f32>(rg.dz_d, rg.dz_a);
 #endif
         workgroupBarrier();
+        // Every reducer reads the same row r, so the skips on its dz are
+        // uniform; the ReLUs differ per unit and select rather than branch
+        // (divergent branches in this loop cost llvmpipe ~30 %).
         if (reducer) {
             for (var r = part; r < WG; r += parts) {
                 let dzr = tile_dz[r];
 #if !ANALYTIC
-                if (dzr.x != 0.0) {
-                    var pre = 0.0;
-                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre += dot(w1d_row[d4], tile_v[r][d4]); }
-                    if (pre > 0.0) {
-                        let dh = w2d_j * dzr.x;
-                        for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1d[d4] += dh * tile_v[r][d4]; }
-                        acc_w2d += dzr.x * pre;
-                    }
-                }
+                if (all(dzr == vec4<f32>(0.0))) { continue; }
+                var pre = 0.0;
+                for (var d4 = 0u; d4 < n_in4(); d4++) { pre += dot(w1d_row[d4], tile_v[r][d4]); }
+                let dh = select(0.0, w2d_j * dzr.x, pre > 0.0);
+                for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1d[d4] += dh * tile_v[r][d4]; }
+                acc_w2d += dzr.x * max(pre, 0.0);
 #endif
 #if ALBEDO
                 let dz_a = dzr.yzw;
-                if (all(dz_a == vec3<f32>(0.0))) { continue; }
-                var pre_a = 0.0;
-                for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_v[r][d4]); }
-                if (pre_a <= 0.0) { continue; }
-                let dh_a = dot(w2a_j, dz_a);
-                for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_v[r][d4]; }
-                acc_w2a += dz_a * pre_a;
+                if (any(dz_a != vec3<f32>(0.0))) {
+                    var pre_a = 0.0;
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { pre_a += dot(w1a_row[d4], tile_v[r][d4]); }
+                    let dh_a = select(0.0, dot(w2a_j, dz_a), pre_a > 0.0);
+                    for (var d4 = 0u; d4 < n_in4(); d4++) { acc_w1a[d4] += dh_a * tile_v[r][d4]; }
+                    acc_w2a += dz_a * max(pre_a, 0.0);
+                }
 #endif
             }
         }

@@ -52,13 +52,13 @@ fn field_case<'a>(gpu: &'a Gpu, points: usize, normals: Option<NormalKind>) -> R
         cfg.field.normal_type = kind;
     }
     let scene = Scene::new(gpu, &cfg, 0)?;
-    let k = scene.field.spec.values_per_point(normals.is_some()) as usize;
     let analytic = normals == Some(NormalKind::Analytic);
     let normals = normals.is_some();
+    let k = scene.field.spec.values_per_point(normals) as usize;
     let pts = gpu.upload(&fill(points * 3, 1, -0.6, 0.6), &[points, 3], DType::F32)?;
     let d_density = gpu.upload(&fill(points * k, 2, -1.0, 1.0), &[points, k], DType::F32)?;
     let d_albedo = gpu.upload(&fill(points * 3, 3, -1.0, 1.0), &[points, 3], DType::F32)?;
-    let rows = if analytic { points } else { points * k } as f64;
+    let rows = (points * scene.field.spec.rows_per_point(normals) as usize) as f64;
     let row_flops = field_row_flops(&cfg) + if analytic { analytic_normal_flops(&cfg) } else { 0.0 };
     let flops = rows * row_flops * 4.0; // forward, then backward ≈ 3 forwards
     let bytes = rows * (16.0 * 8.0 * 2.0 * 4.0) * 3.0; // table reads (forward, backward) and scatters
@@ -108,8 +108,9 @@ fn render_case<'a>(gpu: &'a Gpu, res: u32, shading: Shading, blob: bool) -> Resu
     let opts = RenderOptions::training(shading, 1, shading != Shading::Albedo);
     let reg = RegulariserWeights { orientation: if opts.normals { 10.0 } else { 0.0 }, sparsity: 1.0, opaque: 0.0 };
     let samples = n as f64 * cfg.render.samples_per_ray as f64;
-    let k = if !opts.normals { 1.0 } else if cfg.field.normal_type == NormalKind::Analytic { 1.0 } else { 7.0 };
-    let row_flops = field_row_flops(&cfg) + if opts.normals && k == 1.0 { analytic_normal_flops(&cfg) } else { 0.0 };
+    let k = scene.field.spec.rows_per_point(opts.normals) as f64;
+    let analytic = opts.normals && cfg.field.normal_type == NormalKind::Analytic;
+    let row_flops = field_row_flops(&cfg) + if analytic { analytic_normal_flops(&cfg) } else { 0.0 };
     Ok(Case {
         kernel: format!("scene.render fwd+bwd {shading:?}").to_lowercase(),
         shape: format!("{res}x{res} rays x {} samples ({})", cfg.render.samples_per_ray, if blob { "blob occupancy" } else { "all occupied" }),

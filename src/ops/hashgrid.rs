@@ -187,6 +187,12 @@ impl FieldSpec {
     fn analytic(&self, normals: bool) -> bool {
         normals && self.normals == NormalKind::Analytic
     }
+
+    /// Rows the field kernels evaluate per point: 7 with finite-difference
+    /// normals, else 1 (analytic normals ride in the point's own row).
+    pub fn rows_per_point(&self, normals: bool) -> u32 {
+        if normals && self.normals == NormalKind::FiniteDifference { 7 } else { 1 }
+    }
 }
 
 crate::kernel_params! {
@@ -425,7 +431,7 @@ pub fn field_forward(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     check_field(OP, f, table, mlp)?;
     let (n, samples) = points.check(OP)?;
     let k = f.values_per_point(normals);
-    let rows = if f.analytic(normals) { n } else { n * k as usize };
+    let rows = n * f.rows_per_point(normals) as usize;
     let density = gpu.empty(&[n, k as usize], DType::F32)?;
     let albedo = gpu.empty(&[n, 3], DType::F32)?;
     let p = field_params(f, n, k);
@@ -489,7 +495,7 @@ pub fn field_backward(
     check_field(OP, f, table, mlp)?;
     let (n, samples) = points.check(OP)?;
     let k = f.values_per_point(normals);
-    let rows = if f.analytic(normals) { n } else { n * k as usize };
+    let rows = n * f.rows_per_point(normals) as usize;
     expect_f32(OP, "d_density", d_density, Some(n * k as usize))?;
     expect_f32(OP, "d_albedo", d_albedo, Some(n * 3))?;
     expect_f32(OP, "grad_table", grad_table, Some(f.grid.n_params()))?;
