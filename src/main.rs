@@ -79,7 +79,7 @@ enum Command {
         /// A pipeline folder or the component's own folder (config.json + *.safetensors).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// unet | text-encoder | vae-encode | vae-decode
+        /// unet | text-encoder | vae-encode | vae-decode | clip-image | clip-text
         #[arg(long)]
         module: String,
         /// Input tensors by name (see `fsd3d forward --help` in the docs).

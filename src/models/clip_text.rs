@@ -1,6 +1,9 @@
 //! transformers' CLIPTextModel: token + position embeddings, pre-norm
 //! transformer layers with causal self-attention, final layer norm. The
 //! output is `last_hidden_state`, what Stable Diffusion conditions on.
+//!
+//! The layer stack ([`ClipEncoder`]) is shared with CLIP's vision tower
+//! ([`crate::models::clip`]), which runs it without the causal mask.
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -22,13 +25,67 @@ struct Layer {
     fc2: Linear,
 }
 
+/// transformers' `CLIPEncoder`: pre-norm layers of multi-head self-attention
+/// and a two-layer MLP, each with a skip connection.
+pub struct ClipEncoder {
+    layers: Vec<Layer>,
+    heads: usize,
+    act: Act,
+}
+
+/// The sizes of a [`ClipEncoder`], as both CLIP towers' configs give them.
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderShape<'a> {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub act: &'a str,
+    pub eps: f64,
+}
+
+impl ClipEncoder {
+    /// Loads `{prefix}encoder.layers.{i}.*`.
+    pub fn load(l: &Loader, prefix: &str, s: EncoderShape) -> Result<ClipEncoder> {
+        let (d, inter, eps) = (s.hidden, s.intermediate, s.eps);
+        let layers = (0..s.layers)
+            .map(|i| {
+                let q = format!("{prefix}encoder.layers.{i}");
+                Ok(Layer {
+                    ln1: LayerNorm::load(l, &format!("{q}.layer_norm1"), d, eps)?,
+                    q: Linear::load(l, &format!("{q}.self_attn.q_proj"), d, d, true)?,
+                    k: Linear::load(l, &format!("{q}.self_attn.k_proj"), d, d, true)?,
+                    v: Linear::load(l, &format!("{q}.self_attn.v_proj"), d, d, true)?,
+                    out: Linear::load(l, &format!("{q}.self_attn.out_proj"), d, d, true)?,
+                    ln2: LayerNorm::load(l, &format!("{q}.layer_norm2"), d, eps)?,
+                    fc1: Linear::load(l, &format!("{q}.mlp.fc1"), d, inter, true)?,
+                    fc2: Linear::load(l, &format!("{q}.mlp.fc2"), inter, d, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ClipEncoder { layers, heads: s.heads, act: Act::parse(s.act)? })
+    }
+
+    /// h [B, L, D] -> [B, L, D]; `causal` masks each token from the later ones (the text tower).
+    pub fn forward(&self, gpu: &Gpu, mut h: Tensor, causal: bool) -> Result<Tensor> {
+        for layer in &self.layers {
+            let x = layer.ln1.forward(gpu, &h)?;
+            let (q, k, v) = (layer.q.forward(gpu, &x)?, layer.k.forward(gpu, &x)?, layer.v.forward(gpu, &x)?);
+            h = layer.out.forward_add(gpu, &attention(gpu, &q, &k, &v, self.heads, causal)?, &h)?;
+            let x = layer.ln2.forward(gpu, &h)?;
+            let x = ew::activation(gpu, &layer.fc1.forward(gpu, &x)?, self.act)?;
+            h = layer.fc2.forward_add(gpu, &x, &h)?;
+        }
+        Ok(h)
+    }
+}
+
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
     dtype: DType,
-    act: Act,
     token_embedding: EmbeddingTable,
     position_embedding: Tensor,
-    layers: Vec<Layer>,
+    encoder: ClipEncoder,
     final_ln: LayerNorm,
 }
 
@@ -44,31 +101,34 @@ impl ClipTextModel {
         let config = ClipTextConfig::load(&dir.join("config.json"))?;
         let weights = Weights::open(&dir, if dtype == DType::F16 { Variant::Fp16 } else { Variant::Full })?;
         let l = Loader { gpu, weights: &weights, dtype };
-        let (d, inter) = (config.hidden_size, config.intermediate_size);
         // transformers 4 saves `text_model.`-prefixed names, transformers 5 drops the prefix.
         let p = if weights.contains("text_model.embeddings.token_embedding.weight") { "text_model." } else { "" };
+        Self::from_loader(&l, p, config)
+    }
+
+    /// The tower whose parameters are named `{prefix}embeddings.*`,
+    /// `{prefix}encoder.*` and `{prefix}final_layer_norm.*`.
+    pub fn from_loader(l: &Loader, prefix: &str, config: ClipTextConfig) -> Result<ClipTextModel> {
+        let p = prefix;
+        let d = config.hidden_size;
         // Uploaded from the host as a chunked table (it can pass the binding limit).
-        let tok = weights.f32_shaped(&format!("{p}embeddings.token_embedding.weight"), &[config.vocab_size, d])?;
-        let token_embedding = EmbeddingTable::upload(gpu, &tok, config.vocab_size, d, dtype)?;
+        let tok = l.weights.f32_shaped(&format!("{p}embeddings.token_embedding.weight"), &[config.vocab_size, d])?;
+        let token_embedding = EmbeddingTable::upload(l.gpu, &tok, config.vocab_size, d, l.dtype)?;
         let position_embedding = l.tensor(&format!("{p}embeddings.position_embedding.weight"), &[config.max_position_embeddings, d])?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let q = format!("{p}encoder.layers.{i}");
-                Ok(Layer {
-                    ln1: LayerNorm::load(&l, &format!("{q}.layer_norm1"), d, config.layer_norm_eps)?,
-                    q: Linear::load(&l, &format!("{q}.self_attn.q_proj"), d, d, true)?,
-                    k: Linear::load(&l, &format!("{q}.self_attn.k_proj"), d, d, true)?,
-                    v: Linear::load(&l, &format!("{q}.self_attn.v_proj"), d, d, true)?,
-                    out: Linear::load(&l, &format!("{q}.self_attn.out_proj"), d, d, true)?,
-                    ln2: LayerNorm::load(&l, &format!("{q}.layer_norm2"), d, config.layer_norm_eps)?,
-                    fc1: Linear::load(&l, &format!("{q}.mlp.fc1"), d, inter, true)?,
-                    fc2: Linear::load(&l, &format!("{q}.mlp.fc2"), inter, d, true)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let final_ln = LayerNorm::load(&l, &format!("{p}final_layer_norm"), d, config.layer_norm_eps)?;
-        let act = Act::parse(&config.hidden_act)?;
-        Ok(ClipTextModel { config, dtype, act, token_embedding, position_embedding, layers, final_ln })
+        let encoder = ClipEncoder::load(
+            l,
+            p,
+            EncoderShape {
+                layers: config.num_hidden_layers,
+                hidden: d,
+                intermediate: config.intermediate_size,
+                heads: config.num_attention_heads,
+                act: &config.hidden_act,
+                eps: config.layer_norm_eps,
+            },
+        )?;
+        let final_ln = LayerNorm::load(l, &format!("{p}final_layer_norm"), d, config.layer_norm_eps)?;
+        Ok(ClipTextModel { config, dtype: l.dtype, token_embedding, position_embedding, encoder, final_ln })
     }
 
     pub fn dtype(&self) -> DType {
@@ -89,16 +149,8 @@ impl ClipTextModel {
         let l = ids.dim(1);
         let tokens = embedding(gpu, ids, &self.token_embedding.chunks, self.token_embedding.rows_per_chunk)?;
         let positions = crate::ops::concat::narrow(gpu, &self.position_embedding, 0, 0, l)?;
-        let mut h = ew::add(gpu, &tokens, &positions)?;
-        let heads = self.config.num_attention_heads;
-        for layer in &self.layers {
-            let x = layer.ln1.forward(gpu, &h)?;
-            let (q, k, v) = (layer.q.forward(gpu, &x)?, layer.k.forward(gpu, &x)?, layer.v.forward(gpu, &x)?);
-            h = layer.out.forward_add(gpu, &attention(gpu, &q, &k, &v, heads, true)?, &h)?;
-            let x = layer.ln2.forward(gpu, &h)?;
-            let x = ew::activation(gpu, &layer.fc1.forward(gpu, &x)?, self.act)?;
-            h = layer.fc2.forward_add(gpu, &x, &h)?;
-        }
+        let h = ew::add(gpu, &tokens, &positions)?;
+        let h = self.encoder.forward(gpu, h, true)?;
         self.final_ln.forward(gpu, &h)
     }
 }

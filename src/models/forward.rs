@@ -8,12 +8,18 @@
 //! | `text-encoder` | `input_ids` [B,77] (i32, i64 or float)             | `last_hidden_state` |
 //! | `vae-encode`   | `sample` [B,3,H,W] in [-1,1]; optional `mean_grad` [B,4,h,w] | `mean`, `logvar`; with `mean_grad` also `sample_grad` = ∂(Σ mean·mean_grad)/∂sample [B,3,H,W] |
 //! | `vae-decode`   | `latent` [B,4,h,w] (unscaled)                      | `decoded`           |
+//! | `clip-image`   | `pixel_values` [B,3,S,S] (CLIP-preprocessed)       | `image_embeds` [B,P] |
+//! | `clip-text`    | `input_ids` [B,L]                                  | `text_embeds` [B,P] |
+//!
+//! `clip-image` and `clip-text` take a transformers CLIPModel folder; their
+//! embeddings are projected and not normalised, as `get_image_features` and
+//! `get_text_features` return them.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
-use crate::models::{clip_text::ClipTextModel, unet::UNet, vae::Vae};
+use crate::models::{clip::ClipModel, clip_text::ClipTextModel, unet::UNet, vae::Vae};
 
 /// A host tensor: f32 values and a shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,7 +29,7 @@ pub struct HostTensor {
 }
 
 /// The modules `fsd3d forward` runs.
-pub const MODULES: [&str; 4] = ["unet", "text-encoder", "vae-encode", "vae-decode"];
+pub const MODULES: [&str; 6] = ["unet", "text-encoder", "vae-encode", "vae-decode", "clip-image", "clip-text"];
 
 /// Reads every tensor of a safetensors file as f32 (integer ids included).
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
@@ -128,6 +134,21 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             let vae = Vae::load(gpu, dir, dtype)?;
             let y = vae.decode(gpu, &up(input(inputs, "latent", module)?)?)?;
             out.insert("decoded".into(), down(&y)?);
+        }
+        "clip-image" => {
+            let clip = ClipModel::load(gpu, dir, dtype)?;
+            let y = clip.image_embeds(gpu, &up(input(inputs, "pixel_values", module)?)?)?;
+            out.insert("image_embeds".into(), down(&y)?);
+        }
+        "clip-text" => {
+            let clip = ClipModel::load(gpu, dir, dtype)?;
+            let ids = input(inputs, "input_ids", module)?;
+            if ids.shape.len() != 2 || ids.data.iter().any(|&x| x < 0.0 || x.fract() != 0.0) {
+                return Err(Error::Invalid(format!("input_ids must be [B, L] non-negative integers, got shape {:?}", ids.shape)));
+            }
+            let rows: Vec<Vec<u32>> = ids.data.chunks(ids.shape[1].max(1)).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
+            let y = clip.text_embeds(gpu, &rows)?;
+            out.insert("text_embeds".into(), down(&y)?);
         }
         other => return Err(Error::Invalid(format!("unknown module {other:?}: expected one of {}", MODULES.join(", ")))),
     }

@@ -2,6 +2,8 @@
 //! tokenizers. Module and parameter names mirror the diffusers safetensors keys.
 pub mod chunked;
 pub mod classifier;
+pub mod clip;
+pub mod clip_image;
 pub mod clip_text;
 pub mod config;
 pub mod forward;

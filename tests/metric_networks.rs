@@ -1,0 +1,113 @@
+//! The networks of the paper's metrics against their Python references
+//! (fixtures by tools/golden/make_metric_fixtures.py): CLIP's two towers
+//! against transformers' CLIPModel on a tiny random config, CLIP's image
+//! preprocessing against transformers' PIL processor, the CLIP score, and
+//! pytorch-fid's Inception-v3 on its full architecture with formula weights.
+//! f32 within 1e-3 of the output's scale, f16 within 2e-2.
+mod common;
+use std::path::Path;
+
+use fsd3d::gpu::DType;
+use fsd3d::models::clip::{ClipModel, clip_score};
+use fsd3d::models::clip_image::{ClipPreprocess, Rgb8};
+use fsd3d::models::forward::{HostTensor, read_tensors, run};
+
+const CLIP: &str = "tests/fixtures/models/clip_vit";
+
+fn max_err(got: &[f32], want: &[f32]) -> (f32, f32) {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    (err, scale)
+}
+
+/// `module` of the fixture in `dir` on every device and dtype.
+fn check(dir: &str, module: &str) {
+    let dir = Path::new(dir);
+    let inputs = read_tensors(&dir.join(format!("inputs_{module}.safetensors"))).unwrap();
+    let want = read_tensors(&dir.join(format!("outputs_{module}.safetensors"))).unwrap();
+    for (gpu, dtype) in common::configs() {
+        let rtol = if dtype == DType::F16 { 2e-2 } else { 1e-3 };
+        let got = run(&gpu, dir, module, &inputs, dtype).unwrap_or_else(|e| panic!("{module}: {e}"));
+        for (name, w) in &want {
+            let g = &got[name];
+            assert_eq!(g.shape, w.shape, "{module}/{name} shape");
+            let (err, scale) = max_err(&g.data, &w.data);
+            eprintln!("{module}/{name} {}: max abs err {err:.2e}, scale {scale:.3}", common::label(&gpu, dtype));
+            assert!(err <= rtol * scale, "{module}/{name} {}: max abs error {err} over {}", common::label(&gpu, dtype), rtol * scale);
+        }
+    }
+}
+
+#[test]
+fn clip_image_embeds_match_transformers() {
+    check(CLIP, "clip-image");
+}
+
+#[test]
+fn clip_text_embeds_match_transformers() {
+    check(CLIP, "clip-text");
+}
+
+fn fixture_image(t: &HostTensor) -> Rgb8 {
+    assert_eq!(t.shape.len(), 3);
+    Rgb8::new(t.shape[1], t.shape[0], t.data.iter().map(|&v| v as u8).collect()).unwrap()
+}
+
+#[test]
+fn clip_preprocessing_matches_the_pil_processor() {
+    let inputs = read_tensors(&Path::new(CLIP).join("inputs_clip-preprocess.safetensors")).unwrap();
+    let want = read_tensors(&Path::new(CLIP).join("outputs_clip-preprocess.safetensors")).unwrap();
+    let pre = ClipPreprocess::load(Path::new(CLIP), 32).unwrap();
+    for k in 0..2 {
+        let image = fixture_image(&inputs[&format!("image_{k}")]);
+        let got = pre.apply(&image).unwrap();
+        let w = &want[&format!("pixel_values_{k}")];
+        // Pillow's resampling is integer arithmetic: the same bytes, so the
+        // only difference left is the float rounding of the normalisation.
+        let (err, _) = max_err(&got, &w.data);
+        assert!(err < 1e-5, "image_{k} ({}×{}): max abs error {err}", image.width, image.height);
+    }
+}
+
+#[test]
+fn clip_scores_match_transformers() {
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(CLIP).join("clip_score.json")).unwrap()).unwrap();
+    let prompt = want["prompt"].as_str().unwrap();
+    let inputs = read_tensors(&Path::new(CLIP).join("inputs_clip-preprocess.safetensors")).unwrap();
+    let gpu = common::gpu();
+    let clip = ClipModel::load(&gpu, Path::new(CLIP), DType::F32).unwrap();
+    let tokenizer = fsd3d::models::tokenizer::PromptTokenizer::from_dir(Path::new(CLIP)).unwrap();
+    let text = gpu.download(&clip.text_embeds(&gpu, &[tokenizer.encode(prompt).unwrap()]).unwrap()).unwrap();
+    let pre = ClipPreprocess::load(Path::new(CLIP), clip.image_size()).unwrap();
+    for k in 0..2 {
+        let pixels = pre.apply(&fixture_image(&inputs[&format!("image_{k}")])).unwrap();
+        let image = gpu.download(&clip.image_embeds(&gpu, &gpu.upload(&pixels, &[1, 3, 32, 32], DType::F32).unwrap()).unwrap()).unwrap();
+        let score = clip_score(&image, &text);
+        let expected = want["scores"][k].as_f64().unwrap();
+        assert!((score - expected).abs() < 1e-3 * expected.abs(), "image_{k}: {score} vs transformers' {expected}");
+    }
+}
+
+#[test]
+fn clip_inputs_of_the_wrong_kind_are_clear_errors() {
+    let gpu = common::gpu();
+    let clip = ClipModel::load(&gpu, Path::new(CLIP), DType::F32).unwrap();
+    let wrong = gpu.upload(&vec![0.0; 3 * 24 * 24], &[1, 3, 24, 24], DType::F32).unwrap();
+    let e = clip.image_embeds(&gpu, &wrong).unwrap_err().to_string();
+    assert!(e.contains("[B, 3, 32, 32]") && e.contains("preprocessing"), "{e}");
+    let e = clip.text_embeds(&gpu, &[vec![1, 2, 5000]]).unwrap_err().to_string();
+    assert!(e.contains("5000") && e.contains("tokenizer does not match"), "{e}");
+    // A text encoder alone is not a CLIP model.
+    let e = ClipModel::load(&gpu, Path::new("tests/fixtures/models/clip_quick_gelu"), DType::F32).err().unwrap().to_string();
+    assert!(e.contains("not a CLIP model") && e.contains("clip-vit-base-patch32"), "{e}");
+    // A processor that crops to another size than the tower takes.
+    let e = ClipPreprocess::load(Path::new(CLIP), 224).unwrap_err().to_string();
+    assert!(e.contains("preprocessor_config.json") && e.contains("does not match"), "{e}");
+    // An image smaller than the crop cannot happen after a shortest-edge
+    // resize; without a resize it is an error.
+    let mut no_resize = ClipPreprocess::openai(32);
+    no_resize.shortest_edge = None;
+    let e = no_resize.apply(&Rgb8::new(20, 40, vec![0; 20 * 40 * 3]).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("smaller than CLIP's crop"), "{e}");
+}
