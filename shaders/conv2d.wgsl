@@ -41,11 +41,11 @@ struct Params {
     kh: u32,
     kw: u32,
     stride: u32,
-    pad: u32,
+    pad: u32,       // rows of zeros above and below
     n_pix: u32,     // B·Ho·Wo
     cout_pad: u32,  // Cout rounded up to the channel tile (packed weights)
     tile_c: u32,    // output channels per tile of the packed weights
-    _pad1: u32,
+    pad_w: u32,     // columns of zeros left and right
     _pad2: u32,
 }
 
@@ -85,7 +85,7 @@ fn conv_simple(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let co = (i / (p.wo * p.ho)) % p.cout;
     let b = i / (p.wo * p.ho * p.cout);
     let hi0 = i32(ho * p.stride) - i32(p.pad);
-    let wi0 = i32(wo * p.stride) - i32(p.pad);
+    let wi0 = i32(wo * p.stride) - i32(p.pad_w);
     var acc = bias_of(co);
     for (var ci = 0u; ci < p.cin; ci++) {
         let x_plane = (b * p.cin + ci) * p.h * p.w;
@@ -157,7 +157,7 @@ fn conv_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         x_base[v] = (nn / plane_out) * (p.cin * plane_in);
         y_base[v] = (nn / plane_out) * (p.cout * plane_out) + r;
         hi0[v] = vec4<i32>((r / p.wo) * p.stride) - i32(p.pad);
-        wi0[v] = vec4<i32>((r % p.wo) * p.stride) - i32(p.pad);
+        wi0[v] = vec4<i32>((r % p.wo) * p.stride) - i32(p.pad_w);
     }
 
     // acc[i·PV + v]: output channel co0 + i at the four pixels of vec4 v.
@@ -254,7 +254,7 @@ fn conv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         let x_base = (nn / plane_out) * (p.cin * plane_in);
         let y_base = (nn / plane_out) * (p.cout * plane_out) + r;
         let hi0 = i32((r / p.wo) * p.stride) - i32(p.pad);
-        let wi0 = i32((r % p.wo) * p.stride) - i32(p.pad);
+        let wi0 = i32((r % p.wo) * p.stride) - i32(p.pad_w);
 
         // acc[j]: this lane's 4 channels at pixel n0 + j.
         var acc: array<vec4<f32>, 8>;

@@ -61,7 +61,7 @@ struct Params {
     stride: u32,
     pad: u32,
     has_residual: u32, // 1: add residual (laid out as C) after the activation
-    _pad1: u32,
+    pad_w: u32,        // conv: columns of zeros left and right (pad: rows)
     _pad2: u32,
 }
 
@@ -200,7 +200,7 @@ fn pixel(n: u32) -> Pixel {
     let r = nn % hw;
     px.x_base = bi * params.cin * params.h * params.w;
     px.iy0 = i32((r / params.wo) * params.stride) - i32(params.pad);
-    px.ix0 = i32((r % params.wo) * params.stride) - i32(params.pad);
+    px.ix0 = i32((r % params.wo) * params.stride) - i32(params.pad_w);
     return px;
 }
 

@@ -1,7 +1,8 @@
 //! conv2d against a CPU reference (a plain loop nest in f64) for every kernel
 //! variant, on awkward sizes (channels 1, 3, 7, 33; odd spatial sizes; blocks
 //! that do not divide the problem), strides 1 and 2, padding 0 and 1, f32 and
-//! f16 (also mixed), with every optional feature on and off; and bad input.
+//! f16 (also mixed), with every optional feature on and off; rectangular
+//! kernels with padding on one axis only (Inception's 1×7 / 7×1); and bad input.
 mod common;
 use common::*;
 use fsd3d::gpu::DType;
@@ -20,14 +21,16 @@ struct Case {
     kw: usize,
     stride: usize,
     pad: usize,
+    /// Columns of padding (rows: `pad`).
+    pad_w: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
 const fn case(b: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Case {
-    Case { b, cin, h, w, cout, kh: k, kw: k, stride, pad }
+    Case { b, cin, h, w, cout, kh: k, kw: k, stride, pad, pad_w: pad }
 }
 
-const CASES: [Case; 10] = [
+const CASES: [Case; 13] = [
     case(1, 1, 1, 1, 1, 1, 1, 0),     // everything 1
     case(2, 3, 5, 7, 7, 3, 1, 1),     // 3×3 "same"
     case(1, 7, 17, 9, 33, 3, 2, 1),   // stride 2 on odd sizes
@@ -37,12 +40,15 @@ const CASES: [Case; 10] = [
     case(1, 4, 6, 5, 8, 3, 1, 0),     // 3×3 "valid"
     case(1, 8, 19, 23, 37, 3, 1, 1),  // pixels and channels no block divides
     case(2, 2, 1, 1, 3, 3, 1, 1),     // 1×1 input, 3×3 kernel all but the centre in the padding
-    Case { b: 1, cin: 2, h: 4, w: 6, cout: 3, kh: 2, kw: 3, stride: 1, pad: 1 }, // non-square kernel
+    Case { b: 1, cin: 2, h: 4, w: 6, cout: 3, kh: 2, kw: 3, stride: 1, pad: 1, pad_w: 1 }, // non-square kernel
+    Case { b: 2, cin: 5, h: 9, w: 11, cout: 6, kh: 1, kw: 7, stride: 1, pad: 0, pad_w: 3 }, // Inception's 1×7, "same"
+    Case { b: 1, cin: 6, h: 11, w: 9, cout: 5, kh: 7, kw: 1, stride: 1, pad: 3, pad_w: 0 }, // and 7×1
+    Case { b: 1, cin: 3, h: 7, w: 5, cout: 9, kh: 3, kw: 1, stride: 2, pad: 1, pad_w: 0 }, // 3×1, stride 2
 ];
 
 impl Case {
     fn out_hw(&self) -> (usize, usize) {
-        ((self.h + 2 * self.pad - self.kh) / self.stride + 1, (self.w + 2 * self.pad - self.kw) / self.stride + 1)
+        ((self.h + 2 * self.pad - self.kh) / self.stride + 1, (self.w + 2 * self.pad_w - self.kw) / self.stride + 1)
     }
     fn x_shape(&self) -> [usize; 4] {
         [self.b, self.cin, self.h, self.w]
@@ -53,6 +59,20 @@ impl Case {
 }
 
 fn reference_conv(c: &Case, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if c.pad_w != c.pad {
+        // The reference pads both axes alike: pad the input here instead.
+        let (h, w_) = (c.h + 2 * c.pad, c.w + 2 * c.pad_w);
+        let mut padded = vec![0f32; c.b * c.cin * h * w_];
+        for plane in 0..c.b * c.cin {
+            for y in 0..c.h {
+                for xx in 0..c.w {
+                    padded[(plane * h + y + c.pad) * w_ + xx + c.pad_w] = x[(plane * c.h + y) * c.w + xx];
+                }
+            }
+        }
+        let unpadded = Case { h, w: w_, pad: 0, pad_w: 0, ..*c };
+        return reference_conv(&unpadded, &padded, w, bias);
+    }
     let shape = reference::ConvShape { batch: c.b, cin: c.cin, h: c.h, w: c.w, cout: c.cout, kh: c.kh, kw: c.kw, stride: c.stride, pad: c.pad };
     let bias = bias.map(reference::widen);
     reference::narrow(&reference::conv2d(&shape, &reference::widen(x), &reference::widen(w), bias.as_deref()))
@@ -66,7 +86,7 @@ fn check(gpu: &fsd3d::gpu::Gpu, c: &Case, seed: u64, tx: DType, tw: DType, tb: O
     let xt = gpu.upload(&x, &c.x_shape(), tx).unwrap();
     let wt = gpu.upload(&w, &c.w_shape(), tw).unwrap();
     let bt = bias.as_ref().map(|bv| gpu.upload(bv, &[c.cout], tb.unwrap()).unwrap());
-    let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: Some(variant) };
+    let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: Some(variant), padding_w: Some(c.pad_w) };
     let y = conv2d(gpu, &xt, &wt, bt.as_ref(), opts).unwrap();
     let (ho, wo) = c.out_hw();
     assert_eq!(y.shape(), &[c.b, c.cout, ho, wo]);
@@ -102,7 +122,7 @@ fn default_variant_matches_reference() {
         let x = rand_vec(1, c.x_shape().iter().product(), -1.0, 1.0);
         let w = rand_vec(2, c.w_shape().iter().product(), -1.0, 1.0);
         let (x, w) = (quantize(&x, dt), quantize(&w, dt));
-        let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None };
+        let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None, padding_w: None };
         let y = conv2d(&gpu, &gpu.upload(&x, &c.x_shape(), dt).unwrap(), &gpu.upload(&w, &c.w_shape(), dt).unwrap(), None, opts).unwrap();
         let want = quantize(&reference_conv(c, &x, &w, None), dt);
         assert_close(&format!("default {}", label(&gpu, dt)), &gpu.download(&y).unwrap(), &want, tol(dt));
@@ -181,7 +201,7 @@ fn gemm_variants_agree_with_simple_on_a_unet_like_shape() {
         let b = quantize(&rand_vec(7, c.cout, -1.0, 1.0), dt);
         let (xt, wt, bt) = (gpu.upload(&x, &c.x_shape(), dt).unwrap(), gpu.upload(&w, &c.w_shape(), dt).unwrap(), gpu.upload(&b, &[c.cout], dt).unwrap());
         let run = |variant| {
-            let opts = Conv2dOpts { stride: 1, padding: 1, variant: Some(variant) };
+            let opts = Conv2dOpts { stride: 1, padding: 1, variant: Some(variant), padding_w: None };
             gpu.download(&conv2d(&gpu, &xt, &wt, Some(&bt), opts).unwrap()).unwrap()
         };
         let simple = run(Conv2dVariant::Simple);
@@ -198,7 +218,7 @@ fn the_device_variant_choice_is_used_when_the_call_names_none() {
     let c = &CASES[1];
     let x = rand_vec(1, c.x_shape().iter().product(), -1.0, 1.0);
     let w = rand_vec(2, c.w_shape().iter().product(), -1.0, 1.0);
-    let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None };
+    let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None, padding_w: None };
 
     let variants = vec![("conv2d".to_string(), "simple".to_string())];
     let gpu = Gpu::new(&GpuOptions { profile: true, variants, ..Default::default() }).unwrap();

@@ -155,7 +155,7 @@ fn directional_finite_differences_of_the_forward() {
             let (dy, w) = inputs(ci, c, DType::F32, DType::F32);
             let x = rand_vec(300 + ci as u64, n_x, -1.0, 1.0);
             let wt = gpu.upload(&w, &c.w_shape(), DType::F32).unwrap();
-            let fwd = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None };
+            let fwd = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None, padding_w: None };
             let loss = |xs: &[f32]| -> f64 {
                 let y = conv2d(&gpu, &gpu.upload(xs, &c.x_shape(), DType::F32).unwrap(), &wt, None, fwd).unwrap();
                 gpu.download(&y).unwrap().iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
@@ -232,7 +232,7 @@ fn timing_against_the_forward() {
         let w = gpu.upload(&rand_vec(2, c.w_shape().iter().product(), -1.0, 1.0), &c.w_shape(), DType::F32).unwrap();
         let dy = gpu.upload(&rand_vec(3, c.dy_shape().iter().product(), -1.0, 1.0), &c.dy_shape(), DType::F32).unwrap();
         let fwd = time(&|| {
-            conv2d(&gpu, &x, &w, None, Conv2dOpts { stride: c.stride, padding: c.pad, variant: None }).unwrap();
+            conv2d(&gpu, &x, &w, None, Conv2dOpts { stride: c.stride, padding: c.pad, variant: None, padding_w: None }).unwrap();
         });
         eprintln!("{c:?} on {}: forward conv2d {fwd:.1} ms", gpu.adapter_name());
         for variant in Conv2dBackwardVariant::ALL.into_iter().filter(|v| v.available(gpu.caps())) {

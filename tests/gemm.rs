@@ -123,23 +123,38 @@ fn f16_storage_and_degenerate_sizes_match_reference() {
 
 /// x [b, cin, h, w] * w [cout, cin, kh, kw] + bias, by the library reference.
 #[allow(clippy::too_many_arguments)]
-fn conv_reference(x: &[f32], w: &[f32], bias: &[f32], [b, cin, h, wd]: [usize; 4], [cout, kh, kw]: [usize; 3], stride: usize, pad: usize) -> Vec<f32> {
+fn conv_reference(x: &[f32], w: &[f32], bias: &[f32], [b, cin, h, wd]: [usize; 4], [cout, kh, kw]: [usize; 3], stride: usize, (pad, pad_w): (usize, usize)) -> Vec<f32> {
+    if pad != pad_w {
+        // The reference pads both axes alike: pad the input here instead.
+        let (hp, wp) = (h + 2 * pad, wd + 2 * pad_w);
+        let mut padded = vec![0f32; b * cin * hp * wp];
+        for plane in 0..b * cin {
+            for y in 0..h {
+                for xx in 0..wd {
+                    padded[(plane * hp + y + pad) * wp + xx + pad_w] = x[(plane * h + y) * wd + xx];
+                }
+            }
+        }
+        return conv_reference(&padded, w, bias, [b, cin, hp, wp], [cout, kh, kw], stride, (0, 0));
+    }
     let shape = reference::ConvShape { batch: b, cin, h, w: wd, cout, kh, kw, stride, pad };
     reference::narrow(&reference::conv2d(&shape, &reference::widen(x), &reference::widen(w), Some(&reference::widen(bias))))
 }
 
 /// The implicit GEMM at every tiling of both cores: 3×3 "same", stride 2 on
-/// odd sizes, 1×1 (with Cin·kh·kw a multiple of 4), and a 2×3 kernel, with channel and pixel counts no block
+/// odd sizes, 1×1 (with Cin·kh·kw a multiple of 4), a 2×3 kernel and a 1×7
+/// padded along the rows only, with channel and pixel counts no block
 /// divides and a batch whose images share blocks.
 #[test]
 fn implicit_gemm_convolution_matches_reference() {
     let gpu = gpu();
-    // (x shape, [cout, kh, kw], stride, pad)
-    let cases: [([usize; 4], [usize; 3], usize, usize); 4] = [
-        ([2, 5, 9, 11], [7, 3, 3], 1, 1),
-        ([1, 7, 17, 9], [33, 3, 3], 2, 1),
-        ([2, 12, 6, 5], [19, 1, 1], 1, 0), // K = 12: the weight read four at a time
-        ([1, 3, 4, 6], [5, 2, 3], 1, 1),
+    // (x shape, [cout, kh, kw], stride, (row padding, column padding))
+    let cases: [([usize; 4], [usize; 3], usize, (usize, usize)); 5] = [
+        ([2, 5, 9, 11], [7, 3, 3], 1, (1, 1)),
+        ([1, 7, 17, 9], [33, 3, 3], 2, (1, 1)),
+        ([2, 12, 6, 5], [19, 1, 1], 1, (0, 0)), // K = 12: the weight read four at a time
+        ([1, 3, 4, 6], [5, 2, 3], 1, (1, 1)),
+        ([1, 6, 7, 9], [5, 1, 7], 1, (0, 3)), // Inception's 1×7
     ];
     for core in [GemmCore::Reg, GemmCore::Coop] {
         let variant = if core == GemmCore::Coop { Conv2dVariant::Coop } else { Conv2dVariant::Tiled };
@@ -154,10 +169,10 @@ fn implicit_gemm_convolution_matches_reference() {
                 let xt = gpu.upload(&x, &xs, DType::F32).unwrap();
                 let wt = gpu.upload(&w, &[cout, xs[1], kh, kw], DType::F32).unwrap();
                 let bt = gpu.upload(&bias, &[cout], DType::F32).unwrap();
-                let opts = Conv2dOpts { stride, padding: pad, variant: Some(variant) };
+                let opts = Conv2dOpts { stride, padding: pad.0, variant: Some(variant), padding_w: Some(pad.1) };
                 let y = conv2d_tiled_as(&gpu, &xt, &wt, Some(&bt), opts, Some(t)).unwrap();
                 let want = conv_reference(&x, &w, &bias, xs, [cout, kh, kw], stride, pad);
-                let what = format!("{core:?} {t:?} x {xs:?} w [{cout}, {kh}, {kw}] stride {stride} pad {pad}");
+                let what = format!("{core:?} {t:?} x {xs:?} w [{cout}, {kh}, {kw}] stride {stride} pad {pad:?}");
                 assert_close(&what, &gpu.download(&y).unwrap(), &want, core_tol(&gpu, core, DType::F32, xs[1] * kh * kw));
             }
         }
@@ -304,7 +319,7 @@ fn the_epilogue_adds_a_residual() {
     let cb = rand_vec(76, cout, -1.0, 1.0);
     let cres = rand_vec(77, xs[0] * cout * xs[2] * xs[3], -1.0, 1.0);
     let want: Vec<f32> =
-        conv_reference(&x, &w, &cb, xs, [cout, 3, 3], 1, 1).iter().zip(&cres).map(|(p, r)| p + r).collect();
+        conv_reference(&x, &w, &cb, xs, [cout, 3, 3], 1, (1, 1)).iter().zip(&cres).map(|(p, r)| p + r).collect();
     let (xt, wt, cbt) = (
         gpu.upload(&x, &xs, DType::F32).unwrap(),
         gpu.upload(&w, &[cout, xs[1], 3, 3], DType::F32).unwrap(),
@@ -312,7 +327,7 @@ fn the_epilogue_adds_a_residual() {
     );
     let crt = gpu.upload(&cres, &[xs[0], cout, xs[2], xs[3]], DType::F32).unwrap();
     for variant in [Conv2dVariant::Tiled, Conv2dVariant::Coop, Conv2dVariant::Gemm8x4] {
-        let opts = Conv2dOpts { stride: 1, padding: 1, variant: Some(variant) };
+        let opts = Conv2dOpts { stride: 1, padding: 1, variant: Some(variant), padding_w: None };
         let got = gpu.download(&conv2d_add(&gpu, &xt, &wt, Some(&cbt), &crt, opts).unwrap()).unwrap();
         let t = if variant == Conv2dVariant::Coop { 1e-2 } else { 1e-5 };
         assert_close(&format!("conv {} + residual", variant.name()), &got, &want, t);

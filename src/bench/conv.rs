@@ -66,7 +66,7 @@ fn conv_case<'a>(gpu: &'a Gpu, s: &ConvShape, dtype: DType, variant: Option<Conv
     let x = upload(gpu, &[s.batch, s.cin, s.side, s.side], dtype, 1)?;
     let w = upload(gpu, &[s.cout, s.cin, s.k, s.k], dtype, 2)?;
     let b = upload(gpu, &[s.cout], dtype, 3)?;
-    let opts = Conv2dOpts { stride: s.stride, padding: pad, variant };
+    let opts = Conv2dOpts { stride: s.stride, padding: pad, variant, padding_w: None };
     let chosen = choose_variant(gpu, variant, || s.bucket(dtype))?;
     let out = s.out_side();
     let elems = x.numel() + w.numel() + b.numel() + s.batch * s.cout * out * out;
@@ -202,7 +202,7 @@ pub(crate) fn check_samples(gpu: &Gpu, variant: &str, dtype: DType) -> Result<Ve
         let tx = gpu.upload(&x, &[c.batch, c.cin, c.h, c.w], dtype)?;
         let tw = gpu.upload(&w, &[c.cout, c.cin, c.k, c.k], dtype)?;
         let tb = gpu.upload(&bias, &[c.cout], dtype)?;
-        let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: Some(variant) };
+        let opts = Conv2dOpts { stride: c.stride, padding: c.pad, variant: Some(variant), padding_w: None };
         let got = gpu.download(&conv2d(gpu, &tx, &tw, c.bias.then_some(&tb), opts)?)?;
         let want = reference(c, &as_stored(&x, dtype), &as_stored(&w, dtype), &as_stored(&bias, dtype));
         let shape = format!("{}x{}x{}x{} k{} s{} -> {}", c.batch, c.cin, c.h, c.w, c.k, c.stride, c.cout);

@@ -111,7 +111,7 @@ pub fn conv_chunks(gpu: &Gpu, conv: &Conv2d, xs: &[Tensor], split: Split) -> Res
     let ho = (h + 2 * conv.padding - kh) / conv.stride + 1;
     let wo = (w + 2 * conv.padding - kw) / conv.stride + 1;
     let out_sizes = split.sizes(&xs[0], cout, ho, wo)?;
-    let opts = Conv2dOpts { stride: conv.stride, padding: conv.padding, variant: None };
+    let opts = Conv2dOpts { stride: conv.stride, padding: conv.padding, variant: None, padding_w: None };
     let mut out = Vec::with_capacity(out_sizes.len());
     let mut o_at = 0;
     for &oc in &out_sizes {

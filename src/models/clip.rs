@@ -210,7 +210,7 @@ impl ClipModel {
         }
         let (b, d) = (pixels.dim(0), v.hidden_size);
         let w = &self.vision;
-        let opts = Conv2dOpts { stride: v.patch_size, padding: 0, variant: None };
+        let opts = Conv2dOpts { stride: v.patch_size, padding: 0, variant: None, padding_w: None };
         let patches = nchw_to_tokens(gpu, &conv2d(gpu, pixels, &w.patch_embedding, None, opts)?)?;
         let class = w.class_embedding.reshape(&[1, 1, d])?;
         let classes: Vec<&Tensor> = std::iter::repeat_n(&class, b).collect();

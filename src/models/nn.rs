@@ -75,7 +75,7 @@ impl Conv2d {
         conv2d_add(gpu, x, &self.weight, self.bias.as_ref(), residual, self.opts())
     }
     fn opts(&self) -> Conv2dOpts {
-        Conv2dOpts { stride: self.stride, padding: self.padding, variant: None }
+        Conv2dOpts { stride: self.stride, padding: self.padding, variant: None, padding_w: None }
     }
 }
 

@@ -120,6 +120,10 @@ pub struct Conv2dOpts {
     pub stride: usize,
     /// Zero padding added on every side.
     pub padding: usize,
+    /// Zero columns added left and right instead of `padding` (Inception's
+    /// 1×7 and 7×1 convolutions pad one axis only); `padding` then pads the
+    /// rows alone.
+    pub padding_w: Option<usize>,
     /// Kernel to run; `None` takes the device's `--variant conv2d=NAME` if
     /// given, else [`Conv2dVariant::default_for`] the device.
     pub variant: Option<Conv2dVariant>,
@@ -127,7 +131,7 @@ pub struct Conv2dOpts {
 
 impl Default for Conv2dOpts {
     fn default() -> Self {
-        Conv2dOpts { stride: 1, padding: 0, variant: None }
+        Conv2dOpts { stride: 1, padding: 0, padding_w: None, variant: None }
     }
 }
 
@@ -166,7 +170,8 @@ crate::kernel_params! {
         n_pix: u32,
         cout_pad: u32,
         tile_c: u32,
-        _pad: [u32; 2],
+        pad_w: u32,
+        _pad: u32,
     }
 }
 
@@ -310,11 +315,12 @@ fn conv2d_with(
     if opts.stride == 0 {
         return Err(Error::shape(OP, "stride must be at least 1"));
     }
-    let (ph, pw) = (h + 2 * opts.padding, w + 2 * opts.padding);
+    let pad_w = opts.padding_w.unwrap_or(opts.padding);
+    let (ph, pw) = (h + 2 * opts.padding, w + 2 * pad_w);
     if kh == 0 || kw == 0 || kh > ph || kw > pw {
         return Err(Error::shape(
             OP,
-            format!("kernel {kh}×{kw} does not fit the padded input {ph}×{pw} (x {:?}, padding {})", x.shape(), opts.padding),
+            format!("kernel {kh}×{kw} does not fit the padded input {ph}×{pw} (x {:?}, padding {}×{pad_w})", x.shape(), opts.padding),
         ));
     }
     let (ho, wo) = ((ph - kh) / opts.stride + 1, (pw - kw) / opts.stride + 1);
@@ -339,10 +345,11 @@ fn conv2d_with(
         kw: kw as u32,
         stride: u32_of(OP, "stride", opts.stride)?,
         pad: u32_of(OP, "padding", opts.padding)?,
+        pad_w: u32_of(OP, "padding", pad_w)?,
         n_pix: u32_of(OP, "output pixels", b * ho * wo)?,
         cout_pad: cout as u32,
         tile_c: 1,
-        _pad: [0; 2],
+        _pad: 0,
     };
     u32_of(OP, "elements of the output", y.numel())?;
 
@@ -381,6 +388,7 @@ fn conv2d_with(
             kw: p.kw,
             stride: p.stride,
             pad: p.pad,
+            pad_w: p.pad_w,
         };
         gemm::conv2d(gpu, core, tiles, x, weight, bias, fused_residual, &y, g)?;
         return match (residual, fused_residual) {

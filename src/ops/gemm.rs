@@ -204,7 +204,8 @@ crate::kernel_params! {
         stride: u32,
         pad: u32,
         has_residual: u32,
-        _pad: [u32; 2],
+        pad_w: u32,
+        _pad: u32,
     }
 }
 
@@ -371,7 +372,10 @@ pub(crate) struct ConvGeometry {
     pub kh: u32,
     pub kw: u32,
     pub stride: u32,
+    /// Zero rows above and below.
     pub pad: u32,
+    /// Zero columns left and right.
+    pub pad_w: u32,
 }
 
 /// A convolution as an implicit GEMM on the tiled kernels: the `tiled` and
@@ -417,6 +421,7 @@ pub(crate) fn conv2d(
         kw: g.kw,
         stride: g.stride,
         pad: g.pad,
+        pad_w: g.pad_w,
         has_residual: residual.is_some() as u32,
         ..Default::default()
     };
@@ -515,7 +520,7 @@ fn self_check_problem(gpu: &Gpu, tiles: GemmTiles, l: Layout) -> Result<Option<S
     let (got, want) = if l.conv {
         // 3×3, padding 1, stride 1 over a 2-image batch: N = 2·H·W pixels.
         let (cin, h, w) = (11u32, 7u32, n.div_ceil(14));
-        let g = ConvGeometry { batch: 2, cin, h, w, cout: m, ho: h, wo: w, kh: 3, kw: 3, stride: 1, pad: 1 };
+        let g = ConvGeometry { batch: 2, cin, h, w, cout: m, ho: h, wo: w, kh: 3, kw: 3, stride: 1, pad: 1, pad_w: 1 };
         let x = gpu.upload(&pattern((2 * cin * h * w) as usize, 1), &[2, cin as usize, h as usize, w as usize], l.tb)?;
         let wt = gpu.upload(&pattern((m * cin * 9) as usize, 2), &[m as usize, cin as usize, 3, 3], l.ta)?;
         let bias = gpu.upload(&pattern(m as usize, 3), &[m as usize], l.tbias)?;
