@@ -76,10 +76,10 @@ enum Command {
     Bench(fsd3d::bench::BenchArgs),
     /// Run one module of a diffusers checkpoint on tensors from a safetensors file.
     Forward {
-        /// A pipeline folder or the component's own folder (config.json + *.safetensors).
+        /// A pipeline folder or the component's own folder (config.json + *.safetensors); for inception, its .safetensors file.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// unet | text-encoder | vae-encode | vae-decode | clip-image | clip-text
+        /// unet | text-encoder | vae-encode | vae-decode | clip-image | clip-text | inception
         #[arg(long)]
         module: String,
         /// Input tensors by name (see `fsd3d forward --help` in the docs).

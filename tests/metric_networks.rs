@@ -111,3 +111,105 @@ fn clip_inputs_of_the_wrong_kind_are_clear_errors() {
     let e = no_resize.apply(&Rgb8::new(20, 40, vec![0; 20 * 40 * 3]).unwrap()).unwrap_err().to_string();
     assert!(e.contains("smaller than CLIP's crop"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Inception-v3 (pytorch-fid's FID network) with formula weights
+// ---------------------------------------------------------------------------
+
+const INCEPTION: &str = "tests/fixtures/models/inception";
+
+/// The weight formula of tools/golden/make_metric_fixtures.py: a value in
+/// [−1, 1) per element from a hash of the tensor's name and the index.
+fn formula_u(name: &str, numel: usize) -> Vec<f64> {
+    let mut seed: u32 = 0x811C_9DC5;
+    for b in name.bytes() {
+        seed ^= b as u32;
+        seed = seed.wrapping_mul(0x0100_0193);
+    }
+    (0..numel as u32)
+        .map(|i| {
+            let mut x = seed ^ i.wrapping_mul(0x9E37_79B9);
+            x ^= x >> 16;
+            x = x.wrapping_mul(0x85EB_CA6B);
+            x ^= x >> 13;
+            x = x.wrapping_mul(0xC2B2_AE35);
+            x ^= x >> 16;
+            (x >> 8) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn formula_tensor(name: &str, shape: &[usize]) -> Vec<f32> {
+    let numel: usize = shape.iter().product();
+    let u = formula_u(name, numel);
+    let map = |f: &dyn Fn(f64) -> f64| u.iter().map(|&v| f(v) as f32).collect();
+    if name.ends_with(".conv.weight") || name == "fc.weight" {
+        let bound = (6.0 / (numel / shape[0]) as f64).sqrt();
+        map(&|v| v * bound)
+    } else if name.ends_with(".bn.weight") {
+        map(&|v| 1.0 + 0.2 * v)
+    } else if name.ends_with(".bn.running_var") {
+        map(&|v| 1.0 + 0.5 * v)
+    } else {
+        assert!(name.ends_with(".bn.bias") || name.ends_with(".bn.running_mean") || name == "fc.bias", "no formula for {name}");
+        map(&|v| 0.1 * v)
+    }
+}
+
+/// Writes the formula's Inception weights (every tensor of params.json) to a
+/// safetensors file in a fresh temporary folder.
+fn formula_inception() -> std::path::PathBuf {
+    let params: Vec<(String, Vec<usize>)> = serde_json::from_str(&std::fs::read_to_string(Path::new(INCEPTION).join("params.json")).unwrap()).unwrap();
+    assert_eq!(params.len(), 472, "pytorch-fid's FID Inception has 472 tensors besides num_batches_tracked");
+    let tensors: std::collections::BTreeMap<String, HostTensor> =
+        params.iter().map(|(n, s)| (n.clone(), HostTensor { data: formula_tensor(n, s), shape: s.clone() })).collect();
+    let dir = std::env::temp_dir().join(format!("fsd3d-inception-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("inception-formula.safetensors");
+    fsd3d::models::forward::write_tensors(&file, &tensors).unwrap();
+    file
+}
+
+#[test]
+fn inception_features_and_logits_match_pytorch_fid() {
+    let file = formula_inception();
+    let inputs = read_tensors(&Path::new(INCEPTION).join("inputs_inception.safetensors")).unwrap();
+    let want = read_tensors(&Path::new(INCEPTION).join("outputs_inception.safetensors")).unwrap();
+    for (gpu, dtype) in common::configs() {
+        let rtol = if dtype == DType::F16 { 2e-2 } else { 1e-3 };
+        let started = std::time::Instant::now();
+        let got = run(&gpu, &file, "inception", &inputs, dtype).unwrap();
+        for name in ["pool", "logits"] {
+            let (g, w) = (&got[name], &want[name]);
+            assert_eq!(g.shape, w.shape, "{name} shape");
+            let (err, scale) = max_err(&g.data, &w.data);
+            eprintln!("inception/{name} {}: max abs err {err:.2e}, scale {scale:.3} ({:.1} s)", common::label(&gpu, dtype), started.elapsed().as_secs_f64());
+            assert!(err <= rtol * scale, "inception/{name} {}: max abs error {err} over {}", common::label(&gpu, dtype), rtol * scale);
+        }
+        // Without the bias: the logits less fc.bias.
+        let bias = formula_tensor("fc.bias", &[1008]);
+        let (lu, l) = (&got["logits_unbiased"].data, &got["logits"].data);
+        for (i, (u, b)) in lu.iter().zip(l).enumerate() {
+            assert!((u + bias[i % 1008] - b).abs() <= rtol * 4.0, "logits_unbiased[{i}]");
+        }
+    }
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[test]
+fn inception_input_and_weights_errors_are_clear() {
+    let gpu = common::gpu();
+    let shape = vec![1, 3, 4, 4];
+    let images = |v: f32| [("images".to_string(), HostTensor { data: vec![v; 48], shape: shape.clone() })].into_iter().collect();
+    // Not the Inception: a CLIP model's weights.
+    let e = run(&gpu, Path::new(CLIP), "inception", &images(0.5), DType::F32).unwrap_err().to_string();
+    assert!(e.contains("not the FID Inception") && e.contains("convert_inception.py"), "{e}");
+    // A missing file names itself.
+    let e = run(&gpu, Path::new("no/such/inception.safetensors"), "inception", &images(0.5), DType::F32).unwrap_err().to_string();
+    assert!(e.contains("no/such/inception.safetensors"), "{e}");
+    // Images in [0, 255] are refused before any work.
+    let e = fsd3d::models::inception::check_images(&vec![255.0; 48], &shape).unwrap_err().to_string();
+    assert!(e.contains("[0, 1]") && e.contains("255"), "{e}");
+    let e = fsd3d::models::inception::check_images(&vec![0.5; 16], &[1, 1, 4, 4]).unwrap_err().to_string();
+    assert!(e.contains("[B, 3, H, W]"), "{e}");
+}

@@ -10,16 +10,18 @@
 //! | `vae-decode`   | `latent` [B,4,h,w] (unscaled)                      | `decoded`           |
 //! | `clip-image`   | `pixel_values` [B,3,S,S] (CLIP-preprocessed)       | `image_embeds` [B,P] |
 //! | `clip-text`    | `input_ids` [B,L]                                  | `text_embeds` [B,P] |
+//! | `inception`    | `images` [B,3,H,W] in [0,1]                        | `pool` [B,2048], `logits` [B,1008], `logits_unbiased` [B,1008] |
 //!
 //! `clip-image` and `clip-text` take a transformers CLIPModel folder; their
 //! embeddings are projected and not normalised, as `get_image_features` and
-//! `get_text_features` return them.
+//! `get_text_features` return them. `inception` takes the FID Inception's
+//! safetensors file ([`crate::models::inception`]).
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
-use crate::models::{clip::ClipModel, clip_text::ClipTextModel, unet::UNet, vae::Vae};
+use crate::models::{clip::ClipModel, clip_text::ClipTextModel, inception::Inception, unet::UNet, vae::Vae};
 
 /// A host tensor: f32 values and a shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,7 +31,7 @@ pub struct HostTensor {
 }
 
 /// The modules `fsd3d forward` runs.
-pub const MODULES: [&str; 6] = ["unet", "text-encoder", "vae-encode", "vae-decode", "clip-image", "clip-text"];
+pub const MODULES: [&str; 7] = ["unet", "text-encoder", "vae-encode", "vae-decode", "clip-image", "clip-text", "inception"];
 
 /// Reads every tensor of a safetensors file as f32 (integer ids included).
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
@@ -149,6 +151,15 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             let rows: Vec<Vec<u32>> = ids.data.chunks(ids.shape[1].max(1)).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
             let y = clip.text_embeds(gpu, &rows)?;
             out.insert("text_embeds".into(), down(&y)?);
+        }
+        "inception" => {
+            let net = Inception::load(gpu, dir, dtype)?;
+            let images = input(inputs, "images", module)?;
+            crate::models::inception::check_images(&images.data, &images.shape)?;
+            let y = net.forward(gpu, &up(images)?)?;
+            out.insert("pool".into(), down(&y.pool)?);
+            out.insert("logits".into(), down(&y.logits)?);
+            out.insert("logits_unbiased".into(), down(&y.logits_unbiased)?);
         }
         other => return Err(Error::Invalid(format!("unknown module {other:?}: expected one of {}", MODULES.join(", ")))),
     }

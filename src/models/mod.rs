@@ -7,6 +7,7 @@ pub mod clip_image;
 pub mod clip_text;
 pub mod config;
 pub mod forward;
+pub mod inception;
 pub mod nn;
 pub mod pixel_prior;
 pub mod prior;

@@ -138,9 +138,24 @@ impl Weights {
             };
             return Err(Error::Invalid(format!("no .safetensors weights in {}{hint}", dir.display())));
         }
+        Self::open_files(dir, chosen)
+    }
+
+    /// Opens one `.safetensors` file (a network that comes as a single file,
+    /// such as the FID Inception); errors name the file.
+    pub fn open_file(path: &Path) -> Result<Weights> {
+        if !path.is_file() {
+            return Err(Error::Io { path: path.to_path_buf(), cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
+        }
+        Self::open_files(path, vec![path.to_path_buf()])
+    }
+
+    /// Maps `files` and indexes their tensors; `origin` is what errors name.
+    fn open_files(origin: &Path, files: Vec<PathBuf>) -> Result<Weights> {
+        let dir = origin;
         let mut maps = Vec::new();
         let mut index = HashMap::new();
-        for (i, path) in chosen.into_iter().enumerate() {
+        for (i, path) in files.into_iter().enumerate() {
             let file = std::fs::File::open(&path).map_err(|e| Error::Io { path: path.clone(), cause: e })?;
             // SAFETY: the map is read-only and the file is not expected to change while fsd3d runs.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), cause: e })?;

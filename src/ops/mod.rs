@@ -20,6 +20,7 @@ pub mod gemm;
 pub mod matmul;
 pub mod norm;
 pub mod reference;
+pub mod pool;
 pub mod resample;
 pub mod softmax;
 // Input gradients (the VAE encoder's backward pass).
@@ -84,6 +85,7 @@ pub fn all_variants(caps: Caps) -> Vec<KernelKey> {
     v.extend(softmax::variants(caps));
     v.extend(attention::variants(caps));
     v.extend(resample::variants(caps));
+    v.extend(pool::variants(caps));
     v.extend(embedding::variants(caps));
     v.extend(concat::variants(caps));
     v.extend(diffusion::variants(caps));
