@@ -663,3 +663,85 @@ fn the_bitmap_font_covers_labels_and_its_glyphs_differ() {
     figure::draw_text(&mut img, 0, 0, "€", 1, [0, 0, 0]);
     assert!(dark_pixels(&img, 0, 0, 10, 10) > 10);
 }
+
+// ---------------------------------------------------------------------------
+// Against pytorch-fid and torch-fidelity (tests/fixtures/metrics/fid_is.safetensors,
+// made by tools/golden/make_metric_fixtures.py)
+// ---------------------------------------------------------------------------
+
+/// The f64 tensors of the fixture, as rows.
+fn fid_is_fixture() -> std::collections::HashMap<String, (Vec<f64>, Vec<usize>)> {
+    let bytes = std::fs::read("tests/fixtures/metrics/fid_is.safetensors").unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            assert_eq!(v.dtype(), safetensors::Dtype::F64, "{name}");
+            let data = v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            (name, (data, v.shape().to_vec()))
+        })
+        .collect()
+}
+
+fn fixture_rows(t: &(Vec<f64>, Vec<usize>)) -> Vec<Vec<f64>> {
+    t.0.chunks(t.1[1]).map(|r| r.to_vec()).collect()
+}
+
+#[test]
+fn frechet_distance_matches_pytorch_fid_by_both_routes() {
+    let f = fid_is_fixture();
+    let (a, b) = (fixture_rows(&f["features_a"]), fixture_rows(&f["features_b"]));
+    // 50 and 60 samples of 64 features: singular covariances, as real Cross-FID has.
+    // The exact value (40 digits, mpmath) first; then pytorch-fid's, which is
+    // 3.4e-9 relative off it here: scipy's sqrtm of a singular product.
+    let (exact, pytorch_fid) = (f["fid_exact"].0[0], f["fid"].0[0]);
+    for (route, got) in [
+        ("the samples' space", frechet_distance_via_samples(&a, &b).unwrap()),
+        ("the covariances", frechet_distance_via_covariances(&a, &b).unwrap()),
+        ("the default", frechet_distance(&a, &b).unwrap()),
+    ] {
+        assert_near(&format!("FID via {route} (exact)"), got, exact, 1e-11 * exact);
+        assert_near(&format!("FID via {route} (pytorch-fid)"), got, pytorch_fid, 1e-8 * exact);
+    }
+}
+
+#[test]
+fn the_two_frechet_routes_agree_in_either_regime() {
+    let mut rng = StdRng::seed_from_u64(29);
+    // More samples than features, fewer, and unequal set sizes.
+    for (na, nb, dim) in [(40, 30, 6), (7, 12, 33), (48, 48, 96)] {
+        let a: Vec<Vec<f64>> = (0..na).map(|_| gaussians(&mut rng, dim)).collect();
+        let b: Vec<Vec<f64>> = (0..nb).map(|_| gaussians(&mut rng, dim).iter().enumerate().map(|(i, x)| 1.5 * x + 0.1 * i as f64).collect()).collect();
+        let (s, c) = (frechet_distance_via_samples(&a, &b).unwrap(), frechet_distance_via_covariances(&a, &b).unwrap());
+        assert_near(&format!("FID routes at {na}, {nb} × {dim}"), s, c, 1e-9 * c);
+    }
+}
+
+#[test]
+fn frechet_distance_at_inceptions_width_is_quick() {
+    // Cross-FID on Inception features: 48 views per half, 2048 features. The
+    // covariance route would take Jacobi minutes here.
+    let (n, dim) = (48, 2048);
+    let mut rng = StdRng::seed_from_u64(31);
+    let a: Vec<Vec<f64>> = (0..n).map(|_| gaussians(&mut rng, dim).iter().map(|v| v.abs()).collect()).collect();
+    let shift: Vec<f64> = (0..dim).map(|i| 0.01 * ((i % 5) as f64 - 2.0)).collect();
+    let b: Vec<Vec<f64>> = a.iter().map(|r| r.iter().zip(&shift).map(|(x, s)| x + s).collect()).collect();
+    let started = std::time::Instant::now();
+    let got = frechet_distance(&a, &b).unwrap();
+    let took = started.elapsed();
+    eprintln!("FD at 48 x 2048 took {took:.2?}");
+    assert_near("FD of a shifted set at 2048 features", got, shift.iter().map(|s| s * s).sum(), 1e-7);
+}
+
+#[test]
+fn inception_score_matches_torch_fidelity() {
+    let f = fid_is_fixture();
+    let logits = &f["logits"];
+    let probs: Vec<Vec<f64>> = fixture_rows(logits).iter().map(|r| softmax(r)).collect();
+    // One split: the score of the whole set.
+    assert_near("IS, splits=1", inception_score(&probs).unwrap(), f["inception_score"].0[0], 1e-10);
+    // Ten contiguous splits, mean and (population) std, as torch-fidelity reports them.
+    let got = inception_score_splits(&probs, 10).unwrap();
+    assert_near("IS, splits=10 (mean)", got.mean, f["inception_score_10"].0[0], 1e-10);
+    assert_near("IS, splits=10 (std)", got.std, f["inception_score_10_std"].0[0], 1e-10);
+}

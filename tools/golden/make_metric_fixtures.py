@@ -21,7 +21,7 @@ Cases:
   weight formula fills, in state-dict order), inputs_inception (images
   [2,3,37,53] in [0,1]) and outputs_inception (pool [2,2048], logits [2,1008]).
 - tests/fixtures/metrics/fid_is.safetensors (f64): features_a [50,64],
-  features_b [60,64], fid [1]; logits [40,1008], inception_score [1] (splits=1),
+  features_b [60,64], fid [1] (pytorch-fid), fid_exact [1] (the same to 40 digits); logits [40,1008], inception_score [1] (splits=1),
   inception_score_10 [1] and inception_score_10_std [1] (splits=10).
 
 Facts checked against the installed libraries (torch 2.15.0, transformers 5.24.0,
@@ -118,6 +118,7 @@ import os
 import shutil
 import time
 
+import mpmath
 import numpy as np
 import PIL.Image
 import torch
@@ -433,6 +434,17 @@ def metrics_case():
     fid_eig = float(((mu_a - mu_b) ** 2).sum() + np.trace(sig_a) + np.trace(sig_b)
                     - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
     print(f"fid {fid!r} (eigenvalue form {fid_eig!r}, diff {fid - fid_eig:.3g})")
+    # The exact value for these f64 inputs, to 40 digits: with centred rows Xa, Xb,
+    # tr sqrt(S_a S_b) = (sum of the singular values of Xa Xb^T) / sqrt((na-1)(nb-1)).
+    # scipy's sqrtm of the singular product is only good to ~1e-9 relative here.
+    mpmath.mp.dps = 40
+    xa, xb = fa - mu_a, fb - mu_b
+    sv = mpmath.svd_r(mpmath.matrix((xa @ xb.T).tolist()), compute_uv=False)
+    cross = sum(sv) / mpmath.sqrt((len(fa) - 1) * (len(fb) - 1))
+    exact = (mpmath.mpf(float(((mu_a - mu_b) ** 2).sum())) + mpmath.mpf(float(np.trace(sig_a)))
+             + mpmath.mpf(float(np.trace(sig_b))) - 2 * cross)
+    fid_exact = float(exact)
+    print(f"fid exact {fid_exact!r}: pytorch-fid is off by {(fid - fid_exact) / fid_exact:.3g} relative")
 
     logits = rng.normal(size=(40, 1008)) * 3.0
     is1 = isc_features_to_metric(torch.from_numpy(logits), splits=1, shuffle=False)
@@ -441,7 +453,7 @@ def metrics_case():
     f64 = lambda x: torch.from_numpy(np.array(x, dtype=np.float64))
     path = os.path.join(METRICS_DIR, "fid_is.safetensors")
     save_file({
-        "features_a": f64(fa), "features_b": f64(fb), "fid": f64([fid]),
+        "features_a": f64(fa), "features_b": f64(fb), "fid": f64([fid]), "fid_exact": f64([fid_exact]),
         "logits": f64(logits), "inception_score": f64([is1["inception_score_mean"]]),
         "inception_score_10": f64([is10["inception_score_mean"]]),
         "inception_score_10_std": f64([is10["inception_score_std"]]),
