@@ -158,6 +158,21 @@ enum Command {
     Eval(EvalArgs),
     /// Check a prior with a classifier (the embedded one): DDIM samples of every "a {colour} {shape}" prompt × seeds, judged by the classifier, and one open prompt over many seeds.
     PriorCheck(PriorCheckArgs),
+    /// The paper's CLIP score of images against a prompt: 100 × the cosine of their CLIP embeddings.
+    ClipScore {
+        /// A transformers CLIPModel folder (config.json, model.safetensors, tokenizer files, preprocessor_config.json), e.g. openai/clip-vit-base-patch32.
+        #[arg(long)]
+        model: PathBuf,
+        /// The text the images are scored against.
+        #[arg(long)]
+        prompt: String,
+        /// PNG images (any size: CLIP's preprocessing resizes and crops them).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the token ids of prompts as JSON: {"input_ids": [[...77 ints...], ...]}.
     Tokenize {
         /// Model folder (a diffusers pipeline, or its tokenizer/ folder); default: the embedded prior.
@@ -229,7 +244,7 @@ struct EvalArgs {
     /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant, csd (table rows in this order).
     #[arg(long, value_delimiter = ',', default_value = "fsd,sds")]
     methods: Vec<String>,
-    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior); it needs a classifier/.
+    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior); without a classifier/ it needs --clip and/or --inception.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Optimisation steps of every run (default per prior: 300 for the embedded prior, 10 000 for Stable Diffusion).
@@ -268,6 +283,12 @@ struct EvalArgs {
     /// Ablation: expand fsd into one row per world-map patch span Θ in degrees, e.g. 120,180,240,300,360.
     #[arg(long, value_delimiter = ',')]
     theta: Vec<f64>,
+    /// The paper's CLIP score: a transformers CLIPModel folder (e.g. openai/clip-vit-base-patch32, with its tokenizer files).
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// The paper's IS and Cross-FID on Inception-v3: pytorch-fid's weights converted by tools/convert_inception.py.
+    #[arg(long)]
+    inception: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -424,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&cli.gpu, args),
         Command::Eval(args) => eval(&cli.gpu, args),
         Command::PriorCheck(args) => prior_check(&cli.gpu, args),
+        Command::ClipScore { model, prompt, images, json } => clip_score(&cli.gpu, model, prompt, images, *json),
         Command::Tokenize { model, prompts } => {
             let dir = fsd3d::models::model_dir(model.as_deref());
             let tok = fsd3d::models::tokenizer::PromptTokenizer::from_dir(&dir)
@@ -561,6 +583,8 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         views: a.views,
         figure_scale: a.figure_scale,
         reference: (!a.no_ddim).then_some(reference),
+        clip: a.clip.clone(),
+        inception: a.inception.clone(),
         command_line: std::env::args().map(|s| if s.contains(' ') { format!("\"{s}\"") } else { s }).collect::<Vec<_>>().join(" "),
     };
     plan.validate()?;
@@ -616,11 +640,48 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
     }
     eprintln!("{counts}");
     if let Some(r) = &summary.results {
-        eprint!("{}", fsd3d::eval::report::results_markdown(&r.evaluation).split("\n\n").next().unwrap_or(""));
-        eprintln!();
+        // The tables alone; results.md has the notes and per-prompt rows.
+        if let Some(m) = &r.metrics {
+            eprint!("{}", fsd3d::eval::paper::metrics_markdown(m).split("\n\n").next().unwrap_or(""));
+            eprintln!();
+        }
+        if let Some(e) = &r.evaluation {
+            eprint!("{}", fsd3d::eval::report::results_markdown(e).split("\n\n").next().unwrap_or(""));
+            eprintln!();
+        }
     }
     for f in &summary.files {
         eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn clip_score(gpu_args: &GpuArgs, model: &std::path::Path, prompt: &str, images: &[PathBuf], json: bool) -> Result<()> {
+    use fsd3d::models::{clip, clip_image::ClipPreprocess, tokenizer::PromptTokenizer};
+    let gpu = gpu_args.open(false)?;
+    let net = clip::ClipModel::load(&gpu, model, fsd3d::gpu::DType::F32).with_context(|| format!("loading the CLIP model in {}", model.display()))?;
+    let tokenizer = PromptTokenizer::from_dir(model).with_context(|| format!("the CLIP folder {} needs its tokenizer files", model.display()))?;
+    let preprocess = ClipPreprocess::load(model, net.image_size())?;
+    let text = gpu.download(&net.text_embeds(&gpu, &[tokenizer.encode(prompt)?])?)?;
+    let side = net.image_size();
+    let mut scores = Vec::with_capacity(images.len());
+    for path in images {
+        let img = fsd3d::export::image::read_png(path).with_context(|| format!("reading {} (clip-score reads PNG images)", path.display()))?;
+        let pixels = preprocess.apply(&img).with_context(|| format!("preprocessing {}", path.display()))?;
+        let x = gpu.upload(&pixels, &[1, 3, side, side], fsd3d::gpu::DType::F32)?;
+        scores.push(clip::clip_score(&gpu.download(&net.image_embeds(&gpu, &x)?)?, &text));
+    }
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    if json {
+        let rows: Vec<_> = images.iter().zip(&scores).map(|(p, s)| serde_json::json!({ "image": p.display().to_string(), "clip_score": s })).collect();
+        println!("{}", serde_json::json!({ "model": model.display().to_string(), "prompt": prompt, "images": rows, "mean": mean }));
+    } else {
+        for (p, s) in images.iter().zip(&scores) {
+            println!("{s:.4}\t{}", p.display());
+        }
+        if scores.len() > 1 {
+            println!("{mean:.4}\tmean of {}", scores.len());
+        }
     }
     Ok(())
 }

@@ -32,6 +32,8 @@ fn tiny_plan(prompts: &[&str], seeds: &[u64], methods: &[&str], steps: u64) -> E
         figure_scale: 2,
         reference: Some(DdimReference { steps: 2, cfg: 3.0, eta: 1.0, samples_per_seed: 2 }),
         command_line: "fsd3d eval (test)".into(),
+        clip: None,
+        inception: None,
     }
 }
 
@@ -70,7 +72,8 @@ fn eval_writes_results_reuses_runs_and_resumes_after_ctrl_c() {
     assert_eq!(units.iter().filter(|u| u.2 == Work::Sampled).count(), 4);
 
     let results = read_results(&out);
-    let ev = &results.evaluation;
+    let ev = results.evaluation.as_ref().expect("the embedded prior has a classifier");
+    assert!(results.metrics.is_none(), "no metric networks were named");
     let labels: Vec<&str> = ev.methods.iter().map(|m| m.method.as_str()).collect();
     assert_eq!(labels, [er::DDIM_LABEL, "FSD", "SDS"]);
     assert_eq!(ev.runs.len(), 12);
@@ -325,4 +328,113 @@ fn prior_check_judges_every_prompt_and_seed() {
     assert_eq!(json["samples"].as_array().unwrap().len(), ns * nc);
     let md = std::fs::read_to_string(out.join("prior_check.md")).unwrap();
     assert!(md.contains("| both |") && md.contains("\"a red object\" over 3 seeds"), "{md}");
+}
+
+const CLIP: &str = "tests/fixtures/models/clip_vit";
+
+/// The paper's networks beside the classifier: the same runs (reused, not
+/// optimised again) get a second table with CLIP, IS and Cross-FID; the
+/// classifier's numbers do not change; a rerun reads every network output
+/// back from the runs' caches; and the DDIM row's CLIP scores are those of
+/// its sample PNGs scored directly.
+#[test]
+fn eval_adds_the_papers_metrics_with_clip_and_inception() {
+    use fsd3d::models::{clip, clip_image::ClipPreprocess, tokenizer::PromptTokenizer};
+    let gpu = common::gpu();
+    let out = temp_dir("paper");
+    let never = AtomicBool::new(false);
+    let prompts = ["a red cube"];
+    let plan = tiny_plan(&prompts, &[0, 1], &["fsd"], 2);
+    let first = er::run_eval(&gpu, &plan, &out, &never, |_| {}).unwrap();
+    assert!(first.finished);
+    let classifier_only = read_results(&out);
+
+    let inception = common::inception_formula::formula_inception("eval");
+    let with_nets = EvalPlan { clip: Some(CLIP.into()), inception: Some(inception.clone()), ..plan.clone() };
+    let second = er::run_eval(&gpu, &with_nets, &out, &never, |_| {}).unwrap();
+    assert_eq!((second.fresh, second.resumed, second.reused, second.steps_optimised), (0, 0, 2, 0), "runs are reused, only re-rendered");
+    let results = read_results(&out);
+    assert_eq!(results.evaluation, classifier_only.evaluation, "the classifier's table is unchanged");
+    let m = results.metrics.as_ref().expect("the paper's table");
+    assert_eq!(m.networks.clip.as_deref(), Some(CLIP));
+    assert_eq!(m.networks.inception.as_deref(), Some(inception.to_str().unwrap()));
+    assert_eq!(m.methods.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), [er::DDIM_LABEL, "FSD"]);
+    for row in &m.methods {
+        let clip = row.clip_score.unwrap_or_else(|| panic!("{}: no CLIP score", row.method));
+        assert!(clip.mean.abs() <= 100.0 && clip.n == 2, "{row:?}");
+        assert!(row.inception_score.is_some_and(|s| s.mean >= 1.0 - 1e-9), "{row:?}");
+        assert!(row.cross_fid.is_some_and(|f| f.mean.is_finite() && f.mean >= 0.0), "{row:?}");
+    }
+    for r in &m.runs {
+        assert_eq!(r.views, if r.method == er::DDIM_LABEL { 2 } else { 4 });
+    }
+    let run_dir = EvalPlan::run_dir(&out, "a red cube", "fsd", 0);
+    assert!(run_dir.join("metric_views.safetensors").is_file());
+    let md = std::fs::read_to_string(out.join(er::files::RESULTS_MD)).unwrap();
+    for want in ["## The paper's metrics", "| Method | CLIP ↑ | IS ↑ | Cross-FID ↑ |", CLIP, "## The prior's classifier"] {
+        assert!(md.contains(want), "results.md lacks {want:?}:\n{md}");
+    }
+
+    // The DDIM row's CLIP score is the mean over its samples' own scores.
+    let net = clip::ClipModel::load(&gpu, Path::new(CLIP), fsd3d::gpu::DType::F32).unwrap();
+    let tok = PromptTokenizer::from_dir(Path::new(CLIP)).unwrap();
+    let pre = ClipPreprocess::load(Path::new(CLIP), net.image_size()).unwrap();
+    let text = gpu.download(&net.text_embeds(&gpu, &[tok.encode("a red cube").unwrap()]).unwrap()).unwrap();
+    for seed in [0, 1] {
+        let dir = out.join(format!("runs/a-red-cube/ddim/s{seed}"));
+        let scores: Vec<f64> = (0..2)
+            .map(|k| {
+                let img = fsd3d::export::image::read_png(&dir.join(er::files::ddim_sample(k))).unwrap();
+                let x = gpu.upload(&pre.apply(&img).unwrap(), &[1, 3, 32, 32], fsd3d::gpu::DType::F32).unwrap();
+                clip::clip_score(&gpu.download(&net.image_embeds(&gpu, &x).unwrap()).unwrap(), &text)
+            })
+            .collect();
+        let row = m.runs.iter().find(|r| r.method == er::DDIM_LABEL && r.seed == seed).unwrap();
+        let want = scores.iter().sum::<f64>() / 2.0;
+        assert!((row.clip_score.unwrap() - want).abs() < 1e-4, "DDIM seed {seed}: {:?} vs {want}", row.clip_score);
+    }
+
+    // A rerun renders nothing and gives the same numbers.
+    let mut events = Vec::new();
+    let third = er::run_eval(&gpu, &with_nets, &out, &never, |e| {
+        if matches!(e, EvalEvent::Views) {
+            events.push("views");
+        }
+    })
+    .unwrap();
+    assert!(third.finished && events.is_empty(), "every run's network outputs come from its cache");
+    assert_eq!(read_results(&out).metrics, results.metrics);
+    let _ = std::fs::remove_dir_all(inception.parent().unwrap());
+    if std::env::var_os("FSD3D_KEEP_TEST_OUTPUT").is_none() {
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+/// A prior without a classifier (a Stable Diffusion pipeline) is evaluated
+/// by the paper's networks alone; without them it is a clear error.
+#[test]
+fn a_prior_without_a_classifier_needs_the_papers_networks() {
+    let gpu = common::gpu();
+    let out = temp_dir("sd");
+    let never = AtomicBool::new(false);
+    let mut plan = tiny_plan(&["a red cube"], &[0, 1], &["fsd"], 1);
+    plan.model = Some("tests/fixtures/models/pipeline".into());
+    plan.views = 2;
+    plan.figure_scale = 1;
+    let e = er::run_eval(&gpu, &plan, &out, &never, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("no classifier/") && e.contains("--clip") && e.contains("--inception"), "{e}");
+    plan.clip = Some(CLIP.into());
+    let done = er::run_eval(&gpu, &plan, &out, &never, |_| {}).unwrap();
+    assert!(done.finished);
+    let results = read_results(&out);
+    assert!(results.evaluation.is_none());
+    let m = results.metrics.unwrap();
+    assert!(m.methods.iter().all(|r| r.clip_score.is_some() && r.inception_score.is_none() && r.cross_fid.is_none()), "{m:?}");
+    let md = std::fs::read_to_string(out.join(er::files::RESULTS_MD)).unwrap();
+    assert!(md.contains("| Method | CLIP ↑ | Prompts | Runs |") && !md.contains("classifier"), "{md}");
+    // A wrong network path fails before any run.
+    plan.clip = Some("tests/fixtures/models/clip_quick_gelu".into());
+    let e = er::run_eval(&gpu, &plan, &temp_dir("sd-bad"), &never, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("not a CLIP model"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
 }

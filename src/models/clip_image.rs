@@ -18,36 +18,20 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// An 8-bit RGB image, rows top to bottom, `[height, width, 3]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rgb8 {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
+pub use crate::export::image::Rgb8;
 
-impl Rgb8 {
-    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Rgb8> {
-        if width == 0 || height == 0 || data.len() != width * height * 3 {
-            return Err(Error::Invalid(format!("an RGB image of {width}×{height} needs {} bytes, got {}", width * height * 3, data.len())));
-        }
-        Ok(Rgb8 { width, height, data })
+/// Checks that an image's bytes match its size.
+fn check_image(image: &Rgb8) -> Result<()> {
+    if image.width == 0 || image.height == 0 || image.data.len() != image.width * image.height * 3 {
+        return Err(Error::Invalid(format!(
+            "an RGB image of {}×{} needs {} bytes, got {}",
+            image.width,
+            image.height,
+            image.width * image.height * 3,
+            image.data.len()
+        )));
     }
-
-    /// From linear values in [0, 1], `[3, H, W]` planes, rounded to 8 bits as an image file would hold them.
-    pub fn from_planes(planes: &[f32], width: usize, height: usize) -> Result<Rgb8> {
-        let n = width * height;
-        if planes.len() != 3 * n {
-            return Err(Error::Invalid(format!("a [3, {height}, {width}] image needs {} values, got {}", 3 * n, planes.len())));
-        }
-        let mut data = vec![0u8; 3 * n];
-        for i in 0..n {
-            for c in 0..3 {
-                data[3 * i + c] = (planes[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8;
-            }
-        }
-        Rgb8::new(width, height, data)
-    }
+    Ok(())
 }
 
 /// Pillow's resampling filters that CLIP processors use.
@@ -204,6 +188,7 @@ impl ClipPreprocess {
 
     /// One image -> pixel_values `[3, crop_h, crop_w]`.
     pub fn apply(&self, image: &Rgb8) -> Result<Vec<f32>> {
+        check_image(image)?;
         let resized = match self.shortest_edge {
             Some(side) => {
                 let (w, h) = shortest_edge_size(image.width, image.height, side);
@@ -336,7 +321,7 @@ mod tests {
                 }
             }
         }
-        let flat = Rgb8::new(13, 9, vec![200; 13 * 9 * 3]).unwrap();
+        let flat = Rgb8 { width: 13, height: 9, data: vec![200; 13 * 9 * 3] };
         let r = resize(&flat, 5, 17, Resample::Bicubic);
         assert!(r.data.iter().all(|&v| v == 200), "{:?}", r.data);
     }
@@ -347,7 +332,7 @@ mod tests {
         // point sampling would give black or white.
         let (w, h) = (32, 8);
         let data = (0..w * h).flat_map(|i| { let v = if (i % w + i / w) % 2 == 0 { 255 } else { 0 }; [v, v, v] }).collect();
-        let r = resize(&Rgb8::new(w, h, data).unwrap(), 8, 2, Resample::Bicubic);
+        let r = resize(&Rgb8 { width: w, height: h, data }, 8, 2, Resample::Bicubic);
         assert!(r.data.iter().all(|&v| (100..=155).contains(&v)), "{:?}", r.data);
     }
 }

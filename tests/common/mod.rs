@@ -1,6 +1,7 @@
 //! Shared test helpers: the devices (every optional feature on, and all off),
 //! seeded random inputs, f16 rounding and tolerance checks scaled to the dtype.
 #![allow(dead_code)]
+pub mod inception_formula;
 use std::sync::{Arc, OnceLock};
 
 use fsd3d::gpu::{DType, Features, Gpu, GpuOptions};

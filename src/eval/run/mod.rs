@@ -1,11 +1,13 @@
 //! `fsd3d eval`: the paper's evaluation (FSD_SPEC §6) as one resumable job.
 //!
 //! For every prompt × method × seed it makes (or finds) a 3D run, renders
-//! `views` views around the object at the prior's own resolution, and asks
-//! the embedded prior's classifier about them; for every prompt × seed it
-//! draws DDIM samples from the prior itself as the reference row. Then the
-//! table ([`report::evaluate`]), `results.md`, `results.json` and one
-//! methods × seeds figure per prompt.
+//! `views` views around the object at the prior's own resolution, and scores
+//! them: with the prior's classifier where it has one (the embedded prior),
+//! and with the paper's networks where `--clip` / `--inception` name them
+//! ([`networks`]); for every prompt × seed it draws DDIM samples from the
+//! prior itself as the reference row. Then the tables
+//! ([`report::evaluate`], [`paper::evaluate_metrics`]), `results.md`,
+//! `results.json` and one methods × seeds figure per prompt.
 //!
 //! ```text
 //! OUT/
@@ -13,6 +15,7 @@
 //!   runs/<prompt>/<method>/s<seed>/   config.toml, log.csv, checkpoint.safetensors,
 //!                                     summary.json, renders.png (the classified views),
 //!                                     render_0deg.png (the figure's cell), eval_views.json
+//!                                     (classifier), metric_views.safetensors (CLIP, Inception)
 //!   runs/<prompt>/ddim/s<seed>/       sample_<k>.png, ddim.json
 //! ```
 //!
@@ -37,6 +40,7 @@
 mod plan;
 mod reference;
 mod results;
+mod networks;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::metrics::Labels;
+use crate::eval::paper::{self, MetricViews};
 use crate::eval::report::{self, RunViews};
 use crate::generate::job::{self, slug};
 use crate::generate::{GenerateConfig, StepReport};
@@ -150,8 +155,10 @@ pub struct EvalSummary {
 struct Context<'a> {
     gpu: &'a Gpu,
     prior: &'a StableDiffusion,
-    classifier: &'a Classifier,
-    labels: Labels,
+    /// The prior's classifier and its labels, where it has one.
+    classifier: Option<(&'a Classifier, Labels)>,
+    /// The paper's networks, where the plan names them.
+    networks: Option<&'a networks::MetricNets>,
     plan: &'a EvalPlan,
     out: &'a Path,
     model_dir: PathBuf,
@@ -181,12 +188,15 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
     plan.validate()?;
     let model_dir = crate::models::model_dir(plan.model.as_deref());
     let kind = job::prior_kind(&model_dir)?;
-    if !model_dir.join("classifier").is_dir() {
+    let has_classifier = model_dir.join("classifier").is_dir();
+    if !has_classifier && plan.clip.is_none() && plan.inception.is_none() {
         return Err(Error::Invalid(format!(
-            "eval scores runs with the prior's classifier, and {} has no classifier/ folder; use the embedded prior (leave out --model)",
+            "eval scores runs with the prior's classifier, and {} has no classifier/ folder: give the paper's networks              (--clip DIR, a transformers CLIPModel such as openai/clip-vit-base-patch32, and --inception FILE, converted by              tools/convert_inception.py), or use the embedded prior (leave out --model)",
             model_dir.display()
         )));
     }
+    // The networks first: a wrong path fails before any run starts.
+    let nets = networks::MetricNets::load(gpu, plan.clip.as_deref(), plan.inception.as_deref())?;
     // Every config first, so a bad overlay stops the job before any work.
     let mut jobs: Vec<Vec<RunJob>> = Vec::new();
     for prompt in &plan.prompts {
@@ -207,14 +217,24 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         run.cfg.dtype = dtype.name().to_string();
     }
     let prior = StableDiffusion::load(gpu, &model_dir, dtype)?;
-    let classifier = Classifier::load(gpu, &model_dir)?;
+    let classifier = if has_classifier { Some(Classifier::load(gpu, &model_dir)?) } else { None };
     let [size, _] = prior.image_size();
-    let ctx = Context { gpu, prior: &prior, classifier: &classifier, labels: Labels::of(&classifier), plan, out, model_dir, size };
+    let ctx = Context {
+        gpu,
+        prior: &prior,
+        classifier: classifier.as_ref().map(|c| (c, Labels::of(c))),
+        networks: nets.as_ref(),
+        plan,
+        out,
+        model_dir,
+        size,
+    };
 
     let per_prompt = plan.seeds.len() * (plan.methods.len() + plan.reference.is_some() as usize);
     let total = plan.prompts.len() * per_prompt;
     let mut summary = EvalSummary { runs: plan.prompts.len() * plan.seeds.len() * plan.methods.len(), ..Default::default() };
     let mut all_views: Vec<RunViews> = Vec::new();
+    let mut all_metrics: Vec<MetricViews> = Vec::new();
     let mut records: Vec<RunRecord> = Vec::new();
     let mut index = 0;
     for (prompt, runs) in plan.prompts.iter().zip(&jobs) {
@@ -228,7 +248,8 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
                 };
                 let folder = reference_dir(out, prompt, seed);
                 records.push(RunRecord { method: DDIM_LABEL.into(), prompt: prompt.clone(), seed, folder: relative(out, &folder), work, steps: 0 });
-                all_views.push(views);
+                all_views.extend(views.classifier);
+                all_metrics.extend(views.metrics);
                 index += 1;
             }
         }
@@ -247,13 +268,21 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
                 work,
                 steps,
             });
-            all_views.push(views);
+            all_views.extend(views.classifier);
+            all_metrics.extend(views.metrics);
             index += 1;
         }
     }
 
     progress(&EvalEvent::Writing);
-    let evaluation = report::evaluate(&all_views, &ctx.labels, &plan.cross_fid_split())?;
+    let evaluation = match &ctx.classifier {
+        Some((_, labels)) => Some(report::evaluate(&all_views, labels, &plan.cross_fid_split())?),
+        None => None,
+    };
+    let metrics = match ctx.networks {
+        Some(n) => Some(paper::evaluate_metrics(&all_metrics, &n.names, &plan.cross_fid_split())?),
+        None => None,
+    };
     for prompt in &plan.prompts {
         let path = out.join(files::figure(&slug(prompt)));
         write_figure(&ctx, prompt, &jobs, &path)?;
@@ -273,6 +302,7 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         reference: plan.reference.clone(),
         wall_seconds: started.elapsed().as_secs_f64(),
         runs: records,
+        metrics,
         evaluation,
     };
     summary.files.splice(0..0, write_results(out, &results, &summary)?);

@@ -157,6 +157,10 @@ pub struct EvalPlan {
     pub figure_scale: u32,
     /// The DDIM reference row; None leaves it out.
     pub reference: Option<DdimReference>,
+    /// A transformers CLIPModel folder: adds the paper's CLIP score.
+    pub clip: Option<PathBuf>,
+    /// The FID Inception's safetensors file: adds IS and Cross-FID on it.
+    pub inception: Option<PathBuf>,
     /// The command that made this plan, for the results header.
     pub command_line: String,
 }

@@ -1,6 +1,6 @@
 //! The DDIM reference row: for each prompt × seed, samples of the prior
 //! itself (drawn as one batch, or found on disk with the same settings),
-//! classified like a run's views.
+//! scored like a run's views.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,11 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::sampler::{SampleRequest, ddim_sample_batch};
 use crate::diffusion::size::ImageSize;
 use crate::error::{Error, Result};
-use crate::eval::report::RunViews;
 use crate::export::{self, Rgb8};
 
 use super::plan::DdimReference;
-use super::units::classify;
+use super::units::{Scores, score_images};
 use super::{Context, EvalEvent, EvalPlan, EvalSummary, Work, files};
 
 /// The method label of the DDIM reference row.
@@ -45,7 +44,7 @@ pub(super) fn reference_dir(out: &Path, prompt: &str, seed: u64) -> PathBuf {
 }
 
 /// One seed's DDIM samples: found on disk with the same settings, or drawn
-/// (and written as PNGs); then classified. None when `stop` interrupted it.
+/// (and written as PNGs); then scored. None when `stop` interrupted it.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn reference_unit(
     ctx: &Context<'_>,
@@ -57,7 +56,7 @@ pub(super) fn reference_unit(
     stop: &AtomicBool,
     progress: &mut impl FnMut(&EvalEvent),
     summary: &mut EvalSummary,
-) -> Result<Option<(RunViews, Work)>> {
+) -> Result<Option<(Scores, Work)>> {
     let dir = reference_dir(ctx.out, prompt, seed);
     let params = DdimParams {
         prompt: prompt.to_string(),
@@ -106,6 +105,6 @@ pub(super) fn reference_unit(
             }
         }
     }
-    let views = classify(ctx, &images)?.run_views(DDIM_LABEL, prompt, seed, &ctx.labels)?;
+    let views = score_images(ctx, &images, DDIM_LABEL, prompt, seed)?;
     Ok(Some((views, work)))
 }

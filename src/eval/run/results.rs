@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::figure::labelled_grid;
+use crate::eval::paper::{self, MetricEvaluation};
 use crate::eval::report::{self, Evaluation};
 use crate::export::{self, Rgb8};
 
@@ -43,7 +44,12 @@ pub struct EvalResults {
     pub reference: Option<DdimReference>,
     pub wall_seconds: f64,
     pub runs: Vec<RunRecord>,
-    pub evaluation: Evaluation,
+    /// The paper's metrics on CLIP and Inception-v3, where the plan named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricEvaluation>,
+    /// The prior's classifier's view, where the prior has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluation>,
 }
 
 /// Methods as rows (the reference first), seeds as columns; a cell is the
@@ -87,7 +93,7 @@ fn results_markdown(r: &EvalResults, s: &EvalSummary) -> String {
         r.wall_seconds, s.fresh, s.resumed, s.reused, s.steps_optimised, s.samples_drawn, s.samples_reused
     ));
     if let Some(d) = &r.reference {
-        let split = &r.evaluation.cross_fid_split;
+        let split = r.metrics.as_ref().map(|m| &m.cross_fid_split).or(r.evaluation.as_ref().map(|e| &e.cross_fid_split)).expect("a table");
         md.push_str(&format!(
             "- {DDIM_LABEL}: the prior's own DDIM samples ({} steps, CFG {}), {} per seed (noise seeds s, s + 2³², s + 2·2³², …). \
              Its IS pools {} samples per prompt and its Cross-FID compares {} samples per half, where a 3D row has {} views per seed: \
@@ -100,8 +106,16 @@ fn results_markdown(r: &EvalResults, s: &EvalSummary) -> String {
             r.views
         ));
     }
-    md.push_str("- Θ in method labels is in degrees. The classifier of the embedded prior stands in for CLIP and Inception (FSD_SPEC §6).\n\n");
-    md.push_str(&report::results_markdown(&r.evaluation));
+    md.push_str("- Θ in method labels is in degrees.\n\n");
+    if let Some(m) = &r.metrics {
+        md.push_str("## The paper's metrics (CLIP ViT, Inception-v3)\n\n");
+        md.push_str(&paper::metrics_markdown(m));
+        md.push('\n');
+    }
+    if let Some(e) = &r.evaluation {
+        md.push_str("## The prior's classifier\n\nThe classifier of the embedded prior stands in for CLIP and Inception (FSD_SPEC §6).\n\n");
+        md.push_str(&report::results_markdown(e));
+    }
     md
 }
 

@@ -1,6 +1,7 @@
 //! One 3D run of the evaluation: made, continued or found in its folder
 //! (a folder made with another config is an error), then its views rendered
-//! and classified, the classifier's outputs cached beside the run.
+//! and scored: by the classifier and/or the paper's networks, each one's
+//! outputs cached beside the run.
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::metrics::Labels;
+use crate::eval::paper::MetricViews;
 use crate::eval::report::RunViews;
 use crate::export::{self, Rgb8};
 use crate::generate::outputs::Outputs;
@@ -16,6 +18,7 @@ use crate::gpu::DType;
 use crate::ops::render::Shading;
 use crate::scene::camera::eval_cameras;
 
+use super::networks::{self, CacheKey, NetworkViews};
 use super::{Context, EvalEvent, EvalSummary, RunJob, Work, files};
 
 /// Where a run folder stands.
@@ -27,8 +30,21 @@ enum RunState {
     Partial(u64),
     /// A checkpoint at the configured steps.
     Complete,
-    /// Complete, and the classifier's outputs for this many views are cached.
-    Cached(CachedViews),
+    /// Complete, and every scorer's outputs for these views are cached.
+    Cached(Cached),
+}
+
+/// The cached outputs of the scorers an evaluation uses.
+#[derive(Debug)]
+struct Cached {
+    classifier: Option<CachedViews>,
+    networks: Option<NetworkViews>,
+}
+
+/// A run's (or a DDIM seed's) views as each scorer saw them.
+pub(super) struct Scores {
+    pub classifier: Option<RunViews>,
+    pub metrics: Option<MetricViews>,
 }
 
 /// `eval_views.json`: the classifier's outputs on a run's views.
@@ -49,8 +65,8 @@ impl CachedViews {
     }
 }
 
-/// One 3D run: makes, continues or finds it, then its views' classifier
-/// outputs. None when `stop` interrupted it (after its checkpoint).
+/// One 3D run: makes, continues or finds it, then its views' scores. None
+/// when `stop` interrupted it (after its checkpoint).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_unit(
     ctx: &Context<'_>,
@@ -60,19 +76,18 @@ pub(super) fn run_unit(
     stop: &AtomicBool,
     progress: &mut impl FnMut(&EvalEvent),
     summary: &mut EvalSummary,
-) -> Result<Option<(RunViews, Work, u64)>> {
+) -> Result<Option<(Scores, Work, u64)>> {
     let steps = job.cfg.steps;
-    let state = inspect_run(&job.dir, &job.cfg, ctx.plan.views, ctx.size, ctx.figure_side())?;
+    let state = inspect_run(ctx, &job.dir, &job.cfg)?;
     let (work, from) = match &state {
         RunState::Fresh => (Work::Fresh, 0),
         RunState::Partial(s) => (Work::Resumed, *s),
         RunState::Complete | RunState::Cached(_) => (Work::Reused, steps),
     };
     progress(&EvalEvent::Unit { index, total, label: &job.method.label, prompt: &job.prompt, seed: job.seed, work, step: from, steps });
-    let to_views = |c: &CachedViews| c.run_views(&job.method.label, &job.prompt, job.seed, &ctx.labels);
     if let RunState::Cached(c) = &state {
         summary.reused += 1;
-        return Ok(Some((to_views(c)?, work, steps)));
+        return Ok(Some((scores_of(ctx, c, &job.method.label, &job.prompt, job.seed)?, work, steps)));
     }
 
     let checkpoint = job.dir.join(g::files::CHECKPOINT);
@@ -94,13 +109,41 @@ pub(super) fn run_unit(
         _ => summary.reused += 1,
     }
     progress(&EvalEvent::Views);
-    let cached = render_and_classify(ctx, &run, &job.dir)?;
-    Ok(Some((to_views(&cached)?, work, steps)))
+    let cached = render_and_score(ctx, &run, &job.dir)?;
+    Ok(Some((scores_of(ctx, &cached, &job.method.label, &job.prompt, job.seed)?, work, steps)))
+}
+
+/// The scores of a run from its scorers' outputs.
+fn scores_of(ctx: &Context<'_>, c: &Cached, label: &str, prompt: &str, seed: u64) -> Result<Scores> {
+    let classifier = match (&c.classifier, &ctx.classifier) {
+        (Some(v), Some((_, labels))) => Some(v.run_views(label, prompt, seed, labels)?),
+        _ => None,
+    };
+    let metrics = match (&c.networks, ctx.networks) {
+        (Some(v), Some(nets)) => Some(nets.metric_views(ctx.gpu, v, label, prompt, seed)?),
+        _ => None,
+    };
+    Ok(Scores { classifier, metrics })
+}
+
+/// Scores a DDIM seed's samples (nothing cached: the samples are on disk).
+pub(super) fn score_images(ctx: &Context<'_>, images: &[Rgb8], label: &str, prompt: &str, seed: u64) -> Result<Scores> {
+    let cached = Cached {
+        classifier: ctx.classifier.as_ref().map(|_| classify(ctx, images)).transpose()?,
+        networks: ctx.networks.map(|n| n.score(ctx.gpu, images)).transpose()?,
+    };
+    scores_of(ctx, &cached, label, prompt, seed)
+}
+
+/// What a run's network cache must match.
+fn network_cache_key(ctx: &Context<'_>, steps: u64) -> Option<CacheKey> {
+    ctx.networks.map(|n| CacheKey { steps, views: ctx.plan.views, size: ctx.size, networks: n.names.clone() })
 }
 
 /// Reads a run folder: its config (which must match the plan's but for the
-/// step count), checkpoint step, summary, cached classifier outputs and 0° render.
-fn inspect_run(dir: &Path, cfg: &GenerateConfig, views: usize, size: usize, front_side: usize) -> Result<RunState> {
+/// step count), checkpoint step, summary, cached scorer outputs and 0° render.
+fn inspect_run(ctx: &Context<'_>, dir: &Path, cfg: &GenerateConfig) -> Result<RunState> {
+    let (views, size, front_side) = (ctx.plan.views, ctx.size, ctx.figure_side());
     let checkpoint_step = checkpoint_step(&dir.join(g::files::CHECKPOINT))?;
     let summary_steps = completed_summary_steps(&dir.join(g::files::SUMMARY));
     if checkpoint_step.is_none() && summary_steps.is_none() {
@@ -130,10 +173,16 @@ fn inspect_run(dir: &Path, cfg: &GenerateConfig, views: usize, size: usize, fron
         (None, Some(s)) => s == steps,
         (None, None) => false,
     };
-    let cache = std::fs::read_to_string(dir.join(files::VIEWS)).ok().and_then(|t| serde_json::from_str::<CachedViews>(&t).ok());
+    let classifier = std::fs::read_to_string(dir.join(files::VIEWS))
+        .ok()
+        .and_then(|t| serde_json::from_str::<CachedViews>(&t).ok())
+        .filter(|c| c.steps == steps && c.views == views && c.size == size);
+    let networks = network_cache_key(ctx, steps).and_then(|key| networks::read_cache(&dir.join(networks::CACHE), &key));
     let front = export::image::read_png(&dir.join(files::FRONT)).is_ok_and(|f| (f.width, f.height) == (front_side, front_side));
-    match cache {
-        Some(c) if complete && front && c.steps == steps && c.views == views && c.size == size => Ok(RunState::Cached(c)),
+    let classifier = classifier.filter(|_| ctx.classifier.is_some());
+    let all_cached = classifier.is_some() == ctx.classifier.is_some() && networks.is_some() == ctx.networks.is_some();
+    match () {
+        _ if complete && front && all_cached => Ok(RunState::Cached(Cached { classifier, networks })),
         _ if complete && checkpoint_step.is_some() => Ok(RunState::Complete),
         _ => Ok(RunState::Fresh),
     }
@@ -202,7 +251,7 @@ fn table_difference(a: &toml::Table, b: &toml::Table, prefix: &str) -> Option<St
 /// The generate-style `summary.json` of an eval run (no mesh or turntable).
 fn write_run_summary(ctx: &Context<'_>, dir: &Path, run: &Generator<'_>, outcome: &job::RunOutcome) -> Result<()> {
     let outputs = Outputs {
-        files: vec![files::VIEW_GRID.into(), files::FRONT.into(), files::VIEWS.into()],
+        files: vec![files::VIEW_GRID.into(), files::FRONT.into(), files::VIEWS.into(), networks::CACHE.into()],
         mesh: None,
         mesh_error: Some(format!("eval runs skip the mesh and turntable; `fsd3d generate --resume {}` writes them", dir.display())),
         verdict: None,
@@ -213,8 +262,8 @@ fn write_run_summary(ctx: &Context<'_>, dir: &Path, run: &Generator<'_>, outcome
 
 /// Renders the views around the object at the prior's resolution (as
 /// `outputs::classify_views`: diffuse shading, 8-bit) and the 0° view larger,
-/// classifies the views, and writes the view grid, the 0° render and the cache.
-fn render_and_classify(ctx: &Context<'_>, run: &Generator<'_>, dir: &Path) -> Result<CachedViews> {
+/// scores the views, and writes the view grid, the 0° render and the caches.
+fn render_and_score(ctx: &Context<'_>, run: &Generator<'_>, dir: &Path) -> Result<Cached> {
     let size = ctx.size as u32;
     let cams = eval_cameras(&run.cfg.camera, ctx.plan.views);
     let mut images = Vec::with_capacity(cams.len());
@@ -225,11 +274,25 @@ fn render_and_classify(ctx: &Context<'_>, run: &Generator<'_>, dir: &Path) -> Re
     let side = ctx.figure_side() as u32;
     let front = run.scene.render_image(ctx.gpu, &cams[0], side, side, Shading::Diffuse)?;
     export::write_png(&dir.join(files::FRONT), &export::rgb_to_rgb8(&front)?)?;
-    let mut cached = classify(ctx, &images)?;
-    cached.steps = run.step;
-    let json = serde_json::to_string(&cached).map_err(|e| Error::Invalid(format!("{}: {e}", files::VIEWS)))?;
-    crate::io::write_atomic(&dir.join(files::VIEWS), json.as_bytes())?;
-    Ok(cached)
+    let classifier = match ctx.classifier {
+        Some(_) => {
+            let mut cached = classify(ctx, &images)?;
+            cached.steps = run.step;
+            let json = serde_json::to_string(&cached).map_err(|e| Error::Invalid(format!("{}: {e}", files::VIEWS)))?;
+            crate::io::write_atomic(&dir.join(files::VIEWS), json.as_bytes())?;
+            Some(cached)
+        }
+        None => None,
+    };
+    let networks = match (ctx.networks, network_cache_key(ctx, run.step)) {
+        (Some(nets), Some(key)) => {
+            let v = nets.score(ctx.gpu, &images)?;
+            networks::write_cache(&dir.join(networks::CACHE), &key, &v)?;
+            Some(v)
+        }
+        _ => None,
+    };
+    Ok(Cached { classifier, networks })
 }
 
 /// The classifier on 8-bit images of the prior's size (x = byte / 127.5 − 1,
@@ -241,7 +304,8 @@ pub(super) fn classify(ctx: &Context<'_>, images: &[Rgb8]) -> Result<CachedViews
     }
     let (pixels, shape) = export::image::to_signed_nchw(images)?;
     let x = ctx.gpu.upload(&pixels, &shape, DType::F32)?;
-    let out = ctx.classifier.classify(ctx.gpu, &x)?;
+    let (classifier, _) = ctx.classifier.as_ref().ok_or_else(|| Error::Invalid("eval: no classifier to classify with".into()))?;
+    let out = classifier.classify(ctx.gpu, &x)?;
     Ok(CachedViews {
         steps: 0,
         views: images.len(),
