@@ -162,3 +162,20 @@ fn inception_input_and_weights_errors_are_clear() {
     let e = fsd3d::models::inception::check_images(&vec![0.5; 16], &[1, 1, 4, 4]).unwrap_err().to_string();
     assert!(e.contains("[B, 3, H, W]"), "{e}");
 }
+
+/// `fsd3d bench metrics --quick` runs every case and reports a rate for the Inception.
+#[test]
+fn the_metrics_bench_runs_its_quick_cases() {
+    let gpu = common::gpu();
+    let args = fsd3d::bench::BenchArgs { family: Some("metrics".into()), quick: true, dtype: Some("f32".into()), ..Default::default() };
+    let mut cases = fsd3d::bench::cases_for(&gpu, &args).unwrap();
+    let names: Vec<String> = cases.iter().map(|c| c.kernel.clone()).collect();
+    assert_eq!(names, ["clip-image test", "clip-text test", "inception fid"]);
+    for case in &mut cases {
+        let m = fsd3d::bench::measure(&gpu, case, 0.0).unwrap();
+        assert!(m.ms > 0.0, "{m:?}");
+        if m.kernel == "inception fid" {
+            assert!(m.gflops.is_some_and(|g| g > 0.0), "{m:?}");
+        }
+    }
+}

@@ -22,18 +22,19 @@ pub mod attention;
 pub mod conv;
 pub mod fsd_step;
 pub mod matmul;
+pub mod metrics;
 pub mod random;
 pub mod scene;
 pub mod unet;
 pub mod variants;
 
 /// The bench families, in the order `fsd3d bench` runs them.
-pub const FAMILIES: [&str; 5] = ["matmul", "conv", "attention", "scene", "unet"];
+pub const FAMILIES: [&str; 6] = ["matmul", "conv", "attention", "scene", "unet", "metrics"];
 
 /// Options of `fsd3d bench`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Family to measure: matmul, conv, attention, scene, unet (all when omitted),
+    /// Family to measure: matmul, conv, attention, scene, unet, metrics (all when omitted),
     /// or fsd-step: one whole iteration of `fsd3d generate` (with --random-weights or --model).
     pub family: Option<String>,
     /// One JSON object per line instead of a table.
@@ -195,6 +196,9 @@ pub fn cases_for<'a>(gpu: &'a Gpu, args: &BenchArgs) -> Result<Vec<Case<'a>>> {
     }
     if want("unet") {
         v.extend(unet::cases(gpu, args)?);
+    }
+    if want("metrics") {
+        v.extend(metrics::cases(gpu, args)?);
     }
     if args.dtype.is_some() {
         let keep = dtypes(gpu, args)?;

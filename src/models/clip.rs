@@ -147,7 +147,7 @@ impl ClipModel {
     pub fn load(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<ClipModel> {
         let config = ClipConfig::load(&dir.join("config.json"))?;
         let weights = Weights::open(dir, if dtype == DType::F16 { Variant::Fp16 } else { Variant::Full })?;
-        if !weights.contains("vision_model.embeddings.class_embedding") {
+        if !weights.is_random() && !weights.contains("vision_model.embeddings.class_embedding") {
             return Err(Error::Invalid(format!(
                 "{}: the weights have no vision_model.* tensors; a CLIP score needs a whole transformers CLIPModel \
                  (config.json + model.safetensors, e.g. openai/clip-vit-base-patch32), not a text encoder alone",

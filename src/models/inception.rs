@@ -289,7 +289,7 @@ impl Inception {
     /// Loads a safetensors file with pytorch-fid's tensor names (or a folder holding one).
     pub fn load(gpu: &Gpu, path: &Path, dtype: DType) -> Result<Inception> {
         let weights = if path.is_dir() { Weights::open(path, Variant::Full)? } else { Weights::open_file(path)? };
-        if !weights.contains("Mixed_7c.branch_pool.conv.weight") || !weights.contains("fc.weight") {
+        if !weights.is_random() && (!weights.contains("Mixed_7c.branch_pool.conv.weight") || !weights.contains("fc.weight")) {
             return Err(Error::Invalid(format!(
                 "{}: not the FID Inception-v3 (no Mixed_7c.branch_pool / fc tensors); convert pytorch-fid's \
                  pt_inception-2015-12-05-6726825d.pth with tools/convert_inception.py",

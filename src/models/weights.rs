@@ -51,7 +51,8 @@ pub const RANDOM_WEIGHTS_FILE: &str = "fsd3d-random-weights.json";
 
 /// How random weights are drawn. Every tensor gets its own stream, seeded by
 /// `seed` and its name, so its values do not depend on the order of loading.
-/// Rank-1 tensors named `*.weight` (the scales of group and layer norms) are
+/// Rank-1 tensors named `*.weight` (the scales of group and layer norms) and
+/// `*.running_var` (batch norms' variances, which must not be negative) are
 /// 1: a scale near 0 would silence every block behind it. Everything else is
 /// normal with mean 0 and standard deviation `std`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -64,7 +65,7 @@ impl RandomWeights {
     /// The values of tensor `name` with `shape`, row-major.
     pub fn values(&self, name: &str, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
-        if shape.len() == 1 && name.ends_with(".weight") {
+        if shape.len() == 1 && (name.ends_with(".weight") || name.ends_with(".running_var")) {
             return vec![1.0; n];
         }
         let mut state = self.seed ^ fnv1a(name.as_bytes());
@@ -180,6 +181,11 @@ impl Weights {
         &self.dir
     }
     /// Whether the weights have `name` (random weights have every name).
+    /// True when the tensors are synthesised ([`RandomWeights`]), not read.
+    pub fn is_random(&self) -> bool {
+        self.random.is_some()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.random.is_some() || self.index.contains_key(name)
     }
