@@ -289,6 +289,18 @@ struct EvalArgs {
     /// The paper's IS and Cross-FID on Inception-v3: pytorch-fid's weights converted by tools/convert_inception.py.
     #[arg(long)]
     inception: Option<PathBuf>,
+    /// Write the plan (OUT/plan.json: its units, numbered) and print the number of units; run nothing.
+    #[arg(long, conflicts_with_all = ["shard", "unit", "report"])]
+    plan: bool,
+    /// Run the I-th of N disjoint slices of the units (a Slurm array task, a Kubernetes Job index); no results.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["unit", "report"])]
+    shard: Option<String>,
+    /// Run one unit of the plan (its number in plan.json); no results.
+    #[arg(long, value_name = "K", conflicts_with = "report")]
+    unit: Option<usize>,
+    /// Run nothing: results.md / .json and the figures from the units that are complete, naming the missing ones.
+    #[arg(long)]
+    report: bool,
 }
 
 #[derive(Args)]
@@ -588,6 +600,23 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         command_line: std::env::args().map(|s| if s.contains(' ') { format!("\"{s}\"") } else { s }).collect::<Vec<_>>().join(" "),
     };
     plan.validate()?;
+    if a.plan {
+        let file = plan.claim_folder(&a.out)?;
+        println!("{}", file.units.len());
+        eprintln!(
+            "wrote {}: {} units (run them with --shard I/N, or --unit K for K in 0..{}), then --report",
+            a.out.join(er::files::PLAN).display(),
+            file.units.len(),
+            file.units.len()
+        );
+        return Ok(());
+    }
+    let selection = match (&a.shard, a.unit, a.report) {
+        (Some(s), _, _) => er::Selection::parse_shard(s)?,
+        (None, Some(k), _) => er::Selection::Unit(k),
+        (None, None, true) => er::Selection::Report,
+        (None, None, false) => er::Selection::All,
+    };
     let gpu = gpu_args.open(false)?;
     let stop = fsd3d::generate::job::stop_on_ctrl_c();
     eprintln!(
@@ -605,7 +634,7 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("[{pos}/{len}] {elapsed_precise} {msg}").expect("valid template"),
     );
     let mut unit = String::new();
-    let summary = er::run_eval(&gpu, &plan, &a.out, stop, |e| match e {
+    let summary = er::run_eval_units(&gpu, &plan, &a.out, selection, stop, |e| match e {
         EvalEvent::Unit { index, total, label, prompt, seed, work, step, steps } => {
             bar.set_length(*total as u64);
             bar.set_position(*index as u64);
@@ -637,6 +666,12 @@ fn eval(gpu_args: &GpuArgs, a: &EvalArgs) -> Result<()> {
     if !summary.finished {
         eprintln!("interrupted ({counts}): the current run is checkpointed; run the same command again to continue");
         std::process::exit(130);
+    }
+    for b in &summary.busy {
+        eprintln!("skipped {b}: another worker holds it");
+    }
+    if !summary.missing.is_empty() && summary.results.is_some() {
+        eprintln!("{} units missing from the results: {}", summary.missing.len(), summary.missing.join(", "));
     }
     eprintln!("{counts}");
     if let Some(r) = &summary.results {

@@ -438,3 +438,152 @@ fn a_prior_without_a_classifier_needs_the_papers_networks() {
     assert!(e.contains("not a CLIP model"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+// ---------------------------------------------------------------------------
+// Sweeps: a plan of units, shards, single units, the report, claims
+// ---------------------------------------------------------------------------
+
+use er::Selection;
+
+/// Shards of a plan, then --report, give the serial eval's table number for
+/// number; a shard run twice changes nothing; --report before the last shard
+/// names what is missing; a unit stopped by Ctrl-C resumes from its checkpoint.
+#[test]
+fn sharded_units_merge_into_the_serial_table() {
+    let gpu = common::gpu();
+    let never = AtomicBool::new(false);
+    let plan = tiny_plan(&["a red cube"], &[0, 1], &["fsd"], 2);
+    let units = plan.units();
+    assert_eq!(units.len(), 4, "2 reference seeds + 2 runs");
+    assert_eq!(units.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["a-red-cube/ddim/s0", "a-red-cube/ddim/s1", "a-red-cube/fsd/s0", "a-red-cube/fsd/s1"]);
+
+    let serial_dir = temp_dir("serial");
+    er::run_eval(&gpu, &plan, &serial_dir, &never, |_| {}).unwrap();
+    let serial = read_results(&serial_dir);
+
+    let sweep = temp_dir("sweep");
+    // Shard 0 of 2: units 0 and 2. No results yet.
+    let s0 = er::run_eval_units(&gpu, &plan, &sweep, Selection::Shard { i: 0, n: 2 }, &never, |_| {}).unwrap();
+    assert!(s0.finished && s0.results.is_none() && s0.files.is_empty());
+    assert_eq!((s0.fresh, s0.samples_drawn), (1, 2));
+    assert!(sweep.join(er::files::PLAN).is_file());
+    // A report now names the two missing units and still scores the rest.
+    let partial = er::run_eval_units(&gpu, &plan, &sweep, Selection::Report, &never, |_| {}).unwrap();
+    assert_eq!(partial.missing, ["a-red-cube/ddim/s1", "a-red-cube/fsd/s1"]);
+    let r = read_results(&sweep);
+    assert_eq!(r.missing, partial.missing);
+    assert_eq!(r.runs.len(), 2);
+    let md = std::fs::read_to_string(sweep.join(er::files::RESULTS_MD)).unwrap();
+    assert!(md.contains("2 units of the plan are missing") && md.contains("a-red-cube/fsd/s1"), "{md}");
+    assert!(!sweep.join(er::files::figure("a-red-cube")).exists(), "a prompt with a hole has no figure yet");
+    assert_eq!((partial.fresh, partial.steps_optimised, partial.samples_drawn), (0, 0, 0), "a report works on nothing");
+
+    // Shard 1 of 2 through its single units, the run stopped by Ctrl-C once and resumed.
+    er::run_eval_units(&gpu, &plan, &sweep, Selection::Unit(1), &never, |_| {}).unwrap();
+    let stop = AtomicBool::new(false);
+    let cut = er::run_eval_units(&gpu, &plan, &sweep, Selection::Unit(3), &stop, |e| {
+        if let EvalEvent::Step(r) = e
+            && r.step == 1
+        {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(!cut.finished);
+    let mut resumed_at = None;
+    let rest = er::run_eval_units(&gpu, &plan, &sweep, Selection::Unit(3), &never, |e| {
+        if let EvalEvent::Unit { work: Work::Resumed, step, .. } = e {
+            resumed_at = Some(*step);
+        }
+    })
+    .unwrap();
+    assert!(rest.finished);
+    assert_eq!((rest.resumed, rest.steps_optimised, resumed_at), (1, 1, Some(1)));
+
+    // The merged table is the serial one, number for number.
+    let merged = er::run_eval_units(&gpu, &plan, &sweep, Selection::Report, &never, |_| {}).unwrap();
+    assert!(merged.missing.is_empty());
+    let merged = read_results(&sweep);
+    assert_eq!(merged.evaluation, serial.evaluation);
+    assert!(merged.missing.is_empty());
+    assert!(sweep.join(er::files::figure("a-red-cube")).is_file());
+
+    // A shard run again does nothing and changes no byte of its runs.
+    let run0 = EvalPlan::run_dir(&sweep, "a red cube", "fsd", 0).join(g::files::CHECKPOINT);
+    let before = std::fs::read(&run0).unwrap();
+    let again = er::run_eval_units(&gpu, &plan, &sweep, Selection::Shard { i: 0, n: 2 }, &never, |_| {}).unwrap();
+    assert_eq!((again.fresh, again.resumed, again.steps_optimised, again.samples_drawn), (0, 0, 0, 0));
+    assert_eq!(std::fs::read(&run0).unwrap(), before);
+    assert!(!sweep.join(er::files::LOCKS).read_dir().unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "lock")), "claims are released");
+    let _ = std::fs::remove_dir_all(&serial_dir);
+    let _ = std::fs::remove_dir_all(&sweep);
+}
+
+/// A unit another live worker holds is skipped; a claim whose worker is gone
+/// (a dead pid here, or a lock from another host left unrefreshed) is taken over.
+#[test]
+fn units_held_by_live_workers_are_skipped_and_stale_claims_taken_over() {
+    let gpu = common::gpu();
+    let never = AtomicBool::new(false);
+    let mut plan = tiny_plan(&["a blue cube"], &[0], &["sds"], 1);
+    plan.reference = None;
+    let out = temp_dir("claims");
+    plan.claim_folder(&out).unwrap();
+    let unit = &plan.units()[0];
+    let lock = out.join(er::files::LOCKS).join("a-blue-cube__sds__s0.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    // Held by this (live) process, as another worker on this host would hold it.
+    std::fs::write(&lock, format!(r#"{{"host":"{host}","pid":{},"since":0}}"#, std::process::id())).unwrap();
+    let busy = er::run_eval_units(&gpu, &plan, &out, Selection::Unit(unit.index), &never, |_| {}).unwrap();
+    assert_eq!(busy.busy.len(), 1, "{:?}", busy.busy);
+    assert!(busy.busy[0].starts_with("a-blue-cube/sds/s0 (pid"), "{:?}", busy.busy);
+    assert_eq!(busy.fresh, 0);
+    // Held by a pid that no longer exists on this host: taken over.
+    let dead = (4_000_000..4_194_304).find(|p| !Path::new(&format!("/proc/{p}")).exists()).unwrap();
+    std::fs::write(&lock, format!(r#"{{"host":"{host}","pid":{dead},"since":0}}"#)).unwrap();
+    let taken = er::run_eval_units(&gpu, &plan, &out, Selection::Unit(unit.index), &never, |_| {}).unwrap();
+    assert_eq!((taken.busy.len(), taken.fresh), (0, 1));
+    assert!(!lock.exists(), "released when done");
+    // Another host's claim: fresh, it is respected; unrefreshed for long, it is taken over.
+    let mut second = plan.clone();
+    second.seeds = vec![0];
+    std::fs::write(&lock, r#"{"host":"node-17","pid":1,"since":0}"#).unwrap();
+    let respected = er::run_eval_units(&gpu, &second, &out, Selection::Unit(0), &never, |_| {}).unwrap();
+    assert_eq!(respected.busy.len(), 1);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
+    let after = er::run_eval_units(&gpu, &second, &out, Selection::Unit(0), &never, |_| {}).unwrap();
+    assert_eq!(after.busy.len(), 0, "a stale claim from another host is taken over");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn sweep_input_errors_are_clear() {
+    let gpu = common::gpu();
+    let never = AtomicBool::new(false);
+    for bad in ["2/2", "1", "a/b", "0/0", "-1/2"] {
+        let e = Selection::parse_shard(bad).unwrap_err().to_string();
+        assert!(e.contains("I/N") && e.contains(bad), "{e}");
+    }
+    assert_eq!(Selection::parse_shard(" 1/3").unwrap(), Selection::Shard { i: 1, n: 3 });
+    let plan = tiny_plan(&["a red cube"], &[0, 1], &["fsd"], 2);
+    let out = temp_dir("sweep-bad");
+    let e = er::run_eval_units(&gpu, &plan, &out, Selection::Unit(4), &never, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--unit 4") && e.contains("0 to 3"), "{e}");
+    let e = er::run_eval_units(&gpu, &plan, &out, Selection::Shard { i: 0, n: 5 }, &never, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("only 4 units"), "{e}");
+    // A report with nothing done.
+    let e = er::run_eval_units(&gpu, &plan, &out, Selection::Report, &never, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("none of the plan's 4 units"), "{e}");
+    // The folder is this plan's: another plan is refused, naming what differs.
+    let mut other = plan.clone();
+    other.seeds = vec![0, 1, 2, 3];
+    let e = other.claim_folder(&out).unwrap_err().to_string();
+    assert!(e.contains("different plan") && e.contains("seeds"), "{e}");
+    // A damaged plan.json.
+    std::fs::write(out.join(er::files::PLAN), "{\"fsd3d_plan\": 1, \"units\": [").unwrap();
+    let e = plan.claim_folder(&out).unwrap_err().to_string();
+    assert!(e.contains("plan.json") && e.contains("another --out"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -40,6 +40,7 @@
 mod plan;
 mod reference;
 mod results;
+mod claims;
 mod networks;
 mod units;
 
@@ -59,11 +60,11 @@ use crate::gpu::Gpu;
 use crate::models::classifier::Classifier;
 use crate::models::prior::{Prior, StableDiffusion};
 
-pub use plan::{DdimReference, EvalMethod, EvalPlan, expand_methods, parse_prompts, read_prompts};
+pub use plan::{DdimReference, EvalMethod, EvalPlan, PlanFile, Selection, Unit, UnitKind, expand_methods, parse_prompts, read_prompts};
 pub use reference::{DDIM_LABEL, DDIM_SLUG, reference_seed};
 pub use results::{EvalResults, RunRecord, date_of_unix_days, utc_date};
 
-use reference::{reference_dir, reference_unit};
+use reference::reference_unit;
 use results::{write_figure, write_results};
 use units::run_unit;
 
@@ -71,6 +72,10 @@ use units::run_unit;
 pub mod files {
     pub const RESULTS_MD: &str = "results.md";
     pub const RESULTS_JSON: &str = "results.json";
+    /// The plan's units and settings, shared by the workers of a sweep.
+    pub const PLAN: &str = "plan.json";
+    /// The folder of unit claims: `locks/<unit id with / as __>.lock`.
+    pub const LOCKS: &str = "locks";
     /// The folder of all runs: `runs/<prompt>/<method>/s<seed>`.
     pub const RUNS: &str = "runs";
     /// Per 3D run: the classifier's outputs on its views (what a rerun reuses).
@@ -145,6 +150,20 @@ pub struct EvalSummary {
     /// results.md, results.json and the figures (when finished).
     pub files: Vec<PathBuf>,
     pub results: Option<EvalResults>,
+    /// Units not in the results: not complete yet, or held by another worker (their ids).
+    pub missing: Vec<String>,
+    /// Units another live worker held ("id (pid P on HOST)"): skipped.
+    pub busy: Vec<String>,
+}
+
+/// What became of one unit in this call.
+enum UnitOutcome {
+    /// Made, continued or found complete, and scored.
+    Done { scores: units::Scores, work: Work, steps: u64 },
+    /// Not complete, and this call does not work on it (`--report`).
+    Missing,
+    /// `stop` ended it after a checkpoint.
+    Interrupted,
 }
 
 // ---------------------------------------------------------------------------
@@ -183,20 +202,38 @@ struct RunJob {
 }
 
 /// Runs (or continues) the whole evaluation into `out`; see the module doc.
-pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut progress: impl FnMut(&EvalEvent)) -> Result<EvalSummary> {
+pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, progress: impl FnMut(&EvalEvent)) -> Result<EvalSummary> {
+    run_eval_units(gpu, plan, out, Selection::All, stop, progress)
+}
+
+/// [`run_eval`] on the units `selection` names: all of them then the
+/// results; a shard or one unit and no results (`--shard`, `--unit`); or no
+/// work and the results from the units that are complete (`--report`).
+/// Every unit is claimed before it is worked on ([`claims`]): one held by
+/// another live worker is skipped and reported in `busy`.
+pub fn run_eval_units(
+    gpu: &Gpu,
+    plan: &EvalPlan,
+    out: &Path,
+    selection: Selection,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(&EvalEvent),
+) -> Result<EvalSummary> {
     let started = Instant::now();
     plan.validate()?;
+    let units = plan.units();
+    selection.check(units.len())?;
     let model_dir = crate::models::model_dir(plan.model.as_deref());
     let kind = job::prior_kind(&model_dir)?;
     let has_classifier = model_dir.join("classifier").is_dir();
     if !has_classifier && plan.clip.is_none() && plan.inception.is_none() {
         return Err(Error::Invalid(format!(
-            "eval scores runs with the prior's classifier, and {} has no classifier/ folder: give the paper's networks              (--clip DIR, a transformers CLIPModel such as openai/clip-vit-base-patch32, and --inception FILE, converted by              tools/convert_inception.py), or use the embedded prior (leave out --model)",
+            "eval scores runs with the prior's classifier, and {} has no classifier/ folder: give the paper's networks \
+             (--clip DIR, a transformers CLIPModel such as openai/clip-vit-base-patch32, and --inception FILE, converted by \
+             tools/convert_inception.py), or use the embedded prior (leave out --model)",
             model_dir.display()
         )));
     }
-    // The networks first: a wrong path fails before any run starts.
-    let nets = networks::MetricNets::load(gpu, plan.clip.as_deref(), plan.inception.as_deref())?;
     // Every config first, so a bad overlay stops the job before any work.
     let mut jobs: Vec<Vec<RunJob>> = Vec::new();
     for prompt in &plan.prompts {
@@ -210,6 +247,10 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         }
         jobs.push(of_prompt);
     }
+    // The folder is this plan's (or becomes it): shards of one sweep agree.
+    plan.claim_folder(out)?;
+    // The networks first: a wrong path fails before any run starts.
+    let nets = networks::MetricNets::load(gpu, plan.clip.as_deref(), plan.inception.as_deref())?;
     // Every run records the storage type it ran with (as `generate` does);
     // the overlay is the same for all, so is the type.
     let dtype = job::resolve_dtype(gpu, &mut jobs[0][0].cfg)?;
@@ -230,48 +271,74 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         size,
     };
 
-    let per_prompt = plan.seeds.len() * (plan.methods.len() + plan.reference.is_some() as usize);
-    let total = plan.prompts.len() * per_prompt;
+    let total = units.len();
     let mut summary = EvalSummary { runs: plan.prompts.len() * plan.seeds.len() * plan.methods.len(), ..Default::default() };
     let mut all_views: Vec<RunViews> = Vec::new();
     let mut all_metrics: Vec<MetricViews> = Vec::new();
     let mut records: Vec<RunRecord> = Vec::new();
-    let mut index = 0;
-    for (prompt, runs) in plan.prompts.iter().zip(&jobs) {
-        if let Some(reference) = &plan.reference {
-            for &seed in &plan.seeds {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(interrupted(summary, started));
+    let all_jobs: Vec<&RunJob> = jobs.iter().flatten().collect();
+    let mut next_job = 0;
+    for unit in &units {
+        let job = (unit.kind == UnitKind::Run).then(|| {
+            next_job += 1;
+            all_jobs[next_job - 1]
+        });
+        let works = selection.includes(unit);
+        // A shard or a single unit scores nothing beyond its own units.
+        if !works && selection != Selection::Report {
+            continue;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(interrupted(summary, started));
+        }
+        let _claim = if works {
+            match claims::claim(out, unit, claims::STALE_AFTER)? {
+                claims::Claimed::Mine(c) => Some(c),
+                claims::Claimed::Busy(holder) => {
+                    summary.busy.push(format!("{} ({holder})", unit.id));
+                    summary.missing.push(unit.id.clone());
+                    continue;
                 }
-                let Some((views, work)) = reference_unit(&ctx, reference, prompt, seed, index, total, stop, &mut progress, &mut summary)? else {
-                    return Ok(interrupted(summary, started));
-                };
-                let folder = reference_dir(out, prompt, seed);
-                records.push(RunRecord { method: DDIM_LABEL.into(), prompt: prompt.clone(), seed, folder: relative(out, &folder), work, steps: 0 });
-                all_views.extend(views.classifier);
-                all_metrics.extend(views.metrics);
-                index += 1;
+            }
+        } else {
+            None
+        };
+        let mut on_event = |e: &EvalEvent| {
+            if let (EvalEvent::Step(_), Some(c)) = (e, &_claim) {
+                c.refresh();
+            }
+            progress(e)
+        };
+        let outcome = match (&unit.kind, job) {
+            (UnitKind::Reference, _) => {
+                let reference = plan.reference.as_ref().expect("reference units come from the plan's reference");
+                reference_unit(&ctx, reference, unit, total, works, stop, &mut on_event, &mut summary)?
+            }
+            (UnitKind::Run, Some(job)) => run_unit(&ctx, job, unit.index, total, works, stop, &mut on_event, &mut summary)?,
+            (UnitKind::Run, None) => unreachable!("every run unit has its job"),
+        };
+        match outcome {
+            UnitOutcome::Interrupted => return Ok(interrupted(summary, started)),
+            UnitOutcome::Missing => summary.missing.push(unit.id.clone()),
+            UnitOutcome::Done { scores, work, steps } => {
+                let folder = EvalPlan::run_dir(out, &unit.prompt, &unit.slug, unit.seed);
+                records.push(RunRecord { method: unit.label.clone(), prompt: unit.prompt.clone(), seed: unit.seed, folder: relative(out, &folder), work, steps });
+                all_views.extend(scores.classifier);
+                all_metrics.extend(scores.metrics);
             }
         }
-        for job in runs {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(interrupted(summary, started));
-            }
-            let Some((views, work, steps)) = run_unit(&ctx, job, index, total, stop, &mut progress, &mut summary)? else {
-                return Ok(interrupted(summary, started));
-            };
-            records.push(RunRecord {
-                method: job.method.label.clone(),
-                prompt: job.prompt.clone(),
-                seed: job.seed,
-                folder: relative(out, &job.dir),
-                work,
-                steps,
-            });
-            all_views.extend(views.classifier);
-            all_metrics.extend(views.metrics);
-            index += 1;
-        }
+    }
+    if matches!(selection, Selection::Shard { .. } | Selection::Unit(_)) {
+        summary.finished = true;
+        summary.wall_seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    if records.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: none of the plan's {total} units is complete yet (busy: {}); run the shards first",
+            out.display(),
+            summary.busy.len()
+        )));
     }
 
     progress(&EvalEvent::Writing);
@@ -284,6 +351,11 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         None => None,
     };
     for prompt in &plan.prompts {
+        // A prompt with a missing unit has a hole in its figure: it waits.
+        let prefix = format!("{}/", slug(prompt));
+        if summary.missing.iter().any(|m| m.starts_with(&prefix)) {
+            continue;
+        }
         let path = out.join(files::figure(&slug(prompt)));
         write_figure(&ctx, prompt, &jobs, &path)?;
         summary.files.push(path);
@@ -302,6 +374,7 @@ pub fn run_eval(gpu: &Gpu, plan: &EvalPlan, out: &Path, stop: &AtomicBool, mut p
         reference: plan.reference.clone(),
         wall_seconds: started.elapsed().as_secs_f64(),
         runs: records,
+        missing: summary.missing.clone(),
         metrics,
         evaluation,
     };

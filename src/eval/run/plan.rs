@@ -233,3 +233,182 @@ impl EvalPlan {
         out.join(files::RUNS).join(slug(prompt)).join(method_slug).join(format!("s{seed}"))
     }
 }
+
+// ---------------------------------------------------------------------------
+// The plan as units: what a sweep's workers share
+// ---------------------------------------------------------------------------
+
+/// What one unit makes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    /// The DDIM reference samples of one prompt × seed.
+    Reference,
+    /// One 3D run: a row (method and ablation) on one prompt × seed.
+    Run,
+}
+
+/// One unit of the plan: its number in the plan, a stable id (its folder
+/// under `runs/`), and what it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    pub index: usize,
+    /// `<prompt slug>/<row slug>/s<seed>`: the same in every plan that has the unit.
+    pub id: String,
+    pub kind: UnitKind,
+    pub prompt: String,
+    /// The row's label ("FSD β=0.5", or the reference's).
+    pub label: String,
+    /// The row's folder name ("fsd-beta-0.5", "ddim").
+    pub slug: String,
+    pub seed: u64,
+}
+
+/// Which units one call of `eval` works on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Every unit, then the results (the plain `eval`).
+    All,
+    /// Units whose index is `i` modulo `n` (`--shard I/N`): disjoint slices
+    /// that together cover the plan, each prompt spread over the shards.
+    Shard { i: usize, n: usize },
+    /// One unit (`--unit K`).
+    Unit(usize),
+    /// No work: the results from the units that are complete (`--report`).
+    Report,
+}
+
+impl Selection {
+    /// `--shard I/N`.
+    pub fn parse_shard(text: &str) -> Result<Selection> {
+        let bad = || Error::Invalid(format!("--shard {text:?}: expected I/N with 0 ≤ I < N, e.g. --shard 0/4 (Slurm: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)"));
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if n == 0 || i >= n {
+            return Err(bad());
+        }
+        Ok(Selection::Shard { i, n })
+    }
+
+    /// Does this call work on `unit`?
+    pub fn includes(&self, unit: &Unit) -> bool {
+        match *self {
+            Selection::All => true,
+            Selection::Shard { i, n } => unit.index % n == i,
+            Selection::Unit(k) => unit.index == k,
+            Selection::Report => false,
+        }
+    }
+
+    /// Checks the selection against the plan's unit count.
+    pub fn check(&self, units: usize) -> Result<()> {
+        match *self {
+            Selection::Unit(k) if k >= units => {
+                Err(Error::Invalid(format!("--unit {k}: the plan has {units} units, numbered 0 to {}", units.saturating_sub(1))))
+            }
+            Selection::Shard { n, .. } if n > units => Err(Error::Invalid(format!(
+                "--shard .../{n}: the plan has only {units} units; use at most {units} shards (more would leave some empty)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `plan.json`: the units and the settings they were planned from. Workers
+/// of one sweep check that they run the plan the folder holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanFile {
+    /// The format (1).
+    pub fsd3d_plan: u32,
+    /// FNV-1a of `settings` as JSON: two plans with the same settings are one plan.
+    pub fingerprint: String,
+    pub settings: serde_json::Value,
+    pub units: Vec<Unit>,
+}
+
+impl EvalPlan {
+    /// Every unit in the order the plain `eval` runs them: per prompt, the
+    /// reference seeds, then each row's seeds.
+    pub fn units(&self) -> Vec<Unit> {
+        let mut out = Vec::new();
+        for prompt in &self.prompts {
+            let mut push = |kind: UnitKind, label: &str, row_slug: &str, seed: u64| {
+                let id = format!("{}/{row_slug}/s{seed}", slug(prompt));
+                out.push(Unit { index: out.len(), id, kind, prompt: prompt.clone(), label: label.to_string(), slug: row_slug.to_string(), seed });
+            };
+            if self.reference.is_some() {
+                for &seed in &self.seeds {
+                    push(UnitKind::Reference, super::DDIM_LABEL, super::DDIM_SLUG, seed);
+                }
+            }
+            for method in &self.methods {
+                for &seed in &self.seeds {
+                    push(UnitKind::Run, &method.label, &method.slug, seed);
+                }
+            }
+        }
+        out
+    }
+
+    /// What makes two plans the same plan: everything but the command line.
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prompts": self.prompts,
+            "seeds": self.seeds,
+            "methods": self.methods,
+            "model": self.model,
+            "steps": self.steps,
+            "config": self.config.as_ref().map(|c| &c.text),
+            "views": self.views,
+            "figure_scale": self.figure_scale,
+            "reference": self.reference,
+            "clip": self.clip,
+            "inception": self.inception,
+        })
+    }
+
+    /// The plan file of this plan.
+    pub fn plan_file(&self) -> PlanFile {
+        let settings = self.settings();
+        let fingerprint = format!("{:016x}", crate::io::fnv1a64(&[settings.to_string().as_bytes()]));
+        PlanFile { fsd3d_plan: 1, fingerprint, settings, units: self.units() }
+    }
+
+    /// Writes `OUT/plan.json`, or checks that the one there is this plan's:
+    /// a folder made by another plan is an error, never mixed into.
+    pub fn claim_folder(&self, out: &Path) -> Result<PlanFile> {
+        let file = self.plan_file();
+        let path = out.join(files::PLAN);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let existing: PlanFile = serde_json::from_str(&text).map_err(|e| {
+                    Error::Invalid(format!("{}: not a readable plan ({e}); it is not fsd3d's, or damaged: give eval another --out", path.display()))
+                })?;
+                if existing.fingerprint != file.fingerprint || existing.units != file.units {
+                    let what = differing_setting(&existing.settings, &file.settings).unwrap_or_else(|| "the units".into());
+                    return Err(Error::Invalid(format!(
+                        "{} was made by a different plan ({what} differs); give this plan another --out, or repeat that plan's options",
+                        out.display()
+                    )));
+                }
+                Ok(existing)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), cause: e })?;
+                let json = serde_json::to_string_pretty(&file).map_err(|e| Error::Invalid(format!("plan.json: {e}")))?;
+                crate::io::write_atomic(&path, json.as_bytes())?;
+                Ok(file)
+            }
+            Err(e) => Err(Error::Io { path, cause: e }),
+        }
+    }
+}
+
+/// The first top-level setting in which two plans differ.
+fn differing_setting(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    let (a, b) = (a.as_object()?, b.as_object()?);
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().find(|k| a.get(*k) != b.get(*k)).cloned()
+}

@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 use crate::export::{self, Rgb8};
 
 use super::plan::DdimReference;
-use super::units::{Scores, score_images};
-use super::{Context, EvalEvent, EvalPlan, EvalSummary, Work, files};
+use super::units::score_images;
+use super::plan::Unit;
+use super::{Context, EvalEvent, EvalPlan, EvalSummary, UnitOutcome, Work, files};
 
 /// The method label of the DDIM reference row.
 pub const DDIM_LABEL: &str = "DDIM (reference)";
@@ -44,19 +45,20 @@ pub(super) fn reference_dir(out: &Path, prompt: &str, seed: u64) -> PathBuf {
 }
 
 /// One seed's DDIM samples: found on disk with the same settings, or drawn
-/// (and written as PNGs); then scored. None when `stop` interrupted it.
+/// (and written as PNGs); then scored. Without `works` (`--report`) a seed
+/// with samples missing is Missing, not drawn.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn reference_unit(
     ctx: &Context<'_>,
     reference: &DdimReference,
-    prompt: &str,
-    seed: u64,
-    index: usize,
+    unit: &Unit,
     total: usize,
+    works: bool,
     stop: &AtomicBool,
     progress: &mut impl FnMut(&EvalEvent),
     summary: &mut EvalSummary,
-) -> Result<Option<(Scores, Work)>> {
+) -> Result<UnitOutcome> {
+    let (prompt, seed, index) = (unit.prompt.as_str(), unit.seed, unit.index);
     let dir = reference_dir(ctx.out, prompt, seed);
     let params = DdimParams {
         prompt: prompt.to_string(),
@@ -70,6 +72,9 @@ pub(super) fn reference_unit(
     let have = |k: usize| same && dir.join(files::ddim_sample(k)).is_file();
     let missing: Vec<usize> = (0..params.seeds.len()).filter(|&k| !have(k)).collect();
     let work = if missing.is_empty() { Work::Reused } else { Work::Sampled };
+    if !works && !missing.is_empty() {
+        return Ok(UnitOutcome::Missing);
+    }
     progress(&EvalEvent::Unit { index, total, label: DDIM_LABEL, prompt, seed, work, step: 0, steps: 0 });
     if !same {
         let json = serde_json::to_string_pretty(&params).map_err(|e| Error::Invalid(format!("{}: {e}", files::DDIM_PARAMS)))?;
@@ -79,7 +84,7 @@ pub(super) fn reference_unit(
     let mut drawn: Vec<Option<Rgb8>> = vec![None; params.seeds.len()];
     if !missing.is_empty() {
         if stop.load(Ordering::SeqCst) {
-            return Ok(None);
+            return Ok(UnitOutcome::Interrupted);
         }
         let reqs: Vec<SampleRequest> = missing
             .iter()
@@ -105,6 +110,6 @@ pub(super) fn reference_unit(
             }
         }
     }
-    let views = score_images(ctx, &images, DDIM_LABEL, prompt, seed)?;
-    Ok(Some((views, work)))
+    let scores = score_images(ctx, &images, DDIM_LABEL, prompt, seed)?;
+    Ok(UnitOutcome::Done { scores, work, steps: 0 })
 }

@@ -44,6 +44,10 @@ pub struct EvalResults {
     pub reference: Option<DdimReference>,
     pub wall_seconds: f64,
     pub runs: Vec<RunRecord>,
+    /// Units of the plan not in these results (`--report` before every shard
+    /// finished, or units another worker held): their ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     /// The paper's metrics on CLIP and Inception-v3, where the plan named them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricEvaluation>,
@@ -106,7 +110,16 @@ fn results_markdown(r: &EvalResults, s: &EvalSummary) -> String {
             r.views
         ));
     }
-    md.push_str("- Θ in method labels is in degrees.\n\n");
+    md.push_str("- Θ in method labels is in degrees.\n");
+    if !r.missing.is_empty() {
+        md.push_str(&format!(
+            "- **Incomplete: {} units of the plan are missing** and not in these tables (nor are the figures of their prompts): {}. \
+             Run their shards, then `--report` again.\n",
+            r.missing.len(),
+            r.missing.join(", ")
+        ));
+    }
+    md.push('\n');
     if let Some(m) = &r.metrics {
         md.push_str("## The paper's metrics (CLIP ViT, Inception-v3)\n\n");
         md.push_str(&paper::metrics_markdown(m));

@@ -19,7 +19,7 @@ use crate::ops::render::Shading;
 use crate::scene::camera::eval_cameras;
 
 use super::networks::{self, CacheKey, NetworkViews};
-use super::{Context, EvalEvent, EvalSummary, RunJob, Work, files};
+use super::{Context, EvalEvent, EvalSummary, RunJob, UnitOutcome, Work, files};
 
 /// Where a run folder stands.
 #[derive(Debug)]
@@ -65,20 +65,24 @@ impl CachedViews {
     }
 }
 
-/// One 3D run: makes, continues or finds it, then its views' scores. None
-/// when `stop` interrupted it (after its checkpoint).
+/// One 3D run: makes, continues or finds it, then its views' scores.
+/// Without `works` (`--report`) a run that is not complete is Missing, not made.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_unit(
     ctx: &Context<'_>,
     job: &RunJob,
     index: usize,
     total: usize,
+    works: bool,
     stop: &AtomicBool,
     progress: &mut impl FnMut(&EvalEvent),
     summary: &mut EvalSummary,
-) -> Result<Option<(Scores, Work, u64)>> {
+) -> Result<UnitOutcome> {
     let steps = job.cfg.steps;
     let state = inspect_run(ctx, &job.dir, &job.cfg)?;
+    if !works && matches!(state, RunState::Fresh | RunState::Partial(_)) {
+        return Ok(UnitOutcome::Missing);
+    }
     let (work, from) = match &state {
         RunState::Fresh => (Work::Fresh, 0),
         RunState::Partial(s) => (Work::Resumed, *s),
@@ -87,7 +91,7 @@ pub(super) fn run_unit(
     progress(&EvalEvent::Unit { index, total, label: &job.method.label, prompt: &job.prompt, seed: job.seed, work, step: from, steps });
     if let RunState::Cached(c) = &state {
         summary.reused += 1;
-        return Ok(Some((scores_of(ctx, c, &job.method.label, &job.prompt, job.seed)?, work, steps)));
+        return Ok(UnitOutcome::Done { scores: scores_of(ctx, c, &job.method.label, &job.prompt, job.seed)?, work, steps });
     }
 
     let checkpoint = job.dir.join(g::files::CHECKPOINT);
@@ -99,7 +103,7 @@ pub(super) fn run_unit(
         let outcome = job::run_to_end(&mut run, &job.dir, stop, |r| progress(&EvalEvent::Step(r)))?;
         summary.steps_optimised += outcome.steps_done;
         if outcome.finish == Finish::Interrupted {
-            return Ok(None);
+            return Ok(UnitOutcome::Interrupted);
         }
         write_run_summary(ctx, &job.dir, &run, &outcome)?;
     }
@@ -110,7 +114,7 @@ pub(super) fn run_unit(
     }
     progress(&EvalEvent::Views);
     let cached = render_and_score(ctx, &run, &job.dir)?;
-    Ok(Some((scores_of(ctx, &cached, &job.method.label, &job.prompt, job.seed)?, work, steps)))
+    Ok(UnitOutcome::Done { scores: scores_of(ctx, &cached, &job.method.label, &job.prompt, job.seed)?, work, steps })
 }
 
 /// The scores of a run from its scorers' outputs.
