@@ -186,9 +186,19 @@ enum Command {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// The prompt (not needed with --resume).
-    #[arg(required_unless_present = "resume")]
+    /// The prompt (not needed with --resume or --prompts).
+    #[arg(required_unless_present_any = ["resume", "prompts"], conflicts_with = "prompts")]
     prompt: Option<String>,
+    /// A batch of assets: a text file with one prompt per line, each run in
+    /// OUT/<prompt>-<method>-s<seed> (OUT: --out, default runs); finished ones are skipped, killed ones resume.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    prompts: Option<PathBuf>,
+    /// With --prompts: run the I-th of N disjoint slices of the prompts (a Slurm array task, a Kubernetes Job index).
+    #[arg(long, value_name = "I/N", requires = "prompts", conflicts_with = "unit")]
+    shard: Option<String>,
+    /// With --prompts: run only the K-th prompt (0-based, comments and blank lines not counted).
+    #[arg(long, value_name = "K", requires = "prompts")]
+    unit: Option<usize>,
     /// fsd | sds | nfsd | fsd-constant | csd
     #[arg(long, default_value = "fsd")]
     method: String,
@@ -203,7 +213,7 @@ struct GenerateArgs {
     /// A TOML file with any keys of the run config (see `config.toml` of a run) to change.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Output folder (default: runs/<prompt>-<method>-s<seed>).
+    /// Output folder (default: runs/<prompt>-<method>-s<seed>); with --prompts, the folder of the batch's runs (default: runs).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this folder from its checkpoint (its config.toml is used; --steps may extend it).
@@ -470,33 +480,118 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
-    use fsd3d::generate::config::{ConfigFlags, ConfigOverlay};
-    use fsd3d::generate::job::{self, GenerateJob, GenerateRequest};
+    use fsd3d::generate::job::{GenerateJob, GenerateRequest};
     let gpu = gpu_args.open(a.profile)?;
+    if let Some(file) = &a.prompts {
+        return generate_batch(&gpu, a, file);
+    }
     let request = match &a.resume {
         Some(dir) => GenerateRequest::Resume { dir: dir.clone(), steps: a.steps },
-        None => GenerateRequest::New {
-            prompt: a.prompt.clone().expect("clap requires a prompt without --resume"),
-            method: fsd3d::diffusion::guidance::Method::parse(&a.method)?,
-            overlay: a.config.as_deref().map(ConfigOverlay::read).transpose()?,
-            flags: ConfigFlags {
-                model: a.model.clone(),
-                seed: a.seed,
-                steps: a.steps,
-                cfg: a.cfg,
-                theta_deg: a.theta,
-                beta: a.beta,
-                alpha0: a.alpha0,
-                fresh_background: a.fresh_background,
-                dtype: a.dtype.clone(),
-            },
-            out: a.out.clone(),
-        },
+        None => new_request(a, a.prompt.clone().expect("clap requires a prompt without --resume or --prompts"), a.out.clone())?,
     };
     let job = GenerateJob::prepare(&gpu, request)?;
+    if !run_generate_job(&gpu, &job, a.profile)? {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+/// A new run of `prompt` with the command's flags.
+fn new_request(a: &GenerateArgs, prompt: String, out: Option<PathBuf>) -> Result<fsd3d::generate::job::GenerateRequest> {
+    use fsd3d::generate::config::{ConfigFlags, ConfigOverlay};
+    Ok(fsd3d::generate::job::GenerateRequest::New {
+        prompt,
+        method: fsd3d::diffusion::guidance::Method::parse(&a.method)?,
+        overlay: a.config.as_deref().map(ConfigOverlay::read).transpose()?,
+        flags: ConfigFlags {
+            model: a.model.clone(),
+            seed: a.seed,
+            steps: a.steps,
+            cfg: a.cfg,
+            theta_deg: a.theta,
+            beta: a.beta,
+            alpha0: a.alpha0,
+            fresh_background: a.fresh_background,
+            dtype: a.dtype.clone(),
+        },
+        out,
+    })
+}
+
+/// `generate --prompts FILE`: one asset per prompt, as units of a sweep:
+/// a finished run is skipped, a killed one resumes from its checkpoint, a
+/// run another worker holds (its lock in OUT/locks) is left to it.
+fn generate_batch(gpu: &fsd3d::gpu::Gpu, a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
+    use fsd3d::generate::{claims, job::GenerateJob};
+    let prompts = fsd3d::eval::run::read_prompts(file)?;
+    let n = prompts.len();
+    let selected = |k: usize| -> Result<bool> {
+        Ok(match (&a.shard, a.unit) {
+            (Some(s), _) => match fsd3d::eval::run::Selection::parse_shard(s)? {
+                fsd3d::eval::run::Selection::Shard { i, n } => k % n == i,
+                _ => unreachable!("parse_shard gives a shard"),
+            },
+            (None, Some(u)) => k == u,
+            (None, None) => true,
+        })
+    };
+    if let Some(u) = a.unit.filter(|&u| u >= n) {
+        anyhow::bail!("--unit {u}: {} has {n} prompts, numbered 0 to {}", file.display(), n - 1);
+    }
+    let root = a.out.clone().unwrap_or_else(|| PathBuf::from("runs"));
+    let (mut done, mut made, mut busy) = (0, 0, Vec::new());
+    for (k, prompt) in prompts.iter().enumerate() {
+        if !selected(k)? {
+            continue;
+        }
+        let mut job = GenerateJob::prepare(gpu, new_request(a, prompt.clone(), None)?)?;
+        let name = job.out.file_name().expect("a run folder has a name").to_string_lossy().into_owned();
+        job.out = root.join(&name);
+        if run_is_complete(&job.out, job.cfg.steps) {
+            eprintln!("[{}/{n}] {prompt:?}: complete in {}, skipped", k + 1, job.out.display());
+            done += 1;
+            continue;
+        }
+        let _claim = match claims::claim(&claims::lock_path(&root, &name), claims::STALE_AFTER)? {
+            claims::Claimed::Mine(c) => c,
+            claims::Claimed::Busy(holder) => {
+                eprintln!("[{}/{n}] {prompt:?}: {holder} is working on it, skipped", k + 1);
+                busy.push(name);
+                continue;
+            }
+        };
+        job.resume = job.checkpoint().is_file();
+        eprintln!("[{}/{n}] {prompt:?}", k + 1);
+        if !run_generate_job(gpu, &job, a.profile)? {
+            std::process::exit(130);
+        }
+        made += 1;
+    }
+    eprintln!("batch {}: {made} runs made, {done} already complete, {} held by other workers", file.display(), busy.len());
+    Ok(())
+}
+
+/// A run whose summary says it completed its `steps` and whose outputs are there.
+fn run_is_complete(dir: &std::path::Path, steps: u64) -> bool {
+    let summary = std::fs::read_to_string(dir.join(fsd3d::generate::files::SUMMARY)).ok();
+    let v: Option<serde_json::Value> = summary.and_then(|t| serde_json::from_str(&t).ok());
+    v.is_some_and(|v| {
+        v.get("completed").and_then(|c| c.as_bool()) == Some(true)
+            && v.get("steps_done").and_then(|s| s.as_u64()) == Some(steps)
+            && v.get("outputs").and_then(|o| o.get("files")).and_then(|f| f.as_array()).is_some_and(|f| {
+                f.iter().filter_map(|x| x.as_str()).all(|x| dir.join(x).is_file())
+            })
+    })
+}
+
+/// Runs a prepared job to its end and writes its outputs; false when Ctrl-C
+/// (or SIGTERM) stopped it after a checkpoint.
+fn run_generate_job(gpu: &fsd3d::gpu::Gpu, job: &fsd3d::generate::job::GenerateJob, profile: bool) -> Result<bool> {
+    use fsd3d::generate::job;
+    let gpu = gpu;
     let (cfg, out) = (&job.cfg, &job.out);
-    let prior = job.load_prior(&gpu).with_context(|| format!("loading the pipeline in {}", job.model_dir.display()))?;
-    let run = job.start(&gpu, &prior);
+    let prior = job.load_prior(gpu).with_context(|| format!("loading the pipeline in {}", job.model_dir.display()))?;
+    let run = job.start(gpu, &prior);
     let mut run = if job.resume { run.with_context(|| format!("resuming from {}", job.checkpoint().display()))? } else { run? };
     let stop = job::stop_on_ctrl_c();
     if job.restarted {
@@ -524,7 +619,7 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
     bar.finish_and_clear();
     if outcome.finish == fsd3d::generate::Finish::Interrupted {
         eprintln!("interrupted at step {}: checkpoint written; continue with `fsd3d generate --resume {}`", run.step, out.display());
-        std::process::exit(130);
+        return Ok(false);
     }
     eprintln!(
         "optimised {} steps in {:.1} s ({:.0} ms/step); writing renders and the mesh",
@@ -533,7 +628,7 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
         outcome.mean_step_ms()
     );
     let spinner = indicatif::ProgressBar::new_spinner();
-    let outputs = job.write_outputs(&gpu, &run, &outcome, |what| spinner.set_message(what.to_string()))?;
+    let outputs = job.write_outputs(gpu, &run, &outcome, |what| spinner.set_message(what.to_string()))?;
     spinner.finish_and_clear();
     if let Some(e) = &outputs.mesh_error {
         eprintln!("warning: no mesh: {e}");
@@ -543,7 +638,8 @@ fn generate(gpu_args: &GpuArgs, a: &GenerateArgs) -> Result<()> {
         eprintln!("classifier over the turntable: shape {} colour {} both {}", pct(v.shape_agreement), pct(v.colour_agreement), pct(v.both_agreement));
     }
     eprintln!("wrote {} in {}", outputs.files.join(", "), out.display());
-    report_profile(&gpu, a.profile, &out.join("profile.json"))
+    report_profile(gpu, profile, &out.join("profile.json"))?;
+    Ok(true)
 }
 
 fn prior_check(gpu_args: &GpuArgs, a: &PriorCheckArgs) -> Result<()> {

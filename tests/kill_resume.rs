@@ -101,3 +101,59 @@ fn a_run_killed_at_random_moments_always_resumes_to_its_end() {
 fn kill_resume_long() {
     kill_and_resume(25, 2);
 }
+
+/// `generate --prompts`: a batch of assets as units. A shard makes its
+/// prompts; the whole batch killed (SIGKILL) in a run leaves a lock of a dead
+/// worker, which the next call takes over, resuming that run from its
+/// checkpoint; finished runs are skipped, and every run ends complete.
+#[test]
+fn a_batch_of_prompts_skips_finished_runs_and_resumes_a_killed_one() {
+    let dir = std::env::temp_dir().join(format!("fsd3d-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let overlay = dir.join("tiny.toml");
+    std::fs::write(&overlay, TINY).unwrap();
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "a red cube\n# not a prompt\na blue sphere\na green cone\n").unwrap();
+    let out = dir.join("runs");
+    let batch = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fsd3d"));
+        c.args(["generate", "--prompts"]).arg(&prompts).args(["--steps", &STEPS.to_string(), "--config"]).arg(&overlay).arg("--out").arg(&out);
+        c.args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Shard 0 of 2: prompts 0 and 2.
+    let first = batch(&["--shard", "0/2"]).output().unwrap();
+    assert!(first.status.success(), "{}", said(&first));
+    assert!(said(&first).contains("2 runs made, 0 already complete"), "{}", said(&first));
+    assert!(out.join("a-red-cube-fsd-s0/summary.json").is_file() && out.join("a-green-cone-fsd-s0/summary.json").is_file());
+    assert!(!out.join("a-blue-sphere-fsd-s0").exists());
+
+    // The whole batch, killed inside the remaining run once it has a checkpoint.
+    let mut child = batch(&[]).spawn().unwrap();
+    let run = out.join("a-blue-sphere-fsd-s0");
+    let start = Instant::now();
+    while !run.join("checkpoint.safetensors").is_file() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success() || run.join("summary.json").is_file());
+    // Its lock names a dead pid: the next call takes it over and finishes the run.
+    let last = batch(&[]).output().unwrap();
+    assert!(last.status.success(), "{}", said(&last));
+    assert!(said(&last).contains("already complete, 0 held by other workers"), "{}", said(&last));
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    let steps: Vec<u64> = log.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "each step once:\n{log}");
+    let again = batch(&[]).output().unwrap();
+    assert!(said(&again).contains("0 runs made, 3 already complete"), "{}", said(&again));
+    assert!(std::fs::read_dir(out.join("locks")).unwrap().next().is_none(), "no lock outlives its run");
+    // A unit the file does not have.
+    let bad = batch(&["--unit", "3"]).output().unwrap();
+    assert!(!bad.status.success() && said(&bad).contains("--unit 3") && said(&bad).contains("3 prompts"), "{}", said(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}

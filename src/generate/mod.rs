@@ -19,6 +19,7 @@
 //! Everything random is keyed by (seed, step, purpose), and the checkpoint
 //! holds parameters, Adam's moments and the occupancy grid, so a resumed run
 //! continues exactly where an uninterrupted one would have been.
+pub mod claims;
 pub mod config;
 pub mod job;
 pub mod outputs;

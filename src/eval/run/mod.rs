@@ -40,7 +40,6 @@
 mod plan;
 mod reference;
 mod results;
-mod claims;
 mod networks;
 mod units;
 
@@ -54,6 +53,7 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::Labels;
 use crate::eval::paper::{self, MetricViews};
 use crate::eval::report::{self, RunViews};
+use crate::generate::claims;
 use crate::generate::job::{self, slug};
 use crate::generate::{GenerateConfig, StepReport};
 use crate::gpu::Gpu;
@@ -75,7 +75,7 @@ pub mod files {
     /// The plan's units and settings, shared by the workers of a sweep.
     pub const PLAN: &str = "plan.json";
     /// The folder of unit claims: `locks/<unit id with / as __>.lock`.
-    pub const LOCKS: &str = "locks";
+    pub const LOCKS: &str = crate::generate::claims::LOCKS;
     /// The folder of all runs: `runs/<prompt>/<method>/s<seed>`.
     pub const RUNS: &str = "runs";
     /// Per 3D run: the classifier's outputs on its views (what a rerun reuses).
@@ -292,7 +292,7 @@ pub fn run_eval_units(
             return Ok(interrupted(summary, started));
         }
         let _claim = if works {
-            match claims::claim(out, unit, claims::STALE_AFTER)? {
+            match claims::claim(&claims::lock_path(out, &unit.id), claims::STALE_AFTER)? {
                 claims::Claimed::Mine(c) => Some(c),
                 claims::Claimed::Busy(holder) => {
                     summary.busy.push(format!("{} ({holder})", unit.id));

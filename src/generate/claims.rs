@@ -1,6 +1,7 @@
-//! Unit claims, so that workers of one sweep (shards on a cluster, or two
-//! calls by hand) never work on the same unit at once: a worker claims a
-//! unit by creating `OUT/locks/<unit>.lock` exclusively, holding its host,
+//! Claims on units of work (an eval unit, an asset of a `generate` batch),
+//! so that workers of one sweep (shards on a cluster, or two calls by hand)
+//! never work on the same unit at once: a worker claims a unit by creating
+//! its lock file (`OUT/locks/<unit>.lock`) exclusively, holding its host,
 //! pid and start time, refreshes the lock's time while it works, and removes
 //! it when done. A claim whose worker is gone is taken over: on the same
 //! host when its pid no longer exists, from any host when the lock has not
@@ -14,9 +15,6 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-use super::files;
-use super::plan::Unit;
 
 /// How long a lock may go unrefreshed before another host takes it over.
 pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -70,14 +68,17 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The lock file of a unit.
-pub fn lock_path(out: &Path, unit: &Unit) -> PathBuf {
-    out.join(files::LOCKS).join(format!("{}.lock", unit.id.replace('/', "__")))
+/// The folder of the locks under an output folder.
+pub const LOCKS: &str = "locks";
+
+/// The lock file of the unit `id` (slashes become `__`) under `out`.
+pub fn lock_path(out: &Path, id: &str) -> PathBuf {
+    out.join(LOCKS).join(format!("{}.lock", id.replace('/', "__")))
 }
 
-/// Claims `unit` for this process, taking over a stale claim.
-pub fn claim(out: &Path, unit: &Unit, stale_after: Duration) -> Result<Claimed> {
-    let path = lock_path(out, unit);
+/// Claims the unit whose lock file is `path` for this process, taking over a stale claim.
+pub fn claim(path: &Path, stale_after: Duration) -> Result<Claimed> {
+    let path = path.to_path_buf();
     let dir = path.parent().expect("a lock has a folder");
     std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), cause: e })?;
     let me = Holder {
