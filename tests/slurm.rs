@@ -2,8 +2,10 @@
 //! slurmctld and one slurmd on this machine (Debian's packages, no systemd),
 //! and `deploy/slurm/eval-array.sbatch` is submitted as users submit it.
 //! Checked: the merged table (`--report`) equals a serial `eval` of the same
-//! plan number for number; a task cancelled mid-run and resubmitted ends on
-//! the serial run's checkpoint bytes; a shard run twice changes nothing.
+//! plan number for number; a task warned of its time limit (SIGUSR1 to the
+//! batch script) checkpoints, requeues itself and ends on the serial run's
+//! checkpoint bytes, and so does a task cancelled mid-run and resubmitted; a
+//! shard run twice changes nothing.
 //! Where Slurm cannot be started (no root, no apt-get), the test says so and
 //! passes without checking.
 mod common;
@@ -142,18 +144,49 @@ fn eval_shards_on_a_real_slurm_merge_into_the_serial_table() {
     let planned = fsd3d_eval(&[args(&sweep), vec!["--plan".into()]].concat());
     assert_eq!(String::from_utf8_lossy(&planned.stdout).trim(), "4");
 
-    // Two shards as an array; shard 1 has units 1 (DDIM seed 1) and 3 (the seed-1 run).
+    // Two shards as an array: shard 0 has units 0 (DDIM seed 0) and 2 (the
+    // seed-0 run), shard 1 units 1 and 3.
     let job = slurm.submit("0-1", None, &args(&sweep), false);
-    let run1 = sweep.join("runs/a-red-cube/fsd/s1");
-    // Cancel task 1 once its run is a few steps in.
-    let start = Instant::now();
-    while logged_steps(&run1) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(300), "the run of task 1 did not start: {}", slurm.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (run0, run1) = (sweep.join("runs/a-red-cube/fsd/s0"), sweep.join("runs/a-red-cube/fsd/s1"));
+    let wait_for_steps = |run: &Path, what: &str| {
+        let start = Instant::now();
+        while logged_steps(run) < 3 {
+            assert!(start.elapsed() < Duration::from_secs(300), "the run of {what} did not start: {}", slurm.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Task 0 is warned of its time limit as Slurm warns it (--signal=B:USR1):
+    // it checkpoints and requeues itself.
+    wait_for_steps(&run0, "task 0");
+    let warn = slurm.cmd("scancel").args(["--signal=USR1", "--batch"]).arg(format!("{job}_0")).output().unwrap();
+    assert!(warn.status.success());
+    // Task 1 is cancelled.
+    wait_for_steps(&run1, "task 1");
     let cancel = slurm.cmd("scancel").arg(format!("{job}_1")).output().unwrap();
     assert!(cancel.status.success());
+    // Slurm holds a requeued task back for a while (BeginTime); release it now.
+    let start = Instant::now();
+    loop {
+        let q = slurm.cmd("squeue").args(["-h", "-o", "%i %T"]).output().unwrap();
+        let q = String::from_utf8_lossy(&q.stdout).to_string();
+        if q.contains(&format!("{job}_0 PENDING")) {
+            let go = slurm.cmd("scontrol").args(["update", &format!("JobId={job}_0"), "StartTime=now"]).output().unwrap();
+            assert!(go.status.success(), "{}", String::from_utf8_lossy(&go.stderr));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "task 0 was not requeued: {q}\n{}", slurm.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     slurm.wait_for_empty_queue(Duration::from_secs(600));
+    let log0 = std::fs::read_to_string(run0.join("log.csv")).unwrap();
+    let steps0: Vec<u64> = log0.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(steps0, (1..=STEPS).collect::<Vec<_>>(), "task 0 requeued and finished, each step once");
+    assert!(slurm.logs().contains("time limit near, checkpointing and requeueing"), "{}", slurm.logs());
+    assert_eq!(
+        std::fs::read(run0.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(serial.join("runs/a-red-cube/fsd/s0/checkpoint.safetensors")).unwrap(),
+        "the requeued run ends on the serial run's bytes"
+    );
     let cut_at = logged_steps(&run1);
     assert!(run1.join("checkpoint.safetensors").is_file(), "SIGTERM checkpoints the run: {}", slurm.logs());
     assert!(cut_at < STEPS as usize, "the run finished before the cancel ({cut_at} steps); raise STEPS");
@@ -172,12 +205,11 @@ fn eval_shards_on_a_real_slurm_merge_into_the_serial_table() {
     assert_eq!(evaluation_of(&sweep), evaluation_of(&serial));
 
     // Shard 0 again: nothing changes.
-    let run0 = sweep.join("runs/a-red-cube/fsd/s0/checkpoint.safetensors");
-    let before = std::fs::read(&run0).unwrap();
+    let before = std::fs::read(run0.join("checkpoint.safetensors")).unwrap();
     slurm.submit("0", Some(2), &args(&sweep), true);
     slurm.wait_for_empty_queue(Duration::from_secs(600));
-    assert_eq!(std::fs::read(&run0).unwrap(), before);
-    assert_eq!(logged_steps(&sweep.join("runs/a-red-cube/fsd/s0")), STEPS as usize);
+    assert_eq!(std::fs::read(run0.join("checkpoint.safetensors")).unwrap(), before);
+    assert_eq!(logged_steps(&run0), STEPS as usize);
     drop(slurm);
     let _ = std::fs::remove_dir_all(&root);
 }
