@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::metrics::{MeanStd, frechet_distance, inception_score, mean_std, softmax};
-use crate::eval::report::CrossFidSplit;
+use crate::eval::report::{CrossFidSplit, cell_text, first_appearances, plus_minus};
 
 /// One run's (or one DDIM seed's) views as the networks saw them. Each list
 /// has one row per view, or is None when its network was not asked for.
@@ -201,16 +201,6 @@ fn check_run(run: &MetricViews, networks: &MetricNetworks) -> Result<()> {
     Ok(())
 }
 
-fn first_appearances<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut seen: Vec<&str> = Vec::new();
-    for item in items {
-        if !seen.contains(&item) {
-            seen.push(item);
-        }
-    }
-    seen
-}
-
 /// The table in the paper's layout, a note on each column, then the per-prompt rows.
 pub fn metrics_markdown(e: &MetricEvaluation) -> String {
     let clip = e.networks.clip.is_some();
@@ -277,18 +267,6 @@ pub fn metrics_markdown(e: &MetricEvaluation) -> String {
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
-}
-
-fn plus_minus(v: Option<MeanStd>, decimals: usize) -> String {
-    match v {
-        None => "–".into(),
-        Some(m) if m.n < 2 => format!("{:.*}", decimals, m.mean),
-        Some(m) => format!("{:.*} ± {:.*}", decimals, m.mean, decimals, m.std),
-    }
-}
-
-fn cell_text(s: &str) -> String {
-    if s.is_empty() { "(empty)".into() } else { s.replace('|', "\\|") }
 }
 
 /// The views of a run from the networks' raw outputs: image embeddings

@@ -247,7 +247,7 @@ fn argmax_of_mean(rows: &[Vec<f64>]) -> usize {
 }
 
 /// The distinct items in the order they first appear.
-fn first_appearances<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+pub(crate) fn first_appearances<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut seen: Vec<&str> = Vec::new();
     for item in items {
         if !seen.contains(&item) {
@@ -317,7 +317,7 @@ pub fn results_json(eval: &Evaluation) -> Result<String> {
 }
 
 /// "m ± s" (just "m" from a single value, "–" from none).
-fn plus_minus(v: Option<MeanStd>, decimals: usize) -> String {
+pub(crate) fn plus_minus(v: Option<MeanStd>, decimals: usize) -> String {
     match v {
         None => "–".into(),
         Some(m) if m.n < 2 => format!("{:.*}", decimals, m.mean),
@@ -326,6 +326,6 @@ fn plus_minus(v: Option<MeanStd>, decimals: usize) -> String {
 }
 
 /// Markdown cell text: a pipe would end the cell, an empty prompt would vanish.
-fn cell_text(s: &str) -> String {
+pub(crate) fn cell_text(s: &str) -> String {
     if s.is_empty() { "(empty)".into() } else { s.replace('|', "\\|") }
 }
