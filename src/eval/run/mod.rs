@@ -247,8 +247,13 @@ pub fn run_eval_units(
         }
         jobs.push(of_prompt);
     }
-    // The folder is this plan's (or becomes it): shards of one sweep agree.
-    plan.claim_folder(out)?;
+    // The folder is this plan's: shards of one sweep and its report agree;
+    // a plain eval runs everything itself and makes its plan the folder's.
+    if selection == Selection::All {
+        plan.write_plan_file(out)?;
+    } else {
+        plan.claim_folder(out)?;
+    }
     // The networks first: a wrong path fails before any run starts.
     let nets = networks::MetricNets::load(gpu, plan.clip.as_deref(), plan.inception.as_deref())?;
     // Every run records the storage type it ran with (as `generate` does);

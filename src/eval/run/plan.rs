@@ -374,8 +374,19 @@ impl EvalPlan {
         PlanFile { fsd3d_plan: 1, fingerprint, settings, units: self.units() }
     }
 
+    /// Writes `OUT/plan.json` as this plan's, replacing another plan's: what
+    /// a plain `eval` does, which runs every unit itself (each run folder
+    /// still refuses a run config other than its own).
+    pub fn write_plan_file(&self, out: &Path) -> Result<PlanFile> {
+        let file = self.plan_file();
+        std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), cause: e })?;
+        let json = serde_json::to_string_pretty(&file).map_err(|e| Error::Invalid(format!("plan.json: {e}")))?;
+        crate::io::write_atomic(&out.join(files::PLAN), json.as_bytes())?;
+        Ok(file)
+    }
+
     /// Writes `OUT/plan.json`, or checks that the one there is this plan's:
-    /// a folder made by another plan is an error, never mixed into.
+    /// the shards of a sweep and its report never mix two plans' units.
     pub fn claim_folder(&self, out: &Path) -> Result<PlanFile> {
         let file = self.plan_file();
         let path = out.join(files::PLAN);
