@@ -1,6 +1,7 @@
 //! Cameras: the z-up convention of the embedded prior's data generator,
 //! view matrices, per-pixel rays, threestudio's sampling distribution,
-//! reproducibility from the seed, and the evaluation orbit.
+//! reproducibility from the seed, and the evaluation orbit; MVDream's camera
+//! input against the authors' camera_utils.py.
 mod common;
 use fsd3d::scene::camera::{self, Camera, CameraConfig, CameraSampler, RAY_FLOATS, RayBatch};
 use glam::{Vec3, Vec4};
@@ -151,4 +152,69 @@ fn ray_batch_uploads_every_view() {
     let want = cams[1].rays(5, 3);
     assert_eq!(&host[15 * RAY_FLOATS..], &want[..]);
     assert!(RayBatch::new(&gpu, &[], 5, 3).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// MVDream's camera input (tests/fixtures/mvdream/cameras.json, made by
+// tools/golden/make_mvdream_camera_fixture.py with the authors' camera_utils.py)
+// ---------------------------------------------------------------------------
+
+fn mvdream_fixture() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string("tests/fixtures/mvdream/cameras.json").unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[test]
+fn mvdream_views_equal_the_authors_get_camera() {
+    use fsd3d::scene::camera::{MvdreamWorld, mvdream_view};
+    let fixture = mvdream_fixture();
+    let cases = fixture["get_camera"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let world = if case["args"]["blender_coord"].as_bool().unwrap() { MvdreamWorld::Blender } else { MvdreamWorld::OpenGl };
+        let rows = case["output"].as_array().unwrap();
+        let (elevations, azimuths) = (case["elevations_deg"].as_array().unwrap(), case["azimuths_deg"].as_array().unwrap());
+        assert_eq!(rows.len(), azimuths.len(), "{name}");
+        for (k, row) in rows.iter().enumerate() {
+            let got = mvdream_view(elevations[k].as_f64().unwrap(), azimuths[k].as_f64().unwrap(), world);
+            let want = floats(row);
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-6, "{name} view {k}: {got:?} vs {want:?} (max err {err})");
+        }
+    }
+}
+
+#[test]
+fn the_mvdream_input_of_an_fsd3d_camera_is_threestudios_normalised_c2w() {
+    use fsd3d::scene::camera::{Camera, MvdreamWorld, mvdream_camera, mvdream_view};
+    let fixture = mvdream_fixture();
+    let cases = fixture["threestudio_c2w"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let fovy = case["fovy_deg"].as_f64().unwrap() as f32;
+        for (k, want) in case["output"].as_array().unwrap().iter().enumerate() {
+            let e = case["elevation_deg"][k].as_f64().unwrap() as f32;
+            let a = case["azimuth_deg"][k].as_f64().unwrap() as f32;
+            let d = case["camera_distances"][k].as_f64().unwrap() as f32;
+            let cam = Camera::orbit(e, a, d, fovy);
+            // threestudio's c2w is fsd3d's.
+            let c2w = floats(&case["input"][k]);
+            let mine: Vec<f32> = (0..16).map(|i| cam.c2w().col(i % 4)[i / 4]).collect();
+            let err = mine.iter().zip(&c2w).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err <= 2e-6 * d.max(1.0), "{name} view {k}: fsd3d's c2w {mine:?} vs threestudio's {c2w:?}");
+            let got = mvdream_camera(&cam);
+            let want = floats(want);
+            let err = got.iter().zip(&want).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err <= 1e-6, "{name} view {k}: {got:?} vs normalize_camera's {want:?}");
+            // And it is the authors' own view at azimuth + 90°.
+            let theirs = mvdream_view(e as f64, a as f64 + 90.0, MvdreamWorld::Blender);
+            let err = got.iter().zip(&theirs).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err <= 1e-6, "{name} view {k}: vs get_camera at azimuth + 90°");
+        }
+    }
 }

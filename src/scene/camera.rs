@@ -244,6 +244,64 @@ impl Camera {
     }
 }
 
+/// The 16 numbers a camera-conditioned multi-view prior (MVDream) takes for
+/// a view: the camera-to-world matrix with its translation scaled to unit
+/// length (`/ (‖t‖ + 1e-8)`, MVDream's `normalize_camera`), flattened row by
+/// row. fsd3d's world and camera frame are threestudio's (z up, `c2w =
+/// [right, up, −forward]`), which is MVDream's "blender" convention, so no
+/// axes change; MVDream's azimuth is this module's plus 90°.
+pub fn mvdream_camera(camera: &Camera) -> [f32; 16] {
+    let c2w = camera.c2w();
+    let t = camera.position.as_dvec3();
+    let t = t / (t.length() + 1e-8);
+    let mut out = [0f32; 16];
+    for row in 0..4 {
+        for col in 0..4 {
+            out[row * 4 + col] = c2w.col(col)[row];
+        }
+    }
+    for (row, v) in [t.x, t.y, t.z].into_iter().enumerate() {
+        out[row * 4 + 3] = v as f32;
+    }
+    out
+}
+
+/// Which world MVDream's own camera helper builds its matrices in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MvdreamWorld {
+    /// z up (its `blender_coord=True`, what its model was trained with): fsd3d's.
+    Blender,
+    /// y up (`blender_coord=False`): the same cameras with the world's y and z
+    /// axes exchanged back (y ← z, z ← −y).
+    OpenGl,
+}
+
+/// The matrix MVDream's `camera_utils.get_camera` makes for one view at
+/// `elevation` and MVDream's `azimuth` (degrees) on the unit sphere, computed
+/// in f64 as it is (at the poles the frame's sign depends on it) and rounded
+/// to f32 at the end.
+pub fn mvdream_view(elevation: f64, azimuth: f64, world: MvdreamWorld) -> [f32; 16] {
+    let (e, a) = (elevation.to_radians(), (azimuth - 90.0).to_radians());
+    // fsd3d's orbit at azimuth a − 90°: position on the unit sphere, z up.
+    let position = glam::DVec3::new(e.cos() * a.cos(), e.cos() * a.sin(), e.sin());
+    let forward = (-position).normalize();
+    let right = forward.cross(glam::DVec3::Z).normalize();
+    let up = right.cross(forward).normalize();
+    let columns = [right, up, -forward, position];
+    let mut out = [0f32; 16];
+    for (col, v) in columns.iter().enumerate() {
+        let v = match world {
+            MvdreamWorld::Blender => *v,
+            MvdreamWorld::OpenGl => glam::DVec3::new(v.x, v.z, -v.y),
+        };
+        for (row, x) in [v.x, v.y, v.z].into_iter().enumerate() {
+            out[row * 4 + col] = x as f32;
+        }
+    }
+    out[15] = 1.0;
+    out
+}
+
 /// `distance·(cos e·cos a, cos e·sin a, sin e)`, angles in degrees.
 pub fn orbit_position(elevation: f32, azimuth: f32, distance: f32) -> Vec3 {
     let (e, a) = (elevation.to_radians(), azimuth.to_radians());
