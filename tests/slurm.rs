@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fsd3d");
-const STEPS: u64 = 40;
+const STEPS: u64 = 16;
 
 /// The local Slurm, stopped on drop.
 struct Slurm {
