@@ -8,6 +8,7 @@ pub mod clip_text;
 pub mod config;
 pub mod forward;
 pub mod inception;
+pub mod ldm;
 pub mod nn;
 pub mod pixel_prior;
 pub mod prior;
