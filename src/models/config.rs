@@ -99,6 +99,9 @@ pub struct UNetConfig {
     pub num_attention_heads: Option<PerBlock<usize>>,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// MVDream: the width of a view's camera input (16), when the UNet has a camera embedding.
+    #[serde(default)]
+    pub camera_dim: Option<usize>,
     #[serde(default)]
     pub upcast_attention: bool,
     #[serde(default)]
@@ -172,7 +175,7 @@ impl UNetConfig {
     }
 
     /// Rejects what the engine does not implement, saying so.
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(format!(

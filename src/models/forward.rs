@@ -4,7 +4,7 @@
 //!
 //! | module         | inputs                                             | outputs             |
 //! |----------------|----------------------------------------------------|---------------------|
-//! | `unet`         | `sample` [B,C,H,W], `timestep` [B], `encoder_hidden_states` [B,L,D] | `sample` |
+//! | `unet`         | `sample` [B,C,H,W], `timestep` [B], `encoder_hidden_states` [B,L,D]; a multi-view prior also `camera` [B,16], `num_frames` [1] | `sample` |
 //! | `text-encoder` | `input_ids` [B,77] (i32, i64 or float)             | `last_hidden_state` |
 //! | `vae-encode`   | `sample` [B,3,H,W] in [-1,1]; optional `mean_grad` [B,4,h,w] | `mean`, `logvar`; with `mean_grad` also `sample_grad` = ∂(Σ mean·mean_grad)/∂sample [B,3,H,W] |
 //! | `vae-decode`   | `latent` [B,4,h,w] (unscaled)                      | `decoded`           |
@@ -85,7 +85,10 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
     let down = |t: &crate::gpu::Tensor| -> Result<HostTensor> { Ok(HostTensor { data: gpu.download(t)?, shape: t.shape().to_vec() }) };
     match module {
         "unet" => {
-            let unet = UNet::load(gpu, dir, dtype)?;
+            let unet = match crate::models::ldm::single_file(dir) {
+                Some((checkpoint, yaml)) => crate::models::ldm::load_unet(gpu, &checkpoint, &yaml, dtype)?,
+                None => UNet::load(gpu, dir, dtype)?,
+            };
             let s = input(inputs, "sample", module)?;
             let t = input(inputs, "timestep", module)?;
             let e = input(inputs, "encoder_hidden_states", module)?;
@@ -93,7 +96,18 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             let b = s.shape.first().copied().unwrap_or(1);
             let ts: Vec<f32> = if t.data.len() == 1 { vec![t.data[0]; b] } else { t.data.clone() };
             let tt = gpu.upload(&ts, &[ts.len()], DType::F32)?;
-            let y = unet.forward(gpu, &up(s)?, &tt, &up(e)?)?;
+            // A multi-view prior's inputs (MVDream): `camera` [B, 16], `num_frames`.
+            let frames = match inputs.get("num_frames") {
+                Some(n) if n.data.len() == 1 && n.data[0] >= 1.0 && n.data[0].fract() == 0.0 => n.data[0] as usize,
+                Some(n) => return Err(Error::Invalid(format!("num_frames must be one positive integer, got {:?}", n.data))),
+                None => 1,
+            };
+            let camera = inputs.get("camera").map(|c| gpu.upload(&c.data, &c.shape, DType::F32)).transpose()?;
+            if unet.config.camera_dim.is_some() && camera.is_none() && frames > 1 {
+                return Err(Error::Invalid("this multi-view UNet needs a `camera` tensor [B, 16] with num_frames > 1 (one camera a view)".into()));
+            }
+            let views = crate::models::unet::Views { camera: camera.as_ref(), frames };
+            let y = unet.forward_views(gpu, &up(s)?, &tt, &up(e)?, &views)?;
             out.insert("sample".into(), down(&y)?);
         }
         "text-encoder" => {

@@ -21,6 +21,14 @@
 //!   `conv2`, `conv_shortcut`; attention blocks keep their inner names;
 //! - MVDream's `camera_embed.{0,2}` → `camera_embedding.linear_{1,2}`.
 
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu};
+use crate::models::config::UNetConfig;
+use crate::models::unet::UNet;
+use crate::models::weights::Weights;
+
 /// The prefix of the UNet's tensors in a whole-pipeline checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 
@@ -125,6 +133,106 @@ fn resnet_tail(tail: &str) -> Option<String> {
 /// "a.b.c" → ("a", "b.c"); None without a dot.
 fn split_index(s: &str) -> Option<(&str, &str)> {
     s.split_once('.')
+}
+
+/// The UNet of an LDM config YAML (`model.params.unet_config.params`, as
+/// Stable Diffusion's `v2-inference.yaml` and MVDream's `sd-v2-base.yaml`
+/// write it) as the diffusers config the model code reads.
+pub fn unet_config_from_yaml(path: &Path) -> Result<UNetConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
+    let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+    let doc: serde_json::Value = serde_norway::from_str(&text).map_err(|e| bad(format!("not a readable YAML file ({e})")))?;
+    let p = &doc["model"]["params"]["unet_config"]["params"];
+    if !p.is_object() {
+        return Err(bad("no model.params.unet_config.params: not an LDM model config (e.g. v1-inference.yaml, sd-v2-base.yaml)".into()));
+    }
+    let num = |k: &str| p[k].as_u64().map(|v| v as usize);
+    let need = |k: &str| num(k).ok_or_else(|| bad(format!("unet_config.params.{k} is missing or not a number")));
+    let list = |k: &str| -> Result<Vec<usize>> {
+        p[k].as_array()
+            .and_then(|a| a.iter().map(|v| v.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| bad(format!("unet_config.params.{k} must be a list of numbers")))
+    };
+    let model_channels = need("model_channels")?;
+    let mult = list("channel_mult")?;
+    let attention_at = list("attention_resolutions")?;
+    let layers = need("num_res_blocks")?;
+    let channels: Vec<usize> = mult.iter().map(|m| m * model_channels).collect();
+    if channels.is_empty() || layers == 0 {
+        return Err(bad("channel_mult and num_res_blocks must not be empty or 0".into()));
+    }
+    // Level i works at 1/2^i of the input: attention where that factor is listed.
+    let cross: Vec<bool> = (0..channels.len()).map(|i| attention_at.contains(&(1 << i))).collect();
+    // Heads per level: channels / num_head_channels, or num_heads for all.
+    let heads: Vec<usize> = match (p["num_head_channels"].as_i64(), p["num_heads"].as_i64()) {
+        (Some(hc), _) if hc > 0 => channels
+            .iter()
+            .map(|c| if c % hc as usize == 0 { Ok(c / hc as usize) } else { Err(bad(format!("num_head_channels {hc} does not divide {c} channels"))) })
+            .collect::<Result<_>>()?,
+        (_, Some(h)) if h > 0 => vec![h as usize; channels.len()],
+        _ => return Err(bad("unet_config.params needs num_head_channels or num_heads".into())),
+    };
+    let context_dim = need("context_dim")?;
+    let config = serde_json::json!({
+        "sample_size": num("image_size"),
+        "in_channels": need("in_channels")?,
+        "out_channels": need("out_channels")?,
+        "down_block_types": cross.iter().map(|&c| if c { "CrossAttnDownBlock2D" } else { "DownBlock2D" }).collect::<Vec<_>>(),
+        "up_block_types": cross.iter().rev().map(|&c| if c { "CrossAttnUpBlock2D" } else { "UpBlock2D" }).collect::<Vec<_>>(),
+        "block_out_channels": channels,
+        "layers_per_block": layers,
+        "cross_attention_dim": context_dim,
+        "attention_head_dim": heads,
+        "transformer_layers_per_block": num("transformer_depth").unwrap_or(1),
+        "use_linear_projection": p["use_linear_in_transformer"].as_bool().unwrap_or(false),
+        "camera_dim": num("camera_dim"),
+        "norm_num_groups": 32,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0,
+    });
+    let config: UNetConfig = serde_json::from_value(config).map_err(|e| bad(format!("the UNet config it implies is not valid: {e}")))?;
+    config.check().map_err(|e| bad(format!("the UNet config it implies: {e}")))?;
+    Ok(config)
+}
+
+/// A single-file LDM checkpoint and its config YAML, when `path` is one: a
+/// `.safetensors` file (the YAML beside it with the same stem, else
+/// `config.yaml` in its folder), or a folder with `config.yaml` (and no
+/// diffusers `config.json`) and `model.safetensors` or a single `.safetensors`.
+pub fn single_file(path: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "safetensors") {
+        let same_stem = path.with_extension("yaml");
+        let yaml = if same_stem.is_file() { same_stem } else { path.parent()?.join("config.yaml") };
+        return yaml.is_file().then(|| (path.to_path_buf(), yaml));
+    }
+    if path.is_dir() && !path.join("config.json").is_file() && path.join("config.yaml").is_file() {
+        if path.join("model.safetensors").is_file() {
+            return Some((path.join("model.safetensors"), path.join("config.yaml")));
+        }
+        let files: Vec<_> = std::fs::read_dir(path).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+        if files.len() == 1 {
+            return Some((files[0].clone(), path.join("config.yaml")));
+        }
+    }
+    None
+}
+
+/// The UNet of a single-file checkpoint in the LDM layout (`.safetensors`),
+/// with its config YAML: the tensors are read under their diffusers names.
+pub fn load_unet(gpu: &Gpu, checkpoint: &Path, yaml: &Path, dtype: DType) -> Result<UNet> {
+    let config = unet_config_from_yaml(yaml)?;
+    let layers = match &config.layers_per_block {
+        crate::models::config::PerBlock::One(n) => *n,
+        crate::models::config::PerBlock::Each(v) => v[0],
+    };
+    let weights = Weights::open_file(checkpoint)?.renamed(|name| if name.starts_with(UNET_PREFIX) { unet_name(name, layers) } else { None })?;
+    if weights.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no {UNET_PREFIX}* tensors: not a single-file LDM checkpoint with a UNet",
+            checkpoint.display()
+        )));
+    }
+    UNet::from_weights(gpu, config, &weights, dtype)
 }
 
 #[cfg(test)]

@@ -94,9 +94,20 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+    /// `frames` > 1: the batch holds `frames` views of each object, view-inner
+    /// (index = object·frames + view), and self-attention spans all views of
+    /// an object (MVDream's `(b f) l c → b (f l) c`, a reshape in this layout);
+    /// cross-attention and the feed-forward stay per view.
+    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize) -> Result<Tensor> {
         let n = self.norm1.forward(gpu, x)?;
-        let x = self.attn1.forward_add(gpu, &n, &n, x)?;
+        let x = if frames > 1 {
+            let (bf, l, c) = (x.dim(0), x.dim(1), x.dim(2));
+            let grouped = [bf / frames, frames * l, c];
+            let n = n.reshape(&grouped)?;
+            self.attn1.forward_add(gpu, &n, &n, &x.reshape(&grouped)?)?.reshape(&[bf, l, c])?
+        } else {
+            self.attn1.forward_add(gpu, &n, &n, x)?
+        };
         let n = self.norm2.forward(gpu, &x)?;
         let x = self.attn2.forward_add(gpu, &n, ctx, &x)?;
         let n = self.norm3.forward(gpu, &x)?;
@@ -146,7 +157,7 @@ impl SpatialTransformer {
         })
     }
 
-    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize) -> Result<Tensor> {
         let (h, w) = (x.dim(2), x.dim(3));
         let n = self.norm.forward(gpu, x, false)?;
         let mut t = match &self.proj_in {
@@ -154,7 +165,7 @@ impl SpatialTransformer {
             Proj::Linear(li) => li.forward(gpu, &nchw_to_tokens(gpu, &n)?)?,
         };
         for b in &self.blocks {
-            t = b.forward(gpu, &t, ctx)?;
+            t = b.forward(gpu, &t, ctx, frames)?;
         }
         match &self.proj_out {
             Proj::Conv(c) => c.forward_add(gpu, &tokens_to_nchw(gpu, &t, h, w)?, x),
@@ -176,6 +187,8 @@ pub struct UNet {
     dtype: DType,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    /// MVDream's camera embedding (16 numbers a view → the time embedding's width).
+    camera: Option<(Linear, Linear)>,
     conv_in: Conv2d,
     down: Vec<Level>,
     mid_resnets: [ResnetBlock; 2],
@@ -191,12 +204,25 @@ pub fn component_dir(dir: &Path) -> std::path::PathBuf {
     if sub.join("config.json").is_file() { sub } else { dir.to_path_buf() }
 }
 
+/// A multi-view prior's extra inputs (MVDream).
+pub struct Views<'a> {
+    /// [B, 16]: each view's camera ([`crate::scene::camera::mvdream_camera`]).
+    pub camera: Option<&'a Tensor>,
+    /// Views of one object, adjacent in the batch (which it must divide).
+    pub frames: usize,
+}
+
 impl UNet {
     pub fn load(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<UNet> {
         let dir = component_dir(dir);
         let c = UNetConfig::load(&dir.join("config.json"))?;
         let weights = Weights::open(&dir, if dtype == DType::F16 { Variant::Fp16 } else { Variant::Full })?;
-        let l = Loader { gpu, weights: &weights, dtype };
+        Self::from_weights(gpu, c, &weights, dtype)
+    }
+
+    /// The UNet of `c` with the diffusers-named tensors of `weights`.
+    pub fn from_weights(gpu: &Gpu, c: UNetConfig, weights: &Weights, dtype: DType) -> Result<UNet> {
+        let l = Loader { gpu, weights, dtype };
         let n = c.block_out_channels.len();
         let ch = &c.block_out_channels;
         let heads = c.heads()?;
@@ -265,6 +291,13 @@ impl UNet {
         Ok(UNet {
             time_linear_1: Linear::load(&l, "time_embedding.linear_1", ch[0], temb, true)?,
             time_linear_2: Linear::load(&l, "time_embedding.linear_2", temb, temb, true)?,
+            camera: match c.camera_dim {
+                Some(d) => Some((
+                    Linear::load(&l, "camera_embedding.linear_1", d, temb, true)?,
+                    Linear::load(&l, "camera_embedding.linear_2", temb, temb, true)?,
+                )),
+                None => None,
+            },
             conv_in,
             down,
             mid_resnets,
@@ -287,7 +320,15 @@ impl UNet {
     /// ε̂ (or v, per the scheduler) for sample [B, C, H, W] of any H, W,
     /// timesteps [B] (f32), encoder_hidden_states [B, L, D].
     pub fn forward(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        self.forward_views(gpu, sample, timesteps, ctx, &Views { camera: None, frames: 1 })
+    }
+
+    /// [`UNet::forward`] of a multi-view prior: the cameras are embedded and
+    /// added to the time embedding, and self-attention spans the views of
+    /// each object.
+    pub fn forward_views(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, views: &Views) -> Result<Tensor> {
         let c = &self.config;
+        let frames = views.frames;
         if sample.rank() != 4 || sample.dim(1) != c.in_channels {
             return Err(Error::shape("unet", format!("sample must be [B, {}, H, W], got {:?}", c.in_channels, sample.shape())));
         }
@@ -300,7 +341,21 @@ impl UNet {
         }
         let t = timestep_embedding(gpu, timesteps, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift as f32, 1.0, 10000.0)?;
         let t = gpu.to_dtype(&t, self.dtype)?;
-        let temb = self.time_linear_2.forward(gpu, &ew::silu(gpu, &self.time_linear_1.forward(gpu, &t)?)?)?;
+        if frames == 0 || !b.is_multiple_of(frames) {
+            return Err(Error::shape("unet", format!("num_frames {frames} must divide the batch of {b} (views of one object are adjacent)")));
+        }
+        let mut temb = self.time_linear_2.forward(gpu, &ew::silu(gpu, &self.time_linear_1.forward(gpu, &t)?)?)?;
+        match (&self.camera, views.camera) {
+            (Some((l1, l2)), Some(cam)) => {
+                if cam.shape() != [b, l1.weight.dim(1)] {
+                    return Err(Error::shape("unet", format!("camera must be [{b}, {}], got {:?}", l1.weight.dim(1), cam.shape())));
+                }
+                let cam = gpu.to_dtype(cam, self.dtype)?;
+                temb = l2.forward_add(gpu, &ew::silu(gpu, &l1.forward(gpu, &cam)?)?, &temb)?;
+            }
+            (None, Some(_)) => return Err(Error::Invalid("unet: a camera was given, but this UNet has no camera embedding (not a multi-view model)".into())),
+            _ => {}
+        }
         let temb = ew::silu(gpu, &temb)?;
         let temb = Some(&temb);
 
@@ -310,7 +365,7 @@ impl UNet {
             for (j, r) in lv.resnets.iter().enumerate() {
                 h = r.forward(gpu, &h, temb)?;
                 if let Some(a) = lv.attentions.get(j) {
-                    h = a.forward(gpu, &h, ctx)?;
+                    h = a.forward(gpu, &h, ctx, frames)?;
                 }
                 skips.push(h.clone());
             }
@@ -320,14 +375,14 @@ impl UNet {
             }
         }
         h = self.mid_resnets[0].forward(gpu, &h, temb)?;
-        h = self.mid_attention.forward(gpu, &h, ctx)?;
+        h = self.mid_attention.forward(gpu, &h, ctx, frames)?;
         h = self.mid_resnets[1].forward(gpu, &h, temb)?;
         for lv in &self.up {
             for (j, r) in lv.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| Error::Invalid("unet: skip connections ran out".into()))?;
                 h = r.forward(gpu, &concat(gpu, &[&h, &skip], 1)?, temb)?;
                 if let Some(a) = lv.attentions.get(j) {
-                    h = a.forward(gpu, &h, ctx)?;
+                    h = a.forward(gpu, &h, ctx, frames)?;
                 }
             }
             if let Some(u) = &lv.resample {

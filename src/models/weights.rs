@@ -181,6 +181,22 @@ impl Weights {
         &self.dir
     }
     /// Whether the weights have `name` (random weights have every name).
+    /// The same tensors under other names: `rename` gives each tensor's new
+    /// name, or None to leave it out (a checkpoint view: a single-file
+    /// checkpoint's LDM names read as the diffusers names the models use).
+    pub fn renamed(self, rename: impl Fn(&str) -> Option<String>) -> Result<Weights> {
+        let mut index = HashMap::with_capacity(self.index.len());
+        for (name, entry) in self.index {
+            if let Some(new) = rename(&name) {
+                if index.contains_key(&new) {
+                    return Err(Error::Invalid(format!("{}: two tensors map to {new:?}; the checkpoint is not in the layout expected", self.dir.display())));
+                }
+                index.insert(new, entry);
+            }
+        }
+        Ok(Weights { index, ..self })
+    }
+
     /// True when the tensors are synthesised ([`RandomWeights`]), not read.
     pub fn is_random(&self) -> bool {
         self.random.is_some()
