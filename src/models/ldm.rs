@@ -40,24 +40,8 @@ pub fn unet_name(ldm: &str, layers_per_block: usize) -> Option<String> {
     let per_level = layers_per_block + 1;
     let (head, rest) = split_index(key)?;
     match head {
-        "time_embed" => {
-            let (i, tail) = split_index(rest)?;
-            let linear = match i {
-                "0" => "linear_1",
-                "2" => "linear_2",
-                _ => return None,
-            };
-            Some(format!("time_embedding.{linear}.{tail}"))
-        }
-        "camera_embed" => {
-            let (i, tail) = split_index(rest)?;
-            let linear = match i {
-                "0" => "linear_1",
-                "2" => "linear_2",
-                _ => return None,
-            };
-            Some(format!("camera_embedding.{linear}.{tail}"))
-        }
+        "time_embed" => embedding_mlp("time_embedding", rest),
+        "camera_embed" => embedding_mlp("camera_embedding", rest),
         "out" => {
             let (i, tail) = split_index(rest)?;
             match i {
@@ -104,6 +88,18 @@ pub fn unet_name(ldm: &str, layers_per_block: usize) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// An embedding MLP `Sequential(Linear, SiLU, Linear)`: children 0 and 2 are
+/// diffusers' `linear_1` and `linear_2` under `name`.
+fn embedding_mlp(name: &str, rest: &str) -> Option<String> {
+    let (i, tail) = split_index(rest)?;
+    let linear = match i {
+        "0" => "linear_1",
+        "2" => "linear_2",
+        _ => return None,
+    };
+    Some(format!("{name}.{linear}.{tail}"))
 }
 
 /// A ResBlock's parameter name in diffusers' words.
