@@ -287,12 +287,14 @@ impl MetricViews {
         };
         let clip_scores = match out.image_embeds {
             Some((images, text)) => {
-                let per_view = rows(images, "image embedding")?;
-                if per_view[0].len() != text.len() {
-                    return Err(Error::Invalid(format!("image embeddings of {} and a text embedding of {}", per_view[0].len(), text.len())));
+                if views == 0 || images.len() != views * text.len() {
+                    return Err(Error::Invalid(format!(
+                        "{method} / {prompt:?} / seed {seed}: {} image-embedding values are not {views} views of the text embedding's {}",
+                        images.len(),
+                        text.len()
+                    )));
                 }
-                let image_f32: Vec<Vec<f32>> = per_view.iter().map(|r| r.iter().map(|&x| x as f32).collect()).collect();
-                Some(image_f32.iter().map(|r| crate::models::clip::clip_score(r, text)).collect())
+                Some(images.chunks(text.len()).map(|r| crate::models::clip::clip_score(r, text)).collect())
             }
             None => None,
         };

@@ -151,9 +151,9 @@ impl Weights {
         Self::open_files(path, vec![path.to_path_buf()])
     }
 
-    /// Maps `files` and indexes their tensors; `origin` is what errors name.
-    fn open_files(origin: &Path, files: Vec<PathBuf>) -> Result<Weights> {
-        let dir = origin;
+    /// Maps `files` and indexes their tensors; `dir` (a folder or the one
+    /// file) is what errors name.
+    fn open_files(dir: &Path, files: Vec<PathBuf>) -> Result<Weights> {
         let mut maps = Vec::new();
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
