@@ -15,6 +15,12 @@ Output: one .npz with
   shape_id int64 [N], colour_id int64 [N]
   radius, yaw_deg, elevation_deg, azimuth_deg, distance, fovy_deg  float32 [N]
   light_pos float32 [N,3]
+
+With --views V (the multi-view prior's data, MVDream's layout) each of the N
+objects is rendered from V cameras at azimuths 360/V degrees apart from a
+random start, sharing the object's elevation, distance and fovy; each view
+draws its own light around its own camera as single views do. Then images is
+[N,V,32,32,3], alpha [N,V,32,32], azimuth_deg [N,V] and light_pos [N,V,3].
 """
 
 import argparse
@@ -265,7 +271,8 @@ def render_one(shape, albedo, radius, yaw_deg, elev, azim, dist, fovy, light_pos
     return img, alpha
 
 
-def sample_params(n, seed, cfg):
+def sample_params(n, seed, cfg, views=1):
+    """Every random number of the dataset. views > 1: per-view azimuth and light, [n, views]."""
     rng = np.random.default_rng(seed)
     cam = cfg["camera"]
     P = {
@@ -278,36 +285,48 @@ def sample_params(n, seed, cfg):
         "distance": rng.uniform(*cam["distance"], n),
         "fovy_deg": rng.uniform(*cam["fovy_deg"], n),
     }
-    e, a = np.deg2rad(P["elevation_deg"]), np.deg2rad(P["azimuth_deg"])
-    cam_pos = P["distance"][:, None] * np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], 1)
+    if views > 1:
+        # Views 360/V apart from the drawn start, wrapped into [-180, 180).
+        az = P["azimuth_deg"][:, None] + 360.0 / views * np.arange(views)[None, :]
+        P["azimuth_deg"] = (az + 180.0) % 360.0 - 180.0
+    shape = (n, views) if views > 1 else (n,)
+    e = np.deg2rad(P["elevation_deg"]).reshape(n, *([1] if views > 1 else []))
+    a = np.deg2rad(P["azimuth_deg"])
+    d = P["distance"].reshape(n, *([1] if views > 1 else []))
+    cam_pos = d[..., None] * np.stack(np.broadcast_arrays(np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)), -1)
     L = cfg["light"]
-    ldir = cam_pos + L["perturb"] * rng.standard_normal((n, 3))
-    ldir /= np.linalg.norm(ldir, axis=1, keepdims=True)
-    P["light_pos"] = ldir * rng.uniform(*L["distance"], n)[:, None]
+    ldir = cam_pos + L["perturb"] * rng.standard_normal((*shape, 3))
+    ldir /= np.linalg.norm(ldir, axis=-1, keepdims=True)
+    P["light_pos"] = ldir * rng.uniform(*L["distance"], shape)[..., None]
     return P
 
 
 def render_range(args):
     P, lo, hi, cfg = args
     res = cfg["resolution"]
-    imgs = np.zeros((hi - lo, res, res, 3), np.uint8)
-    alph = np.zeros((hi - lo, res, res), np.uint8)
+    multi = P["azimuth_deg"].ndim == 2
+    views = P["azimuth_deg"].shape[1] if multi else 1
+    imgs = np.zeros((hi - lo, views, res, res, 3), np.uint8)
+    alph = np.zeros((hi - lo, views, res, res), np.uint8)
     for i in range(lo, hi):
-        img, a = render_one(
-            SHAPES[P["shape_id"][i]],
-            ALBEDOS[COLOURS[P["colour_id"][i]]],
-            P["radius"][i],
-            P["yaw_deg"][i],
-            P["elevation_deg"][i],
-            P["azimuth_deg"][i],
-            P["distance"][i],
-            P["fovy_deg"][i],
-            P["light_pos"][i],
-            res,
-            cfg,
-        )
-        imgs[i - lo] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-        alph[i - lo] = np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
+        for v in range(views):
+            img, a = render_one(
+                SHAPES[P["shape_id"][i]],
+                ALBEDOS[COLOURS[P["colour_id"][i]]],
+                P["radius"][i],
+                P["yaw_deg"][i],
+                P["elevation_deg"][i],
+                P["azimuth_deg"][i, v] if multi else P["azimuth_deg"][i],
+                P["distance"][i],
+                P["fovy_deg"][i],
+                P["light_pos"][i, v] if multi else P["light_pos"][i],
+                res,
+                cfg,
+            )
+            imgs[i - lo, v] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+            alph[i - lo, v] = np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
+    if not multi:
+        imgs, alph = imgs[:, 0], alph[:, 0]
     return imgs, alph
 
 
@@ -317,6 +336,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/tiny_shapes_data/train.npz")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--views", type=int, default=1, help="views per object, 360/V degrees apart (the multi-view prior's data); 1: single views")
     ap.add_argument("--config-out", default=None, help="write fsd3d_prior.json here (default: weights/tiny-shapes/)")
     ap.add_argument("--preview", default=None, help="write an 8x8 PNG grid of the first 64 renders")
     args = ap.parse_args()
@@ -326,7 +346,7 @@ def main():
     cfg_out = args.config_out or os.path.join(repo, "weights", "tiny-shapes", "fsd3d_prior.json")
     write_json(cfg_out, cfg)
 
-    P = sample_params(args.n, args.seed, cfg)
+    P = sample_params(args.n, args.seed, cfg, args.views)
     t0 = time.time()
     chunk = 250
     ranges = [(P, s, min(s + chunk, args.n), cfg) for s in range(0, args.n, chunk)]
@@ -358,13 +378,14 @@ def main():
     if args.preview:
         from PIL import Image
 
-        k = min(64, args.n)
-        g = int(np.ceil(np.sqrt(k)))
+        flat = images.reshape(-1, *images.shape[-3:])
+        k = min(64, len(flat))
+        g = 8 if args.views > 1 else int(np.ceil(np.sqrt(k)))  # multi-view: two objects a row
         res = cfg["resolution"]
         grid = np.full((g * res, g * res, 3), 255, np.uint8)
         for i in range(k):
             r, c = divmod(i, g)
-            grid[r * res : (r + 1) * res, c * res : (c + 1) * res] = images[i]
+            grid[r * res : (r + 1) * res, c * res : (c + 1) * res] = flat[i]
         Image.fromarray(grid).resize((g * res * 4, g * res * 4), Image.NEAREST).save(args.preview)
         print("preview", args.preview)
 
