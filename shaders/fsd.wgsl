@@ -2,7 +2,7 @@
 // the world-map gather of the view-aligned noise ε(c), and the
 // distillation gradient on the render. Each entry has its own parameters.
 // Defines: T (storage type of ε(c)), WG (workgroup size), one of WORLDMAP,
-// DISTILL_GRAD.
+// DISTILL_GRAD, CFG_RESCALE.
 
 const WG: u32 = {{WG}}u;
 #include "common.wgsl"
@@ -104,5 +104,73 @@ fn distill_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         g = clamp(g, -p.clip, p.clip);
     }
     o[i] = g * p.out_scale;
+}
+#endif
+
+#if CFG_RESCALE
+// Classifier-free guidance with the rescale of a multi-view prior's x̂0
+// (threestudio's MVDream guidance, `recon_std_rescale` φ), written back as
+// the ε̂ that gives that x̂0. One workgroup per group of G elements (the views
+// of one object: [views, C, h, w]):
+//   ε̂ = ε_∅ + s·(ε_y − ε_∅);  x̂0 = (x_t − σ·ε̂)/α;  x̂0_y = (x_t − σ·ε_y)/α
+//   f = (std(x̂0_y) + 1e-8) / (std(x̂0) + 1e-8)   (unbiased std over the group)
+//   x̂0' = (φ·f + 1 − φ)·x̂0;                      out = (x_t − α·x̂0')/σ
+struct RescaleParams {
+    group: u32,   // G, elements of one group
+    scale: f32,   // s
+    alpha: f32,   // α_t = √ᾱ_t
+    sigma: f32,   // σ_t = √(1 − ᾱ_t)
+    phi: f32,     // φ
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: RescaleParams;
+@group(0) @binding(1) var<storage, read> x_t: array<f32>;
+@group(0) @binding(2) var<storage, read> eps_cond: array<f32>;
+@group(0) @binding(3) var<storage, read> eps_uncond: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;
+
+var<workgroup> red: array<f32, {{WG}}>;
+#include "wg_sum.wgsl"
+
+fn x0_guided(i: u32) -> f32 {
+    let u = eps_uncond[i];
+    return (x_t[i] - p.sigma * (u + p.scale * (eps_cond[i] - u))) / p.alpha;
+}
+
+fn x0_cond(i: u32) -> f32 {
+    return (x_t[i] - p.sigma * eps_cond[i]) / p.alpha;
+}
+
+// Two passes over the group (mean, then squared deviations): the group is a
+// few thousand elements and f32 one-pass variances lose digits on offsets.
+@compute @workgroup_size(WG)
+fn cfg_rescale(ids: Ids) {
+    let base = ids.wid.x * p.group;
+    var sg = 0.0;
+    var sc = 0.0;
+    for (var i = ids.lid; i < p.group; i += WG) {
+        sg += x0_guided(base + i);
+        sc += x0_cond(base + i);
+    }
+    let n = f32(p.group);
+    let mg = wg_sum(sg, ids) / n;
+    let mc = wg_sum(sc, ids) / n;
+    var dg = 0.0;
+    var dc = 0.0;
+    for (var i = ids.lid; i < p.group; i += WG) {
+        let a = x0_guided(base + i) - mg;
+        let b = x0_cond(base + i) - mc;
+        dg += a * a;
+        dc += b * b;
+    }
+    let std_g = sqrt(wg_sum(dg, ids) / max(n - 1.0, 1.0));
+    let std_c = sqrt(wg_sum(dc, ids) / max(n - 1.0, 1.0));
+    let k = p.phi * (std_c + 1e-8) / (std_g + 1e-8) + 1.0 - p.phi;
+    for (var i = ids.lid; i < p.group; i += WG) {
+        o[base + i] = (x_t[base + i] - p.alpha * k * x0_guided(base + i)) / p.sigma;
+    }
 }
 #endif

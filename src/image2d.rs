@@ -155,7 +155,7 @@ fn fsd_euler(gpu: &Gpu, prior: &dyn Prior, prompt: &str, c: &Image2dConfig, mut 
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
         let x_t = noisy(gpu, s, t, &xhat, &eps_fixed)?;
-        let eps = predict_epsilon(gpu, prior, s, t, &x_t, &prompts.cond, prompts.uncond.as_ref(), c.cfg)?;
+        let eps = predict_epsilon(gpu, prior, s, t, &x_t, &prompts.cond, prompts.uncond.as_ref(), c.cfg, None)?;
         let mut xgt = ew::axpby(gpu, (1.0 / s.alpha(t)) as f32, &x_t, (-s.sigma(t) / s.alpha(t)) as f32, &eps)?;
         if let Some(r) = clip {
             xgt = ew::clamp(gpu, &xgt, -r, r)?;
@@ -187,7 +187,7 @@ impl<'a> AdamGuidance<'a> {
             Error::Invalid(format!("2D method {:?} takes no gradient steps: only sds, nfsd, fsd and csd run Adam", c.method))
         })?;
         let spec = PromptSpec { prompt, view_dependent: false, negative: c.negative.as_deref() };
-        let settings = GuidanceSettings { scale: c.cfg, target, weighting: c.weighting, grad_clip: 0.0, negative_weight: 0.0 };
+        let settings = GuidanceSettings { scale: c.cfg, target, weighting: c.weighting, grad_clip: 0.0, negative_weight: 0.0, rescale: 0.0 };
         Ok(AdamGuidance { guidance: Guidance::new(gpu, prior, &spec, settings)? })
     }
 
@@ -198,7 +198,7 @@ impl<'a> AdamGuidance<'a> {
     /// The gradient on x̂ [1, C, h, w] for noise ε at timestep t: what one Adam step gets.
     pub fn gradient(&self, gpu: &Gpu, xhat: &Tensor, eps: &Tensor, t: i64) -> Result<Tensor> {
         // A 2D image has no camera: the one view has the default direction.
-        self.guidance.gradient(gpu, xhat, eps, t, &[ViewDirection::default()], 1.0)
+        self.guidance.gradient(gpu, xhat, eps, t, &[ViewDirection::default()], None, 1.0)
     }
 }
 

@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use fsd3d::ops::diffusion::{self as dops, DdimCoefficients, NoiseKey, NoisePurpose, Prediction};
 use fsd3d::ops::fsd;
+use fsd3d::gpu::DType;
 
 #[test]
 fn guidance_matches_reference() {
@@ -134,5 +135,58 @@ fn distill_grad_weights_clips_and_zeroes_non_finite_values() {
         let counter = gpu.upload_u32(&[0], &[1]).unwrap();
         let g = fsd::DistillGrad { weight: 1.0, clip: 0.0, out_scale: 1.0 };
         assert!(fsd::distill_grad(&gpu, &bad, &other, &g, &counter).is_err());
+    }
+}
+
+/// threestudio's MVDream guidance (`recon_loss` with `recon_std_rescale`),
+/// written as it is there: x̂0 of the guided and of the conditional
+/// prediction, the per-object std ratio (torch.std, unbiased), the blend,
+/// then the ε that gives that x̂0.
+fn threestudio_rescale(x_t: &[f32], cond: &[f32], uncond: &[f32], objects: usize, s: f64, alpha_bar: f64, phi: f64) -> Vec<f32> {
+    let recon = |x: f64, e: f64| (1.0 / alpha_bar).sqrt() * x - (1.0 / alpha_bar - 1.0).sqrt() * e;
+    let std = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+    };
+    let per = x_t.len() / objects;
+    let mut out = vec![];
+    for o in 0..objects {
+        let r = o * per..(o + 1) * per;
+        let guided: Vec<f64> = r.clone().map(|i| recon(x_t[i] as f64, uncond[i] as f64 + s * (cond[i] as f64 - uncond[i] as f64))).collect();
+        let nocfg: Vec<f64> = r.clone().map(|i| recon(x_t[i] as f64, cond[i] as f64)).collect();
+        let factor = (std(&nocfg) + 1e-8) / (std(&guided) + 1e-8);
+        for (i, g) in r.zip(&guided) {
+            let x0 = phi * g * factor + (1.0 - phi) * g;
+            out.push(((x_t[i] as f64 - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()) as f32);
+        }
+    }
+    out
+}
+
+#[test]
+fn cfg_rescale_matches_threestudios_mvdream_guidance() {
+    let gpu = gpu();
+    // Groups of 4 views of odd sizes, with an offset in x_t so that a
+    // one-pass variance would lose digits.
+    for &(objects, views, c, h, w) in &[(1usize, 4usize, 3usize, 5usize, 7usize), (3, 4, 4, 9, 6), (2, 2, 3, 32, 33)] {
+        let b = objects * views;
+        let n = b * c * h * w;
+        let x: Vec<f32> = rand_vec(objects as u64, n, -1.0, 1.0).iter().map(|v| v + 3.0).collect();
+        let ec = rand_vec(10 + b as u64, n, -2.0, 2.0);
+        let eu = rand_vec(20 + b as u64, n, -2.0, 2.0);
+        let shape = [b, c, h, w];
+        let (xt, ct, ut) = (gpu.upload(&x, &shape, DType::F32).unwrap(), gpu.upload(&ec, &shape, DType::F32).unwrap(), gpu.upload(&eu, &shape, DType::F32).unwrap());
+        for &(t_bar, phi, s) in &[(0.6f64, 0.5f32, 50.0f32), (0.05, 1.0, 7.5), (0.9, 0.0, 50.0)] {
+            let k = fsd::CfgRescale { scale: s, alpha: t_bar.sqrt() as f32, sigma: (1.0 - t_bar).sqrt() as f32, phi };
+            let got = gpu.download(&fsd::cfg_rescale(&gpu, &xt, &ct, &ut, views, &k).unwrap()).unwrap();
+            let want = threestudio_rescale(&x, &ec, &eu, objects, s as f64, t_bar, phi as f64);
+            assert_close(&format!("cfg_rescale {shape:?} ᾱ={t_bar} φ={phi}"), &got, &want, 2e-5);
+            if phi == 0.0 {
+                // φ = 0 is plain classifier-free guidance.
+                let plain: Vec<f32> = eu.iter().zip(&ec).map(|(u, c)| u + s * (c - u)).collect();
+                assert_close("cfg_rescale φ=0 is CFG", &got, &plain, 2e-5);
+            }
+        }
+        assert!(fsd::cfg_rescale(&gpu, &xt, &ct, &ut, 5, &fsd::CfgRescale { scale: 1.0, alpha: 0.5, sigma: 0.5, phi: 0.5 }).is_err() || b % 5 == 0);
     }
 }

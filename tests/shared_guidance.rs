@@ -29,7 +29,7 @@ fn predict(gpu: &Gpu, prior: &StableDiffusion, x_t: &Tensor, prompt: &str, uncon
     let cond = prior.embed(gpu, &[prompt]).unwrap();
     let uncond = uncond.map(|u| prior.embed(gpu, &[u]).unwrap());
     let scale = if uncond.is_some() { SCALE } else { 1.0 };
-    gpu.download(&prior.predict(gpu, x_t, T as f32, &cond, uncond.as_ref(), scale).unwrap()).unwrap()
+    gpu.download(&prior.predict(gpu, x_t, T as f32, &cond, uncond.as_ref(), scale, None).unwrap()).unwrap()
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn the_3d_and_2d_loops_take_the_same_gradient_for_every_method() {
         cfg.guidance.grad_clip = 0.0;
         cfg.guidance.view_dependent_prompt = false;
         let run = Generator::new(&gpu, &prior, cfg).unwrap();
-        let g3 = gpu.download(&run.distillation_gradient(&z, &eps, T, &[ViewDirection::default()]).unwrap()).unwrap();
+        let g3 = gpu.download(&run.distillation_gradient(&z, &eps, T, &[ViewDirection::default()], None).unwrap()).unwrap();
 
         let c2 = Image2dConfig { cfg: SCALE, weighting: Weighting::Sds, ..Image2dConfig::paper_defaults(method2d) };
         let g2 = gpu.download(&AdamGuidance::new(&gpu, &prior, PROMPT, &c2).unwrap().gradient(&gpu, &z, &eps, T).unwrap()).unwrap();
@@ -115,7 +115,7 @@ fn the_3d_and_2d_loops_take_the_same_gradient_for_every_method() {
     cfg.guidance.view_dependent_prompt = false;
     cfg.guidance.negative_weight = w2 as f32;
     let run = Generator::new(&gpu, &prior, cfg.clone()).unwrap();
-    let g3 = gpu.download(&run.distillation_gradient(&z, &eps, T, &[ViewDirection::default()]).unwrap()).unwrap();
+    let g3 = gpu.download(&run.distillation_gradient(&z, &eps, T, &[ViewDirection::default()], None).unwrap()).unwrap();
     common::assert_close("csd with a negative weight", &g3, &want, 1e-4);
     let apart = want.iter().zip(&want_csd).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(apart > 1e-3, "the negative term changes CSD's gradient by only {apart}");

@@ -31,8 +31,7 @@ use crate::diffusion::schedule::SchedulerConfig;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateConfig, Generator, PriorKind};
 use crate::gpu::{DType, Gpu, ProfileEntry, Tensor};
-use crate::models::pixel_prior::PixelPriorSpec;
-use crate::models::prior::{Encoded, Prior, StableDiffusion};
+use crate::models::prior::{Encoded, Prior, StableDiffusion, ViewCameras};
 use crate::models::weights::RandomWeights;
 
 /// The family name of this bench.
@@ -186,12 +185,7 @@ impl PriorSource {
     /// `--random-weights` its configs), else with `--random-weights` Stable
     /// Diffusion 1.5 (with `--quick` the tiny test pipeline).
     pub fn from_args(args: &BenchArgs) -> Result<PriorSource> {
-        let kind_of = |dir: &Path| -> Result<PriorKind> {
-            Ok(match PixelPriorSpec::load(dir)? {
-                Some(spec) => PriorKind::Pixel(spec),
-                None => PriorKind::Latent,
-            })
-        };
+        let kind_of = |dir: &Path| crate::generate::job::prior_kind(dir);
         match (&args.model, args.random_weights) {
             (Some(dir), false) => Ok(PriorSource::Folder { dir: dir.clone(), kind: kind_of(dir)? }),
             (Some(dir), true) => Ok(PriorSource::Random {
@@ -300,8 +294,11 @@ impl Prior for SectionedPrior<'_> {
     fn embed(&self, gpu: &Gpu, prompts: &[&str]) -> Result<Tensor> {
         in_section(gpu, section::TEXT, || self.inner.embed(gpu, prompts))
     }
-    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
-        in_section(gpu, section::UNET, || self.inner.predict(gpu, x_t, t, cond, uncond, cfg))
+    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32, views: Option<&ViewCameras>) -> Result<Tensor> {
+        in_section(gpu, section::UNET, || self.inner.predict(gpu, x_t, t, cond, uncond, cfg, views))
+    }
+    fn num_frames(&self) -> Option<usize> {
+        self.inner.num_frames()
     }
     fn to_image(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         in_section(gpu, section::VAE, || self.inner.to_image(gpu, x))

@@ -14,8 +14,8 @@ use crate::diffusion::prompts::{NFSD_NEGATIVE, PromptBatch, PromptEmbeddings, Pr
 use crate::diffusion::schedule::{NoiseSchedule, Prediction};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::models::prior::Prior;
-use crate::ops::fsd::{DistillGrad, distill_grad};
+use crate::models::prior::{Prior, ViewCameras};
+use crate::ops::fsd::{CfgRescale, DistillGrad, cfg_rescale, distill_grad};
 use crate::ops::concat;
 use crate::ops::elementwise as ew;
 
@@ -126,22 +126,34 @@ pub fn to_epsilon(gpu: &Gpu, s: &NoiseSchedule, t: i64, x_t: &Tensor, out: &Tens
 }
 
 /// ε̂ (f32) of the prior at x_t (f32), guided when `uncond` is given: runs the
-/// model in its own dtype and converts v- or x̂₀-predictions to ε.
+/// model in its own dtype and converts v- or x̂₀-predictions to ε. A
+/// multi-view prior takes the views' cameras.
 #[allow(clippy::too_many_arguments)]
-pub fn predict_epsilon(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
+pub fn predict_epsilon(
+    gpu: &Gpu,
+    prior: &dyn Prior,
+    s: &NoiseSchedule,
+    t: i64,
+    x_t: &Tensor,
+    cond: &Tensor,
+    uncond: Option<&Tensor>,
+    cfg: f32,
+    views: Option<&ViewCameras>,
+) -> Result<Tensor> {
     let xin = gpu.to_dtype(x_t, prior.dtype())?;
-    let out = gpu.to_dtype(&prior.predict(gpu, &xin, t as f32, cond, uncond, cfg)?, DType::F32)?;
+    let out = gpu.to_dtype(&prior.predict(gpu, &xin, t as f32, cond, uncond, cfg, views)?, DType::F32)?;
     to_epsilon(gpu, s, t, x_t, &out)
 }
 
 /// The prior's unguided ε̂ (f32) at x_t for each of `embeddings`, from one
 /// model call on the batch [x_t; x_t; …] (as CFG batches its pair): one
 /// pass instead of one per prompt.
-pub fn predict_epsilons(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, embeddings: &[&Tensor]) -> Result<Vec<Tensor>> {
+pub fn predict_epsilons(gpu: &Gpu, prior: &dyn Prior, s: &NoiseSchedule, t: i64, x_t: &Tensor, embeddings: &[&Tensor], views: Option<&ViewCameras>) -> Result<Vec<Tensor>> {
     let n = embeddings.len();
     let x_n = concat::concat(gpu, &vec![x_t; n], 0)?;
     let context = concat::concat(gpu, embeddings, 0)?;
-    let eps = predict_epsilon(gpu, prior, s, t, &x_n, &context, None, 1.0)?;
+    let views_n = views.map(|v| v.repeated(gpu, n)).transpose()?;
+    let eps = predict_epsilon(gpu, prior, s, t, &x_n, &context, None, 1.0, views_n.as_ref())?;
     concat::split_equal(gpu, &eps, 0, n)
 }
 
@@ -157,6 +169,11 @@ pub struct GuidanceSettings {
     /// CSD's ω₂, the weight of the negative prompt's classifier score
     /// (0: no negative term). Other targets ignore it.
     pub negative_weight: f32,
+    /// φ of the CFG rescale of x̂₀ per object: over the views of each object
+    /// for a multi-view prior, per image otherwise (threestudio's MVDream
+    /// `recon_std_rescale`; 0: plain CFG). Only the ε̂ − ε target (SDS, FSD)
+    /// uses it.
+    pub rescale: f32,
 }
 
 /// A run's guidance: its prompts' embeddings, the noise schedule and the
@@ -200,29 +217,49 @@ impl<'a> Guidance<'a> {
     /// → the prior's predictions → the target → `out_scale ·
     /// clamp(nan_to_zero(w(t)·(pred − target)), ±grad_clip)`. Non-finite
     /// values are zeroed and counted ([`Guidance::nonfinite_count`]).
-    pub fn gradient(&self, gpu: &Gpu, z: &Tensor, eps: &Tensor, t: i64, views: &[ViewDirection], out_scale: f32) -> Result<Tensor> {
+    ///
+    /// A multi-view prior takes the views' cameras in `cameras`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gradient(
+        &self,
+        gpu: &Gpu,
+        z: &Tensor,
+        eps: &Tensor,
+        t: i64,
+        views: &[ViewDirection],
+        cameras: Option<&ViewCameras>,
+        out_scale: f32,
+    ) -> Result<Tensor> {
         if z.shape().first() != Some(&views.len()) {
             return Err(Error::Invalid(format!("guidance: z {:?} has a batch other than the {} views given", z.shape(), views.len())));
         }
         let x_t = noisy(gpu, &self.schedule, t, z, eps)?;
         let prompts = self.prompts.batch(gpu, views)?;
-        let (pred, target) = self.prediction_and_target(gpu, t, &x_t, &prompts, eps)?;
+        let (pred, target) = self.prediction_and_target(gpu, t, &x_t, &prompts, eps, cameras)?;
         let g = DistillGrad { weight: self.settings.weighting.weight(&self.schedule, t) as f32, clip: self.settings.grad_clip, out_scale };
         distill_grad(gpu, &pred, &target, &g, &self.nonfinite)
     }
 
     /// The prediction and what it is compared with (FSD_SPEC §2).
-    fn prediction_and_target(&self, gpu: &Gpu, t: i64, x_t: &Tensor, p: &PromptBatch, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn prediction_and_target(&self, gpu: &Gpu, t: i64, x_t: &Tensor, p: &PromptBatch, eps: &Tensor, cameras: Option<&ViewCameras>) -> Result<(Tensor, Tensor)> {
         let (prior, s, scale) = (self.prior, &self.schedule, self.settings.scale);
         match self.settings.target {
-            Target::Noise => Ok((predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale)?, eps.clone())),
+            // The rescaled CFG needs ε_y and ε_∅ apart: the same one model
+            // call on [x_t; x_t], combined by the rescale kernel.
+            Target::Noise if self.settings.rescale > 0.0 => {
+                let frames = cameras.map_or(1, |c| c.frames);
+                let e = predict_epsilons(gpu, prior, s, t, x_t, &[&p.cond, &p.uncond], cameras)?;
+                let k = CfgRescale { scale, alpha: s.alpha(t) as f32, sigma: s.sigma(t) as f32, phi: self.settings.rescale };
+                Ok((cfg_rescale(gpu, x_t, &e[0], &e[1], frames, &k)?, eps.clone()))
+            }
+            Target::Noise => Ok((predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale, cameras)?, eps.clone())),
             // Both compare the classifier score s·(ε_y − ε_∅), shifted by a
             // negative prompt's, with zero. Guidance::new embeds the negative
             // prompt for NFSD, and for CSD when its ω₂ ≠ 0.
             Target::NegativePrompt | Target::ClassifierScore => {
                 let mut embeddings = vec![&p.cond, &p.uncond];
                 embeddings.extend(p.negative.as_ref());
-                let eps_hat = predict_epsilons(gpu, prior, s, t, x_t, &embeddings)?;
+                let eps_hat = predict_epsilons(gpu, prior, s, t, x_t, &embeddings, cameras)?;
                 let (ey, e0) = (&eps_hat[0], &eps_hat[1]);
                 let score = ew::axpby(gpu, scale, ey, -scale, e0)?;
                 let pred = match (self.settings.target, eps_hat.get(2)) {

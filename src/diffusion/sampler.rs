@@ -88,7 +88,7 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
     let SamplerEmbeddings { cond, uncond } = SamplerEmbeddings::new(gpu, prior, &prompts, first.negative.as_deref(), first.cfg)?;
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
-        let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg)?;
+        let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg, None)?;
         let coefficients = ddim.coefficients_with_eta(t, first.eta as f64);
         // Each request draws its step noise from its own seed, so a sample does
         // not depend on the batch it was drawn in.

@@ -62,6 +62,12 @@ pub struct GuidanceConfig {
     /// that configs and checkpoints written before it still match.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub negative_weight: f32,
+    /// φ of the CFG rescale (threestudio's MVDream `recon_std_rescale`): x̂₀
+    /// scaled towards the spread of the unguided x̂₀, per object (its views
+    /// on a multi-view prior). 0, the default: plain CFG; sds, fsd and
+    /// fsd-constant only. Absent from configs where 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rescale: f32,
     /// Append ", front view" / ", side view" / ", back view" / ", overhead view".
     pub view_dependent_prompt: bool,
 }
@@ -154,6 +160,9 @@ pub enum PriorKind {
     Latent,
     /// A pixel-space prior with the distribution it was trained on.
     Pixel(PixelPriorSpec),
+    /// A multi-view latent diffusion model (MVDream): threestudio's
+    /// `mvdream-sd21` settings, `frames` views an object.
+    MultiViewLatent { frames: usize },
 }
 
 impl GenerateConfig {
@@ -181,6 +190,7 @@ impl GenerateConfig {
                 grad_clip: 0.0,
                 negative: None,
                 negative_weight: 0.0,
+                rescale: 0.0,
                 view_dependent_prompt: true,
             },
             noise: WorldMapConfig::default(),
@@ -197,10 +207,34 @@ impl GenerateConfig {
                 log_every: 10,
             },
         };
-        if let PriorKind::Pixel(spec) = kind {
-            c.apply_pixel_prior(spec);
+        match kind {
+            PriorKind::Pixel(spec) => c.apply_pixel_prior(spec),
+            PriorKind::MultiViewLatent { frames } => c.apply_multiview_latent(*frames),
+            PriorKind::Latent => {}
         }
         c
+    }
+
+    /// threestudio's `mvdream-sd21` (docs/mvdream.md): one object of
+    /// `frames` views a step, 90° apart, elevation [0°, 30°], fovy [15°, 60°]
+    /// at a distance that frames the object alike whatever the fovy
+    /// (0.8–1.0 / tan(fovy/2) in threestudio; here the 1.5–2.0 of
+    /// FSD_SPEC at the mid fovy), no perturbations, guidance 50 with the x̂₀
+    /// rescale φ = 0.5 and the σ/α weight of its reconstruction loss.
+    fn apply_multiview_latent(&mut self, frames: usize) {
+        let cam = &mut self.camera;
+        cam.batch_size = frames;
+        cam.views_per_object = frames;
+        cam.elevation_range = [0.0, 30.0];
+        cam.fovy_range = [15.0, 60.0];
+        cam.camera_perturb = 0.0;
+        cam.center_perturb = 0.0;
+        cam.up_perturb = 0.0;
+        self.guidance.cfg = 50.0;
+        self.guidance.rescale = 0.5;
+        self.guidance.weighting = Weighting::Fsd;
+        // MVDream was trained on plain captions of objects.
+        self.guidance.view_dependent_prompt = false;
     }
 
     /// The config of a new run: the defaults for the prior and method, the
@@ -288,6 +322,13 @@ impl GenerateConfig {
         // 300 steps: a recognisable object; 6 min on the idle 2-core
         // reference machine under lavapipe (docs/performance.md).
         self.steps = 300;
+        // A multi-view prior sees one object's views together a step,
+        // with MVDream's rescale of the guided x̂₀.
+        if let Some(v) = spec.views {
+            self.camera.batch_size = v.num_frames;
+            self.camera.views_per_object = v.num_frames;
+            self.guidance.rescale = 0.5;
+        }
         self.guidance.cfg = 7.5;
         // The prior knows only "a {colour} {shape}" captions.
         self.guidance.view_dependent_prompt = false;
@@ -321,6 +362,12 @@ impl GenerateConfig {
                 self.guidance.negative_weight
             )));
         }
+        let rescale = self.guidance.rescale;
+        if !(0.0..=1.0).contains(&rescale) || (rescale != 0.0 && self.method.target() != crate::diffusion::guidance::Target::Noise) {
+            return Err(Error::Invalid(format!(
+                "generate: [guidance] rescale {rescale} is the CFG rescale φ: a number in [0, 1], and 0 for methods other than sds, fsd and fsd-constant"
+            )));
+        }
         if self.guidance.grad_clip.is_nan() || self.guidance.grad_clip < 0.0 {
             return Err(Error::Invalid(format!("generate: grad_clip {} must be >= 0 (0 disables it)", self.guidance.grad_clip)));
         }
@@ -351,7 +398,14 @@ impl GenerateConfig {
     /// The guidance of the run's method with the `[guidance]` settings.
     pub fn guidance_settings(&self) -> GuidanceSettings {
         let g = &self.guidance;
-        GuidanceSettings { scale: g.cfg, target: self.method.target(), weighting: g.weighting, grad_clip: g.grad_clip, negative_weight: g.negative_weight }
+        GuidanceSettings {
+            scale: g.cfg,
+            target: self.method.target(),
+            weighting: g.weighting,
+            grad_clip: g.grad_clip,
+            negative_weight: g.negative_weight,
+            rescale: g.rescale,
+        }
     }
 
     /// What decides the optimisation, as JSON: the whole config but `steps`

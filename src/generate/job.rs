@@ -37,12 +37,17 @@ pub fn default_run_dir(cfg: &GenerateConfig) -> PathBuf {
 }
 
 /// Which defaults the prior in `model_dir` gets: a pixel prior's own
-/// distribution when it has `fsd3d_prior.json`, else Stable Diffusion's.
+/// distribution when it has `fsd3d_prior.json`; MVDream's when its UNet
+/// takes cameras; else Stable Diffusion's.
 pub fn prior_kind(model_dir: &Path) -> Result<PriorKind> {
-    Ok(match PixelPriorSpec::load(model_dir)? {
-        Some(spec) => PriorKind::Pixel(spec),
-        None => PriorKind::Latent,
-    })
+    if let Some(spec) = PixelPriorSpec::load(model_dir)? {
+        return Ok(PriorKind::Pixel(spec));
+    }
+    let unet_config = model_dir.join("unet").join("config.json");
+    if unet_config.is_file() && crate::models::config::UNetConfig::load(&unet_config)?.camera_dim.is_some() {
+        return Ok(PriorKind::MultiViewLatent { frames: 4 });
+    }
+    Ok(PriorKind::Latent)
 }
 
 /// Resolves the config's `dtype` ("auto": by adapter and prior, see

@@ -35,7 +35,7 @@ use crate::diffusion::prompts::ViewDirection;
 use crate::diffusion::timesteps::uniform;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::models::prior::Prior;
+use crate::models::prior::{Prior, ViewCameras};
 use crate::ops::elementwise as ew;
 use crate::ops::resample;
 use crate::ops::render::{RegulariserWeights, Shading};
@@ -96,6 +96,15 @@ impl<'a> Generator<'a> {
     pub fn new(gpu: &'a Gpu, prior: &'a dyn Prior, cfg: GenerateConfig) -> Result<Generator<'a>> {
         cfg.validate()?;
         let [c, h, w] = prior.sample_shape();
+        if let Some(frames) = prior.num_frames() {
+            if cfg.camera.views_per_object != frames {
+                return Err(Error::Invalid(format!(
+                    "the prior is a multi-view model that denoises {frames} views of an object together, but [camera] views_per_object is {}: \
+                     set views_per_object = {frames} and batch_size to a multiple of it (the defaults for this prior do)",
+                    cfg.camera.views_per_object
+                )));
+            }
+        }
         let (rw, rh) = (cfg.camera.width as usize, cfg.camera.height as usize);
         // The world map's mask pools the render's opacity onto the sample grid.
         if rh % h != 0 || rw % w != 0 || rh / h != rw / w {
@@ -177,7 +186,9 @@ impl<'a> Generator<'a> {
         // ∂L/∂z = g / B, back through the encoder and the resize; the image
         // is 2·rgb − 1, so ∂L/∂rgb = 2·∂L/∂image.
         let directions: Vec<ViewDirection> = cams.iter().map(|c| ViewDirection { elevation_deg: c.elevation, azimuth_deg: c.azimuth }).collect();
-        let d_z = self.distillation_gradient(z, &eps, t, &directions)?;
+        // A multi-view prior sees each object's views together, with their cameras.
+        let cameras = self.prior.num_frames().map(|frames| ViewCameras::new(gpu, &cams, frames)).transpose()?;
+        let d_z = self.distillation_gradient(z, &eps, t, &directions, cameras.as_ref())?;
         let d_image = self.prior.encode_backward(gpu, &encoded, &d_z)?;
         let d_image = if resized { resample::resize_bilinear_backward(gpu, &d_image, h, w)? } else { d_image };
         let d_rgb = ew::scale(gpu, &d_image, 2.0)?.reshape(r.images.rgb.shape())?;
@@ -212,10 +223,11 @@ impl<'a> Generator<'a> {
     }
 
     /// The distillation gradient ∂L/∂z = g / B on the batch z of views
-    /// looking from `views`, for noise ε at timestep t: the run's
-    /// [`Guidance`], which the 2D loop shares.
-    pub fn distillation_gradient(&self, z: &Tensor, eps: &Tensor, t: i64, views: &[ViewDirection]) -> Result<Tensor> {
-        self.guidance.gradient(self.gpu, z, eps, t, views, 1.0 / views.len() as f32)
+    /// looking from `views` (with their cameras for a multi-view prior),
+    /// for noise ε at timestep t: the run's [`Guidance`], which the 2D loop
+    /// shares.
+    pub fn distillation_gradient(&self, z: &Tensor, eps: &Tensor, t: i64, views: &[ViewDirection], cameras: Option<&ViewCameras>) -> Result<Tensor> {
+        self.guidance.gradient(self.gpu, z, eps, t, views, cameras, 1.0 / views.len() as f32)
     }
 
     /// Writes the checkpoint atomically, with the config it optimises.

@@ -27,6 +27,17 @@ pub struct PixelPriorSpec {
     /// The DDIM settings its samples are judged with (absent in older files).
     #[serde(default)]
     pub sampling: Option<SamplingSpec>,
+    /// A multi-view prior's views (absent for text-to-image priors).
+    #[serde(default)]
+    pub views: Option<ViewsSpec>,
+}
+
+/// How a multi-view prior was trained: `num_frames` views of each object,
+/// `azimuth_spacing_deg` apart, sharing elevation, distance and fovy.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+pub struct ViewsSpec {
+    pub num_frames: usize,
+    pub azimuth_spacing_deg: f32,
 }
 
 /// How to sample a prior: DDIM steps, guidance scale and η. A small prior
@@ -88,6 +99,16 @@ impl PixelPriorSpec {
         }
         if spec.resolution == 0 {
             return Err(Error::Invalid(format!("{}: resolution must be positive", path.display())));
+        }
+        if let Some(v) = spec.views {
+            if v.num_frames == 0 || (v.azimuth_spacing_deg * v.num_frames as f32 - 360.0).abs() > 1e-3 {
+                return Err(Error::Invalid(format!(
+                    "{}: views: {} views {}° apart do not go once around the object; the engine draws views 360/num_frames degrees apart",
+                    path.display(),
+                    v.num_frames,
+                    v.azimuth_spacing_deg
+                )));
+            }
         }
         Ok(Some(spec))
     }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::tokenizer::PromptTokenizer;
-use crate::models::unet::UNet;
+use crate::models::unet::{UNet, Views};
 use crate::models::vae::Vae;
 use crate::models::vae_backward::EncoderTape;
 use crate::ops::{concat, diffusion as dops, elementwise as ew};
@@ -33,7 +33,16 @@ pub trait Prior {
     fn embed(&self, gpu: &Gpu, prompts: &[&str]) -> Result<Tensor>;
     /// The model output (in its parameterisation: ε or v) for x_t [B, C, h, w]
     /// at timestep t, guided: `out_∅ + s·(out_y − out_∅)` when `uncond` is given.
-    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor>;
+    /// A multi-view prior needs `views`, the cameras of the B views (see
+    /// [`Prior::num_frames`]); a text-to-image prior refuses them.
+    #[allow(clippy::too_many_arguments)]
+    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32, views: Option<&ViewCameras>) -> Result<Tensor>;
+    /// The views a multi-view prior (MVDream) denoises together, each object's
+    /// adjacent in the batch and each with its camera; None for a
+    /// text-to-image prior.
+    fn num_frames(&self) -> Option<usize> {
+        None
+    }
     /// Samples to images [B, 3, H, W] in [-1, 1] (VAE decode for latent priors).
     fn to_image(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor>;
     /// Storage type of its activations.
@@ -45,6 +54,31 @@ pub trait Prior {
     fn encode(&self, gpu: &Gpu, images: &Tensor) -> Result<Encoded>;
     /// ∂L/∂images (f32) from ∂L/∂sample (f32) of an [`encode`](Prior::encode).
     fn encode_backward(&self, gpu: &Gpu, enc: &Encoded, d_sample: &Tensor) -> Result<Tensor>;
+}
+
+/// The cameras of a multi-view batch: `camera` [B, 16] f32, each view's
+/// [`crate::scene::camera::mvdream_camera`], and `frames` views a object,
+/// adjacent in the batch.
+pub struct ViewCameras {
+    pub camera: Tensor,
+    pub frames: usize,
+}
+
+impl ViewCameras {
+    /// The cameras of `cameras`, `frames` views an object.
+    pub fn new(gpu: &Gpu, cameras: &[crate::scene::Camera], frames: usize) -> Result<ViewCameras> {
+        if frames == 0 || !cameras.len().is_multiple_of(frames) {
+            return Err(Error::Invalid(format!("{} views cannot be grouped into objects of {frames} views", cameras.len())));
+        }
+        let data: Vec<f32> = cameras.iter().flat_map(crate::scene::camera::mvdream_camera).collect();
+        Ok(ViewCameras { camera: gpu.upload(&data, &[cameras.len(), 16], DType::F32)?, frames })
+    }
+
+    /// The same views `n` times over along the batch (one model call for
+    /// several prompts, as classifier-free guidance batches its pair).
+    pub fn repeated(&self, gpu: &Gpu, n: usize) -> Result<ViewCameras> {
+        Ok(ViewCameras { camera: concat::concat(gpu, &vec![&self.camera; n], 0)?, frames: self.frames })
+    }
 }
 
 /// Images in the prior's sample space, and the encoder's tape (latent priors).
@@ -63,6 +97,8 @@ pub struct StableDiffusion {
     pub unet: UNet,
     pub vae: Option<Vae>,
     pub scheduler: SchedulerConfig,
+    /// Views a multi-view UNet (one with a camera embedding) takes together.
+    num_frames: Option<usize>,
     dtype: DType,
 }
 
@@ -100,7 +136,13 @@ impl StableDiffusion {
                 )));
             }
         }
-        Ok(StableDiffusion { dir: dir.to_path_buf(), tokenizer, text_encoder, unet, vae, scheduler, dtype })
+        // A camera-conditioned UNet is a multi-view prior: as many views as
+        // its fsd3d_prior.json says it was trained with, else MVDream's 4.
+        let num_frames = match unet.config.camera_dim {
+            None => None,
+            Some(_) => Some(crate::models::pixel_prior::PixelPriorSpec::load(dir)?.and_then(|s| s.views).map_or(4, |v| v.num_frames)),
+        };
+        Ok(StableDiffusion { dir: dir.to_path_buf(), tokenizer, text_encoder, unet, vae, scheduler, num_frames, dtype })
     }
 
     fn sample_size(&self) -> usize {
@@ -133,19 +175,40 @@ impl Prior for StableDiffusion {
         self.text_encoder.forward(gpu, &ids)
     }
 
-    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32) -> Result<Tensor> {
+    fn num_frames(&self) -> Option<usize> {
+        self.num_frames
+    }
+
+    fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32, views: Option<&ViewCameras>) -> Result<Tensor> {
         let b = x_t.dim(0);
+        match (self.num_frames, views) {
+            (Some(f), None) => {
+                return Err(Error::Invalid(format!(
+                    "{}: a multi-view prior ({f} views an object, camera-conditioned) needs each view's camera;                      run it through `generate` (3D), or give `forward --module unet` a camera and num_frames",
+                    self.dir.display()
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Invalid(format!("{}: cameras were given, but this is not a multi-view prior (its UNet has no camera embedding)", self.dir.display())));
+            }
+            _ => {}
+        }
+        let unet = |x: &Tensor, ts: &Tensor, ctx: &Tensor, cams: Option<ViewCameras>| match &cams {
+            Some(v) => self.unet.forward_views(gpu, x, ts, ctx, &Views { camera: Some(&v.camera), frames: v.frames }),
+            None => self.unet.forward(gpu, x, ts, ctx),
+        };
+        let cameras = |n: usize| views.map(|v| if n == 1 { Ok(ViewCameras { camera: v.camera.clone(), frames: v.frames }) } else { v.repeated(gpu, n) }).transpose();
         match uncond {
             None => {
                 let ts = gpu.upload(&vec![t; b], &[b], DType::F32)?;
-                self.unet.forward(gpu, x_t, &ts, cond)
+                unet(x_t, &ts, cond, cameras(1)?)
             }
             Some(u) => {
                 // One UNet call on [uncond; cond], as diffusers batches it.
                 let x2 = concat::concat(gpu, &[x_t, x_t], 0)?;
                 let ctx = concat::concat(gpu, &[u, cond], 0)?;
                 let ts = gpu.upload(&vec![t; 2 * b], &[2 * b], DType::F32)?;
-                dops::guidance(gpu, &self.unet.forward(gpu, &x2, &ts, &ctx)?, cfg)
+                dops::guidance(gpu, &unet(&x2, &ts, &ctx, cameras(2)?)?, cfg)
             }
         }
     }

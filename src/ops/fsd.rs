@@ -1,6 +1,8 @@
 //! The paper's own kernels (`shaders/fsd.wgsl`): the world-map gather of
 //! FSD's view-aligned noise ε(c) (FSD_SPEC §4; the noise function itself is
-//! `diffusion::noise`) and the distillation gradient on the render (§2).
+//! `diffusion::noise`), the distillation gradient on the render (§2), and
+//! the guidance of a multi-view prior with its x̂0 rescaled per object
+//! ([`cfg_rescale`]).
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
 use crate::ops::{WG_1D, float_dtypes, grid_for};
@@ -29,18 +31,44 @@ crate::kernel_params! {
     }
 }
 
+crate::kernel_params! {
+    struct RescaleParams {
+        group: u32,
+        scale: f32,
+        alpha: f32,
+        sigma: f32,
+        phi: f32,
+        _pad: [u32; 3],
+    }
+}
+
+fn key(entry: &'static str) -> KernelKey {
+    KernelKey::new("fsd", entry)
+        .def("WG", WG_1D)
+        .flag("WORLDMAP", entry == "worldmap")
+        .flag("DISTILL_GRAD", entry == "distill_grad")
+        .flag("CFG_RESCALE", entry == "cfg_rescale")
+}
+
 fn worldmap_key(dt: DType) -> KernelKey {
-    KernelKey::new("fsd", "worldmap").params::<WorldMapParams>().def("T", dt.wgsl()).def("WG", WG_1D).flag("WORLDMAP", true).flag("DISTILL_GRAD", false)
+    key("worldmap").params::<WorldMapParams>().def("T", dt.wgsl())
 }
 
 fn distill_grad_key() -> KernelKey {
-    KernelKey::new("fsd", "distill_grad").params::<DistillGradParams>().def("WG", WG_1D).flag("WORLDMAP", false).flag("DISTILL_GRAD", true)
+    key("distill_grad").params::<DistillGradParams>()
+}
+
+/// The reduction runs without subgroup operations: one workgroup per object
+/// and a handful of objects a step, so there is nothing to win.
+fn cfg_rescale_key() -> KernelKey {
+    key("cfg_rescale").params::<RescaleParams>().flag("SUBGROUP_OPS", false)
 }
 
 /// Every variant this family dispatches (for validation).
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
     let mut v: Vec<KernelKey> = float_dtypes(caps).into_iter().map(worldmap_key).collect();
     v.push(distill_grad_key());
+    v.push(cfg_rescale_key());
     v
 }
 
@@ -130,5 +158,43 @@ pub fn distill_grad(gpu: &Gpu, pred: &Tensor, target: &Tensor, g: &DistillGrad, 
     let n = y.numel();
     let p = DistillGradParams { n: n as u32, weight: g.weight, clip: g.clip, out_scale: g.out_scale };
     gpu.dispatch("fsd.distill_grad", &distill_grad_key(), &p, &[pred, target, &y, nonfinite], grid_for(gpu, n, WG_1D))?;
+    Ok(y)
+}
+
+/// The constants of one [`cfg_rescale`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CfgRescale {
+    /// The guidance scale s.
+    pub scale: f32,
+    /// α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t).
+    pub alpha: f32,
+    pub sigma: f32,
+    /// φ in [0, 1]: 0 is plain classifier-free guidance.
+    pub phi: f32,
+}
+
+/// Classifier-free guidance of ε-predictions with the x̂0 of each group of
+/// `group` consecutive samples (one object's views) rescaled to the spread
+/// of the unguided x̂0, as threestudio's MVDream guidance does
+/// (`recon_std_rescale`): returns the ε̂ whose x̂0 is
+/// `(φ·f + 1 − φ)·x̂0_cfg`, f = std(x̂0_cond) / std(x̂0_cfg) per group
+/// (unbiased, +1e-8 on both). All tensors f32 [B, ...]; B a multiple of `group`.
+pub fn cfg_rescale(gpu: &Gpu, x_t: &Tensor, eps_cond: &Tensor, eps_uncond: &Tensor, group: usize, c: &CfgRescale) -> Result<Tensor> {
+    const OP: &str = "cfg_rescale";
+    if x_t.shape() != eps_cond.shape() || x_t.shape() != eps_uncond.shape() || [x_t, eps_cond, eps_uncond].iter().any(|t| t.dtype() != DType::F32) {
+        return Err(Error::shape(OP, format!("x_t {x_t:?}, ε_cond {eps_cond:?} and ε_uncond {eps_uncond:?} must be f32 of one shape")));
+    }
+    let b = x_t.shape().first().copied().unwrap_or(0);
+    if group == 0 || b == 0 || !b.is_multiple_of(group) {
+        return Err(Error::shape(OP, format!("the batch of {b} must be a positive multiple of the group of {group} views")));
+    }
+    if !(0.0..=1.0).contains(&c.phi) || !(c.alpha > 0.0 && c.sigma > 0.0) {
+        return Err(Error::Invalid(format!("{OP}: φ = {} must be in [0, 1], and α = {}, σ = {} positive", c.phi, c.alpha, c.sigma)));
+    }
+    let groups = b / group;
+    let per_group = x_t.numel() / groups;
+    let y = gpu.empty(x_t.shape(), DType::F32)?;
+    let p = RescaleParams { group: per_group as u32, scale: c.scale, alpha: c.alpha, sigma: c.sigma, phi: c.phi, ..Default::default() };
+    gpu.dispatch("fsd.cfg_rescale", &cfg_rescale_key(), &p, &[x_t, eps_cond, eps_uncond, &y], [groups as u32, 1, 1])?;
     Ok(y)
 }

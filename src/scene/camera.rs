@@ -82,6 +82,13 @@ pub struct CameraConfig {
     pub height: u32,
     /// Views per step.
     pub batch_size: usize,
+    /// Views of one object (threestudio's `n_view`): a multi-view prior's
+    /// views, which `batch_size` must be a multiple of. The views of an
+    /// object are adjacent, 360/n° of the azimuth range apart from a random
+    /// start, and share elevation, distance, fovy and the perturbations'
+    /// draw; each has its own light. 1: every view drawn on its own.
+    #[serde(skip_serializing_if = "is_one")]
+    pub views_per_object: usize,
     /// Elevation range; half the batches are uniform in degrees, half uniform
     /// on the sphere (uniform in sin(elevation)).
     pub elevation_range: [f32; 2],
@@ -118,6 +125,7 @@ impl Default for CameraConfig {
             width: 64,
             height: 64,
             batch_size: 1,
+            views_per_object: 1,
             elevation_range: [-10.0, 45.0],
             elevation_degrees_probability: 0.5,
             azimuth_range: [-180.0, 180.0],
@@ -164,6 +172,12 @@ impl CameraConfig {
         }
         if self.width == 0 || self.height == 0 || self.batch_size == 0 {
             return Err(Error::Invalid("camera config: width, height and batch_size must be positive".into()));
+        }
+        if self.views_per_object == 0 || !self.batch_size.is_multiple_of(self.views_per_object) {
+            return Err(Error::Invalid(format!(
+                "camera config: batch_size {} must be a positive multiple of views_per_object {} (whole objects a step)",
+                self.batch_size, self.views_per_object
+            )));
         }
         Ok(())
     }
@@ -337,44 +351,76 @@ impl CameraSampler {
         let b = c.batch_size;
         // One elevation strategy for the whole batch, as threestudio.
         let in_degrees = rng.random::<f32>() < c.elevation_degrees_probability;
+        let n_view = c.views_per_object.max(1);
+        let objects = b / n_view;
+        let [a0, a1] = c.azimuth_range;
         let mut cams = Vec::with_capacity(b);
+        let mut object_draw: Option<ObjectDraw> = None;
         for i in 0..b {
-            let elevation = if in_degrees {
-                uniform(&mut rng, c.elevation_range)
-            } else {
-                // Inverse-transform sampling: uniform in sin(elevation).
-                let lo = (c.elevation_range[0] + 90.0) / 180.0;
-                let hi = (c.elevation_range[1] + 90.0) / 180.0;
-                let s = 2.0 * uniform(&mut rng, [lo, hi]) - 1.0;
-                s.clamp(-1.0, 1.0).asin().to_degrees()
-            };
-            let [a0, a1] = c.azimuth_range;
-            let azimuth = if c.batch_uniform_azimuth {
-                (rng.random::<f32>() + i as f32) / b as f32 * (a1 - a0) + a0
-            } else {
-                uniform(&mut rng, c.azimuth_range)
-            };
-            let distance = uniform(&mut rng, c.distance_range);
-            let fovy = uniform(&mut rng, c.fovy_range);
-            let perturb = Vec3::new(
-                uniform(&mut rng, [-c.camera_perturb, c.camera_perturb]),
-                uniform(&mut rng, [-c.camera_perturb, c.camera_perturb]),
-                uniform(&mut rng, [-c.camera_perturb, c.camera_perturb]),
-            );
-            let position = orbit_position(elevation, azimuth, distance) + perturb;
-            let center = normal3(&mut rng) * c.center_perturb;
-            let up = Vec3::Z + normal3(&mut rng) * c.up_perturb;
+            let (object, view) = (i / n_view, i % n_view);
+            // A multi-view object's views share everything but the azimuth
+            // and the light: drawn once, at its first view, in the order a
+            // single view draws them (so n_view = 1 is the one-view sampler).
+            if view == 0 {
+                let elevation = if in_degrees {
+                    uniform(&mut rng, c.elevation_range)
+                } else {
+                    // Inverse-transform sampling: uniform in sin(elevation).
+                    let lo = (c.elevation_range[0] + 90.0) / 180.0;
+                    let hi = (c.elevation_range[1] + 90.0) / 180.0;
+                    let s = 2.0 * uniform(&mut rng, [lo, hi]) - 1.0;
+                    s.clamp(-1.0, 1.0).asin().to_degrees()
+                };
+                // The object's start azimuth: stratified over the objects
+                // (threestudio's batch-uniform azimuth) within the first
+                // 1/n_view of the range; its views are then range/n_view apart.
+                let start = if c.batch_uniform_azimuth {
+                    (rng.random::<f32>() + object as f32) / objects as f32 / n_view as f32 * (a1 - a0)
+                } else {
+                    uniform(&mut rng, [0.0, (a1 - a0) / n_view as f32])
+                };
+                let distance = uniform(&mut rng, c.distance_range);
+                let fovy = uniform(&mut rng, c.fovy_range);
+                let perturb = Vec3::new(
+                    uniform(&mut rng, [-c.camera_perturb, c.camera_perturb]),
+                    uniform(&mut rng, [-c.camera_perturb, c.camera_perturb]),
+                    uniform(&mut rng, [-c.camera_perturb, c.camera_perturb]),
+                );
+                let center = normal3(&mut rng) * c.center_perturb;
+                let up = Vec3::Z + normal3(&mut rng) * c.up_perturb;
+                object_draw = Some(ObjectDraw { elevation, start, distance, fovy, perturb, center, up });
+            }
+            let o = object_draw.expect("drawn at the object's first view");
+            let azimuth = a0 + o.start + view as f32 * (a1 - a0) / n_view as f32;
+            let position = orbit_position(o.elevation, azimuth, o.distance) + o.perturb;
             let light_distance = uniform(&mut rng, c.light_distance_range);
             let light_dir = (position + normal3(&mut rng) * c.light_position_perturb).normalize_or(Vec3::Z);
-            let mut cam = Camera::look_at(position, center, up, fovy);
+            let mut cam = Camera::look_at(position, o.center, o.up, o.fovy);
             cam.light = light_dir * light_distance;
-            cam.elevation = elevation;
+            cam.elevation = o.elevation;
             cam.azimuth = azimuth;
-            cam.distance = distance;
+            cam.distance = o.distance;
             cams.push(cam);
         }
         cams
     }
+}
+
+/// What the views of one object share.
+#[derive(Clone, Copy)]
+struct ObjectDraw {
+    elevation: f32,
+    /// Azimuth of the first view, from the start of the range.
+    start: f32,
+    distance: f32,
+    fovy: f32,
+    perturb: Vec3,
+    center: Vec3,
+    up: Vec3,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// `n` cameras evenly around the object (azimuth 0°, 360/n°, …) at the
