@@ -865,8 +865,12 @@ fn load_pipeline(gpu: &Gpu, model: Option<&std::path::Path>, dtype: &str) -> Res
 }
 
 /// Writes image 0 of a [B, 3, H, W] tensor in [-1, 1] as a PNG and says so.
+/// Writes image 0 of `img`, or all its images side by side (a multi-view
+/// prior's views).
 fn write_image(gpu: &Gpu, img: &fsd3d::gpu::Tensor, out: &std::path::Path, started: std::time::Instant) -> Result<()> {
-    let rgb = fsd3d::export::image::from_signed_nchw(&gpu.download(img)?, img.shape(), 0)?;
+    let values = gpu.download(img)?;
+    let views = (0..img.dim(0)).map(|k| fsd3d::export::image::from_signed_nchw(&values, img.shape(), k)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let rgb = if views.len() == 1 { views.into_iter().next().unwrap() } else { fsd3d::export::grid::grid(&views, views.len(), 0)? };
     fsd3d::export::image::write_png(out, &rgb)?;
     eprintln!("wrote {} ({}x{}) in {:.1} s", out.display(), rgb.width, rgb.height, started.elapsed().as_secs_f64());
     Ok(())

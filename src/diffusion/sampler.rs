@@ -3,12 +3,17 @@
 //! stochastic (η > 0; η = 1 is DDPM's ancestral sampler on the DDIM grid),
 //! whose noise is keyed by the request's seed and the step. It draws at any
 //! size the model allows (`diffusion::size`), as the pipeline does.
+//!
+//! A multi-view prior (MVDream) draws each request as one object seen from
+//! its `f` views together: [`sample_views`] cameras, elevation 15° and
+//! azimuths 0°, 360/f°, … (MVDream's own sampling), one noise draw of
+//! `[f, C, h, w]` per seed.
 use crate::diffusion::prompts::SamplerEmbeddings;
 use crate::diffusion::schedule::Ddim;
 use crate::diffusion::size::{ImageSize, Latents, SampleGeometry};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::models::prior::Prior;
+use crate::models::prior::{Prior, ViewCameras};
 use crate::ops::concat;
 use crate::ops::diffusion::{self as dops, NoiseKey, NoisePurpose};
 use crate::ops::elementwise as ew;
@@ -34,7 +39,16 @@ pub struct SampleRequest {
     pub latents: Option<Latents>,
 }
 
-/// Runs the sampler; returns the image [1, 3, H, W] in [-1, 1].
+/// The cameras a multi-view prior's samples are drawn from: `frames` views
+/// at elevation 15°, azimuths 360/frames apart from 0° (the front), at the
+/// distance and fovy of the default evaluation orbit (the camera input
+/// normalises the distance away).
+pub fn sample_views(frames: usize) -> Vec<crate::scene::Camera> {
+    (0..frames).map(|k| crate::scene::Camera::orbit(15.0, 360.0 * k as f32 / frames as f32, 1.5, 40.0)).collect()
+}
+
+/// Runs the sampler; returns the image [1, 3, H, W] in [-1, 1] (a
+/// multi-view prior's `f` views: [f, 3, H, W], the front first).
 /// `on_step(i, n)` is called after each step is recorded (for progress).
 pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
     ddim_sample_batch(gpu, prior, std::slice::from_ref(req), on_step)
@@ -43,7 +57,8 @@ pub fn ddim_sample(gpu: &Gpu, prior: &dyn Prior, req: &SampleRequest, on_step: i
 /// Samples a batch in one run of the sampler: image k of the result
 /// `[B, 3, H, W]` (in [-1, 1]) is what [`ddim_sample`] gives for `reqs[k]`
 /// alone (its own prompt, seed or latents), one UNet call per step for all of
-/// them. The requests must agree on the steps, the guidance scale, η, the
+/// them. A multi-view prior's result is `[B·f, 3, H, W]`, request k's views
+/// at `k·f..(k+1)·f`. The requests must agree on the steps, the guidance scale, η, the
 /// negative prompt and the size, which the batch shares.
 pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], mut on_step: impl FnMut(usize, usize)) -> Result<Tensor> {
     let first = reqs.first().ok_or_else(|| Error::Invalid("sample: an empty batch".into()))?;
@@ -73,7 +88,11 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
         )));
     }
     let [c, h, w] = shapes[0];
-    let one = [1, c, h, w];
+    let frames = prior.num_frames().unwrap_or(1);
+    let one = [frames, c, h, w];
+    if frames > 1 && reqs.iter().any(|r| r.latents.is_some()) {
+        return Err(Error::Invalid(format!("sample: a multi-view prior draws {frames} views a sample from its seed; initial latents are not supported for it")));
+    }
     let dtype = prior.dtype();
     let noises = reqs
         .iter()
@@ -84,11 +103,16 @@ pub fn ddim_sample_batch(gpu: &Gpu, prior: &dyn Prior, reqs: &[SampleRequest], m
         .collect::<Result<Vec<_>>>()?;
     let noise = batch_of(gpu, noises)?;
     let mut x = ew::scale(gpu, &noise, ddim.init_noise_sigma() as f32)?;
-    let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
+    // Every view of a request has its prompt.
+    let prompts: Vec<&str> = reqs.iter().flat_map(|r| std::iter::repeat_n(r.prompt.as_str(), frames)).collect();
     let SamplerEmbeddings { cond, uncond } = SamplerEmbeddings::new(gpu, prior, &prompts, first.negative.as_deref(), first.cfg)?;
+    let views = match prior.num_frames() {
+        Some(f) => Some(ViewCameras::new(gpu, &sample_views(f).repeat(reqs.len()), f)?),
+        None => None,
+    };
     let n = ddim.timesteps.len();
     for (i, &t) in ddim.timesteps.iter().enumerate() {
-        let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg, None)?;
+        let out = prior.predict(gpu, &x, t as f32, &cond, uncond.as_ref(), first.cfg, views.as_ref())?;
         let coefficients = ddim.coefficients_with_eta(t, first.eta as f64);
         // Each request draws its step noise from its own seed, so a sample does
         // not depend on the batch it was drawn in.

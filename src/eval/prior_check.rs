@@ -143,7 +143,9 @@ fn sample_and_judge(
             .collect();
         let x = ddim_sample_batch(gpu, prior, &reqs, |_, _| {})?;
         let values = gpu.download(&x)?;
-        let batch: Vec<Rgb8> = (0..chunk.len()).map(|k| from_signed_nchw(&values, x.shape(), k)).collect::<Result<_>>()?;
+        // A multi-view prior's sample is its views: judge the front one.
+        let frames = prior.num_frames().unwrap_or(1);
+        let batch: Vec<Rgb8> = (0..chunk.len()).map(|k| from_signed_nchw(&values, x.shape(), k * frames)).collect::<Result<_>>()?;
         let (pixels, shape) = to_signed_nchw(&batch)?;
         let out = classifier.classify(gpu, &gpu.upload(&pixels, &shape, DType::F32)?)?;
         let shape_p = softmax_rows(&gpu.download(&out.shape_logits)?, labels.shapes.len(), "shape logits")?;

@@ -28,6 +28,12 @@ pub fn embedded_prior_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join("tiny-shapes")
 }
 
+/// The embedded multi-view prior: tiny-shapes fine-tuned on 4-view sets
+/// with cameras, MVDream's architecture (`weights/tiny-shapes-4view`).
+pub fn embedded_multiview_prior_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join("tiny-shapes-4view")
+}
+
 /// The model folder a command uses: `--model`, else `$FSD3D_MODEL`, else the embedded prior.
 pub fn model_dir(arg: Option<&Path>) -> PathBuf {
     if let Some(p) = arg {

@@ -184,7 +184,8 @@ impl Prior for StableDiffusion {
         match (self.num_frames, views) {
             (Some(f), None) => {
                 return Err(Error::Invalid(format!(
-                    "{}: a multi-view prior ({f} views an object, camera-conditioned) needs each view's camera;                      run it through `generate` (3D), or give `forward --module unet` a camera and num_frames",
+                    "{}: a multi-view prior ({f} views an object, camera-conditioned) needs each view's camera: \
+                     `generate` (3D) and `sample` give them; the 2D `image` loop, with one view and no camera, cannot use it",
                     self.dir.display()
                 )));
             }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::sampler::{SampleRequest, ddim_sample_batch};
+use crate::models::prior::Prior;
 use crate::diffusion::size::ImageSize;
 use crate::error::{Error, Result};
 use crate::export::{self, Rgb8};
@@ -93,8 +94,10 @@ pub(super) fn reference_unit(
         let n = reqs.len();
         let x = ddim_sample_batch(ctx.gpu, ctx.prior, &reqs, |step, steps| progress(&EvalEvent::Sample { samples: n, step, steps }))?;
         let values = ctx.gpu.download(&x)?;
+        // A multi-view prior's sample is its views: the row keeps the front one.
+        let frames = ctx.prior.num_frames().unwrap_or(1);
         for (b, &k) in missing.iter().enumerate() {
-            let rgb = export::image::from_signed_nchw(&values, x.shape(), b)?;
+            let rgb = export::image::from_signed_nchw(&values, x.shape(), b * frames)?;
             export::write_png(&dir.join(files::ddim_sample(k)), &rgb)?;
             drawn[k] = Some(rgb);
             summary.samples_drawn += 1;
