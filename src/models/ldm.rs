@@ -20,17 +20,100 @@
 //!   `skip_connection` → `norm1`, `conv1`, `time_emb_proj`, `norm2`,
 //!   `conv2`, `conv_shortcut`; attention blocks keep their inner names;
 //! - MVDream's `camera_embed.{0,2}` → `camera_embedding.linear_{1,2}`.
+//!
+//! The VAE's (`first_stage_model.`, [`vae_view`]):
+//! - `{encoder,decoder}.conv_in`, `conv_out`, `quant_conv`, `post_quant_conv`
+//!   keep their names; `norm_out` → `conv_norm_out`;
+//! - `encoder.down.i.block.j` → `encoder.down_blocks.i.resnets.j`,
+//!   `encoder.down.i.downsample.conv` → `….downsamplers.0.conv`;
+//! - `decoder.up.i` → `decoder.up_blocks.(n−1−i)`: LDM numbers the decoder's
+//!   levels by resolution (0 the finest), diffusers in the order they run;
+//!   `upsample.conv` → `upsamplers.0.conv`;
+//! - `mid.block_{1,2}` → `mid_block.resnets.{0,1}`; `mid.attn_1.{norm, q, k,
+//!   v, proj_out}` → `mid_block.attentions.0.{group_norm, to_q, to_k, to_v,
+//!   to_out.0}`, the 1×1 convolutions' [C, C, 1, 1] read as [C, C];
+//! - in a resnet `nin_shortcut` → `conv_shortcut`.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
-use crate::models::config::UNetConfig;
+use crate::models::config::{UNetConfig, VaeConfig};
 use crate::models::unet::UNet;
-use crate::models::weights::Weights;
+use crate::models::vae::Vae;
+use crate::models::weights::{TensorView, Weights};
 
 /// The prefix of the UNet's tensors in a whole-pipeline checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
+/// The prefix of the VAE's.
+pub const VAE_PREFIX: &str = "first_stage_model.";
+
+/// The diffusers name of an LDM VAE tensor (with or without
+/// [`VAE_PREFIX`]) of a VAE with `levels` resolution levels, and the shape
+/// to read it as where diffusers' differs (the mid attention's 1×1
+/// convolutions as linear layers); empty for names outside the VAE.
+pub fn vae_view(ldm: &str, shape: &[usize], levels: usize) -> Vec<TensorView> {
+    let key = ldm.strip_prefix(VAE_PREFIX).unwrap_or(ldm);
+    let Some(name) = vae_name(key, levels) else { return vec![] };
+    let as_linear = name.contains(".attentions.0.to_") && shape.len() == 4 && shape[2..] == [1, 1];
+    vec![TensorView { name, rows: None, shape: as_linear.then(|| shape[..2].to_vec()) }]
+}
+
+fn vae_name(key: &str, levels: usize) -> Option<String> {
+    let (part, rest) = split_index(key)?;
+    if part == "quant_conv" || part == "post_quant_conv" {
+        return Some(key.to_string());
+    }
+    if part != "encoder" && part != "decoder" {
+        return None;
+    }
+    let resnet = |r: &str| r.replace("nin_shortcut", "conv_shortcut");
+    let (head, tail) = split_index(rest)?;
+    let inner = match head {
+        "conv_in" | "conv_out" => rest.to_string(),
+        "norm_out" => format!("conv_norm_out.{tail}"),
+        "mid" => {
+            let (block, t) = split_index(tail)?;
+            match block {
+                "block_1" => format!("mid_block.resnets.0.{}", resnet(t)),
+                "block_2" => format!("mid_block.resnets.1.{}", resnet(t)),
+                "attn_1" => {
+                    let (layer, param) = split_index(t)?;
+                    let to = match layer {
+                        "norm" => "group_norm",
+                        "q" => "to_q",
+                        "k" => "to_k",
+                        "v" => "to_v",
+                        "proj_out" => "to_out.0",
+                        _ => return None,
+                    };
+                    format!("mid_block.attentions.0.{to}.{param}")
+                }
+                _ => return None,
+            }
+        }
+        "down" | "up" => {
+            let (level, t) = split_index(tail)?;
+            let level: usize = level.parse().ok()?;
+            if level >= levels {
+                return None;
+            }
+            let (blocks, index) = if head == "down" { ("down_blocks", level) } else { ("up_blocks", levels - 1 - level) };
+            let (kind, t) = split_index(t)?;
+            match kind {
+                "block" => {
+                    let (j, t) = split_index(t)?;
+                    format!("{blocks}.{index}.resnets.{j}.{}", resnet(t))
+                }
+                "downsample" if head == "down" => format!("{blocks}.{index}.downsamplers.0.{t}"),
+                "upsample" if head == "up" => format!("{blocks}.{index}.upsamplers.0.{t}"),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(format!("{part}.{inner}"))
+}
 
 /// The diffusers name of an LDM UNet tensor (with or without
 /// [`UNET_PREFIX`]), for a UNet with `layers_per_block` res blocks per
@@ -189,6 +272,70 @@ pub fn unet_config_from_yaml(path: &Path) -> Result<UNetConfig> {
     let config: UNetConfig = serde_json::from_value(config).map_err(|e| bad(format!("the UNet config it implies is not valid: {e}")))?;
     config.check().map_err(|e| bad(format!("the UNet config it implies: {e}")))?;
     Ok(config)
+}
+
+/// The LDM config YAML's `model.params` (the document's errors name `path`).
+fn model_params(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
+    let doc: serde_json::Value =
+        serde_norway::from_str(&text).map_err(|e| Error::Invalid(format!("{}: not a readable YAML file ({e})", path.display())))?;
+    Ok(doc["model"]["params"].clone())
+}
+
+/// The VAE of an LDM config YAML (`model.params.first_stage_config.params`
+/// and `model.params.scale_factor`) as the diffusers config the model code reads.
+pub fn vae_config_from_yaml(path: &Path) -> Result<VaeConfig> {
+    let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+    let params = model_params(path)?;
+    let p = &params["first_stage_config"]["params"];
+    let dd = &p["ddconfig"];
+    if !dd.is_object() {
+        return Err(bad("no model.params.first_stage_config.params.ddconfig: not an LDM model config with a KL autoencoder".into()));
+    }
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| bad(format!("ddconfig.{k} is missing or not a number")));
+    let ch = num(dd, "ch")?;
+    let mult: Vec<usize> = dd["ch_mult"]
+        .as_array()
+        .and_then(|a| a.iter().map(|v| v.as_u64().map(|x| x as usize * ch)).collect())
+        .ok_or_else(|| bad("ddconfig.ch_mult must be a list of numbers".into()))?;
+    if dd["attn_resolutions"].as_array().is_some_and(|a| !a.is_empty()) {
+        return Err(bad("ddconfig.attn_resolutions is not empty: attention inside the levels is not supported (Stable Diffusion's VAE has none)".into()));
+    }
+    if !dd["double_z"].as_bool().unwrap_or(true) {
+        return Err(bad("ddconfig.double_z is false: only the KL autoencoder (mean and log-variance) is supported".into()));
+    }
+    let z = num(dd, "z_channels")?;
+    let embed = p["embed_dim"].as_u64().map_or(z, |x| x as usize);
+    if embed != z {
+        return Err(bad(format!("embed_dim {embed} differs from z_channels {z}; diffusers' AutoencoderKL has one latent width")));
+    }
+    let n = mult.len();
+    let config = serde_json::json!({
+        "in_channels": num(dd, "in_channels")?,
+        "out_channels": num(dd, "out_ch")?,
+        "down_block_types": vec!["DownEncoderBlock2D"; n],
+        "up_block_types": vec!["UpDecoderBlock2D"; n],
+        "block_out_channels": mult,
+        "layers_per_block": num(dd, "num_res_blocks")?,
+        "latent_channels": z,
+        "norm_num_groups": 32,
+        "sample_size": dd["resolution"].as_u64(),
+        "scaling_factor": params["scale_factor"].as_f64().unwrap_or(0.18215),
+    });
+    let config: VaeConfig = serde_json::from_value(config).map_err(|e| bad(format!("the VAE config it implies is not valid: {e}")))?;
+    Ok(config)
+}
+
+/// The VAE of a single-file checkpoint in the LDM layout (`.safetensors`),
+/// with its config YAML: the tensors are read under their diffusers names.
+pub fn load_vae(gpu: &Gpu, checkpoint: &Path, yaml: &Path, dtype: DType) -> Result<Vae> {
+    let config = vae_config_from_yaml(yaml)?;
+    let levels = config.block_out_channels.len();
+    let weights = Weights::open_file(checkpoint)?.viewed(|name, shape| if name.starts_with(VAE_PREFIX) { vae_view(name, shape, levels) } else { vec![] })?;
+    if weights.is_empty() {
+        return Err(Error::Invalid(format!("{}: no {VAE_PREFIX}* tensors: the checkpoint holds no VAE", checkpoint.display())));
+    }
+    Vae::from_weights(gpu, config, &weights, dtype)
 }
 
 /// A single-file LDM checkpoint and its config YAML, when `path` is one: a

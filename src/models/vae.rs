@@ -107,7 +107,13 @@ impl Vae {
         let dir = component_dir(dir);
         let c = VaeConfig::load(&dir.join("config.json"))?;
         let weights = Weights::open(&dir, if dtype == DType::F16 { Variant::Fp16 } else { Variant::Full })?;
-        let l = Loader { gpu, weights: &weights, dtype };
+        Vae::from_weights(gpu, c, &weights, dtype)
+    }
+
+    /// The autoencoder of `c` with the diffusers-named tensors of `weights`
+    /// (a folder's, or a single-file checkpoint's through `models::ldm`).
+    pub fn from_weights(gpu: &Gpu, c: VaeConfig, weights: &Weights, dtype: DType) -> Result<Vae> {
+        let l = Loader { gpu, weights, dtype };
         let ch = &c.block_out_channels;
         let n = ch.len();
         let g = c.norm_num_groups;

@@ -19,6 +19,24 @@ use safetensors::{Dtype as StDtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 
+/// One tensor of a checkpoint view ([`Weights::viewed`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorView {
+    /// The name the model code reads it under.
+    pub name: String,
+    /// Rows of the first dimension (all when None).
+    pub rows: Option<std::ops::Range<usize>>,
+    /// The shape it is read as (its own, or the rows', when None).
+    pub shape: Option<Vec<usize>>,
+}
+
+impl TensorView {
+    /// The whole tensor under `name`.
+    pub fn whole(name: String) -> TensorView {
+        TensorView { name, rows: None, shape: None }
+    }
+}
+
 /// Which file variant to prefer when a folder has both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -180,18 +198,52 @@ impl Weights {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    /// Whether the weights have `name` (random weights have every name).
     /// The same tensors under other names: `rename` gives each tensor's new
     /// name, or None to leave it out (a checkpoint view: a single-file
     /// checkpoint's LDM names read as the diffusers names the models use).
     pub fn renamed(self, rename: impl Fn(&str) -> Option<String>) -> Result<Weights> {
+        self.viewed(|name, _| rename(name).map(TensorView::whole).into_iter().collect())
+    }
+
+    /// A checkpoint view that may also reshape and split: `view` gives, for
+    /// each tensor (name, shape), the tensors it is read as — none to leave
+    /// it out, one renamed or reshaped (a 1×1 convolution's [C, C, 1, 1]
+    /// read as a linear layer's [C, C]), or several row ranges of its first
+    /// dimension (a fused q/k/v projection read as three). No bytes move: a
+    /// view is a range of the mapped file.
+    pub fn viewed(self, view: impl Fn(&str, &[usize]) -> Vec<TensorView>) -> Result<Weights> {
         let mut index = HashMap::with_capacity(self.index.len());
         for (name, entry) in self.index {
-            if let Some(new) = rename(&name) {
-                if index.contains_key(&new) {
-                    return Err(Error::Invalid(format!("{}: two tensors map to {new:?}; the checkpoint is not in the layout expected", self.dir.display())));
+            for v in view(&name, &entry.shape) {
+                let rows = entry.shape.first().copied().unwrap_or(1);
+                let numel: usize = entry.shape.iter().product();
+                let (range, count) = match &v.rows {
+                    None => (entry.range.clone(), numel),
+                    Some(r) if r.start < r.end && r.end <= rows => {
+                        let row_bytes = (entry.range.end - entry.range.start) / rows.max(1);
+                        (entry.range.start + r.start * row_bytes..entry.range.start + r.end * row_bytes, numel / rows.max(1) * r.len())
+                    }
+                    Some(r) => {
+                        return Err(Error::Invalid(format!("{}: tensor {name:?} {:?} has no rows {r:?}", self.dir.display(), entry.shape)));
+                    }
+                };
+                let shape = match v.shape {
+                    Some(s) if s.iter().product::<usize>() == count => s,
+                    Some(s) => {
+                        return Err(Error::Invalid(format!(
+                            "{}: tensor {name:?} {:?} cannot be read as {:?} ({count} elements): the checkpoint is not in the layout expected",
+                            self.dir.display(),
+                            entry.shape,
+                            s
+                        )));
+                    }
+                    None if v.rows.is_some() => std::iter::once(v.rows.as_ref().map_or(0, |r| r.len())).chain(entry.shape.iter().skip(1).copied()).collect(),
+                    None => entry.shape.clone(),
+                };
+                if index.contains_key(&v.name) {
+                    return Err(Error::Invalid(format!("{}: two tensors map to {:?}; the checkpoint is not in the layout expected", self.dir.display(), v.name)));
                 }
-                index.insert(new, entry);
+                index.insert(v.name, Entry { file: entry.file, dtype: entry.dtype, shape, range });
             }
         }
         Ok(Weights { index, ..self })
@@ -202,6 +254,7 @@ impl Weights {
         self.random.is_some()
     }
 
+    /// Whether the weights have `name` (random weights have every name).
     pub fn contains(&self, name: &str) -> bool {
         self.random.is_some() || self.index.contains_key(name)
     }

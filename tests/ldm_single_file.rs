@@ -1,0 +1,66 @@
+//! Single-file checkpoints in the original latent-diffusion layout (what
+//! Stable Diffusion's and MVDream's authors publish): the VAE read through
+//! `models::ldm`'s checkpoint view against the original LDM AutoencoderKL
+//! (tests/fixtures/ldm/vae_tiny, by tools/golden/make_ldm_vae_fixture.py).
+mod common;
+use std::path::Path;
+
+use fsd3d::gpu::DType;
+use fsd3d::models::forward::read_tensors;
+use fsd3d::models::ldm;
+
+const VAE: &str = "tests/fixtures/ldm/vae_tiny";
+
+#[test]
+fn the_vae_of_a_single_file_checkpoint_matches_the_ldm_autoencoder() {
+    let dir = Path::new(VAE);
+    let io = read_tensors(&dir.join("io.safetensors")).unwrap();
+    let config = ldm::vae_config_from_yaml(&dir.join("config.yaml")).unwrap();
+    assert_eq!((config.block_out_channels.clone(), config.layers_per_block, config.latent_channels), (vec![32, 64], 1, 4));
+    assert_eq!(config.scaling_factor, 0.18215);
+    for (gpu, dtype) in common::configs() {
+        let vae = ldm::load_vae(&gpu, &dir.join("model.safetensors"), &dir.join("config.yaml"), dtype).unwrap();
+        let tol = if dtype == DType::F16 { 2e-2 } else { 1e-4 };
+        let up = |k: &str| gpu.to_dtype(&gpu.upload(&io[k].data, &io[k].shape, DType::F32).unwrap(), dtype).unwrap();
+        let down = |t: &fsd3d::gpu::Tensor| gpu.download(&gpu.to_dtype(t, DType::F32).unwrap()).unwrap();
+        let post = vae.encode(&gpu, &up("image")).unwrap();
+        let what = common::label(&gpu, dtype);
+        common::assert_close(&format!("posterior mean {what}"), &down(&post.mean), &io["mean"].data, tol);
+        common::assert_close(&format!("posterior logvar {what}"), &down(&post.logvar), &io["logvar"].data, tol);
+        let decoded = vae.decode(&gpu, &up("latents")).unwrap();
+        common::assert_close(&format!("decoded {what}"), &down(&decoded), &io["decoded"].data, tol);
+    }
+}
+
+#[test]
+fn every_vae_tensor_of_the_checkpoint_has_one_place() {
+    // 124 tensors in the file, each mapped to a distinct diffusers name, the
+    // decoder's levels reversed and the 1×1 attention convolutions read as linear.
+    let weights = fsd3d::models::weights::Weights::open_file(&Path::new(VAE).join("model.safetensors")).unwrap();
+    let all = weights.len();
+    let view = fsd3d::models::weights::Weights::open_file(&Path::new(VAE).join("model.safetensors"))
+        .unwrap()
+        .viewed(|name, shape| ldm::vae_view(name, shape, 2))
+        .unwrap();
+    assert_eq!((all, view.len()), (124, 124));
+    assert_eq!(view.shape("decoder.up_blocks.0.upsamplers.0.conv.weight").unwrap(), vec![64, 64, 3, 3], "LDM's up.1 runs first");
+    assert_eq!(view.shape("decoder.up_blocks.1.resnets.0.conv_shortcut.weight").unwrap(), vec![32, 64, 1, 1], "LDM's up.0 runs last");
+    assert_eq!(view.shape("encoder.mid_block.attentions.0.to_q.weight").unwrap(), vec![64, 64]);
+    assert_eq!(view.shape("encoder.conv_norm_out.weight").unwrap(), vec![64]);
+}
+
+#[test]
+fn a_vae_config_the_engine_cannot_build_is_named() {
+    let dir = std::env::temp_dir().join(format!("fsd3d-ldm-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(Path::new(VAE).join("config.yaml")).unwrap();
+    let with_attn = dir.join("attn.yaml");
+    std::fs::write(&with_attn, text.replace("attn_resolutions: []", "attn_resolutions: [16]")).unwrap();
+    let e = ldm::vae_config_from_yaml(&with_attn).unwrap_err().to_string();
+    assert!(e.contains("attn_resolutions") && e.contains("attn.yaml"), "{e}");
+    let no_vae = dir.join("unet_only.yaml");
+    std::fs::write(&no_vae, "model:\n  params:\n    unet_config:\n      params: {}\n").unwrap();
+    let e = ldm::vae_config_from_yaml(&no_vae).unwrap_err().to_string();
+    assert!(e.contains("first_stage_config"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
