@@ -64,3 +64,62 @@ fn a_vae_config_the_engine_cannot_build_is_named() {
     assert!(e.contains("first_stage_config"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+const OPENCLIP: &str = "tests/fixtures/ldm/openclip_text_tiny";
+
+fn text_yaml(layer: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("fsd3d-openclip-{layer}-{}.yaml", std::process::id()));
+    // cond_stage_config as SD 2.x's v2-inference.yaml and MVDream's sd-v2-base.yaml write it.
+    let text = format!(
+        "model:\n  params:\n    cond_stage_config:\n      target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder\n      params:\n        freeze: True\n        layer: \"{layer}\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_openclip_text_encoder_of_a_single_file_checkpoint_matches_open_clip() {
+    let dir = Path::new(OPENCLIP);
+    let io = read_tensors(&dir.join("io.safetensors")).unwrap();
+    let ids: Vec<u32> = io["input_ids"].data.iter().map(|&v| v as u32).collect();
+    for (gpu, dtype) in common::configs() {
+        for layer in ["penultimate", "last"] {
+            let yaml = text_yaml(layer);
+            let te = ldm::load_text_encoder(&gpu, &dir.join("model.safetensors"), &yaml, dtype).unwrap();
+            let ids = gpu.upload_u32(&ids, &io["input_ids"].shape).unwrap();
+            let h = gpu.download(&gpu.to_dtype(&te.forward(&gpu, &ids).unwrap(), DType::F32).unwrap()).unwrap();
+            let tol = if dtype == DType::F16 { 1e-2 } else { 1e-4 };
+            common::assert_close(&format!("openclip {layer} {}", common::label(&gpu, dtype)), &h, &io[layer].data, tol);
+            std::fs::remove_file(&yaml).ok();
+        }
+    }
+    // The two layers differ: the penultimate one is not the last one read twice.
+    let d = io["penultimate"].data.iter().zip(&io["last"].data).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d > 0.1, "{d}");
+}
+
+#[test]
+fn the_fused_attention_projection_is_read_as_three() {
+    let views = ldm::text_encoder_view("cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight", &[3072, 1024]);
+    let got: Vec<_> = views.iter().map(|v| (v.name.as_str(), v.rows.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("text_model.encoder.layers.3.self_attn.q_proj.weight", Some(0..1024)),
+            ("text_model.encoder.layers.3.self_attn.k_proj.weight", Some(1024..2048)),
+            ("text_model.encoder.layers.3.self_attn.v_proj.weight", Some(2048..3072)),
+        ]
+    );
+    // SD 1.x keeps transformers' names under its own prefix.
+    let v = ldm::text_encoder_view("cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.bias", &[3072]);
+    assert_eq!(v[0].name, "text_model.encoder.layers.0.mlp.fc1.bias");
+    // What is not the text encoder's is left out.
+    assert!(ldm::text_encoder_view("cond_stage_model.model.logit_scale", &[]).is_empty());
+    assert!(ldm::text_encoder_view("model.diffusion_model.out.2.weight", &[4, 320, 3, 3]).is_empty());
+    // A layer the embedder does not offer is named.
+    let gpu = common::gpu();
+    let yaml = text_yaml("pooled");
+    let e = ldm::load_text_encoder(&gpu, &Path::new(OPENCLIP).join("model.safetensors"), &yaml, DType::F32).err().unwrap().to_string();
+    assert!(e.contains("pooled"), "{e}");
+    std::fs::remove_file(&yaml).ok();
+}

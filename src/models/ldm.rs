@@ -33,12 +33,23 @@
 //!   v, proj_out}` → `mid_block.attentions.0.{group_norm, to_q, to_k, to_v,
 //!   to_out.0}`, the 1×1 convolutions' [C, C, 1, 1] read as [C, C];
 //! - in a resnet `nin_shortcut` → `conv_shortcut`.
+//!
+//! The text encoder's ([`text_encoder_view`]): SD 1.x keeps transformers'
+//! CLIPTextModel under `cond_stage_model.transformer.`; SD 2.x and MVDream
+//! keep OpenCLIP's text tower under `cond_stage_model.model.`:
+//! `token_embedding`, `positional_embedding`, `ln_final` → `embeddings.*`,
+//! `final_layer_norm`; `transformer.resblocks.i.{ln_1, ln_2, mlp.c_fc,
+//! mlp.c_proj, attn.out_proj}` → `encoder.layers.i.{layer_norm1, layer_norm2,
+//! mlp.fc1, mlp.fc2, self_attn.out_proj}`; the fused `attn.in_proj_*` [3D, …]
+//! is read as `q_proj`, `k_proj`, `v_proj` (its row thirds).
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
-use crate::models::config::{UNetConfig, VaeConfig};
+use crate::models::clip_text::ClipTextModel;
+use crate::models::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::models::nn::Loader;
 use crate::models::unet::UNet;
 use crate::models::vae::Vae;
 use crate::models::weights::{TensorView, Weights};
@@ -336,6 +347,108 @@ pub fn load_vae(gpu: &Gpu, checkpoint: &Path, yaml: &Path, dtype: DType) -> Resu
         return Err(Error::Invalid(format!("{}: no {VAE_PREFIX}* tensors: the checkpoint holds no VAE", checkpoint.display())));
     }
     Vae::from_weights(gpu, config, &weights, dtype)
+}
+
+/// The prefix of SD 1.x's text encoder (transformers' CLIPTextModel).
+pub const CLIP_TEXT_PREFIX: &str = "cond_stage_model.transformer.";
+/// The prefix of SD 2.x's and MVDream's (OpenCLIP's text tower).
+pub const OPENCLIP_TEXT_PREFIX: &str = "cond_stage_model.model.";
+
+/// The transformers CLIPTextModel names (`text_model.`…) a single-file
+/// checkpoint's text encoder tensor is read as; empty outside it.
+pub fn text_encoder_view(ldm: &str, shape: &[usize]) -> Vec<TensorView> {
+    if let Some(rest) = ldm.strip_prefix(CLIP_TEXT_PREFIX) {
+        let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
+        return vec![TensorView::whole(format!("text_model.{rest}"))];
+    }
+    let Some(key) = ldm.strip_prefix(OPENCLIP_TEXT_PREFIX) else { return vec![] };
+    let whole = |n: String| vec![TensorView::whole(format!("text_model.{n}"))];
+    match key {
+        "token_embedding.weight" => return whole("embeddings.token_embedding.weight".into()),
+        "positional_embedding" => return whole("embeddings.position_embedding.weight".into()),
+        "ln_final.weight" | "ln_final.bias" => return whole(key.replace("ln_final", "final_layer_norm")),
+        _ => {}
+    }
+    let Some(block) = key.strip_prefix("transformer.resblocks.") else { return vec![] };
+    let Some((i, param)) = split_index(block) else { return vec![] };
+    let layer = format!("encoder.layers.{i}");
+    match param {
+        "attn.in_proj_weight" | "attn.in_proj_bias" if shape.first().is_some_and(|r| r % 3 == 0) => {
+            let d = shape[0] / 3;
+            let kind = if param.ends_with("weight") { "weight" } else { "bias" };
+            ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .enumerate()
+                .map(|(k, proj)| TensorView { name: format!("text_model.{layer}.self_attn.{proj}.{kind}"), rows: Some(k * d..(k + 1) * d), shape: None })
+                .collect()
+        }
+        _ => {
+            let (module, kind) = match param.rsplit_once('.') {
+                Some(x) => x,
+                None => return vec![],
+            };
+            let to = match module {
+                "ln_1" => "layer_norm1",
+                "ln_2" => "layer_norm2",
+                "mlp.c_fc" => "mlp.fc1",
+                "mlp.c_proj" => "mlp.fc2",
+                "attn.out_proj" => "self_attn.out_proj",
+                _ => return vec![],
+            };
+            whole(format!("{layer}.{to}.{kind}"))
+        }
+    }
+}
+
+/// The text encoder of a single-file checkpoint (SD 1.x's CLIP, or SD 2.x's
+/// and MVDream's OpenCLIP), with its config YAML, as the CLIPTextModel whose
+/// `last_hidden_state` the UNet takes. Its config is read off the tensors'
+/// shapes (heads of 64, as every CLIP and OpenCLIP text tower has); for
+/// OpenCLIP, `cond_stage_config.params.layer: "penultimate"` drops the last
+/// block (LDM's FrozenOpenCLIPEmbedder, then `ln_final` as after every block).
+pub fn load_text_encoder(gpu: &Gpu, checkpoint: &Path, yaml: &Path, dtype: DType) -> Result<ClipTextModel> {
+    let params = model_params(yaml)?;
+    let weights = Weights::open_file(checkpoint)?.viewed(text_encoder_view)?;
+    let bad = |what: String| Error::Invalid(format!("{}: {what}", checkpoint.display()));
+    if weights.is_empty() {
+        return Err(bad(format!("no {CLIP_TEXT_PREFIX}* or {OPENCLIP_TEXT_PREFIX}* tensors: the checkpoint holds no text encoder")));
+    }
+    let openclip = Weights::open_file(checkpoint)?.names().any(|n| n.starts_with(OPENCLIP_TEXT_PREFIX));
+    let [vocab, hidden]: [usize; 2] = weights
+        .shape("text_model.embeddings.token_embedding.weight")?
+        .try_into()
+        .map_err(|s| bad(format!("the token embedding has shape {s:?}, not [vocab, width]")))?;
+    let positions = weights.shape("text_model.embeddings.position_embedding.weight")?[0];
+    let intermediate = weights.shape("text_model.encoder.layers.0.mlp.fc1.weight")?[0];
+    let blocks = (0..).take_while(|i| weights.contains(&format!("text_model.encoder.layers.{i}.layer_norm1.weight"))).count();
+    let layer = params["cond_stage_config"]["params"]["layer"].as_str().unwrap_or("last");
+    let layers = match (openclip, layer) {
+        (true, "penultimate") => blocks - 1,
+        (_, "last") => blocks,
+        (false, other) | (true, other) => {
+            return Err(Error::Invalid(format!(
+                "{}: cond_stage_config.params.layer {other:?} is not supported (\"last\", or \"penultimate\" for OpenCLIP)",
+                yaml.display()
+            )));
+        }
+    };
+    if hidden % 64 != 0 || layers == 0 {
+        return Err(bad(format!("a text tower of width {hidden} and {blocks} blocks is not a CLIP / OpenCLIP text encoder (heads of 64)")));
+    }
+    let config: ClipTextConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden / 64,
+        "max_position_embeddings": positions,
+        // OpenAI's CLIP (SD 1.x) uses quick GELU; OpenCLIP's towers, exact GELU.
+        "hidden_act": if openclip { "gelu" } else { "quick_gelu" },
+        "layer_norm_eps": 1e-5,
+    }))
+    .map_err(|e| bad(format!("the text encoder config it implies is not valid: {e}")))?;
+    let l = Loader { gpu, weights: &weights, dtype };
+    ClipTextModel::from_loader(&l, "text_model.", config)
 }
 
 /// A single-file LDM checkpoint and its config YAML, when `path` is one: a
