@@ -123,3 +123,22 @@ fn the_fused_attention_projection_is_read_as_three() {
     assert!(e.contains("pooled"), "{e}");
     std::fs::remove_file(&yaml).ok();
 }
+
+#[test]
+fn forward_runs_the_modules_a_single_file_holds_and_names_the_ones_it_lacks() {
+    // A file holding only a VAE, its YAML beside it with the same stem.
+    let dir = std::env::temp_dir().join(format!("fsd3d-ldm-forward-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vae_only.safetensors");
+    std::fs::copy(Path::new(VAE).join("model.safetensors"), &file).unwrap();
+    std::fs::copy(Path::new(VAE).join("config.yaml"), dir.join("vae_only.yaml")).unwrap();
+    let io = read_tensors(&Path::new(VAE).join("io.safetensors")).unwrap();
+    let gpu = common::gpu();
+    let inputs = std::collections::HashMap::from([("latent".to_string(), io["latents"].clone())]);
+    let out = fsd3d::models::forward::run(&gpu, &file, "vae-decode", &inputs, DType::F32).unwrap();
+    common::assert_close("forward vae-decode of a single file", &out["decoded"].data, &io["decoded"].data, 1e-4);
+    let ids = std::collections::HashMap::from([("input_ids".to_string(), fsd3d::models::forward::HostTensor { data: vec![1.0; 77], shape: vec![1, 77] })]);
+    let e = fsd3d::models::forward::run(&gpu, &file, "text-encoder", &ids, DType::F32).err().unwrap().to_string();
+    assert!(e.contains("no text encoder") && e.contains("vae_only.safetensors"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -77,8 +77,17 @@ fn input<'a>(inputs: &'a HashMap<String, HostTensor>, name: &str, module: &str) 
     })
 }
 
+/// A folder's VAE, or a single-file checkpoint's.
+fn load_vae(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<Vae> {
+    match crate::models::ldm::single_file(dir) {
+        Some((checkpoint, yaml)) => crate::models::ldm::load_vae(gpu, &checkpoint, &yaml, dtype),
+        None => Vae::load(gpu, dir, dtype),
+    }
+}
+
 /// Runs `module` of the checkpoint in `dir` (a pipeline folder or the
-/// component's own) with weights and activations stored as `dtype`.
+/// component's own, or a single-file LDM checkpoint with its YAML: the
+/// modules it holds) with weights and activations stored as `dtype`.
 pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTensor>, dtype: DType) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
     let up = |t: &HostTensor| gpu.upload(&t.data, &t.shape, dtype);
@@ -111,7 +120,10 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             out.insert("sample".into(), down(&y)?);
         }
         "text-encoder" => {
-            let te = ClipTextModel::load(gpu, dir, dtype)?;
+            let te = match crate::models::ldm::single_file(dir) {
+                Some((checkpoint, yaml)) => crate::models::ldm::load_text_encoder(gpu, &checkpoint, &yaml, dtype)?,
+                None => ClipTextModel::load(gpu, dir, dtype)?,
+            };
             let ids = input(inputs, "input_ids", module)?;
             if ids.data.iter().any(|&x| x < 0.0 || x as usize >= te.config.vocab_size || x.fract() != 0.0) {
                 return Err(Error::Invalid(format!("input_ids must be integers in 0..{}", te.config.vocab_size)));
@@ -121,7 +133,7 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             out.insert("last_hidden_state".into(), down(&y)?);
         }
         "vae-encode" => {
-            let vae = Vae::load(gpu, dir, dtype)?;
+            let vae = load_vae(gpu, dir, dtype)?;
             let sample = up(input(inputs, "sample", module)?)?;
             match inputs.get("mean_grad") {
                 None => {
@@ -147,7 +159,7 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             }
         }
         "vae-decode" => {
-            let vae = Vae::load(gpu, dir, dtype)?;
+            let vae = load_vae(gpu, dir, dtype)?;
             let y = vae.decode(gpu, &up(input(inputs, "latent", module)?)?)?;
             out.insert("decoded".into(), down(&y)?);
         }
