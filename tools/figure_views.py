@@ -3,9 +3,10 @@
 method x seed, for the runs `fsd3d eval` made (docs/results.md's multi-view
 figure).
 
-Reads OUT/runs/<prompt>/<method>/s<seed>/renders.png, the 8-view grid every
-run writes (views 45 degrees apart from azimuth 0, 2-pixel padding), and
-keeps every second view.
+Reads OUT/runs/<prompt>/<method>/s<seed>/renders.png, the grid of the views
+eval classified (24 views 15 degrees apart from azimuth 0, 8 a row, 2-pixel
+padding; `--views`, `--columns` for other grids), keeps the views at 0, 90,
+180 and 270 degrees and enlarges them `--scale` times (nearest neighbour).
 
     python tools/figure_views.py --eval eval-mv --prompt "a red object" --methods fsd,sds --seeds 0,1,2,3 \\
         --out docs/figures/mv4-a-red-object.png
@@ -25,11 +26,15 @@ def slug(text):
     return s[:60].rstrip("-") or "untitled"
 
 
-def views(path, keep=(0, 2, 4, 6)):
+def views(path, n, columns, scale):
     grid = Image.open(path).convert("RGB")
-    n = 8
-    cell = (grid.width - (n + 1) * PAD) // n
-    return [grid.crop((PAD + k * (cell + PAD), PAD, PAD + k * (cell + PAD) + cell, PAD + cell)) for k in keep]
+    cell = (grid.width - (columns + 1) * PAD) // columns
+    out = []
+    for k in (0, n // 4, n // 2, 3 * n // 4):
+        r, c = divmod(k, columns)
+        x, y = PAD + c * (cell + PAD), PAD + r * (cell + PAD)
+        out.append(grid.crop((x, y, x + cell, y + cell)).resize((cell * scale, cell * scale), Image.NEAREST))
+    return out
 
 
 def main():
@@ -39,12 +44,15 @@ def main():
     ap.add_argument("--methods", default="fsd,sds")
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--views", type=int, default=24)
+    ap.add_argument("--columns", type=int, default=8)
+    ap.add_argument("--scale", type=int, default=3)
     args = ap.parse_args()
     rows = []
     for m in args.methods.split(","):
         for s in args.seeds.split(","):
             run = os.path.join(args.eval, "runs", slug(args.prompt), m, f"s{s}", "renders.png")
-            rows.append((f"{m.upper()} seed {s}", views(run)))
+            rows.append((f"{m.upper()} seed {s}", views(run, args.views, args.columns, args.scale)))
     cell = rows[0][1][0].width
     label_w, head_h = 90, 18
     W = label_w + 4 * (cell + PAD) + PAD

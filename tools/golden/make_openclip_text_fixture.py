@@ -26,7 +26,6 @@ Writes tests/fixtures/ldm/openclip_text_tiny/:
 import argparse
 import os
 
-import numpy as np
 import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg

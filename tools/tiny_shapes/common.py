@@ -6,6 +6,7 @@ render_dataset.py / train_prior.py), which is what the Rust engine reads.
 
 import json
 import os
+import time
 
 SHAPES = ["cube", "sphere", "cone", "cylinder", "torus", "pyramid"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -120,3 +121,34 @@ def write_json(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+class TrainLog:
+    """The training scripts' progress: the mean loss of every `every` steps
+    appended to `path` (step,loss,lr,sec_per_step,wall) and printed; with
+    `bench`, every step's time printed instead and nothing written."""
+
+    def __init__(self, path, every, fresh, bench=False):
+        self.path, self.every, self.bench = path, every, bench
+        self.start = self.last = time.time()
+        self.total, self.count = 0.0, 0
+        if fresh and not bench:
+            with open(path, "w") as f:
+                f.write("step,loss,lr,sec_per_step,wall\n")
+
+    def add(self, step, loss, lr):
+        self.total += loss
+        self.count += 1
+        now = time.time()
+        if self.bench:
+            print(f"step {step} {now - self.last:.3f}s loss {loss:.4f}", flush=True)
+            self.last = now
+        elif step % self.every == 0:
+            sps = (now - self.last) / self.count
+            with open(self.path, "a") as f:
+                f.write(f"{step},{self.total / self.count:.6f},{lr:.3e},{sps:.3f},{now:.0f}\n")
+            print(f"step {step} loss {self.total / self.count:.4f} {sps:.3f}s/step elapsed {now - self.start:.0f}s", flush=True)
+            self.total, self.count, self.last = 0.0, 0, now
+
+    def elapsed(self):
+        return time.time() - self.start

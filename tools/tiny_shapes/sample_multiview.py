@@ -23,31 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import multiview  # noqa: E402
 import prior  # noqa: E402
 from common import COLOURS, SHAPES, caption  # noqa: E402
+from sample_prior import plot_loss  # noqa: E402
 from train_classifier import load_classifier, predict  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-
-
-def plot_loss(csv, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = np.genfromtxt(csv, delimiter=",", names=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(d["step"], d["loss"], lw=0.6, alpha=0.5, label="loss (mean of 10 steps)")
-    k = 20
-    if len(d) > k:
-        ax.plot(d["step"][k - 1 :], np.convolve(d["loss"], np.ones(k) / k, mode="valid"), lw=1.5, label=f"moving average ({k * 10} steps)")
-    ax.set_xlabel("step (8 objects x 4 views)")
-    ax.set_ylabel("epsilon MSE")
-    ax.set_yscale("log")
-    ax.set_title("tiny-shapes-4view fine-tuning loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
 
 
 def main():
@@ -83,7 +62,7 @@ def main():
             print(f"  {p}: views right {row.astype(int).tolist()}")
     csv = os.path.join(args.workdir, "loss.csv")
     if os.path.exists(csv):
-        plot_loss(csv, os.path.join(args.model, "loss.png"))
+        plot_loss(csv, os.path.join(args.model, "loss.png"), "tiny-shapes-4view fine-tuning loss", "step (8 objects x 4 views)")
 
 
 if __name__ == "__main__":

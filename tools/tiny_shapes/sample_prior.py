@@ -37,7 +37,7 @@ def grid_prompts(n_seeds):
     return prompts, seeds, labels
 
 
-def plot_loss(csv, out):
+def plot_loss(csv, out, title="tiny-shapes prior training loss", xlabel="step (batch 32)"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,10 +52,10 @@ def plot_loss(csv, out):
     if len(d) > k:
         sm = np.convolve(d["loss"], np.ones(k) / k, mode="valid")
         ax.plot(d["step"][k - 1 :], sm, lw=1.5, label=f"moving average ({k * 10} steps)")
-    ax.set_xlabel("step (batch 32)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("epsilon MSE")
     ax.set_yscale("log")
-    ax.set_title("tiny-shapes prior training loss")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import TrainLog  # noqa: E402
 import multiview  # noqa: E402
 import prior  # noqa: E402
 from train_prior import batch_for_step, caption_table  # noqa: E402
@@ -104,10 +105,7 @@ def main():
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
         print(f"resumed at step {step}", flush=True)
-    log_path = os.path.join(args.workdir, "loss.csv")
-    if step == 0 and not args.bench:
-        with open(log_path, "w") as f:
-            f.write("step,loss,lr,sec_per_step,wall\n")
+    log = TrainLog(os.path.join(args.workdir, "loss.csv"), args.log_every, fresh=step == 0, bench=bool(args.bench))
 
     def save_ckpt():
         tmp = ckpt_path + ".tmp"
@@ -115,8 +113,7 @@ def main():
         os.replace(tmp, ckpt_path)
 
     unet.train()
-    t_start = t_last = time.time()
-    acc_loss, acc_n, steps_this_run = 0.0, 0, 0
+    steps_this_run = 0
     B = args.objects
     while step < args.max_steps:
         if deadline and time.time() > deadline:
@@ -152,26 +149,16 @@ def main():
         with torch.no_grad():
             for p, q in zip(unet.parameters(), ema.parameters()):
                 q.lerp_(p, 1 - decay)
-        acc_loss += loss.item()
-        acc_n += 1
+        log.add(step, loss.item(), lr)
         if args.bench:
-            print(f"step {step} {time.time() - t_last:.3f}s loss {loss.item():.4f}", flush=True)
-            t_last = time.time()
             if steps_this_run >= args.bench:
                 return
             continue
-        if step % args.log_every == 0:
-            sps = (time.time() - t_last) / acc_n
-            with open(log_path, "a") as f:
-                f.write(f"{step},{acc_loss / acc_n:.6f},{lr:.3e},{sps:.3f},{time.time():.0f}\n")
-            print(f"step {step} loss {acc_loss / acc_n:.4f} {sps:.3f}s/step elapsed {time.time() - t_start:.0f}s", flush=True)
-            acc_loss, acc_n = 0.0, 0
-            t_last = time.time()
         if step % args.ckpt_every == 0:
             save_ckpt()
 
     save_ckpt()
-    print(f"training stopped at step {step}, this run {time.time() - t_start:.0f}s", flush=True)
+    print(f"training stopped at step {step}, this run {log.elapsed():.0f}s", flush=True)
     multiview.export(args.out, args.init_from, ema.float().cpu(), VIEWS_JSON | {"name": "tiny-shapes-4view"})
     print("exported EMA weights to", args.out, flush=True)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import COLOURS, SHAPES, caption  # noqa: E402
+from common import COLOURS, SHAPES, caption, TrainLog  # noqa: E402
 import prior  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -148,10 +148,7 @@ def main():
         # Exporting the loaded weights unchanged over --out is never what a warm start means.
         sys.exit(f"nothing to train: the warm start is at step {step} and --max-steps is {args.max_steps}; raise --max-steps")
 
-    log_path = os.path.join(args.workdir, "loss.csv")
-    if (step == 0 or (args.init_from and not args.resume)) and not args.bench:
-        with open(log_path, "w") as f:
-            f.write("step,loss,lr,sec_per_step,wall\n")
+    log = TrainLog(os.path.join(args.workdir, "loss.csv"), args.log_every, fresh=(step == 0 or (args.init_from and not args.resume)), bench=bool(args.bench))
 
     def save_ckpt():
         tmp = ckpt_path + ".tmp"
@@ -171,9 +168,6 @@ def main():
 
     te.train()
     unet.train()
-    t_start = time.time()
-    t_last = time.time()
-    acc_loss, acc_n = 0.0, 0
     steps_this_run = 0
     while step < args.max_steps:
         if deadline and time.time() > deadline:
@@ -218,27 +212,16 @@ def main():
             for m, e in ((te, ema_te), (unet, ema_unet)):
                 for p, q in zip(m.parameters(), e.parameters()):
                     q.lerp_(p, 1 - decay)
-        acc_loss += loss.item()
-        acc_n += 1
-
+        log.add(step, loss.item(), lr)
         if args.bench:
-            print(f"step {step} {time.time() - t_last:.3f}s loss {loss.item():.4f}", flush=True)
-            t_last = time.time()
             if steps_this_run >= args.bench:
                 return
             continue
-        if step % args.log_every == 0:
-            sps = (time.time() - t_last) / acc_n
-            with open(log_path, "a") as f:
-                f.write(f"{step},{acc_loss / acc_n:.6f},{lr:.3e},{sps:.3f},{time.time():.0f}\n")
-            print(f"step {step} loss {acc_loss / acc_n:.4f} {sps:.3f}s/step elapsed {time.time() - t_start:.0f}s", flush=True)
-            acc_loss, acc_n = 0.0, 0
-            t_last = time.time()
         if step % args.ckpt_every == 0:
             save_ckpt()
 
     save_ckpt()
-    print(f"training stopped at step {step}, this run {time.time() - t_start:.0f}s", flush=True)
+    print(f"training stopped at step {step}, this run {log.elapsed():.0f}s", flush=True)
     prior.export(args.out, ema_te.float().cpu(), ema_unet.float().cpu(), tok)
     print("exported EMA weights to", args.out, flush=True)
     if not args.no_sample:
