@@ -52,7 +52,7 @@ def main():
     for m in args.methods.split(","):
         for s in args.seeds.split(","):
             run = os.path.join(args.eval, "runs", slug(args.prompt), m, f"s{s}", "renders.png")
-            rows.append((f"{m.upper()} seed {s}", views(run, args.views, args.columns, args.scale)))
+            rows.append((f"{m.upper()}, seed {s}", views(run, args.views, args.columns, args.scale)))
     cell = rows[0][1][0].width
     label_w, head_h = 90, 18
     W = label_w + 4 * (cell + PAD) + PAD
