@@ -864,9 +864,8 @@ fn load_pipeline(gpu: &Gpu, model: Option<&std::path::Path>, dtype: &str) -> Res
     fsd3d::models::prior::StableDiffusion::load(gpu, &dir, dtype).with_context(|| format!("loading the pipeline in {}", dir.display()))
 }
 
-/// Writes image 0 of a [B, 3, H, W] tensor in [-1, 1] as a PNG and says so.
-/// Writes image 0 of `img`, or all its images side by side (a multi-view
-/// prior's views).
+/// Writes a [B, 3, H, W] tensor in [-1, 1] as a PNG and says so: its one
+/// image, or its images side by side (a multi-view prior's views).
 fn write_image(gpu: &Gpu, img: &fsd3d::gpu::Tensor, out: &std::path::Path, started: std::time::Instant) -> Result<()> {
     let values = gpu.download(img)?;
     let views = (0..img.dim(0)).map(|k| fsd3d::export::image::from_signed_nchw(&values, img.shape(), k)).collect::<std::result::Result<Vec<_>, _>>()?;

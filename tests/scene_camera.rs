@@ -172,13 +172,12 @@ fn one_view_per_object_is_the_one_view_sampler() {
             // distance and its direction's normals.
             let normals = |rng: &mut rand::rngs::StdRng, n: usize| (0..n).map(|_| camera::normal(rng)).collect::<Vec<_>>();
             let center = normals(rng, 3);
-            let up = normals(rng, 3);
+            let _up_hint = normals(rng, 3); // drawn, then fixed by the look-at frame
             let light_distance = u(rng, 0.8, 1.5);
             let light = normals(rng, 3);
             let position = camera::orbit_position(elevation, azimuth, distance) + perturb;
             let light = (position + Vec3::new(light[0], light[1], light[2]) * cfg.light_position_perturb).normalize() * light_distance;
             let forward = (Vec3::new(center[0], center[1], center[2]) * 0.2 - position).normalize();
-            let _ = up;
             want.push((elevation, azimuth, distance, fovy, position, light, forward));
         }
         for (c, w) in s.sample(step).iter().zip(&want) {

@@ -185,13 +185,12 @@ impl PriorSource {
     /// `--random-weights` its configs), else with `--random-weights` Stable
     /// Diffusion 1.5 (with `--quick` the tiny test pipeline).
     pub fn from_args(args: &BenchArgs) -> Result<PriorSource> {
-        let kind_of = |dir: &Path| crate::generate::job::prior_kind(dir);
         match (&args.model, args.random_weights) {
-            (Some(dir), false) => Ok(PriorSource::Folder { dir: dir.clone(), kind: kind_of(dir)? }),
+            (Some(dir), false) => Ok(PriorSource::Folder { dir: dir.clone(), kind: crate::generate::job::prior_kind(dir)? }),
             (Some(dir), true) => Ok(PriorSource::Random {
                 name: format!("{} (random weights)", dir.display()),
                 configs: Box::new(PipelineConfigs::of_pipeline(dir)?),
-                kind: kind_of(dir)?,
+                kind: crate::generate::job::prior_kind(dir)?,
             }),
             (None, true) if args.quick => {
                 let dir = quick_pipeline_dir();

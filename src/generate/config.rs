@@ -322,6 +322,9 @@ impl GenerateConfig {
         // 300 steps: a recognisable object; 6 min on the idle 2-core
         // reference machine under lavapipe (docs/performance.md).
         self.steps = 300;
+        self.guidance.cfg = 7.5;
+        // The prior knows only "a {colour} {shape}" captions.
+        self.guidance.view_dependent_prompt = false;
         // A multi-view prior sees one object's views together a step,
         // with MVDream's rescale of the guided x̂₀.
         if let Some(v) = spec.views {
@@ -329,9 +332,6 @@ impl GenerateConfig {
             self.camera.views_per_object = v.num_frames;
             self.guidance.rescale = 0.5;
         }
-        self.guidance.cfg = 7.5;
-        // The prior knows only "a {colour} {shape}" captions.
-        self.guidance.view_dependent_prompt = false;
         self.loss = LossConfig { orientation: [1.0, 10.0], orientation_ramp_steps: 300, sparsity: 0.05, opaque: 0.0 };
         // 24 frames of 3r² pixels: every third frame is a grid view.
         self.output.render_size = 3 * r;

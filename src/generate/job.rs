@@ -45,7 +45,7 @@ pub fn prior_kind(model_dir: &Path) -> Result<PriorKind> {
     }
     let unet_config = model_dir.join("unet").join("config.json");
     if unet_config.is_file() && crate::models::config::UNetConfig::load(&unet_config)?.camera_dim.is_some() {
-        return Ok(PriorKind::MultiViewLatent { frames: 4 });
+        return Ok(PriorKind::MultiViewLatent { frames: crate::models::prior::MVDREAM_FRAMES });
     }
     Ok(PriorKind::Latent)
 }

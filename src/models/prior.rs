@@ -56,6 +56,10 @@ pub trait Prior {
     fn encode_backward(&self, gpu: &Gpu, enc: &Encoded, d_sample: &Tensor) -> Result<Tensor>;
 }
 
+/// Views per object of a camera-conditioned UNet whose folder does not say
+/// otherwise: MVDream's 4 (threestudio's `n_view`).
+pub const MVDREAM_FRAMES: usize = 4;
+
 /// The cameras of a multi-view batch: `camera` [B, 16] f32, each view's
 /// [`crate::scene::camera::mvdream_camera`], and `frames` views a object,
 /// adjacent in the batch.
@@ -137,10 +141,10 @@ impl StableDiffusion {
             }
         }
         // A camera-conditioned UNet is a multi-view prior: as many views as
-        // its fsd3d_prior.json says it was trained with, else MVDream's 4.
+        // its fsd3d_prior.json says it was trained with, else MVDream's.
         let num_frames = match unet.config.camera_dim {
             None => None,
-            Some(_) => Some(crate::models::pixel_prior::PixelPriorSpec::load(dir)?.and_then(|s| s.views).map_or(4, |v| v.num_frames)),
+            Some(_) => Some(crate::models::pixel_prior::PixelPriorSpec::load(dir)?.and_then(|s| s.views).map_or(MVDREAM_FRAMES, |v| v.num_frames)),
         };
         Ok(StableDiffusion { dir: dir.to_path_buf(), tokenizer, text_encoder, unet, vae, scheduler, num_frames, dtype })
     }
@@ -194,22 +198,23 @@ impl Prior for StableDiffusion {
             }
             _ => {}
         }
-        let unet = |x: &Tensor, ts: &Tensor, ctx: &Tensor, cams: Option<ViewCameras>| match &cams {
+        let unet = |x: &Tensor, ts: &Tensor, ctx: &Tensor, cams: Option<&ViewCameras>| match cams {
             Some(v) => self.unet.forward_views(gpu, x, ts, ctx, &Views { camera: Some(&v.camera), frames: v.frames }),
             None => self.unet.forward(gpu, x, ts, ctx),
         };
-        let cameras = |n: usize| views.map(|v| if n == 1 { Ok(ViewCameras { camera: v.camera.clone(), frames: v.frames }) } else { v.repeated(gpu, n) }).transpose();
         match uncond {
             None => {
                 let ts = gpu.upload(&vec![t; b], &[b], DType::F32)?;
-                unet(x_t, &ts, cond, cameras(1)?)
+                unet(x_t, &ts, cond, views)
             }
             Some(u) => {
-                // One UNet call on [uncond; cond], as diffusers batches it.
+                // One UNet call on [uncond; cond], as diffusers batches it
+                // (the cameras twice over: each half is whole objects).
                 let x2 = concat::concat(gpu, &[x_t, x_t], 0)?;
                 let ctx = concat::concat(gpu, &[u, cond], 0)?;
                 let ts = gpu.upload(&vec![t; 2 * b], &[2 * b], DType::F32)?;
-                dops::guidance(gpu, &unet(&x2, &ts, &ctx, cameras(2)?)?, cfg)
+                let views2 = views.map(|v| v.repeated(gpu, 2)).transpose()?;
+                dops::guidance(gpu, &unet(&x2, &ts, &ctx, views2.as_ref())?, cfg)
             }
         }
     }

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::sampler::{SampleRequest, ddim_sample_batch};
-use crate::models::prior::Prior;
 use crate::diffusion::size::ImageSize;
 use crate::error::{Error, Result};
 use crate::export::{self, Rgb8};
+use crate::models::prior::Prior;
 
 use super::plan::DdimReference;
 use super::units::score_images;
