@@ -42,3 +42,27 @@ fn a_folder_without_a_tokenizer_is_a_clear_error() {
     assert!(err.contains("vocab.json") && err.contains("tokenizer.json"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The embedded CLIP vocabulary (for single-file checkpoints) against
+/// transformers' CLIPTokenizer and open_clip.tokenize on the real 49 408-token
+/// vocabulary (tests/fixtures/clip_tokenizer/full_vocab_ids.json, made by
+/// tools/golden/make_clip_bpe_fixture.py).
+#[test]
+fn embedded_clip_vocabulary_matches_transformers_and_open_clip() {
+    use fsd3d::models::tokenizer::{ClipPadding, CLIP_VOCAB_SIZE};
+    let text = std::fs::read_to_string("tests/fixtures/clip_tokenizer/full_vocab_ids.json").unwrap();
+    let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let prompts: Vec<String> = serde_json::from_value(fx["prompts"].clone()).unwrap();
+    for (padding, reference) in [(ClipPadding::EndOfText, "sd1"), (ClipPadding::Zero, "open_clip")] {
+        let tok = PromptTokenizer::clip(padding).unwrap();
+        assert_eq!(tok.vocab_size(), CLIP_VOCAB_SIZE);
+        let want: Vec<Vec<u32>> = serde_json::from_value(fx[reference].clone()).unwrap();
+        assert_eq!(want.len(), prompts.len());
+        for (p, w) in prompts.iter().zip(&want) {
+            assert_eq!(&tok.encode(p).unwrap(), w, "{padding:?} against {reference}: prompt {p:?}");
+        }
+    }
+    // OpenCLIP pads with id 0 ("!"), SD 1.x's CLIP with <|endoftext|> (49407).
+    assert_eq!(PromptTokenizer::clip(ClipPadding::Zero).unwrap().pad_id(), 0);
+    assert_eq!(PromptTokenizer::clip(ClipPadding::EndOfText).unwrap().pad_id(), 49407);
+}

@@ -3,94 +3,9 @@
 //! (including its defaults for keys other schedulers' configs lack).
 //!
 //! Notation (FSD_SPEC §1): ᾱ_t = Π(1 − β_i), α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t).
-use std::path::Path;
-
-use serde::Deserialize;
-
 use crate::error::{Error, Result};
+pub use crate::models::config::{SchedulerConfig, Spacing};
 pub use crate::ops::diffusion::{DdimCoefficients, Prediction};
-use crate::models::config::read_config;
-
-/// How inference timesteps are spread over the training range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Spacing {
-    Leading,
-    Trailing,
-    Linspace,
-}
-
-/// `scheduler_config.json`, with DDIMScheduler's defaults for missing keys.
-#[derive(Clone, Debug, Deserialize)]
-pub struct SchedulerConfig {
-    #[serde(default = "d_train_steps")]
-    pub num_train_timesteps: usize,
-    #[serde(default = "d_beta_start")]
-    pub beta_start: f64,
-    #[serde(default = "d_beta_end")]
-    pub beta_end: f64,
-    #[serde(default = "d_linear")]
-    pub beta_schedule: String,
-    #[serde(default)]
-    pub trained_betas: Option<Vec<f64>>,
-    #[serde(default = "d_true")]
-    pub clip_sample: bool,
-    #[serde(default = "d_one")]
-    pub clip_sample_range: f64,
-    #[serde(default = "d_true")]
-    pub set_alpha_to_one: bool,
-    #[serde(default)]
-    pub steps_offset: usize,
-    #[serde(default = "d_eps")]
-    pub prediction_type: Prediction,
-    #[serde(default = "d_leading")]
-    pub timestep_spacing: Spacing,
-    #[serde(default)]
-    pub rescale_betas_zero_snr: bool,
-    #[serde(default)]
-    pub thresholding: bool,
-}
-
-fn d_train_steps() -> usize {
-    1000
-}
-fn d_beta_start() -> f64 {
-    0.0001
-}
-fn d_beta_end() -> f64 {
-    0.02
-}
-fn d_linear() -> String {
-    "linear".into()
-}
-fn d_true() -> bool {
-    true
-}
-fn d_one() -> f64 {
-    1.0
-}
-fn d_eps() -> Prediction {
-    Prediction::Epsilon
-}
-fn d_leading() -> Spacing {
-    Spacing::Leading
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        serde_json::from_str("{}").expect("defaults")
-    }
-}
-
-impl SchedulerConfig {
-    pub fn load(path: &Path) -> Result<SchedulerConfig> {
-        let c: SchedulerConfig = read_config(path)?;
-        if c.thresholding {
-            return Err(Error::Invalid(format!("{}: dynamic thresholding is not supported", path.display())));
-        }
-        Ok(c)
-    }
-}
 
 /// The training noise schedule: ᾱ_t for t = 0..T−1.
 #[derive(Clone, Debug)]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ops::diffusion::Prediction;
 
 /// Reads and parses a JSON config, with the path in every error.
 pub fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -345,6 +346,91 @@ impl ClipTextConfig {
         }
         crate::ops::elementwise::Act::parse(&c.hidden_act)
             .map_err(|e| Error::Invalid(format!("{}: hidden_act: {e}", path.display())))?;
+        Ok(c)
+    }
+}
+
+// The scheduler config (`scheduler/scheduler_config.json`): the training
+// noise schedule and the sampler's defaults as the model folder states them.
+// The schedule's math lives in `diffusion::schedule`.
+
+/// How inference timesteps are spread over the training range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+/// `scheduler_config.json`, with DDIMScheduler's defaults for missing keys.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(default = "d_sched_train_steps")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_sched_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "d_sched_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "d_sched_linear")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default = "d_sched_true")]
+    pub clip_sample: bool,
+    #[serde(default = "d_sched_one")]
+    pub clip_sample_range: f64,
+    #[serde(default = "d_sched_true")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "d_sched_eps")]
+    pub prediction_type: Prediction,
+    #[serde(default = "d_sched_leading")]
+    pub timestep_spacing: Spacing,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+    #[serde(default)]
+    pub thresholding: bool,
+}
+
+fn d_sched_train_steps() -> usize {
+    1000
+}
+fn d_sched_beta_start() -> f64 {
+    0.0001
+}
+fn d_sched_beta_end() -> f64 {
+    0.02
+}
+fn d_sched_linear() -> String {
+    "linear".into()
+}
+fn d_sched_true() -> bool {
+    true
+}
+fn d_sched_one() -> f64 {
+    1.0
+}
+fn d_sched_eps() -> Prediction {
+    Prediction::Epsilon
+}
+fn d_sched_leading() -> Spacing {
+    Spacing::Leading
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults")
+    }
+}
+
+impl SchedulerConfig {
+    pub fn load(path: &Path) -> Result<SchedulerConfig> {
+        let c: SchedulerConfig = read_config(path)?;
+        if c.thresholding {
+            return Err(Error::Invalid(format!("{}: dynamic thresholding is not supported", path.display())));
+        }
         Ok(c)
     }
 }

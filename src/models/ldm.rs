@@ -48,7 +48,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::models::clip_text::ClipTextModel;
-use crate::models::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::models::config::{ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
 use crate::models::nn::Loader;
 use crate::models::unet::UNet;
 use crate::models::vae::Vae;
@@ -335,6 +335,62 @@ pub fn vae_config_from_yaml(path: &Path) -> Result<VaeConfig> {
     });
     let config: VaeConfig = serde_json::from_value(config).map_err(|e| bad(format!("the VAE config it implies is not valid: {e}")))?;
     Ok(config)
+}
+
+/// The noise schedule of an LDM config YAML (`model.params`: `timesteps`,
+/// `linear_start`, `linear_end`, `beta_schedule`, `parameterization`, with
+/// LDM's `DDPM` defaults) as a diffusers scheduler config, with the sampler
+/// settings diffusers' `from_single_file` gives Stable Diffusion: no sample
+/// clipping, ᾱ before t = 0 taken as ᾱ_0 (`set_alpha_to_one` false), steps
+/// offset by 1, "leading" spacing.
+///
+/// LDM's names differ from diffusers': its "linear" schedule is linear in
+/// √β (diffusers' `scaled_linear`), its "sqrt_linear" is linear in β
+/// (diffusers' `linear`), its "cosine" (offset 0.008) is `squaredcos_cap_v2`.
+/// The prediction is what `parameterization` says ("eps" or "v"): diffusers
+/// guesses v for any SD 2.x file unless its training step is 875 000, a
+/// heuristic that this loader does not copy.
+pub fn scheduler_config_from_yaml(path: &Path) -> Result<SchedulerConfig> {
+    let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+    let p = model_params(path)?;
+    if !p.is_object() {
+        return Err(bad("no model.params: not an LDM model config (e.g. v1-inference.yaml, sd-v2-base.yaml)".into()));
+    }
+    let float = |k: &str, default: f64| match &p[k] {
+        serde_json::Value::Null => Ok(default),
+        v => v.as_f64().ok_or_else(|| bad(format!("model.params.{k} must be a number, not {v}"))),
+    };
+    let timesteps = float("timesteps", 1000.0)?;
+    if timesteps < 1.0 || timesteps.fract() != 0.0 {
+        return Err(bad(format!("model.params.timesteps must be a positive whole number, not {timesteps}")));
+    }
+    let schedule = match p["beta_schedule"].as_str().unwrap_or("linear") {
+        "linear" => "scaled_linear",
+        "sqrt_linear" => "linear",
+        "cosine" if float("cosine_s", 8e-3)? == 8e-3 => "squaredcos_cap_v2",
+        other => {
+            return Err(bad(format!(
+                "model.params.beta_schedule {other:?} is not supported: expected linear, sqrt_linear or cosine (with the default cosine_s)"
+            )));
+        }
+    };
+    let prediction = match p["parameterization"].as_str().unwrap_or("eps") {
+        "eps" => "epsilon",
+        "v" => "v_prediction",
+        other => return Err(bad(format!("model.params.parameterization {other:?} is not supported: expected \"eps\" or \"v\""))),
+    };
+    let config = serde_json::json!({
+        "num_train_timesteps": timesteps as usize,
+        "beta_start": float("linear_start", 1e-4)?,
+        "beta_end": float("linear_end", 2e-2)?,
+        "beta_schedule": schedule,
+        "prediction_type": prediction,
+        "clip_sample": false,
+        "set_alpha_to_one": false,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+    });
+    serde_json::from_value(config).map_err(|e| bad(format!("the scheduler config it implies is not valid: {e}")))
 }
 
 /// The VAE of a single-file checkpoint in the LDM layout (`.safetensors`),

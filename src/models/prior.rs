@@ -4,7 +4,7 @@
 //! are both [`StableDiffusion`].
 use std::path::{Path, PathBuf};
 
-use crate::diffusion::schedule::SchedulerConfig;
+use crate::models::config::SchedulerConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::clip_text::ClipTextModel;

@@ -13,7 +13,7 @@
 //! pads with "!", SD 1.x with the end-of-text token.
 use std::path::{Path, PathBuf};
 
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormSeq};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
@@ -122,7 +122,7 @@ impl PromptTokenizer {
         let dir = if dir.join("tokenizer").is_dir() { dir.join("tokenizer") } else { dir.to_path_buf() };
         let special = SpecialTokens::from_dir(&dir)?;
         let (vocab, merges, json) = (dir.join("vocab.json"), dir.join("merges.txt"), dir.join("tokenizer.json"));
-        let mut inner = if vocab.is_file() && merges.is_file() {
+        let inner = if vocab.is_file() && merges.is_file() {
             without_panics(&dir, || clip_bpe(&vocab, &merges, &special))?.map_err(|e| tok_err(&dir, e))?
         } else if json.is_file() {
             without_panics(&dir, || Tokenizer::from_file(&json))?.map_err(|e| tok_err(&dir, e))?
@@ -132,6 +132,11 @@ impl PromptTokenizer {
                 dir.display()
             )));
         };
+        Self::padded(inner, special, dir)
+    }
+
+    /// Pads and truncates `inner` to the maximum length, and tries it once.
+    fn padded(mut inner: Tokenizer, special: SpecialTokens, dir: PathBuf) -> Result<PromptTokenizer> {
         let pad_id = inner.token_to_id(&special.pad).ok_or_else(|| {
             tok_err(&dir, format!("pad token {:?} is not in the vocabulary", special.pad))
         })?;
@@ -150,6 +155,20 @@ impl PromptTokenizer {
         // find out now, while the error can still name the file.
         tokenizer.encode("a photo, front view")?;
         Ok(tokenizer)
+    }
+
+    /// CLIP's own BPE vocabulary (embedded), for a checkpoint that holds no
+    /// tokenizer: the tokenizer of every Stable Diffusion 1.x / 2.x and
+    /// MVDream text encoder, padded as `padding` says.
+    pub fn clip(padding: ClipPadding) -> Result<PromptTokenizer> {
+        let source = PathBuf::from("<embedded CLIP BPE vocabulary>");
+        let mut special = SpecialTokens::default();
+        if padding == ClipPadding::Zero {
+            special.pad = "!".into();
+        }
+        let (vocab, merges) = clip_vocabulary();
+        let inner = clip_bpe_from(vocab, merges, &special, padding == ClipPadding::EndOfText).map_err(|e| tok_err(&source, e))?;
+        Self::padded(inner, special, source)
     }
 
     /// Token ids of `prompt`, exactly `max_length` of them.
@@ -180,10 +199,19 @@ impl PromptTokenizer {
     }
 }
 
-/// CLIP's byte-level BPE, assembled as transformers' CLIPTokenizer does.
+/// CLIP's byte-level BPE from a `vocab.json` + `merges.txt` folder, as
+/// transformers' CLIPTokenizer reads it (the padding token is special).
 fn clip_bpe(vocab: &Path, merges: &Path, special: &SpecialTokens) -> std::result::Result<Tokenizer, String> {
     let s = |p: &Path| p.to_str().map(String::from).ok_or_else(|| format!("path {} is not UTF-8", p.display()));
     let (v, m) = BPE::read_file(&s(vocab)?, &s(merges)?).map_err(|e| e.to_string())?;
+    clip_bpe_from(v, m, special, true)
+}
+
+/// CLIP's byte-level BPE, assembled as transformers' CLIPTokenizer does.
+/// With `pad_is_special` the padding token is never merged into words (what
+/// transformers does: SD 2.x's tokenizer turns every "!" into its pad id);
+/// without, it only pads (what open_clip does).
+fn clip_bpe_from(v: Vocab, m: Merges, special: &SpecialTokens, pad_is_special: bool) -> std::result::Result<Tokenizer, String> {
     let bpe = BPE::builder()
         .vocab_and_merges(v, m)
         .continuing_subword_prefix(String::new())
@@ -203,9 +231,62 @@ fn clip_bpe(vocab: &Path, merges: &Path, special: &SpecialTokens) -> std::result
     t.with_post_processor(Some(
         RobertaProcessing::new((special.eos.clone(), eos), (special.bos.clone(), bos)).trim_offsets(false).add_prefix_space(false),
     ));
-    let mut specials = vec![special.bos.clone(), special.eos.clone(), special.unk.clone(), special.pad.clone()];
+    let mut specials = vec![special.bos.clone(), special.eos.clone(), special.unk.clone()];
+    if pad_is_special {
+        specials.push(special.pad.clone());
+    }
     specials.dedup();
     let added: Vec<AddedToken> = specials.into_iter().map(|s| AddedToken::from(s, true)).collect();
     t.add_special_tokens(added).map_err(|e| e.to_string())?;
     Ok(t)
 }
+
+/// The merges of OpenAI CLIP's BPE (the first 48 894 lines of its
+/// `bpe_simple_vocab_16e6.txt`, MIT licence: `assets/clip-bpe/LICENSE`),
+/// embedded so that a single-file checkpoint, which holds no tokenizer,
+/// needs no download.
+const CLIP_MERGES: &str = include_str!("../../assets/clip-bpe/merges.txt");
+
+/// GPT-2's byte-to-symbol table, which CLIP's BPE uses: the printable
+/// Latin-1 bytes stand for themselves, the others for the code points from
+/// 256 on, in byte order; the vocabulary lists them in this order.
+fn byte_symbols() -> Vec<char> {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let mut symbols: Vec<char> = (0..256u32).filter(|&b| printable(b)).filter_map(char::from_u32).collect();
+    let others = (0..256u32).filter(|&b| !printable(b)).count() as u32;
+    symbols.extend((256..256 + others).filter_map(char::from_u32));
+    symbols
+}
+
+/// CLIP's 49 408-token vocabulary and its merges, built as CLIP's own
+/// tokenizer builds them: the 256 byte symbols, the same with `</w>`, one
+/// token per merge, then `<|startoftext|>` and `<|endoftext|>`.
+fn clip_vocabulary() -> (Vocab, Merges) {
+    let merges: Merges = CLIP_MERGES
+        .lines()
+        .filter(|l| !l.starts_with("#version"))
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .collect();
+    let symbols = byte_symbols();
+    let tokens = symbols
+        .iter()
+        .map(|c| c.to_string())
+        .chain(symbols.iter().map(|c| format!("{c}</w>")))
+        .chain(merges.iter().map(|(a, b)| format!("{a}{b}")))
+        .chain(["<|startoftext|>".to_string(), "<|endoftext|>".to_string()]);
+    let vocab: Vocab = tokens.enumerate().map(|(i, t)| (t, i as u32)).collect();
+    (vocab, merges)
+}
+
+/// How a single-file checkpoint's text encoder pads its prompts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClipPadding {
+    /// OpenAI CLIP (SD 1.x): with `<|endoftext|>`, as transformers' CLIPTokenizer.
+    EndOfText,
+    /// OpenCLIP (SD 2.x, MVDream): with id 0 ("!"), as `open_clip.tokenize`,
+    /// where "!" in a prompt stays an ordinary token.
+    Zero,
+}
+
+/// The number of tokens in CLIP's vocabulary.
+pub const CLIP_VOCAB_SIZE: usize = 49408;
