@@ -96,7 +96,7 @@ enum Command {
     Sample {
         /// The prompt.
         prompt: String,
-        /// Pipeline folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, vae/).
+        /// Pipeline folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, vae/), or a single-file checkpoint (.safetensors, its LDM config YAML beside it).
         #[arg(long)]
         model: Option<PathBuf>,
         #[command(flatten)]
@@ -207,7 +207,7 @@ struct GenerateArgs {
     /// Optimisation steps (default per prior: 300 for the embedded prior, 10 000 for Stable Diffusion).
     #[arg(long)]
     steps: Option<u64>,
-    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior).
+    /// Pipeline folder, or a single-file checkpoint (.safetensors with its LDM config YAML beside it) (default: $FSD3D_MODEL, else the embedded prior).
     #[arg(long)]
     model: Option<PathBuf>,
     /// A TOML file with any keys of the run config (see `config.toml` of a run) to change.
@@ -254,7 +254,7 @@ struct EvalArgs {
     /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant, csd (table rows in this order).
     #[arg(long, value_delimiter = ',', default_value = "fsd,sds")]
     methods: Vec<String>,
-    /// Pipeline folder (default: $FSD3D_MODEL, else the embedded prior); without a classifier/ it needs --clip and/or --inception.
+    /// Pipeline folder or single-file checkpoint (default: $FSD3D_MODEL, else the embedded prior); without a classifier/ it needs --clip and/or --inception.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Optimisation steps of every run (default per prior: 300 for the embedded prior, 10 000 for Stable Diffusion).

@@ -142,3 +142,134 @@ fn forward_runs_the_modules_a_single_file_holds_and_names_the_ones_it_lacks() {
     assert!(e.contains("no text encoder") && e.contains("vae_only.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+const SD2: &str = "tests/fixtures/ldm/sd2_tiny";
+
+/// A whole Stable Diffusion 2.x-style pipeline from one file: `--model
+/// sd2_tiny.safetensors` (its YAML and tokenizer/ beside it) samples with
+/// DDIM as diffusers' StableDiffusionPipeline does when built by diffusers'
+/// own single-file converters (tests/fixtures/ldm/sd2_tiny, by
+/// tools/golden/make_single_file_pipeline_fixture.py), with and without a
+/// negative prompt.
+#[test]
+fn a_single_file_pipeline_samples_as_diffusers() {
+    use fsd3d::diffusion::sampler::{SampleRequest, ddim_sample};
+    use fsd3d::diffusion::size::{ImageSize, Latents};
+    use fsd3d::models::prior::{Prior, StableDiffusion};
+    let dir = Path::new(SD2);
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let want = read_tensors(&dir.join("expected.safetensors")).unwrap();
+    let latents = Latents::new(&want["latents_in"].shape, want["latents_in"].data.clone()).unwrap();
+    for (gpu, dtype) in common::configs() {
+        let sd = StableDiffusion::load(&gpu, &dir.join("sd2_tiny.safetensors"), dtype).unwrap();
+        assert_eq!(sd.scale_factor(), 8);
+        assert_eq!(sd.sample_shape(), [4, 64, 64], "512 px by default, as diffusers reads an SD file");
+        for (i, case) in fx["cases"].as_array().unwrap().iter().enumerate() {
+            let req = SampleRequest {
+                prompt: case["prompt"].as_str().unwrap().into(),
+                negative: case["negative"].as_str().map(String::from),
+                steps: case["steps"].as_u64().unwrap() as usize,
+                cfg: case["cfg"].as_f64().unwrap() as f32,
+                eta: 0.0,
+                seed: 0,
+                size: ImageSize::default(),
+                latents: Some(latents.clone()),
+            };
+            let image = ddim_sample(&gpu, &sd, &req, |_, _| {}).unwrap();
+            let got = gpu.download(&gpu.to_dtype(&image, DType::F32).unwrap()).unwrap();
+            let tol = if dtype == DType::F16 { 1e-2 } else { 5e-5 };
+            let worst = got.iter().zip(&want[&format!("image_{i}")].data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            eprintln!("case {i} {}: max abs difference {worst:.2e} (images span about ±3)", common::label(&gpu, dtype));
+            common::assert_close(&format!("case {i} image {}", common::label(&gpu, dtype)), &got, &want[&format!("image_{i}")].data, tol);
+        }
+    }
+}
+
+/// The scheduler read from the YAML is the one diffusers' single-file loader
+/// gives the same file (LDM's "linear" is diffusers' scaled_linear).
+#[test]
+fn the_scheduler_of_a_single_file_is_the_one_diffusers_gives_it() {
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(SD2).join("cases.json")).unwrap()).unwrap();
+    let want = &fx["scheduler"];
+    let got = ldm::scheduler_config_from_yaml(&Path::new(SD2).join("sd2_tiny.yaml")).unwrap();
+    assert_eq!(got.num_train_timesteps as u64, want["num_train_timesteps"].as_u64().unwrap());
+    assert_eq!(got.beta_start, want["beta_start"].as_f64().unwrap());
+    assert_eq!(got.beta_end, want["beta_end"].as_f64().unwrap());
+    assert_eq!(got.beta_schedule, want["beta_schedule"].as_str().unwrap());
+    assert_eq!(got.prediction_type, fsd3d::diffusion::schedule::Prediction::Epsilon);
+    assert_eq!(want["prediction_type"], "epsilon");
+    assert_eq!(got.clip_sample, want["clip_sample"].as_bool().unwrap());
+    assert_eq!(got.set_alpha_to_one, want["set_alpha_to_one"].as_bool().unwrap());
+    assert_eq!(got.steps_offset as u64, want["steps_offset"].as_u64().unwrap());
+    assert_eq!(want["timestep_spacing"], "leading");
+    assert_eq!(got.timestep_spacing, fsd3d::diffusion::schedule::Spacing::Leading);
+}
+
+/// LDM's other schedules and parameterisations, and the ones it cannot map.
+#[test]
+fn ldm_schedule_names_map_to_diffusers_and_unknown_ones_are_named() {
+    let dir = std::env::temp_dir().join(format!("fsd3d-ldm-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = |body: &str| {
+        let p = dir.join("c.yaml");
+        std::fs::write(&p, format!("model:\n  params:\n{body}")).unwrap();
+        p
+    };
+    let c = ldm::scheduler_config_from_yaml(&yaml("    beta_schedule: sqrt_linear\n    parameterization: v\n    timesteps: 500\n")).unwrap();
+    assert_eq!((c.beta_schedule.as_str(), c.num_train_timesteps), ("linear", 500));
+    assert_eq!(c.prediction_type, fsd3d::diffusion::schedule::Prediction::VPrediction);
+    let c = ldm::scheduler_config_from_yaml(&yaml("    beta_schedule: cosine\n")).unwrap();
+    assert_eq!(c.beta_schedule, "squaredcos_cap_v2");
+    // LDM's defaults (its DDPM class): linear in √β from 1e-4 to 2e-2, ε.
+    let c = ldm::scheduler_config_from_yaml(&yaml("    scale_factor: 0.18215\n")).unwrap();
+    assert_eq!((c.beta_schedule.as_str(), c.beta_start, c.beta_end), ("scaled_linear", 1e-4, 2e-2));
+    for (body, named) in [("    beta_schedule: sqrt\n", "beta_schedule \"sqrt\""), ("    parameterization: x0\n", "parameterization \"x0\""), ("    timesteps: -3\n", "timesteps")] {
+        let err = ldm::scheduler_config_from_yaml(&yaml(body)).unwrap_err().to_string();
+        assert!(err.contains(named) && err.contains("c.yaml"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Without a tokenizer/ folder beside it, a single file gets CLIP's own
+/// vocabulary (49 408 tokens); a text tower with fewer is refused with the fix.
+#[test]
+fn a_single_file_without_its_tokenizer_gets_clip_s_and_a_mismatch_is_named() {
+    use fsd3d::models::prior::StableDiffusion;
+    let dir = std::env::temp_dir().join(format!("fsd3d-ldm-notok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["sd2_tiny.safetensors", "sd2_tiny.yaml"] {
+        std::fs::copy(Path::new(SD2).join(f), dir.join(f)).unwrap();
+    }
+    let gpu = common::gpu();
+    let err = StableDiffusion::load(&gpu, &dir.join("sd2_tiny.safetensors"), DType::F32).err().unwrap().to_string();
+    assert!(err.contains("49408 tokens") && err.contains("786") && err.contains("tokenizer/ folder beside it"), "{err}");
+    // A .safetensors with no YAML beside it says what it needs.
+    std::fs::remove_file(dir.join("sd2_tiny.yaml")).unwrap();
+    let err = StableDiffusion::load(&gpu, &dir.join("sd2_tiny.safetensors"), DType::F32).err().unwrap().to_string();
+    assert!(err.contains("config YAML") && err.contains("sd2_tiny.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A single file picks its defaults by what its YAML says: a UNet with a
+/// camera embedding is MVDream (threestudio's `mvdream-sd21`: 4 views an
+/// object, guidance 50, φ 0.5, SDS's t range annealed from 0.98 to 0.5 over
+/// 8 000 steps, FSD's own schedule kept); one without is Stable Diffusion.
+#[test]
+fn a_single_file_gets_the_defaults_of_its_kind() {
+    use fsd3d::diffusion::guidance::Method;
+    use fsd3d::diffusion::timesteps::TimestepSchedule;
+    use fsd3d::generate::{GenerateConfig, PriorKind, job::prior_kind};
+    assert_eq!(prior_kind(&Path::new(SD2).join("sd2_tiny.safetensors")).unwrap(), PriorKind::Latent);
+    let mv = prior_kind(Path::new("tests/fixtures/mvdream/unet_tiny/model.safetensors")).unwrap();
+    assert_eq!(mv, PriorKind::MultiViewLatent { frames: 4 });
+    let sds = GenerateConfig::defaults("a chair", Method::Sds, &mv);
+    assert_eq!((sds.camera.views_per_object, sds.camera.batch_size, sds.guidance.cfg, sds.guidance.rescale), (4, 4, 50.0, 0.5));
+    assert_eq!(sds.guidance.timesteps, TimestepSchedule::RandomAnnealed { t_min: 0.02, t_max: 0.98, t_max_end: 0.5, anneal_steps: 8000 });
+    let fsd = GenerateConfig::defaults("a chair", Method::Fsd, &mv);
+    assert!(matches!(fsd.guidance.timesteps, TimestepSchedule::Sqrt { .. }), "{:?}", fsd.guidance.timesteps);
+    // The config a run writes keeps the annealed range, and reads back.
+    let text = toml::to_string(&sds).unwrap();
+    assert!(text.contains("random_annealed") && text.contains("t_max_end = 0.5"), "{text}");
+    let back: GenerateConfig = toml::from_str(&text).unwrap();
+    assert_eq!(back.guidance.timesteps, sds.guidance.timesteps);
+}

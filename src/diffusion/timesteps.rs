@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 pub enum TimestepSchedule {
     /// t ~ U{t_min..t_max} every step (SDS).
     Random { t_min: f64, t_max: f64 },
+    /// t ~ U{t_min..t_max(τ)}, the upper end moving linearly from `t_max` to
+    /// `t_max_end` over the first `anneal_steps` steps and staying there
+    /// (threestudio's `max_step_percent: [0, 0.98, 0.5, 8000]`, its MVDream
+    /// setting: large t while the shape forms, then finer detail).
+    RandomAnnealed { t_min: f64, t_max: f64, t_max_end: f64, anneal_steps: u64 },
     /// t = t_max − (t_max − t_min)·τ/τ_end (the paper's 2D runs).
     Linear { t_min: f64, t_max: f64 },
     /// t = t_min + (t_max − t_min)·(1 − √(τ/τ_end)) (HiFA; the paper's 3D runs).
@@ -26,6 +31,14 @@ impl TimestepSchedule {
                     return Err(Error::Invalid(format!("timestep range {t_min}..{t_max} must satisfy 0 <= t_min <= t_max <= 1")));
                 }
             }
+            TimestepSchedule::RandomAnnealed { t_min, t_max, t_max_end, anneal_steps } => {
+                if !range_ok(*t_min, *t_max) || !range_ok(*t_min, *t_max_end) || *anneal_steps == 0 {
+                    return Err(Error::Invalid(format!(
+                        "annealed timestep range {t_min}..{t_max} → {t_min}..{t_max_end} over {anneal_steps} steps must satisfy \
+                         0 <= t_min <= t_max, t_max_end <= 1 and anneal over at least one step"
+                    )));
+                }
+            }
             TimestepSchedule::Knots { points } => {
                 if points.is_empty() || points.windows(2).any(|w| w[0].0 >= w[1].0) || points.iter().any(|p| !(0.0..=1.0).contains(&p.1)) {
                     return Err(Error::Invalid("timestep knots need increasing steps and t fractions in [0, 1]".into()));
@@ -41,9 +54,10 @@ impl TimestepSchedule {
         let frac = (step as f64 / total.max(1) as f64).clamp(0.0, 1.0);
         let tmax = (num_train - 1) as f64;
         let t = match self {
-            TimestepSchedule::Random { t_min, t_max } => {
-                let (lo, hi) = ((t_min * tmax).round(), (t_max * tmax).round());
-                return (lo + ((hi - lo + 1.0) * uniform).floor()).min(hi) as i64;
+            TimestepSchedule::Random { t_min, t_max } => return uniform_between(*t_min, *t_max, tmax, uniform),
+            TimestepSchedule::RandomAnnealed { t_min, t_max, t_max_end, anneal_steps } => {
+                let a = (step as f64 / *anneal_steps as f64).min(1.0);
+                return uniform_between(*t_min, t_max + (t_max_end - t_max) * a, tmax, uniform);
             }
             TimestepSchedule::Linear { t_min, t_max } => t_max - (t_max - t_min) * frac,
             TimestepSchedule::Sqrt { t_min, t_max } => t_min + (t_max - t_min) * (1.0 - frac.sqrt()),
@@ -61,6 +75,13 @@ impl TimestepSchedule {
         };
         (t * tmax).round().clamp(0.0, tmax) as i64
     }
+}
+
+/// The whole timestep in [round(lo·tmax), round(hi·tmax)] that the U[0, 1)
+/// draw `uniform` picks, each equally likely.
+fn uniform_between(lo: f64, hi: f64, tmax: f64, uniform: f64) -> i64 {
+    let (lo, hi) = ((lo * tmax).round(), (hi * tmax).round());
+    (lo + ((hi - lo + 1.0) * uniform).floor()).min(hi) as i64
 }
 
 /// A reproducible U[0, 1) from (seed, step): the same hash family as the noise.
@@ -94,5 +115,20 @@ mod tests {
         assert!(ts.iter().all(|&t| (20..=979).contains(&t)));
         let mean = ts.iter().sum::<i64>() as f64 / ts.len() as f64;
         assert!((mean - 499.5).abs() < 15.0, "mean {mean}");
+    }
+
+    #[test]
+    fn the_annealed_range_shrinks_then_stays() {
+        let s = TimestepSchedule::RandomAnnealed { t_min: 0.02, t_max: 0.98, t_max_end: 0.5, anneal_steps: 8000 };
+        s.check().unwrap();
+        // The top of the range: a draw just under 1 lands on it.
+        let top = |step| s.timestep(step, 10_000, 1000, 1.0 - 1e-12);
+        assert_eq!(top(0), 979);
+        assert_eq!(top(4000), (0.74f64 * 999.0).round() as i64, "half way: 0.98 → 0.74");
+        assert_eq!(top(8000), 500);
+        assert_eq!(top(9999), 500, "stays after the annealing");
+        assert_eq!(s.timestep(4000, 10_000, 1000, 0.0), 20, "the bottom stays at t_min");
+        let bad = TimestepSchedule::RandomAnnealed { t_min: 0.6, t_max: 0.98, t_max_end: 0.5, anneal_steps: 8000 };
+        assert!(bad.check().unwrap_err().to_string().contains("t_max_end"));
     }
 }

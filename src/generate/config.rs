@@ -232,6 +232,11 @@ impl GenerateConfig {
         cam.up_perturb = 0.0;
         self.guidance.cfg = 50.0;
         self.guidance.rescale = 0.5;
+        // Random-t methods take threestudio's annealed range; FSD keeps its
+        // deterministic schedule (FSD_SPEC §3).
+        if matches!(self.guidance.timesteps, TimestepSchedule::Random { .. }) {
+            self.guidance.timesteps = TimestepSchedule::RandomAnnealed { t_min: 0.02, t_max: 0.98, t_max_end: 0.5, anneal_steps: 8000 };
+        }
         self.guidance.weighting = Weighting::Fsd;
         // MVDream was trained on plain captions of objects.
         self.guidance.view_dependent_prompt = false;

@@ -43,6 +43,10 @@ pub fn prior_kind(model_dir: &Path) -> Result<PriorKind> {
     if let Some(spec) = PixelPriorSpec::load(model_dir)? {
         return Ok(PriorKind::Pixel(spec));
     }
+    if let Some((_, yaml)) = crate::models::ldm::single_file(model_dir) {
+        let camera = crate::models::ldm::unet_config_from_yaml(&yaml)?.camera_dim.is_some();
+        return Ok(if camera { PriorKind::MultiViewLatent { frames: crate::models::prior::MVDREAM_FRAMES } } else { PriorKind::Latent });
+    }
     let unet_config = model_dir.join("unet").join("config.json");
     if unet_config.is_file() && crate::models::config::UNetConfig::load(&unet_config)?.camera_dim.is_some() {
         return Ok(PriorKind::MultiViewLatent { frames: crate::models::prior::MVDREAM_FRAMES });

@@ -8,7 +8,7 @@ use crate::models::config::SchedulerConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::clip_text::ClipTextModel;
-use crate::models::tokenizer::PromptTokenizer;
+use crate::models::tokenizer::{ClipPadding, PromptTokenizer};
 use crate::models::unet::{UNet, Views};
 use crate::models::vae::Vae;
 use crate::models::vae_backward::EncoderTape;
@@ -92,9 +92,11 @@ pub struct Encoded {
     tape: Option<EncoderTape>,
 }
 
-/// A diffusers text-to-image pipeline folder: tokenizer, CLIP text encoder,
-/// UNet, scheduler, and a VAE unless it is a pixel-space model.
+/// A text-to-image pipeline: tokenizer, CLIP text encoder, UNet, scheduler,
+/// and a VAE unless it is a pixel-space model; from a diffusers folder or a
+/// single-file LDM checkpoint.
 pub struct StableDiffusion {
+    /// The pipeline folder, or the single-file checkpoint.
     pub dir: PathBuf,
     pub tokenizer: PromptTokenizer,
     pub text_encoder: ClipTextModel,
@@ -107,7 +109,19 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
+    /// Loads a diffusers pipeline folder, or a single-file LDM checkpoint
+    /// with its config YAML (see [`crate::models::ldm::single_file`]).
     pub fn load(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<StableDiffusion> {
+        if let Some((checkpoint, yaml)) = crate::models::ldm::single_file(dir) {
+            return Self::from_single_file(gpu, &checkpoint, &yaml, dtype);
+        }
+        if dir.is_file() {
+            return Err(Error::Invalid(format!(
+                "{} is a file but not a single-file checkpoint fsd3d can open: expected a .safetensors file with its LDM config YAML \
+                 beside it (same name with .yaml, or config.yaml in its folder); convert a .pt with tools/convert_ldm_checkpoint.py",
+                dir.display()
+            )));
+        }
         let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::LOADING_PRIOR);
         for part in ["unet", "text_encoder", "tokenizer", "scheduler"] {
             if !dir.join(part).is_dir() {
@@ -122,31 +136,102 @@ impl StableDiffusion {
         let unet = UNet::load(gpu, &dir.join("unet"), dtype)?;
         let vae = if dir.join("vae").join("config.json").is_file() { Some(Vae::load(gpu, &dir.join("vae"), dtype)?) } else { None };
         let scheduler = SchedulerConfig::load(&dir.join("scheduler").join("scheduler_config.json"))?;
-        let ctx = unet.config.cross_attention_dim.expand(1, "cross_attention_dim")?[0];
-        if ctx != text_encoder.hidden_size() {
-            return Err(Error::Invalid(format!(
-                "{}: the UNet's cross_attention_dim {ctx} differs from the text encoder's hidden_size {}",
-                dir.display(),
-                text_encoder.hidden_size()
-            )));
-        }
-        if let Some(v) = &vae {
-            if v.config.latent_channels != unet.config.in_channels {
-                return Err(Error::Invalid(format!(
-                    "{}: the VAE has {} latent channels, the UNet takes {}",
-                    dir.display(),
-                    v.config.latent_channels,
-                    unet.config.in_channels
-                )));
-            }
-        }
         // A camera-conditioned UNet is a multi-view prior: as many views as
         // its fsd3d_prior.json says it was trained with, else MVDream's.
         let num_frames = match unet.config.camera_dim {
             None => None,
             Some(_) => Some(crate::models::pixel_prior::PixelPriorSpec::load(dir)?.and_then(|s| s.views).map_or(MVDREAM_FRAMES, |v| v.num_frames)),
         };
-        Ok(StableDiffusion { dir: dir.to_path_buf(), tokenizer, text_encoder, unet, vae, scheduler, num_frames, dtype })
+        Self::assemble(dir, tokenizer, text_encoder, unet, vae, scheduler, num_frames, dtype)
+    }
+
+    /// A single-file checkpoint in the LDM layout (Stable Diffusion 1.x /
+    /// 2.x, MVDream) and its config YAML: the UNet, VAE and text encoder read
+    /// from the one file through its checkpoint views (`models::ldm`), the
+    /// noise schedule from the YAML. Such a file holds no tokenizer: a
+    /// `tokenizer/` folder beside it is used when there is one, else CLIP's
+    /// own vocabulary (embedded), padded as its text encoder was trained
+    /// (`<|endoftext|>` for CLIP, id 0 for OpenCLIP).
+    pub fn from_single_file(gpu: &Gpu, checkpoint: &Path, yaml: &Path, dtype: DType) -> Result<StableDiffusion> {
+        use crate::models::ldm;
+        let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::LOADING_PRIOR);
+        let (has_vae, openclip) = {
+            let w = crate::models::weights::Weights::open_file(checkpoint)?;
+            let has = |prefix: &str| w.names().any(|n| n.starts_with(prefix));
+            (has(ldm::VAE_PREFIX), has(ldm::OPENCLIP_TEXT_PREFIX))
+        };
+        let unet = ldm::load_unet(gpu, checkpoint, yaml, dtype)?;
+        let text_encoder = ldm::load_text_encoder(gpu, checkpoint, yaml, dtype)?;
+        let vae = match (has_vae, unet.config.in_channels) {
+            (true, _) => Some(ldm::load_vae(gpu, checkpoint, yaml, dtype)?),
+            (false, 3) => None,
+            (false, c) => {
+                return Err(Error::Invalid(format!(
+                    "{}: no {}* tensors, but its UNet works on {c}-channel latents: a latent model needs its VAE in the same file",
+                    checkpoint.display(),
+                    ldm::VAE_PREFIX
+                )));
+            }
+        };
+        let scheduler = ldm::scheduler_config_from_yaml(yaml)?;
+        let beside = checkpoint.parent().map(|d| d.join("tokenizer")).filter(|d| d.is_dir());
+        let tokenizer = match beside {
+            Some(dir) => PromptTokenizer::from_dir(&dir)?,
+            None => PromptTokenizer::clip(if openclip { ClipPadding::Zero } else { ClipPadding::EndOfText })?,
+        };
+        let num_frames = unet.config.camera_dim.map(|_| MVDREAM_FRAMES);
+        let mut unet = unet;
+        if num_frames.is_none() {
+            // Stable Diffusion's YAMLs mark the UNet's image_size "unused"
+            // (32 in all of them): the size they were trained at is 512 px,
+            // 768 px for the v-prediction 2.x models. MVDream's 32 latents
+            // are its real 256 px.
+            let px = if scheduler.prediction_type == crate::ops::diffusion::Prediction::VPrediction { 768 } else { 512 };
+            unet.config.sample_size = Some(px / vae.as_ref().map_or(1, |v| v.downscale()));
+        }
+        Self::assemble(checkpoint, tokenizer, text_encoder, unet, vae, scheduler, num_frames, dtype)
+    }
+
+    /// Checks that the parts fit together (the errors name `source`).
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        source: &Path,
+        tokenizer: PromptTokenizer,
+        text_encoder: ClipTextModel,
+        unet: UNet,
+        vae: Option<Vae>,
+        scheduler: SchedulerConfig,
+        num_frames: Option<usize>,
+        dtype: DType,
+    ) -> Result<StableDiffusion> {
+        let ctx = unet.config.cross_attention_dim.expand(1, "cross_attention_dim")?[0];
+        if ctx != text_encoder.hidden_size() {
+            return Err(Error::Invalid(format!(
+                "{}: the UNet's cross_attention_dim {ctx} differs from the text encoder's hidden_size {}",
+                source.display(),
+                text_encoder.hidden_size()
+            )));
+        }
+        if tokenizer.vocab_size() > text_encoder.config.vocab_size {
+            return Err(Error::Invalid(format!(
+                "{}: the tokenizer has {} tokens but the text encoder embeds only {}: the tokenizer is not this model's \
+                 (for a single file, put the model's tokenizer/ folder beside it)",
+                source.display(),
+                tokenizer.vocab_size(),
+                text_encoder.config.vocab_size
+            )));
+        }
+        if let Some(v) = &vae {
+            if v.config.latent_channels != unet.config.in_channels {
+                return Err(Error::Invalid(format!(
+                    "{}: the VAE has {} latent channels, the UNet takes {}",
+                    source.display(),
+                    v.config.latent_channels,
+                    unet.config.in_channels
+                )));
+            }
+        }
+        Ok(StableDiffusion { dir: source.to_path_buf(), tokenizer, text_encoder, unet, vae, scheduler, num_frames, dtype })
     }
 
     fn sample_size(&self) -> usize {
