@@ -252,8 +252,9 @@ fn a_single_file_without_its_tokenizer_gets_clip_s_and_a_mismatch_is_named() {
 
 /// A single file picks its defaults by what its YAML says: a UNet with a
 /// camera embedding is MVDream (threestudio's `mvdream-sd21`: 4 views an
-/// object, guidance 50, φ 0.5, SDS's t range annealed from 0.98 to 0.5 over
-/// 8 000 steps, FSD's own schedule kept); one without is Stable Diffusion.
+/// object, 2 objects at 64² then 1 at 256² from step 5 000, guidance 50,
+/// φ 0.5, SDS's t range annealed from 0.98 to 0.5 over 8 000 steps, FSD's own
+/// schedule kept); one without is Stable Diffusion.
 #[test]
 fn a_single_file_gets_the_defaults_of_its_kind() {
     use fsd3d::diffusion::guidance::Method;
@@ -263,13 +264,19 @@ fn a_single_file_gets_the_defaults_of_its_kind() {
     let mv = prior_kind(Path::new("tests/fixtures/mvdream/unet_tiny/model.safetensors")).unwrap();
     assert_eq!(mv, PriorKind::MultiViewLatent { frames: 4 });
     let sds = GenerateConfig::defaults("a chair", Method::Sds, &mv);
-    assert_eq!((sds.camera.views_per_object, sds.camera.batch_size, sds.guidance.cfg, sds.guidance.rescale), (4, 4, 50.0, 0.5));
+    assert_eq!((sds.camera.views_per_object, sds.guidance.cfg, sds.guidance.rescale), (4, 50.0, 0.5));
+    // 2 objects × 4 views at 64², then 1 × 4 at 256² from step 5000.
+    let at = |step| {
+        let s = sds.camera.stage_at(step);
+        (s.width, s.height, s.batch_size)
+    };
+    assert_eq!((at(0), at(4999), at(5000), at(9999)), ((64, 64, 8), (64, 64, 8), (256, 256, 4), (256, 256, 4)));
     assert_eq!(sds.guidance.timesteps, TimestepSchedule::RandomAnnealed { t_min: 0.02, t_max: 0.98, t_max_end: 0.5, anneal_steps: 8000 });
     let fsd = GenerateConfig::defaults("a chair", Method::Fsd, &mv);
     assert!(matches!(fsd.guidance.timesteps, TimestepSchedule::Sqrt { .. }), "{:?}", fsd.guidance.timesteps);
     // The config a run writes keeps the annealed range, and reads back.
     let text = toml::to_string(&sds).unwrap();
-    assert!(text.contains("random_annealed") && text.contains("t_max_end = 0.5"), "{text}");
+    assert!(text.contains("random_annealed") && text.contains("t_max_end = 0.5") && text.contains("from_step = 5000"), "{text}");
     let back: GenerateConfig = toml::from_str(&text).unwrap();
-    assert_eq!(back.guidance.timesteps, sds.guidance.timesteps);
+    assert_eq!((&back.guidance.timesteps, &back.camera), (&sds.guidance.timesteps, &sds.camera));
 }

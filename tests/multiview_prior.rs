@@ -84,7 +84,15 @@ fn the_3d_loop_renders_whole_objects_for_a_multiview_prior() {
     cfg.scene.render.samples_per_ray = 32;
     cfg.output.log_every = 1;
     cfg.output.checkpoint_every = 0;
+    // The last step is a later stage: two objects, at twice the render size.
+    let base = cfg.camera.width;
+    let stage = |width| fsd3d::scene::camera::CameraStage { from_step: 2, width, height: width, batch_size: 8 };
+    cfg.camera.stages = vec![stage(2 * base)];
     let sd = StableDiffusion::load(&gpu, &dir, DType::F32).unwrap();
+    let mut odd = cfg.clone();
+    odd.camera.stages = vec![stage(base + 1)];
+    let e = Generator::new(&gpu, &sd, odd).err().expect("a stage off the sample grid is refused").to_string();
+    assert!(e.contains("the stage from step 2"), "{e}");
     let out = std::env::temp_dir().join(format!("fsd3d-mv-loop-{}", std::process::id()));
     let mut run = Generator::new(&gpu, &sd, cfg.clone()).unwrap();
     let mut rms = vec![];

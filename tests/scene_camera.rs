@@ -217,6 +217,30 @@ fn bad_configs_are_errors() {
     assert!(e.contains("elevation"), "{e}");
     let bad = CameraConfig { fovy_range: [40.0, 190.0], ..Default::default() };
     assert!(CameraSampler::new(bad, 0).is_err());
+    // Stages: after step 0, in order, whole objects.
+    let stage = |from_step, batch_size| fsd3d::scene::camera::CameraStage { from_step, width: 128, height: 128, batch_size };
+    for (stages, named) in [(vec![stage(0, 4)], "after step 0"), (vec![stage(50, 4), stage(20, 4)], "increasing"), (vec![stage(50, 6)], "multiple of views_per_object 4")] {
+        let bad = CameraConfig { batch_size: 8, views_per_object: 4, stages, ..Default::default() };
+        let e = CameraSampler::new(bad, 0).unwrap_err().to_string();
+        assert!(e.contains(named), "{e}");
+    }
+}
+
+/// A stage changes the views a step from its first step on; the draws of a
+/// step depend only on (seed, step), so a step's first object is the same
+/// whatever the batch.
+#[test]
+fn camera_stages_change_the_batch_from_their_step() {
+    let stage = fsd3d::scene::camera::CameraStage { from_step: 10, width: 128, height: 128, batch_size: 4 };
+    let cfg = CameraConfig { batch_size: 8, views_per_object: 4, stages: vec![stage], ..Default::default() };
+    let staged = CameraSampler::new(cfg.clone(), 3).unwrap();
+    let single = CameraSampler::new(CameraConfig { stages: vec![], ..cfg.clone() }, 3).unwrap();
+    assert_eq!(staged.sample(9).len(), 8);
+    assert_eq!(staged.sample(10).len(), 4);
+    assert_eq!(staged.sample(500).len(), 4);
+    assert_eq!(cfg.stage_at(9).width, 64);
+    assert_eq!(cfg.stage_at(10).width, 128);
+    assert_eq!(staged.sample(9), single.sample(9));
 }
 
 #[test]

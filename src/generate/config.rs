@@ -223,7 +223,11 @@ impl GenerateConfig {
     /// rescale φ = 0.5 and the σ/α weight of its reconstruction loss.
     fn apply_multiview_latent(&mut self, frames: usize) {
         let cam = &mut self.camera;
-        cam.batch_size = frames;
+        // Two objects at 64² while the shape forms, then one at 256²
+        // (threestudio's batch_size [8, 4], resolution_milestones [5000]).
+        cam.batch_size = 2 * frames;
+        (cam.width, cam.height) = (64, 64);
+        cam.stages = vec![crate::scene::camera::CameraStage { from_step: 5000, width: 256, height: 256, batch_size: frames }];
         cam.views_per_object = frames;
         cam.elevation_range = [0.0, 30.0];
         cam.fovy_range = [15.0, 60.0];

@@ -105,12 +105,15 @@ impl<'a> Generator<'a> {
                 )));
             }
         }
-        let (rw, rh) = (cfg.camera.width as usize, cfg.camera.height as usize);
-        // The world map's mask pools the render's opacity onto the sample grid.
-        if rh % h != 0 || rw % w != 0 || rh / h != rw / w {
-            return Err(Error::Invalid(format!(
-                "the training render is {rw}x{rh} but the prior's samples are {w}x{h}: set [camera] width and height to the same multiple of {w} (e.g. {w})"
-            )));
+        for stage in cfg.camera.all_stages() {
+            let (rw, rh) = (stage.width as usize, stage.height as usize);
+            // The world map's mask pools the render's opacity onto the sample grid.
+            if rh % h != 0 || rw % w != 0 || rh / h != rw / w {
+                let which = if stage.from_step == 0 { String::new() } else { format!(" (the stage from step {})", stage.from_step) };
+                return Err(Error::Invalid(format!(
+                    "the training render{which} is {rw}x{rh} but the prior's samples are {w}x{h}: set [camera] width and height to the same multiple of {w} (e.g. {w})"
+                )));
+            }
         }
         let _phase = gpu.memory_phase(crate::gpu::MemoryPhase::CREATING_SCENE);
         let scene = Scene::new(gpu, &cfg.scene, cfg.seed)?;
@@ -164,7 +167,8 @@ impl<'a> Generator<'a> {
         let cfg = &self.cfg;
         let cams = self.sampler.sample(step);
         let b = cams.len();
-        let rays = RayBatch::new(gpu, &cams, cfg.camera.width, cfg.camera.height)?;
+        let stage = cfg.camera.stage_at(step);
+        let rays = RayBatch::new(gpu, &cams, stage.width, stage.height)?;
         self.scene.update_occupancy(gpu, step)?;
         let shading = self.shading_at(step);
         let orientation = cfg.loss.orientation_at(step);
@@ -172,7 +176,7 @@ impl<'a> Generator<'a> {
 
         // Images [B, 3, H, W] in [-1, 1], resized to the prior's input and
         // encoded (latent priors) into its sample space z.
-        let (h, w) = (cfg.camera.height as usize, cfg.camera.width as usize);
+        let (h, w) = (stage.height as usize, stage.width as usize);
         let image = ew::affine(gpu, &r.images.rgb.reshape(&[b, 3, h, w])?, 2.0, -1.0)?;
         let opacity = r.images.opacity.reshape(&[b, 1, h, w])?;
         let [ih, iw] = self.prior.image_size();

@@ -110,6 +110,11 @@ pub struct CameraConfig {
     pub light_position_perturb: f32,
     /// Light distance from the origin, uniform.
     pub light_distance_range: [f32; 2],
+    /// Later stages of the run (threestudio's `resolution_milestones`): from
+    /// a stage's `from_step` on, its render size and views a step replace
+    /// `width`, `height` and `batch_size`. Empty: one stage all run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<CameraStage>,
     /// Evaluation orbit: elevation, distance, fovy, number of views.
     pub eval_elevation: f32,
     pub eval_distance: f32,
@@ -137,6 +142,7 @@ impl Default for CameraConfig {
             up_perturb: 0.02,
             light_position_perturb: 1.0,
             light_distance_range: [0.8, 1.5],
+            stages: Vec::new(),
             eval_elevation: 15.0,
             eval_distance: 1.5,
             eval_fovy: 70.0,
@@ -147,7 +153,32 @@ impl Default for CameraConfig {
     }
 }
 
+/// A later stage of the training cameras: from step `from_step` on, renders
+/// of `width` × `height`, `batch_size` views a step.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraStage {
+    pub from_step: u64,
+    pub width: u32,
+    pub height: u32,
+    pub batch_size: usize,
+}
+
 impl CameraConfig {
+    /// The render size and views a step of training step `step`: the last
+    /// stage that has begun, else the base `width`, `height`, `batch_size`.
+    pub fn stage_at(&self, step: u64) -> CameraStage {
+        let base = CameraStage { from_step: 0, width: self.width, height: self.height, batch_size: self.batch_size };
+        self.stages.iter().rev().find(|s| s.from_step <= step).copied().unwrap_or(base)
+    }
+
+    /// Every stage of the run, the base one first.
+    pub fn all_stages(&self) -> Vec<CameraStage> {
+        let mut all = vec![self.stage_at(0)];
+        all.extend(self.stages.iter().copied().filter(|s| s.from_step > 0));
+        all
+    }
+
     /// Checks ranges (ordered, finite, in the valid domain).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, r: [f32; 2]| -> Result<()> {
@@ -178,6 +209,20 @@ impl CameraConfig {
                 "camera config: batch_size {} must be a positive multiple of views_per_object {} (whole objects a step)",
                 self.batch_size, self.views_per_object
             )));
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            if s.from_step == 0 || (i > 0 && s.from_step <= self.stages[i - 1].from_step) {
+                return Err(Error::Invalid(format!(
+                    "camera config: stages must begin after step 0, in increasing from_step order (stage {i} begins at {})",
+                    s.from_step
+                )));
+            }
+            if s.width == 0 || s.height == 0 || s.batch_size == 0 || !s.batch_size.is_multiple_of(self.views_per_object) {
+                return Err(Error::Invalid(format!(
+                    "camera config: stage {i} (from step {}) needs a positive width and height and a batch_size that is a positive multiple of views_per_object {}",
+                    s.from_step, self.views_per_object
+                )));
+            }
         }
         Ok(())
     }
@@ -348,7 +393,7 @@ impl CameraSampler {
     pub fn sample(&self, step: u64) -> Vec<Camera> {
         let c = &self.cfg;
         let mut rng = rng_for(self.seed, step, purpose::CAMERAS);
-        let b = c.batch_size;
+        let b = c.stage_at(step).batch_size;
         // One elevation strategy for the whole batch, as threestudio.
         let in_degrees = rng.random::<f32>() < c.elevation_degrees_probability;
         let n_view = c.views_per_object.max(1);
