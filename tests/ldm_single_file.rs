@@ -145,23 +145,30 @@ fn forward_runs_the_modules_a_single_file_holds_and_names_the_ones_it_lacks() {
 
 const SD2: &str = "tests/fixtures/ldm/sd2_tiny";
 
-/// A whole Stable Diffusion 2.x-style pipeline from one file: `--model
+/// A whole Stable Diffusion pipeline from one file: `--model
 /// sd2_tiny.safetensors` (its YAML and tokenizer/ beside it) samples with
 /// DDIM as diffusers' StableDiffusionPipeline does when built by diffusers'
-/// own single-file converters (tests/fixtures/ldm/sd2_tiny, by
+/// own single-file converters (tests/fixtures/ldm/sd{1,2}_tiny, by
 /// tools/golden/make_single_file_pipeline_fixture.py), with and without a
-/// negative prompt.
+/// negative prompt: SD 2.x's layout (OpenCLIP, penultimate layer, linear
+/// projections) and SD 1.x's (CLIP, quick GELU, 1×1-conv projections).
 #[test]
 fn a_single_file_pipeline_samples_as_diffusers() {
+    for name in ["sd2_tiny", "sd1_tiny"] {
+        single_file_pipeline_samples_as_diffusers(name);
+    }
+}
+
+fn single_file_pipeline_samples_as_diffusers(name: &str) {
     use fsd3d::diffusion::sampler::{SampleRequest, ddim_sample};
     use fsd3d::diffusion::size::{ImageSize, Latents};
     use fsd3d::models::prior::{Prior, StableDiffusion};
-    let dir = Path::new(SD2);
+    let dir = Path::new("tests/fixtures/ldm").join(name);
     let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let want = read_tensors(&dir.join("expected.safetensors")).unwrap();
     let latents = Latents::new(&want["latents_in"].shape, want["latents_in"].data.clone()).unwrap();
     for (gpu, dtype) in common::configs() {
-        let sd = StableDiffusion::load(&gpu, &dir.join("sd2_tiny.safetensors"), dtype).unwrap();
+        let sd = StableDiffusion::load(&gpu, &dir.join(format!("{name}.safetensors")), dtype).unwrap();
         assert_eq!(sd.scale_factor(), 8);
         assert_eq!(sd.sample_shape(), [4, 64, 64], "512 px by default, as diffusers reads an SD file");
         for (i, case) in fx["cases"].as_array().unwrap().iter().enumerate() {
@@ -179,8 +186,8 @@ fn a_single_file_pipeline_samples_as_diffusers() {
             let got = gpu.download(&gpu.to_dtype(&image, DType::F32).unwrap()).unwrap();
             let tol = if dtype == DType::F16 { 1e-2 } else { 5e-5 };
             let worst = got.iter().zip(&want[&format!("image_{i}")].data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            eprintln!("case {i} {}: max abs difference {worst:.2e} (images span about ±3)", common::label(&gpu, dtype));
-            common::assert_close(&format!("case {i} image {}", common::label(&gpu, dtype)), &got, &want[&format!("image_{i}")].data, tol);
+            eprintln!("{name} case {i} {}: max abs difference {worst:.2e} (images span about ±3)", common::label(&gpu, dtype));
+            common::assert_close(&format!("{name} case {i} image {}", common::label(&gpu, dtype)), &got, &want[&format!("image_{i}")].data, tol);
         }
     }
 }
