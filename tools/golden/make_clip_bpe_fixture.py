@@ -21,11 +21,15 @@ This script writes:
 import gzip
 import json
 import os
+import sys
 import tempfile
 
 import open_clip
 from open_clip.tokenizer import default_bpe
 from transformers import CLIPTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_tokenizer_fixture import bytes_to_unicode  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 MERGES_USED = 49152 - 256 - 2
@@ -44,18 +48,6 @@ PROMPTS = [
     "an astronaut riding a horse, 3d asset",
     " ".join(["word"] * 100),
 ]
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def main():
