@@ -217,3 +217,74 @@ fn bad_input_is_a_clear_error() {
     let err = attention_input_grads(&gpu, &q, &k, &q, &q, 1).err().unwrap().to_string();
     assert!(err.contains("[B, Lk, H·D]"), "{err}");
 }
+
+/// erf by Simpson's rule on 2/√π·e^(−t²) (error below 1e-12 for |x| ≤ 6):
+/// an f64 reference independent of the shader's approximation.
+fn erf_f64(x: f64) -> f64 {
+    let n = 4000;
+    let h = x / n as f64;
+    let f = |t: f64| (-t * t).exp();
+    let mut s = f(0.0) + f(x);
+    for i in 1..n {
+        s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+    }
+    s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn gelu_f64(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2))
+}
+
+/// dx of GEGLU for x [rows, 2F], dy [rows, F], from gelu'(g) = Φ(g) + g·φ(g).
+fn geglu_grad_reference(x: &[f32], dy: &[f32], f: usize) -> Vec<f32> {
+    let mut dx = vec![0.0f32; x.len()];
+    for (i, &d) in dy.iter().enumerate() {
+        let (row, col) = (i / f, i % f);
+        let (h, g) = (x[row * 2 * f + col] as f64, x[row * 2 * f + f + col] as f64);
+        let cdf = 0.5 * (1.0 + erf_f64(g / std::f64::consts::SQRT_2));
+        let pdf = (-0.5 * g * g).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        dx[row * 2 * f + col] = (d as f64 * gelu_f64(g)) as f32;
+        dx[row * 2 * f + f + col] = (d as f64 * h * (cdf + g * pdf)) as f32;
+    }
+    dx
+}
+
+#[test]
+fn geglu_grad_matches_reference_and_finite_differences() {
+    use fsd3d::ops::backward_misc::geglu_input_grad;
+    // The reference's gelu' against central differences of the f64 GELU.
+    for &g in &rand_vec(3, 40, -6.0, 6.0) {
+        let fd = (gelu_f64(g as f64 + 1e-5) - gelu_f64(g as f64 - 1e-5)) / 2e-5;
+        let analytic = geglu_grad_reference(&[1.0, g], &[1.0], 1)[1] as f64;
+        assert!((analytic - fd).abs() < 1e-6, "gelu'({g}): {analytic} against {fd}");
+    }
+    for (gpu, dt) in configs() {
+        for (rows, f) in [(1usize, 1usize), (3, 7), (17, 40), (5, 257)] {
+            let x = quantize(&rand_vec((rows * f) as u64, rows * 2 * f, -5.0, 5.0), dt);
+            let dy = quantize(&rand_vec((rows + f) as u64, rows * f, -2.0, 2.0), dt);
+            let got = geglu_input_grad(&gpu, &gpu.upload(&x, &[rows, 2 * f], dt).unwrap(), &gpu.upload(&dy, &[rows, f], dt).unwrap()).unwrap();
+            assert_eq!((got.shape(), got.dtype()), (&[rows, 2 * f][..], dt));
+            let want = quantize(&geglu_grad_reference(&x, &dy, f), dt);
+            assert_close(&format!("geglu' {rows}x{f} {}", label(&gpu, dt)), &gpu.download(&got).unwrap(), &want, tol(dt));
+        }
+    }
+    // Against directional differences of the device's own GEGLU forward (f32).
+    let gpu = gpu();
+    let (rows, f) = (4usize, 9usize);
+    let x = rand_vec(21, rows * 2 * f, -3.0, 3.0);
+    let dir = rand_vec(22, rows * 2 * f, -1.0, 1.0);
+    let dy = rand_vec(23, rows * f, -1.0, 1.0);
+    let loss = |x: &[f32]| -> f64 {
+        let y = gpu.download(&fsd3d::ops::elementwise::geglu(&gpu, &gpu.upload(x, &[rows, 2 * f], DType::F32).unwrap()).unwrap()).unwrap();
+        y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let h = 1e-2f32;
+    let shifted = |s: f32| x.iter().zip(&dir).map(|(a, d)| a + s * d).collect::<Vec<_>>();
+    let fd = (loss(&shifted(h)) - loss(&shifted(-h))) / (2.0 * h as f64);
+    let g = gpu.download(&geglu_input_grad(&gpu, &gpu.upload(&x, &[rows, 2 * f], DType::F32).unwrap(), &gpu.upload(&dy, &[rows, f], DType::F32).unwrap()).unwrap()).unwrap();
+    let analytic: f64 = g.iter().zip(&dir).map(|(a, d)| *a as f64 * *d as f64).sum();
+    assert!((analytic - fd).abs() < 2e-3 * fd.abs().max(1.0), "directional derivative {analytic} against {fd}");
+    // Bad shapes are named.
+    let e = geglu_input_grad(&gpu, &gpu.zeros(&[2, 6], DType::F32).unwrap(), &gpu.zeros(&[2, 4], DType::F32).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("[..., 2F]"), "{e}");
+}

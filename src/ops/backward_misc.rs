@@ -1,4 +1,4 @@
-//! Small input gradients (`shaders/backward_misc.wgsl`): SiLU and softmax;
+//! Small input gradients (`shaders/backward_misc.wgsl`): SiLU, GEGLU and softmax;
 //! and the input gradients of attention composed from them and matmul.
 //!
 //! Every op takes the forward's tensor in its own storage type and the
@@ -29,11 +29,15 @@ fn key(entry: &'static str, t: DType, tg: DType, wg: u32, subgroups: bool) -> Ke
         .def("WG", wg)
         .flag("SUBGROUP_OPS", subgroups)
         .flag("SILU_GRAD", entry == "silu_grad")
+        .flag("GEGLU_GRAD", entry == "geglu_grad")
         .flag("SOFTMAX_GRAD", entry == "softmax_grad")
 }
 
 fn silu_key(t: DType, tg: DType) -> KernelKey {
     key("silu_grad", t, tg, WG_1D, false)
+}
+fn geglu_key(t: DType, tg: DType) -> KernelKey {
+    key("geglu_grad", t, tg, WG_1D, false)
 }
 fn softmax_key(t: DType, tg: DType, wg: u32, subgroups: bool) -> KernelKey {
     key("softmax_grad", t, tg, wg, subgroups)
@@ -46,6 +50,7 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     for t in float_dtypes(caps) {
         for tg in float_dtypes(caps) {
             v.push(silu_key(t, tg));
+            v.push(geglu_key(t, tg));
             for wg in WORKGROUP_SIZES {
                 for &sg in subgroups {
                     v.push(softmax_key(t, tg, wg, sg));
@@ -73,6 +78,30 @@ pub fn silu_input_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let dx = gpu.empty(dy.shape(), dy.dtype())?;
     let p = Params { n: u32_of(OP, "elements", x.numel())?, len: 0, scale: 1.0, _pad: 0 };
     gpu.dispatch("backward_misc.silu_grad", &silu_key(x.dtype(), dy.dtype()), &p, &[x, dy, &dx], grid_for(gpu, x.numel(), WG_1D))?;
+    Ok(dx)
+}
+
+/// The gradient of GEGLU (`y = x[..., :F] · gelu(x[..., F:])`, exact GELU,
+/// as [`crate::ops::elementwise::geglu`]) with respect to its input `x`
+/// [..., 2F], given `dy` [..., F]: both halves, in dy's dtype.
+pub fn geglu_input_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    const OP: &str = "geglu_input_grad";
+    expect_float(OP, x)?;
+    expect_float(OP, dy)?;
+    let last = x.shape().last().copied().unwrap_or(0);
+    let mut half = x.shape().to_vec();
+    if let Some(l) = half.last_mut() {
+        *l /= 2;
+    }
+    if x.rank() == 0 || last % 2 != 0 || dy.shape() != half.as_slice() {
+        return Err(Error::shape(OP, format!("x must be [..., 2F] and dy [..., F]; got x {:?} and dy {:?}", x.shape(), dy.shape())));
+    }
+    let dx = gpu.empty(x.shape(), dy.dtype())?;
+    if dy.numel() == 0 {
+        return Ok(dx);
+    }
+    let p = Params { n: u32_of(OP, "elements", dy.numel())?, len: (last / 2) as u32, scale: 1.0, _pad: 0 };
+    gpu.dispatch("backward_misc.geglu_grad", &geglu_key(x.dtype(), dy.dtype()), &p, &[x, dy, &dx], grid_for(gpu, dy.numel(), WG_1D))?;
     Ok(dx)
 }
 
