@@ -116,8 +116,19 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
                 return Err(Error::Invalid("this multi-view UNet needs a `camera` tensor [B, 16] with num_frames > 1 (one camera a view)".into()));
             }
             let views = crate::models::unet::Views { camera: camera.as_ref(), frames };
-            let y = unet.forward_views(gpu, &up(s)?, &tt, &up(e)?, &views)?;
-            out.insert("sample".into(), down(&y)?);
+            match inputs.get("sample_out_grad") {
+                // The backward too: sample_grad = ∂L/∂sample for L = Σ output ⊙ sample_out_grad.
+                Some(g) => {
+                    let g = gpu.upload(&g.data, &g.shape, DType::F32)?;
+                    let (y, grad) = unet.forward_and_input_grad(gpu, &up(s)?, &tt, &up(e)?, &views, &g)?;
+                    out.insert("sample".into(), down(&y)?);
+                    out.insert("sample_grad".into(), down(&grad)?);
+                }
+                None => {
+                    let y = unet.forward_views(gpu, &up(s)?, &tt, &up(e)?, &views)?;
+                    out.insert("sample".into(), down(&y)?);
+                }
+            }
         }
         "text-encoder" => {
             let te = match crate::models::ldm::single_file(dir) {

@@ -14,6 +14,7 @@ pub mod pixel_prior;
 pub mod prior;
 pub mod tokenizer;
 pub mod unet;
+pub mod unet_backward;
 pub mod vae;
 pub mod vae_backward;
 pub mod weights;

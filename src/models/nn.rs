@@ -1,12 +1,16 @@
 //! Layers shared by the networks (Linear, Conv2d, GroupNorm, LayerNorm,
 //! attention), each loaded from its diffusers parameter prefix with the shape
-//! the config implies, and run with the ops.
+//! the config implies, and run with the ops; with the input gradients the
+//! backward passes of frozen networks need (`input_grad`: ∂L/∂x from ∂L/∂y,
+//! in f32 whatever the layer's storage type, the weights left alone).
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::weights::Weights;
 use crate::ops::attention::{self as attn_op, AttentionOpts};
 use crate::ops::conv2d::{Conv2dOpts, conv2d, conv2d_add};
+use crate::ops::conv2d_backward::{Conv2dBackwardOpts, conv2d_input_grad};
 use crate::ops::norm::{group_norm, layer_norm};
+use crate::ops::norm_backward::group_norm_input_grad;
 use crate::ops::{concat, matmul, softmax};
 
 /// Loads tensors of one component onto the device in one storage type.
@@ -48,6 +52,17 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.weight.dim(0)
     }
+    /// ∂L/∂x = dy [.., out] · W [out, in], in f32.
+    pub fn input_grad(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
+        let (rows, out) = (dy.numel() / self.out_features(), self.out_features());
+        let opts = matmul::MatmulOpts { out_dtype: Some(DType::F32), ..Default::default() };
+        let dx = matmul::matmul(gpu, &dy.reshape(&[rows, out])?, &self.weight, None, &opts)?;
+        let mut shape = dy.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.weight.dim(1);
+        }
+        dx.reshape(&shape)
+    }
 }
 
 /// torch.nn.Conv2d with square kernel, symmetric padding.
@@ -74,6 +89,12 @@ impl Conv2d {
     pub fn forward_add(&self, gpu: &Gpu, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         conv2d_add(gpu, x, &self.weight, self.bias.as_ref(), residual, self.opts())
     }
+    /// ∂L/∂x for an input of spatial size `input_hw` (several sizes give one
+    /// output size under a stride), in dy's dtype.
+    pub fn input_grad(&self, gpu: &Gpu, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+        let opts = Conv2dBackwardOpts { stride: self.stride, padding: self.padding, variant: None };
+        conv2d_input_grad(gpu, dy, &self.weight, input_hw, opts)
+    }
     fn opts(&self) -> Conv2dOpts {
         Conv2dOpts { stride: self.stride, padding: self.padding, variant: None, padding_w: None }
     }
@@ -99,6 +120,11 @@ impl GroupNorm {
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, silu: bool) -> Result<Tensor> {
         group_norm(gpu, x, self.groups, Some(&self.gamma), Some(&self.beta), self.eps, silu)
     }
+    /// ∂L/∂x of `forward(x, silu)` from its output gradient, the statistics
+    /// recomputed from x; in dz's dtype.
+    pub fn input_grad(&self, gpu: &Gpu, x: &Tensor, dz: &Tensor, silu: bool) -> Result<Tensor> {
+        group_norm_input_grad(gpu, x, dz, self.groups, Some(&self.gamma), Some(&self.beta), self.eps, silu)
+    }
 }
 
 /// torch.nn.LayerNorm over the last dimension.
@@ -118,6 +144,15 @@ impl LayerNorm {
     }
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         layer_norm(gpu, x, Some(&self.gamma), Some(&self.beta), self.eps)
+    }
+    /// ∂L/∂x from the output gradient: a layer norm over the last dimension
+    /// of [.., C] is a one-group norm of each row seen as [rows, C, 1], so
+    /// the group norm's backward kernel serves; in dz's dtype.
+    pub fn input_grad(&self, gpu: &Gpu, x: &Tensor, dz: &Tensor) -> Result<Tensor> {
+        let c = self.gamma.dim(0);
+        let rows = x.numel() / c.max(1);
+        let as_groups = |t: &Tensor| t.reshape(&[rows, c, 1]);
+        group_norm_input_grad(gpu, &as_groups(x)?, &as_groups(dz)?, 1, Some(&self.gamma), Some(&self.beta), self.eps, false)?.reshape(dz.shape())
     }
 }
 

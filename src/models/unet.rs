@@ -18,7 +18,7 @@ use crate::ops::resample::{resize_nearest, upsample_nearest2x};
 pub struct ResnetBlock {
     pub(crate) norm1: GroupNorm,
     pub(crate) conv1: Conv2d,
-    time_emb_proj: Option<Linear>,
+    pub(crate) time_emb_proj: Option<Linear>,
     pub(crate) norm2: GroupNorm,
     pub(crate) conv2: Conv2d,
     pub(crate) shortcut: Option<Conv2d>,
@@ -57,12 +57,12 @@ impl ResnetBlock {
 }
 
 /// diffusers `Attention` as used in BasicTransformerBlock (no q/k/v bias).
-struct CrossAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
+pub(crate) struct CrossAttention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) out: Linear,
+    pub(crate) heads: usize,
 }
 
 impl CrossAttention {
@@ -76,21 +76,21 @@ impl CrossAttention {
         })
     }
     /// residual + attention(x, ctx), the add in the output projection's epilogue.
-    fn forward_add(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward_add(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (q, k, v) = (self.q.forward(gpu, x)?, self.k.forward(gpu, ctx)?, self.v.forward(gpu, ctx)?);
         self.out.forward_add(gpu, &attention(gpu, &q, &k, &v, self.heads, false)?, residual)
     }
 }
 
 /// BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward.
-struct TransformerBlock {
-    norm1: LayerNorm,
-    attn1: CrossAttention,
-    norm2: LayerNorm,
-    attn2: CrossAttention,
-    norm3: LayerNorm,
-    ff_in: Linear,
-    ff_out: Linear,
+pub(crate) struct TransformerBlock {
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn1: CrossAttention,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) attn2: CrossAttention,
+    pub(crate) norm3: LayerNorm,
+    pub(crate) ff_in: Linear,
+    pub(crate) ff_out: Linear,
 }
 
 impl TransformerBlock {
@@ -98,7 +98,7 @@ impl TransformerBlock {
     /// (index = object·frames + view), and self-attention spans all views of
     /// an object (MVDream's `(b f) l c → b (f l) c`, a reshape in this layout);
     /// cross-attention and the feed-forward stay per view.
-    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize) -> Result<Tensor> {
         let n = self.norm1.forward(gpu, x)?;
         let x = if frames > 1 {
             let (bf, l, c) = (x.dim(0), x.dim(1), x.dim(2));
@@ -116,14 +116,14 @@ impl TransformerBlock {
 }
 
 /// Transformer2DModel: GroupNorm, proj_in (1×1 conv or linear), blocks, proj_out, + input.
-struct SpatialTransformer {
-    norm: GroupNorm,
-    proj_in: Proj,
-    blocks: Vec<TransformerBlock>,
-    proj_out: Proj,
+pub(crate) struct SpatialTransformer {
+    pub(crate) norm: GroupNorm,
+    pub(crate) proj_in: Proj,
+    pub(crate) blocks: Vec<TransformerBlock>,
+    pub(crate) proj_out: Proj,
 }
 
-enum Proj {
+pub(crate) enum Proj {
     Conv(Conv2d),
     Linear(Linear),
 }
@@ -175,11 +175,11 @@ impl SpatialTransformer {
 }
 
 /// One level of the down or up path.
-struct Level {
-    resnets: Vec<ResnetBlock>,
-    attentions: Vec<SpatialTransformer>,
+pub(crate) struct Level {
+    pub(crate) resnets: Vec<ResnetBlock>,
+    pub(crate) attentions: Vec<SpatialTransformer>,
     /// Downsample (stride-2 conv) or upsample (nearest ×2 then conv).
-    resample: Option<Conv2d>,
+    pub(crate) resample: Option<Conv2d>,
 }
 
 pub struct UNet {
@@ -189,19 +189,34 @@ pub struct UNet {
     time_linear_2: Linear,
     /// MVDream's camera embedding (16 numbers a view → the time embedding's width).
     camera: Option<(Linear, Linear)>,
-    conv_in: Conv2d,
-    down: Vec<Level>,
-    mid_resnets: [ResnetBlock; 2],
-    mid_attention: SpatialTransformer,
-    up: Vec<Level>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    pub(crate) conv_in: Conv2d,
+    pub(crate) down: Vec<Level>,
+    pub(crate) mid_resnets: [ResnetBlock; 2],
+    pub(crate) mid_attention: SpatialTransformer,
+    pub(crate) up: Vec<Level>,
+    pub(crate) norm_out: GroupNorm,
+    pub(crate) conv_out: Conv2d,
 }
 
 /// The component folder: `DIR/unet` of a pipeline, or DIR itself.
 pub fn component_dir(dir: &Path) -> std::path::PathBuf {
     let sub = dir.join("unet");
     if sub.join("config.json").is_file() { sub } else { dir.to_path_buf() }
+}
+
+/// What the backward keeps of a forward pass (`unet_backward.rs`): the
+/// input of every block in the order the forward runs them (the sample,
+/// then each resnet's, transformer's and resampler's, the up path's resnets
+/// taking the joined skip), the time embedding after its SiLU, and the
+/// text context. Everything inside a block is recomputed from its input.
+#[derive(Default)]
+pub(crate) struct Tape {
+    pub(crate) inputs: Vec<Tensor>,
+    /// The channels of each skip the up path joins, in that order.
+    pub(crate) skip_widths: Vec<usize>,
+    pub(crate) temb_silu: Option<Tensor>,
+    pub(crate) ctx: Option<Tensor>,
+    pub(crate) frames: usize,
 }
 
 /// A multi-view prior's extra inputs (MVDream).
@@ -327,6 +342,12 @@ impl UNet {
     /// added to the time embedding, and self-attention spans the views of
     /// each object.
     pub fn forward_views(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, views: &Views) -> Result<Tensor> {
+        self.run(gpu, sample, timesteps, ctx, views, None)
+    }
+
+    /// The forward pass; with `tape`, each block's input is kept for the
+    /// backward (`unet_backward.rs`), which recomputes the rest.
+    pub(crate) fn run(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, views: &Views, mut tape: Option<&mut Tape>) -> Result<Tensor> {
         let c = &self.config;
         let frames = views.frames;
         if sample.rank() != 4 || sample.dim(1) != c.in_channels {
@@ -357,31 +378,49 @@ impl UNet {
             _ => {}
         }
         let temb = ew::silu(gpu, &temb)?;
-        let temb = Some(&temb);
+        // Keeps a block's input on the tape (in the order the blocks run).
+        let mut keep = |x: &Tensor| {
+            if let Some(t) = tape.as_deref_mut() {
+                t.inputs.push(x.clone());
+            }
+        };
+        keep(sample);
+        let temb_ref = Some(&temb);
 
         let mut h = self.conv_in.forward(gpu, sample)?;
         let mut skips = vec![h.clone()];
+        let mut skip_widths = Vec::new();
         for lv in &self.down {
             for (j, r) in lv.resnets.iter().enumerate() {
-                h = r.forward(gpu, &h, temb)?;
+                keep(&h);
+                h = r.forward(gpu, &h, temb_ref)?;
                 if let Some(a) = lv.attentions.get(j) {
+                    keep(&h);
                     h = a.forward(gpu, &h, ctx, frames)?;
                 }
                 skips.push(h.clone());
             }
             if let Some(d) = &lv.resample {
+                keep(&h);
                 h = d.forward(gpu, &h)?;
                 skips.push(h.clone());
             }
         }
-        h = self.mid_resnets[0].forward(gpu, &h, temb)?;
+        keep(&h);
+        h = self.mid_resnets[0].forward(gpu, &h, temb_ref)?;
+        keep(&h);
         h = self.mid_attention.forward(gpu, &h, ctx, frames)?;
-        h = self.mid_resnets[1].forward(gpu, &h, temb)?;
+        keep(&h);
+        h = self.mid_resnets[1].forward(gpu, &h, temb_ref)?;
         for lv in &self.up {
             for (j, r) in lv.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| Error::Invalid("unet: skip connections ran out".into()))?;
-                h = r.forward(gpu, &concat(gpu, &[&h, &skip], 1)?, temb)?;
+                let joined = concat(gpu, &[&h, &skip], 1)?;
+                keep(&joined);
+                skip_widths.push(skip.dim(1));
+                h = r.forward(gpu, &joined, temb_ref)?;
                 if let Some(a) = lv.attentions.get(j) {
+                    keep(&h);
                     h = a.forward(gpu, &h, ctx, frames)?;
                 }
             }
@@ -392,9 +431,17 @@ impl UNet {
                 // `upsample_size` for sizes off the UNet's overall factor.
                 let next = skips.last().ok_or_else(|| Error::Invalid("unet: skip connections ran out".into()))?;
                 let (th, tw) = (next.dim(2), next.dim(3));
+                keep(&h);
                 let up = if (th, tw) == (2 * h.dim(2), 2 * h.dim(3)) { upsample_nearest2x(gpu, &h)? } else { resize_nearest(gpu, &h, th, tw)? };
                 h = u.forward(gpu, &up)?;
             }
+        }
+        keep(&h);
+        if let Some(t) = tape {
+            t.temb_silu = Some(temb);
+            t.skip_widths = skip_widths;
+            t.ctx = Some(ctx.clone());
+            t.frames = frames;
         }
         self.conv_out.forward(gpu, &self.norm_out.forward(gpu, &h, true)?)
     }

@@ -21,15 +21,12 @@
 //! Everything is recorded into the device's open encoder: no readback, no submit.
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::models::nn::{Conv2d, GroupNorm, Linear, attention, nchw_to_tokens, tokens_to_nchw};
+use crate::models::nn::{attention, nchw_to_tokens, tokens_to_nchw};
 use crate::models::unet::ResnetBlock;
 use crate::models::vae::{Level, Mid, MidAttention, Posterior, Vae};
 use crate::ops::backward_misc::attention_input_grads;
 use crate::ops::concat::{concat, narrow};
-use crate::ops::conv2d_backward::{Conv2dBackwardOpts, conv2d_input_grad};
 use crate::ops::elementwise::{self as ew};
-use crate::ops::matmul::{MatmulOpts, matmul};
-use crate::ops::norm_backward::group_norm_input_grad;
 
 /// The storage type of every gradient in the backward pass.
 const GRAD: DType = DType::F32;
@@ -117,35 +114,15 @@ fn attention_forward(gpu: &Gpu, a: &MidAttention, x: &Tensor) -> Result<(Tensor,
     Ok((y, AttentionTape { x: x.clone(), q, k, v }))
 }
 
-/// The input gradient of `conv` for an input of spatial size `input_hw`.
-fn conv_grad(gpu: &Gpu, conv: &Conv2d, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
-    let opts = Conv2dBackwardOpts { stride: conv.stride, padding: conv.padding, variant: None };
-    conv2d_input_grad(gpu, dy, &conv.weight, input_hw, opts)
-}
-
-/// The input gradient of `norm` (+ SiLU when `silu`) at its forward input `x`.
-fn norm_grad(gpu: &Gpu, norm: &GroupNorm, x: &Tensor, dz: &Tensor, silu: bool) -> Result<Tensor> {
-    group_norm_input_grad(gpu, x, dz, norm.groups, Some(&norm.gamma), Some(&norm.beta), norm.eps, silu)
-}
-
-/// The input gradient of a Linear layer: dy [.., out] · W [out, in].
-fn linear_grad(gpu: &Gpu, linear: &Linear, dy: &Tensor) -> Result<Tensor> {
-    let (rows, out) = (dy.numel() / linear.out_features(), linear.out_features());
-    let dx = matmul(gpu, &dy.reshape(&[rows, out])?, &linear.weight, None, &MatmulOpts { out_dtype: Some(GRAD), ..Default::default() })?;
-    let mut shape = dy.shape().to_vec();
-    *shape.last_mut().unwrap() = linear.weight.dim(1);
-    dx.reshape(&shape)
-}
-
 /// out = skip(x) + conv2(gn2(h1)), h1 = conv1(gn1(x)): ∂/∂x from ∂/∂out.
 fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, t: &ResnetTape, d: &Tensor) -> Result<Tensor> {
     let hw = (t.x.dim(2), t.x.dim(3));
-    let d_norm2 = conv_grad(gpu, &r.conv2, d, hw)?;
-    let d_h1 = norm_grad(gpu, &r.norm2, &t.h1, &d_norm2, true)?;
-    let d_norm1 = conv_grad(gpu, &r.conv1, &d_h1, hw)?;
-    let d_x = norm_grad(gpu, &r.norm1, &t.x, &d_norm1, true)?;
+    let d_norm2 = r.conv2.input_grad(gpu, d, hw)?;
+    let d_h1 = r.norm2.input_grad(gpu, &t.h1, &d_norm2, true)?;
+    let d_norm1 = r.conv1.input_grad(gpu, &d_h1, hw)?;
+    let d_x = r.norm1.input_grad(gpu, &t.x, &d_norm1, true)?;
     let d_skip = match &r.shortcut {
-        Some(c) => conv_grad(gpu, c, d, hw)?,
+        Some(c) => c.input_grad(gpu, d, hw)?,
         None => d.clone(),
     };
     ew::add(gpu, &d_x, &d_skip)
@@ -155,11 +132,11 @@ fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, t: &ResnetTape, d: &Tensor) -> Re
 /// ∂/∂x from ∂/∂out.
 fn attention_backward(gpu: &Gpu, a: &MidAttention, t: &AttentionTape, d: &Tensor) -> Result<Tensor> {
     let (h, w) = (t.x.dim(2), t.x.dim(3));
-    let d_attn = linear_grad(gpu, &a.out, &nchw_to_tokens(gpu, d)?)?;
+    let d_attn = a.out.input_grad(gpu, &nchw_to_tokens(gpu, d)?)?;
     let g = attention_input_grads(gpu, &t.q, &t.k, &t.v, &d_attn, 1)?;
-    let d_tokens = ew::add(gpu, &ew::add(gpu, &linear_grad(gpu, &a.q, &g.dq)?, &linear_grad(gpu, &a.k, &g.dk)?)?, &linear_grad(gpu, &a.v, &g.dv)?)?;
+    let d_tokens = ew::add(gpu, &ew::add(gpu, &a.q.input_grad(gpu, &g.dq)?, &a.k.input_grad(gpu, &g.dk)?)?, &a.v.input_grad(gpu, &g.dv)?)?;
     let d_norm = tokens_to_nchw(gpu, &d_tokens, h, w)?;
-    ew::add(gpu, &norm_grad(gpu, &a.norm, &t.x, &d_norm, false)?, d)
+    ew::add(gpu, &a.norm.input_grad(gpu, &t.x, &d_norm, false)?, d)
 }
 
 impl Vae {
@@ -237,10 +214,10 @@ impl Vae {
         let d_mean = gpu.to_dtype(d_mean, GRAD)?;
         let mut d = concat(gpu, &[&d_mean, &gpu.zeros(&[b, lat, lh, lw], GRAD)?], 1)?;
         if let Some(q) = &self.quant_conv {
-            d = conv_grad(gpu, q, &d, (lh, lw))?;
+            d = q.input_grad(gpu, &d, (lh, lw))?;
         }
-        d = conv_grad(gpu, &self.enc_conv_out, &d, (lh, lw))?;
-        d = norm_grad(gpu, &self.enc_norm_out, &tape.norm_out_input, &d, true)?;
+        d = self.enc_conv_out.input_grad(gpu, &d, (lh, lw))?;
+        d = self.enc_norm_out.input_grad(gpu, &tape.norm_out_input, &d, true)?;
 
         let mid = &self.enc_mid;
         d = resnet_backward(gpu, &mid.resnets[1], &tape.mid_resnets[1], &d)?;
@@ -253,13 +230,13 @@ impl Vae {
             if let (Some(down), Some((h, w))) = (&level.resample, lt.downsample_input_hw) {
                 // The stride-2 conv read the padded (h + 1) × (w + 1) input;
                 // the padding's gradient is dropped.
-                let padded = conv_grad(gpu, down, &d, (h + 1, w + 1))?;
+                let padded = down.input_grad(gpu, &d, (h + 1, w + 1))?;
                 d = narrow(gpu, &narrow(gpu, &padded, 2, 0, h)?, 3, 0, w)?;
             }
             for (r, rt) in level.resnets.iter().zip(&lt.resnets).rev() {
                 d = resnet_backward(gpu, r, rt, &d)?;
             }
         }
-        conv_grad(gpu, &self.enc_conv_in, &d, (tape.input_shape[2], tape.input_shape[3]))
+        self.enc_conv_in.input_grad(gpu, &d, (tape.input_shape[2], tape.input_shape[3]))
     }
 }
