@@ -14,7 +14,7 @@ use fsd3d::generate::{self as g, Finish, GenerateConfig, Generator};
 use fsd3d::gpu::DType;
 use fsd3d::models::forward::read_tensors;
 use fsd3d::models::prior::{Prior, StableDiffusion};
-use fsd3d::models::unet::Views;
+use fsd3d::models::unet::Extras;
 
 fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}");
@@ -41,7 +41,7 @@ fn the_multiview_unet_matches_pytorch_with_and_without_cross_view_attention() {
         let tol = if dtype == DType::F16 { 1e-2 } else { 1e-3 };
         let mut outs = vec![];
         for (frames, key) in [(4, "unet.output"), (1, "unet.output_frames1")] {
-            let y = sd.unet.forward_views(&gpu, &x, &t, &ctx, &Views { camera: Some(&cam), frames }).unwrap();
+            let y = sd.unet.forward_views(&gpu, &x, &t, &ctx, &Extras { camera: Some(&cam), frames, lora: None }).unwrap();
             let y = gpu.download(&gpu.to_dtype(&y, DType::F32).unwrap()).unwrap();
             close(&format!("{key} {}", common::label(&gpu, dtype)), &y, &gold[key].data, tol);
             outs.push(y);

@@ -85,6 +85,40 @@ fn load_vae(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<Vae> {
     }
 }
 
+/// Input tensors `lora.<projection>.A` [r, in] and `.B` [out, r] (and
+/// optionally `lora_alpha`, one number, default r) make a LoRA adapter.
+const LORA_PREFIX: &str = "lora.";
+/// Output tensors `lora_grad.<projection>.A` / `.B`: the factors' gradients.
+const LORA_GRAD_PREFIX: &str = "lora_grad.";
+
+/// The LoRA adapter the inputs describe, if any.
+fn lora_of(gpu: &Gpu, unet: &UNet, inputs: &HashMap<String, HostTensor>) -> Result<Option<crate::models::lora::Lora>> {
+    let mut factors: std::collections::BTreeMap<String, (Vec<f32>, Vec<f32>)> = Default::default();
+    let mut rank = None;
+    for (key, t) in inputs {
+        let Some(rest) = key.strip_prefix(LORA_PREFIX) else { continue };
+        let (name, factor) = rest.rsplit_once('.').ok_or_else(|| Error::Invalid(format!("{key}: expected lora.<projection>.A or .B")))?;
+        let entry = factors.entry(name.to_string()).or_default();
+        match factor {
+            "A" => {
+                rank = Some(t.shape.first().copied().unwrap_or(0));
+                entry.0 = t.data.clone();
+            }
+            "B" => entry.1 = t.data.clone(),
+            _ => return Err(Error::Invalid(format!("{key}: expected lora.<projection>.A or .B"))),
+        }
+    }
+    let Some(rank) = rank else {
+        return if factors.is_empty() { Ok(None) } else { Err(Error::Invalid("LoRA factors were given without any A".into())) };
+    };
+    let alpha = match inputs.get("lora_alpha") {
+        Some(a) if a.data.len() == 1 => a.data[0],
+        Some(a) => return Err(Error::Invalid(format!("lora_alpha must be one number, got {:?}", a.shape))),
+        None => rank as f32,
+    };
+    crate::models::lora::Lora::from_factors(gpu, unet, rank, alpha, &factors).map(Some)
+}
+
 /// Runs `module` of the checkpoint in `dir` (a pipeline folder or the
 /// component's own, or a single-file LDM checkpoint with its YAML: the
 /// modules it holds) with weights and activations stored as `dtype`.
@@ -115,14 +149,23 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
             if unet.config.camera_dim.is_some() && camera.is_none() && frames > 1 {
                 return Err(Error::Invalid("this multi-view UNet needs a `camera` tensor [B, 16] with num_frames > 1 (one camera a view)".into()));
             }
-            let views = crate::models::unet::Views { camera: camera.as_ref(), frames };
+            let lora = lora_of(gpu, &unet, inputs)?;
+            let views = crate::models::unet::Extras { camera: camera.as_ref(), frames, lora: lora.as_ref() };
             match inputs.get("sample_out_grad") {
-                // The backward too: sample_grad = ∂L/∂sample for L = Σ output ⊙ sample_out_grad.
+                // The backward too: sample_grad = ∂L/∂sample for L = Σ output ⊙ sample_out_grad,
+                // and each LoRA factor's gradient.
                 Some(g) => {
                     let g = gpu.upload(&g.data, &g.shape, DType::F32)?;
-                    let (y, grad) = unet.forward_and_input_grad(gpu, &up(s)?, &tt, &up(e)?, &views, &g)?;
-                    out.insert("sample".into(), down(&y)?);
-                    out.insert("sample_grad".into(), down(&grad)?);
+                    let grads = unet.forward_and_grads(gpu, &up(s)?, &tt, &up(e)?, &views, &g)?;
+                    out.insert("sample".into(), down(&grads.output)?);
+                    out.insert("sample_grad".into(), down(&grads.sample)?);
+                    for (name, g) in &grads.lora {
+                        for (factor, t) in [("A", &g.a), ("B", &g.b)] {
+                            if let Some(t) = t {
+                                out.insert(format!("{LORA_GRAD_PREFIX}{name}.{factor}"), down(t)?);
+                            }
+                        }
+                    }
                 }
                 None => {
                     let y = unet.forward_views(gpu, &up(s)?, &tt, &up(e)?, &views)?;

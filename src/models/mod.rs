@@ -9,6 +9,7 @@ pub mod config;
 pub mod forward;
 pub mod inception;
 pub mod ldm;
+pub mod lora;
 pub mod nn;
 pub mod pixel_prior;
 pub mod prior;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::tokenizer::{ClipPadding, PromptTokenizer};
-use crate::models::unet::{UNet, Views};
+use crate::models::unet::{UNet, Extras};
 use crate::models::vae::Vae;
 use crate::models::vae_backward::EncoderTape;
 use crate::ops::{concat, diffusion as dops, elementwise as ew};
@@ -56,7 +56,7 @@ pub trait Prior {
     fn encode_backward(&self, gpu: &Gpu, enc: &Encoded, d_sample: &Tensor) -> Result<Tensor>;
 }
 
-/// Views per object of a camera-conditioned UNet whose folder does not say
+/// Extras per object of a camera-conditioned UNet whose folder does not say
 /// otherwise: MVDream's 4 (threestudio's `n_view`).
 pub const MVDREAM_FRAMES: usize = 4;
 
@@ -103,7 +103,7 @@ pub struct StableDiffusion {
     pub unet: UNet,
     pub vae: Option<Vae>,
     pub scheduler: SchedulerConfig,
-    /// Views a multi-view UNet (one with a camera embedding) takes together.
+    /// Extras a multi-view UNet (one with a camera embedding) takes together.
     num_frames: Option<usize>,
     dtype: DType,
 }
@@ -284,7 +284,7 @@ impl Prior for StableDiffusion {
             _ => {}
         }
         let unet = |x: &Tensor, ts: &Tensor, ctx: &Tensor, cams: Option<&ViewCameras>| match cams {
-            Some(v) => self.unet.forward_views(gpu, x, ts, ctx, &Views { camera: Some(&v.camera), frames: v.frames }),
+            Some(v) => self.unet.forward_views(gpu, x, ts, ctx, &Extras { camera: Some(&v.camera), frames: v.frames, lora: None }),
             None => self.unet.forward(gpu, x, ts, ctx),
         };
         match uncond {

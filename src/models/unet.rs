@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::config::UNetConfig;
+use crate::models::lora::Lora;
 use crate::models::nn::{Conv2d, GroupNorm, LayerNorm, Linear, Loader, attention, nchw_to_tokens, tokens_to_nchw};
 use crate::models::weights::{Variant, Weights};
 use crate::ops::concat::concat;
@@ -58,6 +59,9 @@ impl ResnetBlock {
 
 /// diffusers `Attention` as used in BasicTransformerBlock (no q/k/v bias).
 pub(crate) struct CrossAttention {
+    /// Its diffusers prefix (`down_blocks.0.attentions.0.transformer_blocks.0.attn1`),
+    /// which names its projections for a LoRA adapter.
+    pub(crate) name: String,
     pub(crate) q: Linear,
     pub(crate) k: Linear,
     pub(crate) v: Linear,
@@ -68,6 +72,7 @@ pub(crate) struct CrossAttention {
 impl CrossAttention {
     fn load(l: &Loader, p: &str, dim: usize, ctx: usize, heads: usize) -> Result<CrossAttention> {
         Ok(CrossAttention {
+            name: p.to_string(),
             q: Linear::load(l, &format!("{p}.to_q"), dim, dim, false)?,
             k: Linear::load(l, &format!("{p}.to_k"), ctx, dim, false)?,
             v: Linear::load(l, &format!("{p}.to_v"), ctx, dim, false)?,
@@ -75,10 +80,35 @@ impl CrossAttention {
             heads,
         })
     }
-    /// residual + attention(x, ctx), the add in the output projection's epilogue.
-    pub(crate) fn forward_add(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = (self.q.forward(gpu, x)?, self.k.forward(gpu, ctx)?, self.v.forward(gpu, ctx)?);
-        self.out.forward_add(gpu, &attention(gpu, &q, &k, &v, self.heads, false)?, residual)
+    /// residual + attention(x, ctx), the add in the output projection's
+    /// epilogue; with `lora`, its deltas on the projections it names.
+    pub(crate) fn forward_add(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, residual: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        let (q, k, v) = (self.project(gpu, "to_q", x, lora)?, self.project(gpu, "to_k", ctx, lora)?, self.project(gpu, "to_v", ctx, lora)?);
+        let o = attention(gpu, &q, &k, &v, self.heads, false)?;
+        let y = self.out.forward_add(gpu, &o, residual)?;
+        match lora.and_then(|l| l.pair(&self.projection("to_out.0"))) {
+            Some(pair) => pair.add_delta(gpu, &o, &y),
+            None => Ok(y),
+        }
+    }
+
+    /// The full name of one of its projections (`to_q`, `to_k`, `to_v`, `to_out.0`).
+    pub(crate) fn projection(&self, which: &str) -> String {
+        format!("{}.{which}", self.name)
+    }
+
+    /// The projection `which` (to_q, to_k or to_v) of x, with its LoRA delta.
+    pub(crate) fn project(&self, gpu: &Gpu, which: &str, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        let linear = match which {
+            "to_q" => &self.q,
+            "to_k" => &self.k,
+            _ => &self.v,
+        };
+        let y = linear.forward(gpu, x)?;
+        match lora.and_then(|l| l.pair(&self.projection(which))) {
+            Some(pair) => pair.add_delta(gpu, x, &y),
+            None => Ok(y),
+        }
     }
 }
 
@@ -98,18 +128,18 @@ impl TransformerBlock {
     /// (index = object·frames + view), and self-attention spans all views of
     /// an object (MVDream's `(b f) l c → b (f l) c`, a reshape in this layout);
     /// cross-attention and the feed-forward stay per view.
-    pub(crate) fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize, lora: Option<&Lora>) -> Result<Tensor> {
         let n = self.norm1.forward(gpu, x)?;
         let x = if frames > 1 {
             let (bf, l, c) = (x.dim(0), x.dim(1), x.dim(2));
             let grouped = [bf / frames, frames * l, c];
             let n = n.reshape(&grouped)?;
-            self.attn1.forward_add(gpu, &n, &n, &x.reshape(&grouped)?)?.reshape(&[bf, l, c])?
+            self.attn1.forward_add(gpu, &n, &n, &x.reshape(&grouped)?, lora)?.reshape(&[bf, l, c])?
         } else {
-            self.attn1.forward_add(gpu, &n, &n, x)?
+            self.attn1.forward_add(gpu, &n, &n, x, lora)?
         };
         let n = self.norm2.forward(gpu, &x)?;
-        let x = self.attn2.forward_add(gpu, &n, ctx, &x)?;
+        let x = self.attn2.forward_add(gpu, &n, ctx, &x, lora)?;
         let n = self.norm3.forward(gpu, &x)?;
         self.ff_out.forward_add(gpu, &ew::geglu(gpu, &self.ff_in.forward(gpu, &n)?)?, &x)
     }
@@ -157,7 +187,7 @@ impl SpatialTransformer {
         })
     }
 
-    fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, gpu: &Gpu, x: &Tensor, ctx: &Tensor, frames: usize, lora: Option<&Lora>) -> Result<Tensor> {
         let (h, w) = (x.dim(2), x.dim(3));
         let n = self.norm.forward(gpu, x, false)?;
         let mut t = match &self.proj_in {
@@ -165,7 +195,7 @@ impl SpatialTransformer {
             Proj::Linear(li) => li.forward(gpu, &nchw_to_tokens(gpu, &n)?)?,
         };
         for b in &self.blocks {
-            t = b.forward(gpu, &t, ctx, frames)?;
+            t = b.forward(gpu, &t, ctx, frames, lora)?;
         }
         match &self.proj_out {
             Proj::Conv(c) => c.forward_add(gpu, &tokens_to_nchw(gpu, &t, h, w)?, x),
@@ -219,12 +249,21 @@ pub(crate) struct Tape {
     pub(crate) frames: usize,
 }
 
-/// A multi-view prior's extra inputs (MVDream).
-pub struct Views<'a> {
+/// What a forward takes besides the sample, the timesteps and the text: a
+/// multi-view prior's cameras and views (MVDream), and a LoRA adapter on the
+/// attention projections (VSD's particle score).
+pub struct Extras<'a> {
     /// [B, 16]: each view's camera ([`crate::scene::camera::mvdream_camera`]).
     pub camera: Option<&'a Tensor>,
     /// Views of one object, adjacent in the batch (which it must divide).
     pub frames: usize,
+    /// Low-rank deltas added to the attention projections it names.
+    pub lora: Option<&'a Lora>,
+}
+
+impl Extras<'_> {
+    /// A plain text-to-image forward: one view, no camera, no adapter.
+    pub const NONE: Extras<'static> = Extras { camera: None, frames: 1, lora: None };
 }
 
 impl UNet {
@@ -328,6 +367,23 @@ impl UNet {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+
+    /// Every attention projection a LoRA adapter may cover, with its widths
+    /// (in, out), in the order the forward runs them.
+    pub fn attention_projections(&self) -> Vec<(String, (usize, usize))> {
+        let transformers = self.down.iter().flat_map(|l| &l.attentions).chain([&self.mid_attention]).chain(self.up.iter().flat_map(|l| &l.attentions));
+        let mut out = Vec::new();
+        for t in transformers {
+            for b in &t.blocks {
+                for a in [&b.attn1, &b.attn2] {
+                    for (which, linear) in [("to_q", &a.q), ("to_k", &a.k), ("to_v", &a.v), ("to_out.0", &a.out)] {
+                        out.push((a.projection(which), (linear.weight.dim(1), linear.weight.dim(0))));
+                    }
+                }
+            }
+        }
+        out
+    }
     pub fn in_channels(&self) -> usize {
         self.config.in_channels
     }
@@ -335,21 +391,21 @@ impl UNet {
     /// ε̂ (or v, per the scheduler) for sample [B, C, H, W] of any H, W,
     /// timesteps [B] (f32), encoder_hidden_states [B, L, D].
     pub fn forward(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor) -> Result<Tensor> {
-        self.forward_views(gpu, sample, timesteps, ctx, &Views { camera: None, frames: 1 })
+        self.forward_views(gpu, sample, timesteps, ctx, &Extras::NONE)
     }
 
     /// [`UNet::forward`] of a multi-view prior: the cameras are embedded and
     /// added to the time embedding, and self-attention spans the views of
     /// each object.
-    pub fn forward_views(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, views: &Views) -> Result<Tensor> {
-        self.run(gpu, sample, timesteps, ctx, views, None)
+    pub fn forward_views(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, extras: &Extras) -> Result<Tensor> {
+        self.run(gpu, sample, timesteps, ctx, extras, None)
     }
 
     /// The forward pass; with `tape`, each block's input is kept for the
     /// backward (`unet_backward.rs`), which recomputes the rest.
-    pub(crate) fn run(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, views: &Views, mut tape: Option<&mut Tape>) -> Result<Tensor> {
+    pub(crate) fn run(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, extras: &Extras, mut tape: Option<&mut Tape>) -> Result<Tensor> {
         let c = &self.config;
-        let frames = views.frames;
+        let frames = extras.frames;
         if sample.rank() != 4 || sample.dim(1) != c.in_channels {
             return Err(Error::shape("unet", format!("sample must be [B, {}, H, W], got {:?}", c.in_channels, sample.shape())));
         }
@@ -366,7 +422,7 @@ impl UNet {
             return Err(Error::shape("unet", format!("num_frames {frames} must divide the batch of {b} (views of one object are adjacent)")));
         }
         let mut temb = self.time_linear_2.forward(gpu, &ew::silu(gpu, &self.time_linear_1.forward(gpu, &t)?)?)?;
-        match (&self.camera, views.camera) {
+        match (&self.camera, extras.camera) {
             (Some((l1, l2)), Some(cam)) => {
                 if cam.shape() != [b, l1.weight.dim(1)] {
                     return Err(Error::shape("unet", format!("camera must be [{b}, {}], got {:?}", l1.weight.dim(1), cam.shape())));
@@ -396,7 +452,7 @@ impl UNet {
                 h = r.forward(gpu, &h, temb_ref)?;
                 if let Some(a) = lv.attentions.get(j) {
                     keep(&h);
-                    h = a.forward(gpu, &h, ctx, frames)?;
+                    h = a.forward(gpu, &h, ctx, frames, extras.lora)?;
                 }
                 skips.push(h.clone());
             }
@@ -409,7 +465,7 @@ impl UNet {
         keep(&h);
         h = self.mid_resnets[0].forward(gpu, &h, temb_ref)?;
         keep(&h);
-        h = self.mid_attention.forward(gpu, &h, ctx, frames)?;
+        h = self.mid_attention.forward(gpu, &h, ctx, frames, extras.lora)?;
         keep(&h);
         h = self.mid_resnets[1].forward(gpu, &h, temb_ref)?;
         for lv in &self.up {
@@ -421,7 +477,7 @@ impl UNet {
                 h = r.forward(gpu, &joined, temb_ref)?;
                 if let Some(a) = lv.attentions.get(j) {
                     keep(&h);
-                    h = a.forward(gpu, &h, ctx, frames)?;
+                    h = a.forward(gpu, &h, ctx, frames, extras.lora)?;
                 }
             }
             if let Some(u) = &lv.resample {

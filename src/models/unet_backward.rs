@@ -1,8 +1,8 @@
-//! The UNet's backward pass to its input sample: ∂L/∂sample for a loss L
-//! whose gradient with respect to the UNet's output is given. VSD trains a
-//! LoRA copy of the UNet and needs this pass; `fsd3d forward --module unet`
-//! with `sample_out_grad` exposes it so that it can be checked against torch
-//! autograd.
+//! The UNet's backward pass: ∂L/∂sample, and the gradients of a LoRA
+//! adapter's factors, for a loss L whose gradient with respect to the UNet's
+//! output is given. VSD trains a LoRA copy of the UNet and needs this pass;
+//! `fsd3d forward --module unet` with `sample_out_grad` exposes it so that it
+//! can be checked against torch autograd.
 //!
 //! Memory plan: the forward keeps only each block's input (the [`Tape`], about
 //! twice what the skip connections keep anyway); the backward recomputes
@@ -10,14 +10,17 @@
 //! it before the next. A transformer block's attention probabilities are
 //! recomputed too (`attention_input_grads`).
 //!
-//! Only input gradients: the weights are frozen here. Gradients are f32
+//! The UNet's own weights are frozen: only an adapter's factors get gradients. Gradients are f32
 //! whatever the model's storage type; f16 activations and weights are read
 //! as f16 by the backward kernels, which accumulate in f32. Everything is
 //! recorded into the device's open encoder: no readback, no submit.
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::models::nn::{nchw_to_tokens, tokens_to_nchw};
-use crate::models::unet::{CrossAttention, Proj, ResnetBlock, SpatialTransformer, Tape, TransformerBlock, UNet, Views};
+use crate::models::lora::{Lora, LoraGrad};
+use crate::models::nn::{attention, nchw_to_tokens, tokens_to_nchw};
+use crate::models::unet::{CrossAttention, Proj, ResnetBlock, SpatialTransformer, Tape, TransformerBlock, UNet, Extras};
 use crate::ops::backward_misc::{attention_input_grads, geglu_input_grad};
 use crate::ops::concat::narrow;
 use crate::ops::elementwise::{self as ew};
@@ -52,33 +55,69 @@ fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, x: &Tensor, temb_silu: Option<&Te
     ew::add(gpu, &d_x, &d_skip)
 }
 
+/// The pass's LoRA adapter, and the gradients of its factors.
+struct Adapter<'a> {
+    lora: Option<&'a Lora>,
+    grads: BTreeMap<String, LoraGrad>,
+}
+
+impl Adapter<'_> {
+    /// The backward of projection `name`'s LoRA delta, if adapted, for input
+    /// x and output gradient g: its factors' gradients are summed, and its
+    /// share of ∂L/∂x returned.
+    fn backward(&mut self, gpu: &Gpu, name: String, x: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        match self.lora.and_then(|l| l.pair(&name)) {
+            Some(pair) => Ok(Some(pair.backward(gpu, x, g, self.grads.entry(name).or_default())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// a + b, where b may be absent.
+fn plus(gpu: &Gpu, a: Tensor, b: Option<Tensor>) -> Result<Tensor> {
+    match b {
+        Some(b) => ew::add(gpu, &a, &b),
+        None => Ok(a),
+    }
+}
+
 /// ∂L/∂x of `x + attention(x, ctx)` (a transformer block's attention with
 /// its residual) from ∂L/∂out, where x is `[B, L, C]` grouped as the
 /// forward grouped it. The keys and values of cross-attention come from the
-/// text, which gets no gradient; self-attention's do, through x.
-fn attention_backward(gpu: &Gpu, a: &CrossAttention, x: &Tensor, ctx: Option<&Tensor>, d: &Tensor) -> Result<Tensor> {
+/// text, which gets no gradient; self-attention's do, through x. The
+/// adapter's factors get theirs either way.
+fn attention_backward(gpu: &Gpu, a: &CrossAttention, x: &Tensor, ctx: Option<&Tensor>, d: &Tensor, ad: &mut Adapter) -> Result<Tensor> {
     let kv_source = ctx.unwrap_or(x);
-    let (q, k, v) = (a.q.forward(gpu, x)?, a.k.forward(gpu, kv_source)?, a.v.forward(gpu, kv_source)?);
-    let g = attention_input_grads(gpu, &q, &k, &v, &a.out.input_grad(gpu, d)?, a.heads)?;
+    let lora = ad.lora;
+    let (q, k, v) = (a.project(gpu, "to_q", x, lora)?, a.project(gpu, "to_k", kv_source, lora)?, a.project(gpu, "to_v", kv_source, lora)?);
+    let mut d_o = a.out.input_grad(gpu, d)?;
+    if lora.is_some_and(|l| l.pair(&a.projection("to_out.0")).is_some()) {
+        let o = attention(gpu, &q, &k, &v, a.heads, false)?;
+        d_o = plus(gpu, d_o, ad.backward(gpu, a.projection("to_out.0"), &o, d)?)?;
+    }
+    let g = attention_input_grads(gpu, &q, &k, &v, &d_o, a.heads)?;
     drop((q, k, v));
-    let mut d_x = a.q.input_grad(gpu, &g.dq)?;
+    let mut d_x = plus(gpu, a.q.input_grad(gpu, &g.dq)?, ad.backward(gpu, a.projection("to_q"), x, &g.dq)?)?;
+    let d_k = ad.backward(gpu, a.projection("to_k"), kv_source, &g.dk)?;
+    let d_v = ad.backward(gpu, a.projection("to_v"), kv_source, &g.dv)?;
     if ctx.is_none() {
-        d_x = ew::add(gpu, &d_x, &a.k.input_grad(gpu, &g.dk)?)?;
-        d_x = ew::add(gpu, &d_x, &a.v.input_grad(gpu, &g.dv)?)?;
+        d_x = ew::add(gpu, &d_x, &plus(gpu, a.k.input_grad(gpu, &g.dk)?, d_k)?)?;
+        d_x = ew::add(gpu, &d_x, &plus(gpu, a.v.input_grad(gpu, &g.dv)?, d_v)?)?;
     }
     Ok(d_x)
 }
 
 /// ∂L/∂x of `TransformerBlock::forward(x, ctx, frames)` from ∂L/∂out, its
 /// intermediate sums x1, x2 and the feed-forward's input recomputed.
-fn block_backward(gpu: &Gpu, b: &TransformerBlock, x: &Tensor, ctx: &Tensor, frames: usize, d: &Tensor) -> Result<Tensor> {
+fn block_backward(gpu: &Gpu, b: &TransformerBlock, x: &Tensor, ctx: &Tensor, frames: usize, d: &Tensor, ad: &mut Adapter) -> Result<Tensor> {
     let (bf, l, c) = (x.dim(0), x.dim(1), x.dim(2));
+    let lora = ad.lora;
     // Self-attention spans the views of an object: [B/f, f·L, C].
     let grouped = [bf / frames, frames * l, c];
     let n1 = b.norm1.forward(gpu, x)?.reshape(&grouped)?;
-    let x1 = b.attn1.forward_add(gpu, &n1, &n1, &x.reshape(&grouped)?)?.reshape(&[bf, l, c])?;
+    let x1 = b.attn1.forward_add(gpu, &n1, &n1, &x.reshape(&grouped)?, lora)?.reshape(&[bf, l, c])?;
     let n2 = b.norm2.forward(gpu, &x1)?;
-    let x2 = b.attn2.forward_add(gpu, &n2, ctx, &x1)?;
+    let x2 = b.attn2.forward_add(gpu, &n2, ctx, &x1, lora)?;
     drop(n2);
     let f = b.ff_in.forward(gpu, &b.norm3.forward(gpu, &x2)?)?;
 
@@ -88,17 +127,17 @@ fn block_backward(gpu: &Gpu, b: &TransformerBlock, x: &Tensor, ctx: &Tensor, fra
     let d_x2 = ew::add(gpu, d, &b.norm3.input_grad(gpu, &x2, &b.ff_in.input_grad(gpu, &d_f)?)?)?;
     // x2 = x1 + attn2(norm2(x1), ctx).
     let n2 = b.norm2.forward(gpu, &x1)?;
-    let d_n2 = attention_backward(gpu, &b.attn2, &n2, Some(ctx), &d_x2)?;
+    let d_n2 = attention_backward(gpu, &b.attn2, &n2, Some(ctx), &d_x2, ad)?;
     drop((n2, x2));
     let d_x1 = ew::add(gpu, &d_x2, &b.norm2.input_grad(gpu, &x1, &d_n2)?)?;
     // x1 = x + attn1(norm1(x)), grouped by object.
-    let d_n1 = attention_backward(gpu, &b.attn1, &n1, None, &d_x1.reshape(&grouped)?)?.reshape(&[bf, l, c])?;
+    let d_n1 = attention_backward(gpu, &b.attn1, &n1, None, &d_x1.reshape(&grouped)?, ad)?.reshape(&[bf, l, c])?;
     ew::add(gpu, &d_x1, &b.norm1.input_grad(gpu, x, &d_n1)?)
 }
 
 /// ∂L/∂x of `SpatialTransformer::forward(x, ctx, frames)` from ∂L/∂out:
 /// out = x + proj_out(blocks(proj_in(gn(x)))), the blocks' inputs recomputed.
-fn transformer_backward(gpu: &Gpu, s: &SpatialTransformer, x: &Tensor, ctx: &Tensor, frames: usize, d: &Tensor) -> Result<Tensor> {
+fn transformer_backward(gpu: &Gpu, s: &SpatialTransformer, x: &Tensor, ctx: &Tensor, frames: usize, d: &Tensor, ad: &mut Adapter) -> Result<Tensor> {
     let (h, w) = (x.dim(2), x.dim(3));
     let n = s.norm.forward(gpu, x, false)?;
     let mut t = match &s.proj_in {
@@ -109,7 +148,7 @@ fn transformer_backward(gpu: &Gpu, s: &SpatialTransformer, x: &Tensor, ctx: &Ten
     let mut block_inputs = Vec::with_capacity(s.blocks.len());
     for b in &s.blocks {
         block_inputs.push(t.clone());
-        t = b.forward(gpu, &t, ctx, frames)?;
+        t = b.forward(gpu, &t, ctx, frames, ad.lora)?;
     }
     drop(t);
     let mut d_t = match &s.proj_out {
@@ -117,7 +156,7 @@ fn transformer_backward(gpu: &Gpu, s: &SpatialTransformer, x: &Tensor, ctx: &Ten
         Proj::Linear(li) => li.input_grad(gpu, &nchw_to_tokens(gpu, d)?)?,
     };
     for (b, input) in s.blocks.iter().zip(block_inputs).rev() {
-        d_t = block_backward(gpu, b, &input, ctx, frames, &d_t)?;
+        d_t = block_backward(gpu, b, &input, ctx, frames, &d_t, ad)?;
     }
     let d_n = match &s.proj_in {
         Proj::Conv(c) => c.input_grad(gpu, &tokens_to_nchw(gpu, &d_t, h, w)?, (h, w))?,
@@ -133,24 +172,37 @@ fn upsample2x_backward(gpu: &Gpu, d: &Tensor) -> Result<Tensor> {
     ew::scale(gpu, &mean, 4.0)
 }
 
+/// What [`UNet::forward_and_grads`] gives.
+pub struct UNetGrads {
+    /// The forward's output.
+    pub output: Tensor,
+    /// ∂L/∂sample, f32.
+    pub sample: Tensor,
+    /// ∂L/∂A and ∂L/∂B of each adapted projection.
+    pub lora: BTreeMap<String, LoraGrad>,
+}
+
 impl UNet {
-    /// The output for `sample` (as [`UNet::forward_views`]) and ∂L/∂sample
-    /// (f32) for L = Σ output ⊙ `d_out`; `d_out` has the output's shape.
-    pub fn forward_and_input_grad(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, views: &Views, d_out: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// The output for `sample` (as [`UNet::forward_views`]) and, for L = Σ
+    /// output ⊙ `d_out` (`d_out` of the output's shape), ∂L/∂sample (f32)
+    /// and the gradients of the adapter's factors (f32, by projection name;
+    /// empty without an adapter).
+    pub fn forward_and_grads(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, extras: &Extras, d_out: &Tensor) -> Result<UNetGrads> {
         let mut tape = Tape::default();
-        let out = self.run(gpu, sample, timesteps, ctx, views, Some(&mut tape))?;
+        let out = self.run(gpu, sample, timesteps, ctx, extras, Some(&mut tape))?;
         if d_out.shape() != out.shape() {
             return Err(Error::shape("unet backward", format!("the output gradient {:?} must have the output's shape {:?}", d_out.shape(), out.shape())));
         }
         let d_out = gpu.to_dtype(d_out, DType::F32)?;
-        let grad = self.backward(gpu, tape, &d_out)?;
-        Ok((out, grad))
+        let mut ad = Adapter { lora: extras.lora, grads: BTreeMap::new() };
+        let sample_grad = self.backward(gpu, tape, &d_out, &mut ad)?;
+        Ok(UNetGrads { output: out, sample: sample_grad, lora: ad.grads })
     }
 
     /// ∂L/∂sample from ∂L/∂output and the forward's tape, the blocks in
     /// reverse order; the skip connections' gradients wait on a stack until
     /// the down path reaches the block that made them.
-    fn backward(&self, gpu: &Gpu, tape: Tape, d_out: &Tensor) -> Result<Tensor> {
+    fn backward(&self, gpu: &Gpu, tape: Tape, d_out: &Tensor, ad: &mut Adapter) -> Result<Tensor> {
         let temb = tape.temb_silu.as_ref();
         let ctx = tape.ctx.as_ref().ok_or_else(|| Error::Invalid("unet backward: the tape has no context".into()))?;
         let frames = tape.frames;
@@ -180,7 +232,7 @@ impl UNet {
             }
             for (j, r) in lv.resnets.iter().enumerate().rev() {
                 if let Some(a) = lv.attentions.get(j) {
-                    d = transformer_backward(gpu, a, &inputs.pop()?, ctx, frames, &d)?;
+                    d = transformer_backward(gpu, a, &inputs.pop()?, ctx, frames, &d, ad)?;
                 }
                 let joined = inputs.pop()?;
                 let d_joined = resnet_backward(gpu, r, &joined, temb, &d)?;
@@ -192,7 +244,7 @@ impl UNet {
             }
         }
         d = resnet_backward(gpu, &self.mid_resnets[1], &inputs.pop()?, temb, &d)?;
-        d = transformer_backward(gpu, &self.mid_attention, &inputs.pop()?, ctx, frames, &d)?;
+        d = transformer_backward(gpu, &self.mid_attention, &inputs.pop()?, ctx, frames, &d, ad)?;
         d = resnet_backward(gpu, &self.mid_resnets[0], &inputs.pop()?, temb, &d)?;
         let mut skip = |d: &Tensor| -> Result<Tensor> {
             let ds = d_skips.pop().ok_or_else(|| Error::Invalid("unet backward: skip gradients ran out".into()))?;
@@ -207,7 +259,7 @@ impl UNet {
             for (j, r) in lv.resnets.iter().enumerate().rev() {
                 d = skip(&d)?;
                 if let Some(a) = lv.attentions.get(j) {
-                    d = transformer_backward(gpu, a, &inputs.pop()?, ctx, frames, &d)?;
+                    d = transformer_backward(gpu, a, &inputs.pop()?, ctx, frames, &d, ad)?;
                 }
                 d = resnet_backward(gpu, r, &inputs.pop()?, temb, &d)?;
             }

@@ -10,6 +10,13 @@ unet` reads) and the outputs `expected_sample` (the UNet's output) and
 `expected_sample_grad` (dL/dsample), all f32. Awkward sizes: batch 2 and 3,
 sides 12x8 and 10x6, 9 context tokens.
 
+Each diffusers UNet also gets grad_lora_io.safetensors: the same inputs
+with a LoRA adapter on every attention projection (to_q, to_k, to_v,
+to_out.0; rank 4, alpha 8, so the delta is 2·(x·Aᵀ)·Bᵀ, written out here in
+torch; A and B random with std 0.05), as `lora.<projection>.A` / `.B` and `lora_alpha`, and
+the expected `expected_sample`, `expected_sample_grad` and
+`expected_lora_grad.<projection>.A` / `.B`.
+
 With --mvdream-repo (a clone of github.com/bytedance/MVDream), also the
 authors' MultiViewUNetModel of tests/fixtures/mvdream/unet_tiny, in float64,
 for 2 objects x 4 views with cameras (self-attention across an object's
@@ -93,6 +100,34 @@ def main():
                    "sample_out_grad": out_grad, "expected_sample": out.detach(), "expected_sample_grad": grad}
         save_file({k: v.float().contiguous() for k, v in tensors.items()}, os.path.join(d, "grad_io.safetensors"))
         print(f"{name}: |out| max {out.abs().max():.3f}, |grad| max {grad.abs().max():.3f}")
+        lora_case(unet, tensors, d, c["seed"] + 100)
+
+
+def lora_case(unet, tensors, d, seed, rank=4, alpha=8.0):
+    """The UNet with a LoRA delta on every attention projection, and the gradients of its factors."""
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name, module in unet.named_modules():
+        if not any(name.endswith(f"{a}.{p}") for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")):
+            continue
+        a = (torch.randn(rank, module.in_features, generator=g, dtype=torch.float64) * 0.05).requires_grad_(True)
+        b = (torch.randn(module.out_features, rank, generator=g, dtype=torch.float64) * 0.05).requires_grad_(True)
+        base = module.forward
+        module.forward = (lambda base, a, b: lambda x: base(x) + (alpha / rank) * (x @ a.T) @ b.T)(base, a, b)
+        factors[name] = (a, b)
+    sample = tensors["sample"].clone().requires_grad_(True)
+    out = unet(sample, tensors["timestep"], encoder_hidden_states=tensors["encoder_hidden_states"]).sample
+    leaves = [sample] + [t for ab in factors.values() for t in ab]
+    grads = torch.autograd.grad((out * tensors["sample_out_grad"]).sum(), leaves)
+    io = {k: tensors[k] for k in ("sample", "timestep", "encoder_hidden_states", "sample_out_grad")}
+    io["lora_alpha"] = torch.tensor([alpha])
+    io["expected_sample"], io["expected_sample_grad"] = out.detach(), grads[0]
+    for i, (name, (a, b)) in enumerate(factors.items()):
+        io[f"lora.{name}.A"], io[f"lora.{name}.B"] = a.detach(), b.detach()
+        io[f"expected_lora_grad.{name}.A"], io[f"expected_lora_grad.{name}.B"] = grads[1 + 2 * i], grads[2 + 2 * i]
+    save_file({k: v.float().contiguous() for k, v in io.items()}, os.path.join(d, "grad_lora_io.safetensors"))
+    big = max(float(t.abs().max()) for t in grads[1:])
+    print(f"  with LoRA on {len(factors)} projections: |out| max {out.abs().max():.3f}, |factor grads| max {big:.3f}")
 
 
 if __name__ == "__main__":

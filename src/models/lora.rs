@@ -1,0 +1,131 @@
+//! LoRA adapters on a UNet's attention projections: each adapted projection
+//! W [out, in] gets a low-rank delta, y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ with A [r, in],
+//! B [out, r] and s = alpha / r, the layout of peft's `LoraConfig` on
+//! diffusers' `to_q`, `to_k`, `to_v`, `to_out.0` (threestudio's
+//! ProlificDreamer trains rank 4 on all of them). The adapter is an input of
+//! the forward ([`crate::models::unet::Extras`]), so one UNet serves both the
+//! frozen prior and its adapted copy, as peft switches adapters on and off.
+//!
+//! A and B are f32 whatever the UNet's storage type: they are trained.
+//! Their gradients come from the UNet's backward (`unet_backward.rs`).
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::models::unet::UNet;
+use crate::ops::elementwise as ew;
+use crate::ops::matmul::{MatmulOpts, matmul};
+
+/// The projections an adapter may cover, by their diffusers suffix.
+pub const PROJECTIONS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
+
+/// One adapted projection's factors.
+pub struct LoraPair {
+    /// [r, in], f32.
+    pub a: Tensor,
+    /// [out, r], f32.
+    pub b: Tensor,
+    /// alpha / r.
+    pub scale: f32,
+}
+
+/// x [.., in] as rows [n, in].
+fn rows(x: &Tensor) -> Result<Tensor> {
+    let last = x.shape().last().copied().unwrap_or(1);
+    x.reshape(&[x.numel() / last.max(1), last])
+}
+
+fn f32_out(trans_a: bool, trans_b: bool) -> MatmulOpts {
+    MatmulOpts { trans_a, trans_b, out_dtype: Some(DType::F32), ..Default::default() }
+}
+
+impl LoraPair {
+    /// y + s·(x·Aᵀ)·Bᵀ, in y's dtype and shape (x [.., in], y [.., out]).
+    pub fn add_delta(&self, gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let xa = ew::scale(gpu, &matmul(gpu, &rows(x)?, &self.a, None, &f32_out(false, true))?, self.scale)?;
+        let opts = MatmulOpts { trans_b: true, out_dtype: Some(y.dtype()), ..Default::default() };
+        let delta = matmul(gpu, &xa, &self.b, None, &opts)?;
+        ew::add(gpu, y, &delta.reshape(y.shape())?)
+    }
+
+    /// The backward of the delta for input x and output gradient g
+    /// [.., out] (f32): adds ∂L/∂A and ∂L/∂B into `grads` and returns the
+    /// delta's share of ∂L/∂x (f32, x's shape).
+    pub fn backward(&self, gpu: &Gpu, x: &Tensor, g: &Tensor, grads: &mut LoraGrad) -> Result<Tensor> {
+        let (x2, g2) = (rows(x)?, rows(g)?);
+        let xa = matmul(gpu, &x2, &self.a, None, &f32_out(false, true))?; // [n, r]
+        let gb = matmul(gpu, &g2, &self.b, None, &f32_out(false, false))?; // [n, r]
+        let d_b = ew::scale(gpu, &matmul(gpu, &g2, &xa, None, &f32_out(true, false))?, self.scale)?; // [out, r]
+        let d_a = ew::scale(gpu, &matmul(gpu, &gb, &x2, None, &f32_out(true, false))?, self.scale)?; // [r, in]
+        grads.add(gpu, d_a, d_b)?;
+        let dx = ew::scale(gpu, &matmul(gpu, &gb, &self.a, None, &f32_out(false, false))?, self.scale)?;
+        dx.reshape(x.shape())
+    }
+}
+
+/// The gradients of one pair, summed over the calls of a backward pass.
+#[derive(Default)]
+pub struct LoraGrad {
+    pub a: Option<Tensor>,
+    pub b: Option<Tensor>,
+}
+
+impl LoraGrad {
+    fn add(&mut self, gpu: &Gpu, d_a: Tensor, d_b: Tensor) -> Result<()> {
+        self.a = Some(match self.a.take() {
+            Some(t) => ew::add(gpu, &t, &d_a)?,
+            None => d_a,
+        });
+        self.b = Some(match self.b.take() {
+            Some(t) => ew::add(gpu, &t, &d_b)?,
+            None => d_b,
+        });
+        Ok(())
+    }
+}
+
+/// A LoRA adapter: its pairs by projection name
+/// (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`).
+pub struct Lora {
+    pub rank: usize,
+    pub alpha: f32,
+    pairs: BTreeMap<String, LoraPair>,
+}
+
+impl Lora {
+    /// The pair adapting projection `name`, if the adapter covers it.
+    pub fn pair(&self, name: &str) -> Option<&LoraPair> {
+        self.pairs.get(name)
+    }
+    pub fn pairs(&self) -> impl Iterator<Item = (&String, &LoraPair)> {
+        self.pairs.iter()
+    }
+
+    /// An adapter from host factors `name → (A [r, in], B [out, r])`,
+    /// checked against the UNet's projections: every name must be one, with
+    /// its widths.
+    pub fn from_factors(gpu: &Gpu, unet: &UNet, rank: usize, alpha: f32, factors: &BTreeMap<String, (Vec<f32>, Vec<f32>)>) -> Result<Lora> {
+        if rank == 0 {
+            return Err(Error::Invalid("a LoRA adapter needs a rank of at least 1".into()));
+        }
+        let shapes: BTreeMap<String, (usize, usize)> = unet.attention_projections().into_iter().collect();
+        let mut pairs = BTreeMap::new();
+        for (name, (a, b)) in factors {
+            let &(inp, out) = shapes.get(name).ok_or_else(|| {
+                Error::Invalid(format!("LoRA: {name:?} is not an attention projection of this UNet (e.g. {:?})", shapes.keys().next()))
+            })?;
+            if a.len() != rank * inp || b.len() != out * rank {
+                return Err(Error::Invalid(format!(
+                    "LoRA {name}: A must be [{rank}, {inp}] and B [{out}, {rank}] ({} and {} numbers), got {} and {}",
+                    rank * inp,
+                    out * rank,
+                    a.len(),
+                    b.len()
+                )));
+            }
+            let pair = LoraPair { a: gpu.upload(a, &[rank, inp], DType::F32)?, b: gpu.upload(b, &[out, rank], DType::F32)?, scale: alpha / rank as f32 };
+            pairs.insert(name.clone(), pair);
+        }
+        Ok(Lora { rank, alpha, pairs })
+    }
+}
