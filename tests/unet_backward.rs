@@ -42,7 +42,9 @@ fn unet_input_gradient_matches_torch_autograd() {
 }
 
 /// With a LoRA adapter on every attention projection (rank 4, alpha 8, A and
-/// B random): the output, ∂L/∂sample and every factor's gradient against
+/// B random) and its camera condition (threestudio's class embedding, an MLP
+/// from 16 camera numbers into the time embedding): the output, ∂L/∂sample,
+/// every factor's gradient and the camera MLP's four against
 /// torch autograd, each factor within 1e-4 of its own largest gradient in
 /// f32 (3e-2 in f16).
 #[test]

@@ -88,15 +88,24 @@ fn load_vae(gpu: &Gpu, dir: &Path, dtype: DType) -> Result<Vae> {
 /// Input tensors `lora.<projection>.A` [r, in] and `.B` [out, r] (and
 /// optionally `lora_alpha`, one number, default r) make a LoRA adapter.
 const LORA_PREFIX: &str = "lora.";
-/// Output tensors `lora_grad.<projection>.A` / `.B`: the factors' gradients.
+/// Input tensors `lora.camera_embedding.linear_{1,2}.{weight,bias}`: its
+/// camera condition (with `camera` [B, 16]).
+const LORA_CAMERA: &str = "camera_embedding.";
+/// Output tensors `lora_grad.<projection>.A` / `.B`: the factors' gradients
+/// (and `lora_grad.camera_embedding.*`).
 const LORA_GRAD_PREFIX: &str = "lora_grad.";
 
 /// The LoRA adapter the inputs describe, if any.
 fn lora_of(gpu: &Gpu, unet: &UNet, inputs: &HashMap<String, HostTensor>) -> Result<Option<crate::models::lora::Lora>> {
     let mut factors: std::collections::BTreeMap<String, (Vec<f32>, Vec<f32>)> = Default::default();
     let mut rank = None;
+    let mut camera: std::collections::BTreeMap<String, Vec<f32>> = Default::default();
     for (key, t) in inputs {
         let Some(rest) = key.strip_prefix(LORA_PREFIX) else { continue };
+        if let Some(tensor) = rest.strip_prefix(LORA_CAMERA) {
+            camera.insert(tensor.to_string(), t.data.clone());
+            continue;
+        }
         let (name, factor) = rest.rsplit_once('.').ok_or_else(|| Error::Invalid(format!("{key}: expected lora.<projection>.A or .B")))?;
         let entry = factors.entry(name.to_string()).or_default();
         match factor {
@@ -116,7 +125,11 @@ fn lora_of(gpu: &Gpu, unet: &UNet, inputs: &HashMap<String, HostTensor>) -> Resu
         Some(a) => return Err(Error::Invalid(format!("lora_alpha must be one number, got {:?}", a.shape))),
         None => rank as f32,
     };
-    crate::models::lora::Lora::from_factors(gpu, unet, rank, alpha, &factors).map(Some)
+    let lora = crate::models::lora::Lora::from_factors(gpu, unet, rank, alpha, &factors)?;
+    if camera.is_empty() {
+        return Ok(Some(lora));
+    }
+    lora.with_camera(gpu, unet.time_embedding_width(), &camera).map(Some)
 }
 
 /// Runs `module` of the checkpoint in `dir` (a pipeline folder or the
@@ -159,6 +172,11 @@ pub fn run(gpu: &Gpu, dir: &Path, module: &str, inputs: &HashMap<String, HostTen
                     let grads = unet.forward_and_grads(gpu, &up(s)?, &tt, &up(e)?, &views, &g)?;
                     out.insert("sample".into(), down(&grads.output)?);
                     out.insert("sample_grad".into(), down(&grads.sample)?);
+                    if let Some(c) = &grads.camera {
+                        for (name, t) in crate::models::lora::CAMERA_TENSORS.iter().zip([&c.w1, &c.b1, &c.w2, &c.b2]) {
+                            out.insert(format!("{LORA_GRAD_PREFIX}{LORA_CAMERA}{name}"), down(t)?);
+                        }
+                    }
                     for (name, g) in &grads.lora {
                         for (factor, t) in [("A", &g.a), ("B", &g.b)] {
                             if let Some(t) = t {

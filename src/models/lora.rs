@@ -84,12 +84,61 @@ impl LoraGrad {
     }
 }
 
+/// The adapter's camera condition (threestudio's ProlificDreamer: a
+/// `TimestepEmbedding(16, temb)` as the LoRA UNet's class embedding): an MLP
+/// on each view's 16 camera numbers whose output is added to the time
+/// embedding, `linear_2(silu(linear_1(camera)))`. Trained with the factors.
+pub struct CameraEmbedding {
+    /// [temb, 16], [temb], [temb, temb], [temb]; f32.
+    pub w1: Tensor,
+    pub b1: Tensor,
+    pub w2: Tensor,
+    pub b2: Tensor,
+}
+
+/// The gradients of a [`CameraEmbedding`]'s four tensors.
+pub struct CameraEmbeddingGrad {
+    pub w1: Tensor,
+    pub b1: Tensor,
+    pub w2: Tensor,
+    pub b2: Tensor,
+}
+
+/// The names of a camera embedding's tensors, as diffusers names a class embedding's.
+pub const CAMERA_TENSORS: [&str; 4] = ["linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"];
+
+impl CameraEmbedding {
+    /// The embedding of cameras [B, 16] (f32): [B, temb], f32.
+    pub fn forward(&self, gpu: &Gpu, camera: &Tensor) -> Result<Tensor> {
+        let h = crate::ops::matmul::linear(gpu, camera, &self.w1, Some(&self.b1))?;
+        crate::ops::matmul::linear(gpu, &ew::silu(gpu, &h)?, &self.w2, Some(&self.b2))
+    }
+
+    /// The gradients of its tensors for cameras [B, 16] and the output
+    /// gradient `d` [B, temb] (f32); the inner activation is recomputed.
+    pub fn backward(&self, gpu: &Gpu, camera: &Tensor, d: &Tensor) -> Result<CameraEmbeddingGrad> {
+        let h = crate::ops::matmul::linear(gpu, camera, &self.w1, Some(&self.b1))?;
+        let a = ew::silu(gpu, &h)?;
+        let ones = gpu.upload(&vec![1.0f32; d.dim(0)], &[1, d.dim(0)], DType::F32)?;
+        let col_sum = |t: &Tensor| -> Result<Tensor> { matmul(gpu, &ones, t, None, &f32_out(false, false))?.reshape(&[t.dim(1)]) };
+        let w2 = matmul(gpu, d, &a, None, &f32_out(true, false))?;
+        let b2 = col_sum(d)?;
+        let d_a = matmul(gpu, d, &self.w2, None, &f32_out(false, false))?;
+        let d_h = crate::ops::backward_misc::silu_input_grad(gpu, &h, &d_a)?;
+        let w1 = matmul(gpu, &d_h, camera, None, &f32_out(true, false))?;
+        let b1 = col_sum(&d_h)?;
+        Ok(CameraEmbeddingGrad { w1, b1, w2, b2 })
+    }
+}
+
 /// A LoRA adapter: its pairs by projection name
-/// (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`).
+/// (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`), and
+/// optionally a camera condition.
 pub struct Lora {
     pub rank: usize,
     pub alpha: f32,
     pairs: BTreeMap<String, LoraPair>,
+    pub camera: Option<CameraEmbedding>,
 }
 
 impl Lora {
@@ -99,6 +148,24 @@ impl Lora {
     }
     pub fn pairs(&self) -> impl Iterator<Item = (&String, &LoraPair)> {
         self.pairs.iter()
+    }
+
+    /// Adds a camera condition from host tensors named as [`CAMERA_TENSORS`],
+    /// for a UNet whose time embedding is `temb` wide.
+    pub fn with_camera(mut self, gpu: &Gpu, temb: usize, tensors: &BTreeMap<String, Vec<f32>>) -> Result<Lora> {
+        let shapes = [vec![temb, 16], vec![temb], vec![temb, temb], vec![temb]];
+        let mut up = Vec::new();
+        for (name, shape) in CAMERA_TENSORS.iter().zip(&shapes) {
+            let data = tensors.get(*name).ok_or_else(|| Error::Invalid(format!("LoRA camera embedding: no {name}")))?;
+            if data.len() != shape.iter().product::<usize>() {
+                return Err(Error::Invalid(format!("LoRA camera embedding {name}: expected {shape:?} ({} numbers), got {}", shape.iter().product::<usize>(), data.len())));
+            }
+            up.push(gpu.upload(data, shape, DType::F32)?);
+        }
+        let mut it = up.into_iter();
+        let mut next = || it.next().expect("four tensors");
+        self.camera = Some(CameraEmbedding { w1: next(), b1: next(), w2: next(), b2: next() });
+        Ok(self)
     }
 
     /// An adapter from host factors `name → (A [r, in], B [out, r])`,
@@ -126,6 +193,6 @@ impl Lora {
             let pair = LoraPair { a: gpu.upload(a, &[rank, inp], DType::F32)?, b: gpu.upload(b, &[out, rank], DType::F32)?, scale: alpha / rank as f32 };
             pairs.insert(name.clone(), pair);
         }
-        Ok(Lora { rank, alpha, pairs })
+        Ok(Lora { rank, alpha, pairs, camera: None })
     }
 }

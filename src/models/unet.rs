@@ -245,6 +245,10 @@ pub(crate) struct Tape {
     /// The channels of each skip the up path joins, in that order.
     pub(crate) skip_widths: Vec<usize>,
     pub(crate) temb_silu: Option<Tensor>,
+    /// The time embedding before its SiLU, and the cameras (a LoRA camera
+    /// condition's backward needs them).
+    pub(crate) temb: Option<Tensor>,
+    pub(crate) camera: Option<Tensor>,
     pub(crate) ctx: Option<Tensor>,
     pub(crate) frames: usize,
 }
@@ -368,6 +372,11 @@ impl UNet {
         self.dtype
     }
 
+    /// The width of the time embedding (what a camera condition adds to).
+    pub fn time_embedding_width(&self) -> usize {
+        self.time_linear_2.weight.dim(0)
+    }
+
     /// Every attention projection a LoRA adapter may cover, with its widths
     /// (in, out), in the order the forward runs them.
     pub fn attention_projections(&self) -> Vec<(String, (usize, usize))> {
@@ -430,9 +439,20 @@ impl UNet {
                 let cam = gpu.to_dtype(cam, self.dtype)?;
                 temb = l2.forward_add(gpu, &ew::silu(gpu, &l1.forward(gpu, &cam)?)?, &temb)?;
             }
-            (None, Some(_)) => return Err(Error::Invalid("unet: a camera was given, but this UNet has no camera embedding (not a multi-view model)".into())),
+            (None, Some(_)) if extras.lora.is_none_or(|l| l.camera.is_none()) => {
+                return Err(Error::Invalid("unet: a camera was given, but neither this UNet nor its LoRA adapter has a camera embedding".into()));
+            }
             _ => {}
         }
+        // A LoRA adapter's camera condition (VSD's), added as a class embedding.
+        if let (Some(ce), Some(cam)) = (extras.lora.and_then(|l| l.camera.as_ref()), extras.camera) {
+            if cam.shape() != [b, 16] {
+                return Err(Error::shape("unet", format!("camera must be [{b}, 16], got {:?}", cam.shape())));
+            }
+            let e = ce.forward(gpu, &gpu.to_dtype(cam, DType::F32)?)?;
+            temb = ew::add(gpu, &temb, &gpu.to_dtype(&e, self.dtype)?)?;
+        }
+        let temb_pre = temb.clone();
         let temb = ew::silu(gpu, &temb)?;
         // Keeps a block's input on the tape (in the order the blocks run).
         let mut keep = |x: &Tensor| {
@@ -495,6 +515,8 @@ impl UNet {
         keep(&h);
         if let Some(t) = tape {
             t.temb_silu = Some(temb);
+            t.temb = Some(temb_pre);
+            t.camera = extras.camera.cloned();
             t.skip_widths = skip_widths;
             t.ctx = Some(ctx.clone());
             t.frames = frames;

@@ -18,13 +18,13 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
-use crate::models::lora::{Lora, LoraGrad};
+use crate::models::lora::{CameraEmbeddingGrad, Lora, LoraGrad};
 use crate::models::nn::{attention, nchw_to_tokens, tokens_to_nchw};
 use crate::models::unet::{CrossAttention, Proj, ResnetBlock, SpatialTransformer, Tape, TransformerBlock, UNet, Extras};
-use crate::ops::backward_misc::{attention_input_grads, geglu_input_grad};
+use crate::ops::backward_misc::{attention_input_grads, geglu_input_grad, silu_input_grad};
 use crate::ops::concat::narrow;
 use crate::ops::elementwise::{self as ew};
-use crate::ops::pool::{Pool, PoolOpts, pool2d};
+use crate::ops::pool::{Pool, PoolOpts, global_avg_pool, pool2d};
 
 /// The tape's inputs, taken from the end (the backward runs the blocks in
 /// reverse order).
@@ -38,7 +38,7 @@ impl Inputs {
 
 /// ∂L/∂x of `ResnetBlock::forward(x, temb)` from ∂L/∂out: out = skip(x) +
 /// conv2(gn2(h1)), h1 = conv1(gn1(x)) + proj(temb), h1 recomputed.
-fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, x: &Tensor, temb_silu: Option<&Tensor>, d: &Tensor) -> Result<Tensor> {
+fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, x: &Tensor, temb_silu: Option<&Tensor>, d: &Tensor, ad: &mut Adapter) -> Result<Tensor> {
     let hw = (x.dim(2), x.dim(3));
     let mut h1 = r.conv1.forward(gpu, &r.norm1.forward(gpu, x, true)?)?;
     if let (Some(proj), Some(t)) = (&r.time_emb_proj, temb_silu) {
@@ -47,6 +47,7 @@ fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, x: &Tensor, temb_silu: Option<&Te
     }
     let d_h1 = r.norm2.input_grad(gpu, &h1, &r.conv2.input_grad(gpu, d, hw)?, true)?;
     drop(h1);
+    ad.add_temb_grad(gpu, r, &d_h1)?;
     let d_x = r.norm1.input_grad(gpu, x, &r.conv1.input_grad(gpu, &d_h1, hw)?, true)?;
     let d_skip = match &r.shortcut {
         Some(c) => c.input_grad(gpu, d, hw)?,
@@ -59,9 +60,27 @@ fn resnet_backward(gpu: &Gpu, r: &ResnetBlock, x: &Tensor, temb_silu: Option<&Te
 struct Adapter<'a> {
     lora: Option<&'a Lora>,
     grads: BTreeMap<String, LoraGrad>,
+    /// With a camera condition: ∂L/∂silu(temb), summed over the resnets.
+    d_temb_silu: Option<Tensor>,
+    /// Whether the time embedding's gradient is wanted (a camera condition is in use).
+    wants_temb: bool,
 }
 
 impl Adapter<'_> {
+    /// Adds a resnet's share of ∂L/∂silu(temb): its projection's input
+    /// gradient for ∂L/∂(proj output) = Σ over the map of ∂L/∂h1.
+    fn add_temb_grad(&mut self, gpu: &Gpu, r: &ResnetBlock, d_h1: &Tensor) -> Result<()> {
+        let Some(proj) = &r.time_emb_proj else { return Ok(()) };
+        if !self.wants_temb {
+            return Ok(());
+        }
+        let (b, c, h, w) = (d_h1.dim(0), d_h1.dim(1), d_h1.dim(2), d_h1.dim(3));
+        let d_proj = ew::scale(gpu, &global_avg_pool(gpu, d_h1)?, (h * w) as f32)?.reshape(&[b, c])?;
+        let d = proj.input_grad(gpu, &d_proj)?;
+        self.d_temb_silu = Some(plus(gpu, d, self.d_temb_silu.take())?);
+        Ok(())
+    }
+
     /// The backward of projection `name`'s LoRA delta, if adapted, for input
     /// x and output gradient g: its factors' gradients are summed, and its
     /// share of ∂L/∂x returned.
@@ -180,6 +199,8 @@ pub struct UNetGrads {
     pub sample: Tensor,
     /// ∂L/∂A and ∂L/∂B of each adapted projection.
     pub lora: BTreeMap<String, LoraGrad>,
+    /// The gradients of the adapter's camera condition, when it had cameras.
+    pub camera: Option<CameraEmbeddingGrad>,
 }
 
 impl UNet {
@@ -194,9 +215,19 @@ impl UNet {
             return Err(Error::shape("unet backward", format!("the output gradient {:?} must have the output's shape {:?}", d_out.shape(), out.shape())));
         }
         let d_out = gpu.to_dtype(d_out, DType::F32)?;
-        let mut ad = Adapter { lora: extras.lora, grads: BTreeMap::new() };
+        let camera_condition = extras.lora.and_then(|l| l.camera.as_ref()).filter(|_| extras.camera.is_some());
+        let mut ad = Adapter { lora: extras.lora, grads: BTreeMap::new(), d_temb_silu: None, wants_temb: camera_condition.is_some() };
+        let (temb, camera) = (tape.temb.clone(), tape.camera.clone());
         let sample_grad = self.backward(gpu, tape, &d_out, &mut ad)?;
-        Ok(UNetGrads { output: out, sample: sample_grad, lora: ad.grads })
+        // The camera condition was added to the time embedding before its SiLU.
+        let camera_grad = match (camera_condition, ad.d_temb_silu.take(), temb, camera) {
+            (Some(ce), Some(d_silu), Some(temb), Some(camera)) => {
+                let d_temb = silu_input_grad(gpu, &temb, &d_silu)?;
+                Some(ce.backward(gpu, &gpu.to_dtype(&camera, DType::F32)?, &d_temb)?)
+            }
+            _ => None,
+        };
+        Ok(UNetGrads { output: out, sample: sample_grad, lora: ad.grads, camera: camera_grad })
     }
 
     /// ∂L/∂sample from ∂L/∂output and the forward's tape, the blocks in
@@ -235,7 +266,7 @@ impl UNet {
                     d = transformer_backward(gpu, a, &inputs.pop()?, ctx, frames, &d, ad)?;
                 }
                 let joined = inputs.pop()?;
-                let d_joined = resnet_backward(gpu, r, &joined, temb, &d)?;
+                let d_joined = resnet_backward(gpu, r, &joined, temb, &d, ad)?;
                 // The joined input is [h, skip] along the channels.
                 let skip_width = skip_widths.pop().ok_or_else(|| Error::Invalid("unet backward: the tape has too few skips".into()))?;
                 let h_width = joined.dim(1) - skip_width;
@@ -243,9 +274,9 @@ impl UNet {
                 d_skips.push(narrow(gpu, &d_joined, 1, h_width, skip_width)?);
             }
         }
-        d = resnet_backward(gpu, &self.mid_resnets[1], &inputs.pop()?, temb, &d)?;
+        d = resnet_backward(gpu, &self.mid_resnets[1], &inputs.pop()?, temb, &d, ad)?;
         d = transformer_backward(gpu, &self.mid_attention, &inputs.pop()?, ctx, frames, &d, ad)?;
-        d = resnet_backward(gpu, &self.mid_resnets[0], &inputs.pop()?, temb, &d)?;
+        d = resnet_backward(gpu, &self.mid_resnets[0], &inputs.pop()?, temb, &d, ad)?;
         let mut skip = |d: &Tensor| -> Result<Tensor> {
             let ds = d_skips.pop().ok_or_else(|| Error::Invalid("unet backward: skip gradients ran out".into()))?;
             ew::add(gpu, d, &ds)
@@ -261,7 +292,7 @@ impl UNet {
                 if let Some(a) = lv.attentions.get(j) {
                     d = transformer_backward(gpu, a, &inputs.pop()?, ctx, frames, &d, ad)?;
                 }
-                d = resnet_backward(gpu, r, &inputs.pop()?, temb, &d)?;
+                d = resnet_backward(gpu, r, &inputs.pop()?, temb, &d, ad)?;
             }
         }
         d = skip(&d)?;

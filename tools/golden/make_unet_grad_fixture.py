@@ -13,9 +13,13 @@ sides 12x8 and 10x6, 9 context tokens.
 Each diffusers UNet also gets grad_lora_io.safetensors: the same inputs
 with a LoRA adapter on every attention projection (to_q, to_k, to_v,
 to_out.0; rank 4, alpha 8, so the delta is 2·(x·Aᵀ)·Bᵀ, written out here in
-torch; A and B random with std 0.05), as `lora.<projection>.A` / `.B` and `lora_alpha`, and
-the expected `expected_sample`, `expected_sample_grad` and
-`expected_lora_grad.<projection>.A` / `.B`.
+torch; A and B random with std 0.05) and a camera condition as
+threestudio's ProlificDreamer sets it (a TimestepEmbedding(16, temb) as the
+class embedding, given `camera` [B, 16]), as `lora.<projection>.A` / `.B`,
+`lora.camera_embedding.linear_{1,2}.{weight,bias}`, `lora_alpha` and
+`camera`, and the expected `expected_sample`, `expected_sample_grad`,
+`expected_lora_grad.<projection>.A` / `.B` and
+`expected_lora_grad.camera_embedding.*`.
 
 With --mvdream-repo (a clone of github.com/bytedance/MVDream), also the
 authors' MultiViewUNetModel of tests/fixtures/mvdream/unet_tiny, in float64,
@@ -115,16 +119,28 @@ def lora_case(unet, tensors, d, seed, rank=4, alpha=8.0):
         base = module.forward
         module.forward = (lambda base, a, b: lambda x: base(x) + (alpha / rank) * (x @ a.T) @ b.T)(base, a, b)
         factors[name] = (a, b)
+    # The camera condition: threestudio's TimestepEmbedding(16, temb) as the class embedding.
+    from diffusers.models.embeddings import TimestepEmbedding
+    temb = unet.time_embedding.linear_2.out_features
+    camera_mlp = TimestepEmbedding(16, temb).double()
+    with torch.no_grad():
+        for p in camera_mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.1)
+    unet.class_embedding = camera_mlp
+    camera = torch.randn(tensors["sample"].shape[0], 16, generator=g, dtype=torch.float64)
+    camera_params = dict(camera_mlp.named_parameters())
     sample = tensors["sample"].clone().requires_grad_(True)
-    out = unet(sample, tensors["timestep"], encoder_hidden_states=tensors["encoder_hidden_states"]).sample
-    leaves = [sample] + [t for ab in factors.values() for t in ab]
+    out = unet(sample, tensors["timestep"], encoder_hidden_states=tensors["encoder_hidden_states"], class_labels=camera).sample
+    leaves = [sample] + [t for ab in factors.values() for t in ab] + list(camera_params.values())
     grads = torch.autograd.grad((out * tensors["sample_out_grad"]).sum(), leaves)
     io = {k: tensors[k] for k in ("sample", "timestep", "encoder_hidden_states", "sample_out_grad")}
-    io["lora_alpha"] = torch.tensor([alpha])
+    io["lora_alpha"], io["camera"] = torch.tensor([alpha]), camera
     io["expected_sample"], io["expected_sample_grad"] = out.detach(), grads[0]
     for i, (name, (a, b)) in enumerate(factors.items()):
         io[f"lora.{name}.A"], io[f"lora.{name}.B"] = a.detach(), b.detach()
         io[f"expected_lora_grad.{name}.A"], io[f"expected_lora_grad.{name}.B"] = grads[1 + 2 * i], grads[2 + 2 * i]
+    for (pname, p), gr in zip(camera_params.items(), grads[1 + 2 * len(factors):]):
+        io[f"lora.camera_embedding.{pname}"], io[f"expected_lora_grad.camera_embedding.{pname}"] = p.detach(), gr
     save_file({k: v.float().contiguous() for k, v in io.items()}, os.path.join(d, "grad_lora_io.safetensors"))
     big = max(float(t.abs().max()) for t in grads[1:])
     print(f"  with LoRA on {len(factors)} projections: |out| max {out.abs().max():.3f}, |factor grads| max {big:.3f}")
