@@ -199,7 +199,7 @@ struct GenerateArgs {
     /// With --prompts: run only the K-th prompt (0-based, comments and blank lines not counted).
     #[arg(long, value_name = "K", requires = "prompts")]
     unit: Option<usize>,
-    /// fsd | sds | nfsd | fsd-constant | csd
+    /// fsd | sds | nfsd | fsd-constant | csd | vsd (VSD trains a LoRA particle score beside the scene: about 3× a step)
     #[arg(long, default_value = "fsd")]
     method: String,
     #[arg(long)]
@@ -251,7 +251,7 @@ struct EvalArgs {
     /// Seeds, comma-separated (the first half against the second for Cross-FID).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
     seeds: Vec<u64>,
-    /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant, csd (table rows in this order).
+    /// Methods, comma-separated: fsd, sds, nfsd, fsd-constant, csd, vsd (table rows in this order).
     #[arg(long, value_delimiter = ',', default_value = "fsd,sds")]
     methods: Vec<String>,
     /// Pipeline folder or single-file checkpoint (default: $FSD3D_MODEL, else the embedded prior); without a classifier/ it needs --clip and/or --inception.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::noise::NoiseMode;
 use crate::diffusion::prompts::{NFSD_NEGATIVE, PromptBatch, PromptEmbeddings, PromptSpec, ViewDirection};
 use crate::diffusion::schedule::{NoiseSchedule, Prediction};
+use crate::diffusion::vsd::{ParticleScore, VsdConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::prior::{Prior, ViewCameras};
@@ -30,6 +31,10 @@ pub enum Method {
     FsdConstant,
     /// Classifier score distillation (Yu et al. 2023), a Figure 9 baseline.
     Csd,
+    /// Variational score distillation (ProlificDreamer, Wang et al. 2023),
+    /// a Figure 9 baseline: the prior's guided ε̂ against a LoRA particle
+    /// score trained on the renders (`vsd.rs`).
+    Vsd,
 }
 
 impl Method {
@@ -40,7 +45,8 @@ impl Method {
             "fsd" => Method::Fsd,
             "fsd-constant" => Method::FsdConstant,
             "csd" => Method::Csd,
-            _ => return Err(crate::Error::Invalid(format!("unknown method {s:?}: expected sds, nfsd, fsd, fsd-constant or csd"))),
+            "vsd" => Method::Vsd,
+            _ => return Err(crate::Error::Invalid(format!("unknown method {s:?}: expected sds, nfsd, fsd, fsd-constant, csd or vsd"))),
         })
     }
     pub fn name(self) -> &'static str {
@@ -50,12 +56,13 @@ impl Method {
             Method::Fsd => "fsd",
             Method::FsdConstant => "fsd-constant",
             Method::Csd => "csd",
+            Method::Vsd => "vsd",
         }
     }
     /// The noise each method adds.
     pub fn noise(self) -> NoiseMode {
         match self {
-            Method::Sds | Method::Nfsd | Method::Csd => NoiseMode::Random,
+            Method::Sds | Method::Nfsd | Method::Csd | Method::Vsd => NoiseMode::Random,
             Method::Fsd => NoiseMode::WorldMap,
             Method::FsdConstant => NoiseMode::Constant,
         }
@@ -65,6 +72,7 @@ impl Method {
         match self {
             Method::Nfsd => Target::NegativePrompt,
             Method::Csd => Target::ClassifierScore,
+            Method::Vsd => Target::ParticleScore,
             Method::Sds | Method::Fsd | Method::FsdConstant => Target::Noise,
         }
     }
@@ -86,6 +94,9 @@ pub enum Target {
     /// plus (ε_∅ − ε) at ω₂ = 0: CSD drops the part that pulls towards the
     /// unconditional prediction.
     ClassifierScore,
+    /// VSD: the guided ε̂ against the particle score ε_lora(x_t, y, c), a
+    /// LoRA copy of the prior trained on the renders ([`ParticleScore`]).
+    ParticleScore,
 }
 
 /// w(t).
@@ -185,6 +196,8 @@ pub struct Guidance<'a> {
     settings: GuidanceSettings,
     /// u32 [1]: non-finite gradient values since the run began.
     nonfinite: Tensor,
+    /// VSD's particle score (the ParticleScore target only).
+    particle: Option<ParticleScore>,
 }
 
 impl<'a> Guidance<'a> {
@@ -195,13 +208,42 @@ impl<'a> Guidance<'a> {
         let uses_negative = match settings.target {
             Target::NegativePrompt => true,
             Target::ClassifierScore => settings.negative_weight != 0.0,
-            Target::Noise => false,
+            Target::Noise | Target::ParticleScore => false,
         };
         let negative = uses_negative.then(|| prompt.negative.unwrap_or(NFSD_NEGATIVE));
         let prompts = PromptEmbeddings::new(gpu, prior, &PromptSpec { negative, ..*prompt })?;
         let schedule = NoiseSchedule::new(prior.scheduler_config())?;
         let nonfinite = gpu.upload_u32(&[0], &[1])?;
-        Ok(Guidance { prior, schedule, prompts, settings, nonfinite })
+        Ok(Guidance { prior, schedule, prompts, settings, nonfinite, particle: None })
+    }
+
+    /// Gives a VSD run its particle score: a fresh LoRA adapter on the
+    /// prior's UNet. Refused for priors without one and for multi-view priors.
+    pub fn with_particle(mut self, gpu: &Gpu, cfg: &VsdConfig, seed: u64) -> Result<Self> {
+        if self.prior.num_frames().is_some() {
+            return Err(Error::Invalid("vsd: the particle score is built for text-to-image priors; this one is multi-view".into()));
+        }
+        let unet = self.prior.unet().ok_or_else(|| Error::Invalid("vsd: the prior has no UNet to adapt".into()))?;
+        self.particle = Some(ParticleScore::new(gpu, unet, cfg, seed)?);
+        Ok(self)
+    }
+
+    /// The particle score, for VSD runs.
+    pub fn particle(&self) -> Option<&ParticleScore> {
+        self.particle.as_ref()
+    }
+    pub fn particle_mut(&mut self) -> Option<&mut ParticleScore> {
+        self.particle.as_mut()
+    }
+
+    /// One training step of VSD's particle score on the renders' samples z
+    /// (f32, detached) for `views`, with their cameras [B, 16]; returns its
+    /// loss ([1] on the device). Nothing to do (None) for other methods.
+    pub fn train_particle(&mut self, gpu: &Gpu, z: &Tensor, views: &[ViewDirection], cameras: Option<&Tensor>, step: u64) -> Result<Option<Tensor>> {
+        let Some(particle) = self.particle.as_mut() else { return Ok(None) };
+        let unet = self.prior.unet().ok_or_else(|| Error::Invalid("vsd: the prior has no UNet to adapt".into()))?;
+        let prompts = self.prompts.batch(gpu, views)?;
+        particle.train_step(gpu, unet, &self.schedule, z, &prompts.cond, cameras, step).map(Some)
     }
 
     pub fn schedule(&self) -> &NoiseSchedule {
@@ -253,6 +295,15 @@ impl<'a> Guidance<'a> {
                 Ok((cfg_rescale(gpu, x_t, &e[0], &e[1], frames, &k)?, eps.clone()))
             }
             Target::Noise => Ok((predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale, cameras)?, eps.clone())),
+            // VSD: the guided prediction against the particle score; the
+            // cameras condition the particle, not the (text-to-image) prior.
+            Target::ParticleScore => {
+                let particle = self.particle.as_ref().ok_or_else(|| Error::Invalid("vsd: the guidance has no particle score (Guidance::with_particle)".into()))?;
+                let unet = prior.unet().ok_or_else(|| Error::Invalid("vsd: the prior has no UNet to adapt".into()))?;
+                let pred = predict_epsilon(gpu, prior, s, t, x_t, &p.cond, Some(&p.uncond), scale, None)?;
+                let target = particle.predict(gpu, unet, s, t, x_t, &p.cond, &p.uncond, cameras.map(|c| &c.camera))?;
+                Ok((pred, target))
+            }
             // Both compare the classifier score s·(ε_y − ε_∅), shifted by a
             // negative prompt's, with zero. Guidance::new embeds the negative
             // prompt for NFSD, and for CSD when its ω₂ ≠ 0.

@@ -8,3 +8,4 @@ pub mod sampler;
 pub mod schedule;
 pub mod size;
 pub mod timesteps;
+pub mod vsd;

@@ -14,6 +14,7 @@ use crate::diffusion::guidance::{GuidanceSettings, Method, Weighting};
 use crate::diffusion::noise::WorldMapConfig;
 use crate::diffusion::prompts::PromptSpec;
 use crate::diffusion::timesteps::TimestepSchedule;
+use crate::diffusion::vsd::VsdConfig;
 use crate::error::{Error, Result};
 use crate::models::pixel_prior::PixelPriorSpec;
 use crate::scene::{BackgroundKind, CameraConfig, SceneConfig};
@@ -41,6 +42,9 @@ pub struct GenerateConfig {
     pub scene: SceneConfig,
     pub loss: LossConfig,
     pub output: OutputConfig,
+    /// VSD's particle score (`--method vsd` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsd: Option<VsdConfig>,
 }
 
 /// How the prior's prediction becomes a gradient (FSD_SPEC §2, §3).
@@ -206,10 +210,13 @@ impl GenerateConfig {
                 checkpoint_every: 1000,
                 log_every: 10,
             },
+            vsd: (method == Method::Vsd).then(VsdConfig::default),
         };
         match kind {
             PriorKind::Pixel(spec) => c.apply_pixel_prior(spec),
             PriorKind::MultiViewLatent { frames } => c.apply_multiview_latent(*frames),
+            // threestudio's prolificdreamer guides with 7.5, not SDS's 100.
+            PriorKind::Latent if method == Method::Vsd => c.guidance.cfg = 7.5,
             PriorKind::Latent => {}
         }
         c
@@ -364,6 +371,12 @@ impl GenerateConfig {
         }
         if !(self.guidance.cfg.is_finite() && self.guidance.cfg > 0.0) {
             return Err(Error::Invalid(format!("generate: cfg {} must be a positive number", self.guidance.cfg)));
+        }
+        match (&self.vsd, self.method) {
+            (Some(v), Method::Vsd) => v.validate()?,
+            (None, Method::Vsd) => {}
+            (Some(_), m) => return Err(Error::Invalid(format!("[vsd] configures VSD's particle score; this run's method is {}", m.name()))),
+            (None, _) => {}
         }
         if !self.guidance.negative_weight.is_finite() || (self.guidance.negative_weight != 0.0 && self.method != Method::Csd) {
             return Err(Error::Invalid(format!(

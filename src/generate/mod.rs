@@ -119,7 +119,10 @@ impl<'a> Generator<'a> {
         let scene = Scene::new(gpu, &cfg.scene, cfg.seed)?;
         let sampler = CameraSampler::new(cfg.camera.clone(), cfg.seed)?;
         let noise = ViewNoise::new(gpu, cfg.method.noise(), cfg.noise, [c, h, w], cfg.seed)?;
-        let guidance = Guidance::new(gpu, prior, &cfg.prompt_spec(), cfg.guidance_settings())?;
+        let mut guidance = Guidance::new(gpu, prior, &cfg.prompt_spec(), cfg.guidance_settings())?;
+        if cfg.method == crate::diffusion::guidance::Method::Vsd {
+            guidance = guidance.with_particle(gpu, &cfg.vsd.clone().unwrap_or_default(), cfg.seed)?;
+        }
         Ok(Generator { gpu, prior, cfg, scene, sampler, noise, guidance, step: 0 })
     }
 
@@ -127,6 +130,13 @@ impl<'a> Generator<'a> {
     pub fn resume(gpu: &'a Gpu, prior: &'a dyn Prior, cfg: GenerateConfig, checkpoint: &Path) -> Result<Generator<'a>> {
         let mut g = Generator::new(gpu, prior, cfg)?;
         let meta = g.scene.load(gpu, checkpoint)?;
+        // VSD's particle score continues from its own saved state.
+        if let Some(p) = g.guidance.particle_mut() {
+            let step = meta.get(VSD_ADAM_STEP_KEY).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Error::Invalid(format!("{}: a VSD run's checkpoint without its particle score; start the run again", checkpoint.display()))
+            })?;
+            p.restore(gpu, &crate::scene::optim::Checkpoint::read(checkpoint)?, step)?;
+        }
         // The run in the checkpoint must be this config's (checkpoints from
         // before this record was kept carry none and are taken as they are).
         if let Some(recorded) = meta.get(RUN_CONFIG_KEY) {
@@ -190,9 +200,14 @@ impl<'a> Generator<'a> {
         // ∂L/∂z = g / B, back through the encoder and the resize; the image
         // is 2·rgb − 1, so ∂L/∂rgb = 2·∂L/∂image.
         let directions: Vec<ViewDirection> = cams.iter().map(|c| ViewDirection { elevation_deg: c.elevation, azimuth_deg: c.azimuth }).collect();
-        // A multi-view prior sees each object's views together, with their cameras.
-        let cameras = self.prior.num_frames().map(|frames| ViewCameras::new(gpu, &cams, frames)).transpose()?;
+        // A multi-view prior sees each object's views together, with their
+        // cameras; VSD's particle score takes each view's camera.
+        let vsd = self.guidance.particle().is_some();
+        let frames = self.prior.num_frames().or(vsd.then_some(1));
+        let cameras = frames.map(|frames| ViewCameras::new(gpu, &cams, frames)).transpose()?;
         let d_z = self.distillation_gradient(z, &eps, t, &directions, cameras.as_ref())?;
+        // VSD: then one training step of the particle score on these renders.
+        self.guidance.train_particle(gpu, z, &directions, cameras.as_ref().map(|c| &c.camera), step)?;
         let d_image = self.prior.encode_backward(gpu, &encoded, &d_z)?;
         let d_image = if resized { resample::resize_bilinear_backward(gpu, &d_image, h, w)? } else { d_image };
         let d_rgb = ew::scale(gpu, &d_image, 2.0)?.reshape(r.images.rgb.shape())?;
@@ -237,9 +252,20 @@ impl<'a> Generator<'a> {
     /// Writes the checkpoint atomically, with the config it optimises.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let meta = std::collections::HashMap::from([(RUN_CONFIG_KEY.to_string(), self.cfg.optimisation_json()?)]);
-        self.scene.save_with(self.gpu, path, meta)
+        let mut meta = meta;
+        let extra = match self.guidance.particle() {
+            Some(p) => {
+                meta.insert(VSD_ADAM_STEP_KEY.into(), p.adam_step().to_string());
+                p.state_tensors()
+            }
+            None => Vec::new(),
+        };
+        self.scene.save_with(self.gpu, path, meta, &extra)
     }
 }
+
+/// The checkpoint metadata key of VSD's particle-score optimiser step.
+const VSD_ADAM_STEP_KEY: &str = "vsd_adam_step";
 
 /// Where a run writes, and how it reports.
 pub struct RunPaths {

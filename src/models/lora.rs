@@ -150,6 +150,57 @@ impl Lora {
         self.pairs.iter()
     }
 
+    /// A fresh adapter of rank `rank` on every attention projection of
+    /// `unet`, as peft's `init_lora_weights="gaussian"` starts one (A ~
+    /// N(0, 1/r²), B = 0: the adapted UNet starts as the UNet), with a camera
+    /// condition initialised as torch's Linear (U(±1/√fan_in)) when
+    /// `camera`; drawn from `seed`.
+    pub fn init(gpu: &Gpu, unet: &UNet, rank: usize, alpha: f32, camera: bool, seed: u64) -> Result<Lora> {
+        use crate::scene::camera::{normal, purpose, rng_for};
+        use rand::RngExt;
+        let mut rng = rng_for(seed, 0, purpose::VSD);
+        let mut factors = BTreeMap::new();
+        for (name, (inp, out)) in unet.attention_projections() {
+            let a: Vec<f32> = (0..rank * inp).map(|_| normal(&mut rng) / rank as f32).collect();
+            factors.insert(name, (a, vec![0.0; out * rank]));
+        }
+        let lora = Lora::from_factors(gpu, unet, rank, alpha, &factors)?;
+        if !camera {
+            return Ok(lora);
+        }
+        let temb = unet.time_embedding_width();
+        let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        let tensors: BTreeMap<String, Vec<f32>> = [
+            ("linear_1.weight", uniform(temb * 16, 16)),
+            ("linear_1.bias", uniform(temb, 16)),
+            ("linear_2.weight", uniform(temb * temb, temb)),
+            ("linear_2.bias", uniform(temb, temb)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        lora.with_camera(gpu, temb, &tensors)
+    }
+
+    /// Every trained tensor, by a name for the optimiser and the
+    /// checkpoint: `lora.<projection>.A` / `.B`, `lora.camera_embedding.*`.
+    pub fn parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut v: Vec<(String, &Tensor)> = Vec::new();
+        for (name, p) in &self.pairs {
+            v.push((format!("lora.{name}.A"), &p.a));
+            v.push((format!("lora.{name}.B"), &p.b));
+        }
+        if let Some(c) = &self.camera {
+            for (name, t) in CAMERA_TENSORS.iter().zip([&c.w1, &c.b1, &c.w2, &c.b2]) {
+                v.push((format!("lora.camera_embedding.{name}"), t));
+            }
+        }
+        v
+    }
+
     /// Adds a camera condition from host tensors named as [`CAMERA_TENSORS`],
     /// for a UNet whose time embedding is `temb` wide.
     pub fn with_camera(mut self, gpu: &Gpu, temb: usize, tensors: &BTreeMap<String, Vec<f32>>) -> Result<Lora> {

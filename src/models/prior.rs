@@ -43,6 +43,11 @@ pub trait Prior {
     fn num_frames(&self) -> Option<usize> {
         None
     }
+    /// The UNet itself, for methods that train an adapter on it (VSD);
+    /// None where the prior has none.
+    fn unet(&self) -> Option<&UNet> {
+        None
+    }
     /// Samples to images [B, 3, H, W] in [-1, 1] (VAE decode for latent priors).
     fn to_image(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor>;
     /// Storage type of its activations.
@@ -266,6 +271,10 @@ impl Prior for StableDiffusion {
 
     fn num_frames(&self) -> Option<usize> {
         self.num_frames
+    }
+
+    fn unet(&self) -> Option<&UNet> {
+        Some(&self.unet)
     }
 
     fn predict(&self, gpu: &Gpu, x_t: &Tensor, t: f32, cond: &Tensor, uncond: Option<&Tensor>, cfg: f32, views: Option<&ViewCameras>) -> Result<Tensor> {

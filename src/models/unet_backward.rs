@@ -209,12 +209,27 @@ impl UNet {
     /// and the gradients of the adapter's factors (f32, by projection name;
     /// empty without an adapter).
     pub fn forward_and_grads(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, ctx: &Tensor, extras: &Extras, d_out: &Tensor) -> Result<UNetGrads> {
+        self.forward_and_grads_by(gpu, sample, timesteps, ctx, extras, |_| Ok(d_out.clone()))
+    }
+
+    /// [`UNet::forward_and_grads`] where ∂L/∂output is a function of the
+    /// output (a loss on it, e.g. the LoRA's denoising loss).
+    pub fn forward_and_grads_by(
+        &self,
+        gpu: &Gpu,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        ctx: &Tensor,
+        extras: &Extras,
+        d_out_of: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<UNetGrads> {
         let mut tape = Tape::default();
         let out = self.run(gpu, sample, timesteps, ctx, extras, Some(&mut tape))?;
+        let d_out = d_out_of(&out)?;
         if d_out.shape() != out.shape() {
             return Err(Error::shape("unet backward", format!("the output gradient {:?} must have the output's shape {:?}", d_out.shape(), out.shape())));
         }
-        let d_out = gpu.to_dtype(d_out, DType::F32)?;
+        let d_out = gpu.to_dtype(&d_out, DType::F32)?;
         let camera_condition = extras.lora.and_then(|l| l.camera.as_ref()).filter(|_| extras.camera.is_some());
         let mut ad = Adapter { lora: extras.lora, grads: BTreeMap::new(), d_temb_silu: None, wants_temb: camera_condition.is_some() };
         let (temb, camera) = (tape.temb.clone(), tape.camera.clone());

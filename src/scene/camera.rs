@@ -34,6 +34,8 @@ pub mod purpose {
     pub const OCCUPANCY: u64 = 4;
     pub const INIT: u64 = 5;
     pub const SHADING: u64 = 6;
+    /// VSD's particle score: its initial factors, and each step's training draw.
+    pub const VSD: u64 = 7;
 }
 
 /// A random stream keyed by (seed, step, purpose): the same key always gives

@@ -238,12 +238,13 @@ impl Scene {
 
     /// Saves parameters, Adam's state and the occupancy grid (atomically).
     pub fn save(&self, gpu: &Gpu, path: &Path) -> Result<()> {
-        self.save_with(gpu, path, HashMap::new())
+        self.save_with(gpu, path, HashMap::new(), &[])
     }
 
     /// [`Scene::save`] with the caller's own metadata beside the scene's.
-    pub fn save_with(&self, gpu: &Gpu, path: &Path, mut meta: HashMap<String, String>) -> Result<()> {
+    pub fn save_with(&self, gpu: &Gpu, path: &Path, mut meta: HashMap<String, String>, extra: &[(String, &Tensor)]) -> Result<()> {
         let mut tensors = self.adam.state_tensors();
+        tensors.extend(extra.iter().map(|(n, t)| (n.clone(), *t)));
         tensors.push(("occupancy.history".into(), &self.occupancy.occupancy));
         tensors.push(("occupancy.bits".into(), &self.occupancy.bits));
         meta.insert("adam_step".into(), self.adam.step.to_string());

@@ -84,6 +84,16 @@ impl Adam {
         self.group(name).map(|g| &g.grad).ok_or_else(|| Error::Invalid(format!("adam: no group {name}")))
     }
 
+    /// Sets the gradient of group `name` to `grad` (f32, the group's shape).
+    pub fn set_grad(&mut self, name: &str, grad: Tensor) -> Result<()> {
+        let g = self.groups.iter_mut().find(|g| g.name == name).ok_or_else(|| Error::Invalid(format!("adam: no group {name}")))?;
+        if grad.dtype() != DType::F32 || grad.shape() != g.param.shape() {
+            return Err(Error::shape("adam", format!("the gradient of {name} must be f32 {:?}, got {grad:?}", g.param.shape())));
+        }
+        g.grad = grad;
+        Ok(())
+    }
+
     /// Fresh zero gradients (recorded in order: kernels already recorded
     /// still read the old ones).
     pub fn zero_grad(&mut self, gpu: &Gpu) -> Result<()> {

@@ -37,6 +37,7 @@ impl EvalMethod {
             Method::Fsd => "FSD",
             Method::FsdConstant => "FSD constant noise",
             Method::Csd => "CSD",
+            Method::Vsd => "VSD",
         };
         EvalMethod { label: label.into(), slug: method.name().into(), method, beta: None, theta_deg: None }
     }
