@@ -288,3 +288,29 @@ fn geglu_grad_matches_reference_and_finite_differences() {
     let e = geglu_input_grad(&gpu, &gpu.zeros(&[2, 6], DType::F32).unwrap(), &gpu.zeros(&[2, 4], DType::F32).unwrap()).unwrap_err().to_string();
     assert!(e.contains("[..., 2F]"), "{e}");
 }
+
+/// In blocks of query rows (a binding limit of a few rows' scores), the
+/// attention backward gives the one-block gradients: the blocks' dq side by
+/// side, their dk and dv summed. Awkward sizes (7 query rows in blocks of
+/// 2 and 3, cross-attention with fewer keys), one and several heads.
+#[test]
+fn attention_grads_in_blocks_of_rows_equal_the_whole() {
+    use fsd3d::ops::backward_misc::attention_input_grads_within;
+    for (gpu, dt) in configs() {
+        for (b, lq, lk, heads, d) in [(2usize, 7usize, 7usize, 1usize, 8usize), (1, 7, 5, 2, 16), (3, 9, 9, 4, 8)] {
+            let hd = heads * d;
+            let up = |seed: u64, l: usize| gpu.upload(&quantize(&rand_vec(seed, b * l * hd, -1.0, 1.0), dt), &[b, l, hd], dt).unwrap();
+            let (q, k, v, d_out) = (up(1, lq), up(2, lk), up(3, lk), up(4, lq));
+            let whole = attention_input_grads_within(&gpu, &q, &k, &v, &d_out, heads, u64::MAX).unwrap();
+            for rows in [2u64, 3] {
+                let limit = rows * (b * heads * lk * 4) as u64;
+                let blocks = attention_input_grads_within(&gpu, &q, &k, &v, &d_out, heads, limit).unwrap();
+                for (name, got, want) in [("dq", &blocks.dq, &whole.dq), ("dk", &blocks.dk, &whole.dk), ("dv", &blocks.dv, &whole.dv)] {
+                    assert_eq!(got.shape(), want.shape());
+                    let what = format!("{name} b{b} lq{lq} lk{lk} h{heads} in blocks of {rows} {}", label(&gpu, dt));
+                    assert_close(&what, &gpu.download(got).unwrap(), &gpu.download(want).unwrap(), tol(dt));
+                }
+            }
+        }
+    }
+}

@@ -7,7 +7,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor, grid_1d};
-use crate::ops::concat::permute;
+use crate::ops::concat::{concat, narrow, permute};
+use crate::ops::elementwise::add;
 use crate::ops::matmul::{MatmulOpts, matmul};
 use crate::ops::norm::{WORKGROUP_SIZES, workgroup_size};
 use crate::ops::softmax::softmax;
@@ -150,15 +151,22 @@ pub struct AttentionGrads {
 /// q `[B, Lq, H·D]`, k and v `[B, Lk, H·D]`, d_out `[B, Lq, H·D]`; the
 /// gradients have their inputs' shapes and d_out's dtype.
 ///
-/// The naive formulation, by matmuls and [`softmax_input_grad`]: it
-/// recomputes the probabilities P = softmax(q·kᵀ/√D) and then
-/// dv = Pᵀ·do, dP = do·vᵀ, dS = P ⊙ (dP − Σ dP⊙P)/√D, dq = dS·k, dk = dSᵀ·q.
-/// Memory: it materialises B·H × Lq × Lk f32 matrices (scores, P, dP, dS,
-/// a few alive at once), each under the adapter's storage binding limit: with
-/// 128 MiB, B·H·Lq·Lk ≤ 32M, e.g. one 64×64-latent VAE image (4096 tokens,
-/// 64 MiB per matrix) but not two. Larger problems need a fused (flash)
-/// backward.
+/// By matmuls and [`softmax_input_grad`], in blocks of query rows: for each
+/// block it recomputes the probabilities P = softmax(q·kᵀ/√D) and then
+/// dv += Pᵀ·do, dP = do·vᵀ, dS = P ⊙ (dP − Σ dP⊙P)/√D, dq = dS·k,
+/// dk += dSᵀ·q (dk and dv summed in f32 over the blocks). Memory: the
+/// block's B·H × rows × Lk f32 matrices (scores, P, dP, dS, a few alive at
+/// once), each within the adapter's storage binding limit, never the whole
+/// Lq × Lk: SD's 64×64 latents (4 096 tokens, 8 heads) go in blocks of
+/// 1 024 rows under a 128 MiB limit. A fused (flash) kernel would also keep
+/// the blocks out of global memory; this one does not.
 pub fn attention_input_grads(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, d_out: &Tensor, heads: usize) -> Result<AttentionGrads> {
+    attention_input_grads_within(gpu, q, k, v, d_out, heads, gpu.max_binding_bytes())
+}
+
+/// [`attention_input_grads`] whose score-sized matrices each stay within
+/// `max_bytes`: the queries go in blocks of rows.
+pub fn attention_input_grads_within(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, d_out: &Tensor, heads: usize, max_bytes: u64) -> Result<AttentionGrads> {
     const OP: &str = "attention_input_grads";
     for (name, t) in [("q", q), ("k", k), ("v", v), ("d_out", d_out)] {
         expect_float(OP, t)?;
@@ -194,15 +202,42 @@ pub fn attention_input_grads(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, d_ou
     let (qh, kh, vh, doh) = (split(q, lq)?, split(k, lk)?, split(v, lk)?, split(d_out, lq)?);
     let f32_out = |trans_a: bool, trans_b: bool, out: DType| MatmulOpts { trans_a, trans_b, out_dtype: Some(out), ..Default::default() };
 
-    // The probabilities, in f32 whatever the storage.
-    let scores = matmul(gpu, &qh, &kh, None, &f32_out(false, true, DType::F32))?;
-    let probs = softmax(gpu, &scores, scale)?;
-    drop(scores);
-    let dv = matmul(gpu, &probs, &doh, None, &f32_out(true, false, grad))?;
-    let dprobs = matmul(gpu, &doh, &vh, None, &f32_out(false, true, DType::F32))?;
-    let dscores = softmax_input_grad(gpu, &probs, &dprobs, scale)?;
-    drop((probs, dprobs));
-    let dq = matmul(gpu, &dscores, &kh, None, &f32_out(false, false, grad))?;
-    let dk = matmul(gpu, &dscores, &qh, None, &f32_out(true, false, grad))?;
+    // Blocks of query rows whose [B·H, rows, Lk] f32 matrices each stay
+    // within the binding limit: softmax is per row, so each block's
+    // probabilities are exact; dk and dv sum over the blocks.
+    let rows = block_rows(b * heads, lq, lk, max_bytes);
+    let (mut dq_parts, mut dk, mut dv) = (Vec::new(), None::<Tensor>, None::<Tensor>);
+    for start in (0..lq).step_by(rows.max(1)) {
+        let n = rows.min(lq - start);
+        let (q_blk, do_blk) = if n == lq { (qh.clone(), doh.clone()) } else { (narrow(gpu, &qh, 1, start, n)?, narrow(gpu, &doh, 1, start, n)?) };
+        // The probabilities, in f32 whatever the storage.
+        let scores = matmul(gpu, &q_blk, &kh, None, &f32_out(false, true, DType::F32))?;
+        let probs = softmax(gpu, &scores, scale)?;
+        drop(scores);
+        let dv_blk = matmul(gpu, &probs, &do_blk, None, &f32_out(true, false, DType::F32))?;
+        let dprobs = matmul(gpu, &do_blk, &vh, None, &f32_out(false, true, DType::F32))?;
+        let dscores = softmax_input_grad(gpu, &probs, &dprobs, scale)?;
+        drop((probs, dprobs));
+        dq_parts.push(matmul(gpu, &dscores, &kh, None, &f32_out(false, false, grad))?);
+        let dk_blk = matmul(gpu, &dscores, &q_blk, None, &f32_out(true, false, DType::F32))?;
+        dk = Some(match dk {
+            Some(acc) => add(gpu, &acc, &dk_blk)?,
+            None => dk_blk,
+        });
+        dv = Some(match dv {
+            Some(acc) => add(gpu, &acc, &dv_blk)?,
+            None => dv_blk,
+        });
+    }
+    let dq = if dq_parts.len() == 1 { dq_parts.remove(0) } else { concat(gpu, &dq_parts.iter().collect::<Vec<_>>(), 1)? };
+    let (dk, dv) = (dk.expect("at least one block"), dv.expect("at least one block"));
+    let (dk, dv) = (gpu.to_dtype(&dk, grad)?, gpu.to_dtype(&dv, grad)?);
     Ok(AttentionGrads { dq: merge(&dq, lq)?, dk: merge(&dk, lk)?, dv: merge(&dv, lk)? })
+}
+
+/// Query rows a block of the attention backward takes so that its
+/// [batch, rows, lk] f32 matrices stay within `max_bytes` (at least one row).
+fn block_rows(batch: usize, lq: usize, lk: usize, max_bytes: u64) -> usize {
+    let row_bytes = (batch * lk * 4).max(1) as u64;
+    ((max_bytes / row_bytes) as usize).clamp(1, lq.max(1))
 }
