@@ -26,6 +26,12 @@
 // ky ≡ py + pad (mod s), the same for every pixel, and oy = yq + oy0(ky).
 // Stride 1 is the single phase (0, 0).
 //
+// grad_weight: the weight gradient, one invocation per weight element
+//   dw[co, ci, ky, kx] = Σ_b Σ_(oy, ox) dy[b, co, oy, ox] · x[b, ci, oy·s + ky − pad, ox·s + kx − pad]
+//   (taps outside x read 0), stored f32; TY is dy's storage, TW x's here.
+//   A plain loop (not tiled): LoRA and the tests need it, not a full UNet
+//   fine-tune's speed.
+//
 // Edges: pixels past N read a clamped, valid address and are not stored;
 // channels past Cin have zero packed weights and are not stored; taps that
 // land outside dy read 0.
@@ -61,12 +67,43 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 #include "conv_core.wgsl"
+#if WEIGHT_GRAD
+@group(0) @binding(1) var<storage, read> dyw: array<{{TY}}>;
+@group(0) @binding(2) var<storage, read> xw: array<{{TW}}>;
+@group(0) @binding(3) var<storage, read_write> dw: array<f32>;
+
+@compute @workgroup_size({{WG}})
+fn grad_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wid.x + wid.y * nwg.x) * {{WG}}u + lid;
+    if (i >= p.cout * p.cin * p.kh * p.kw) { return; }
+    let kx = i % p.kw;
+    let ky = (i / p.kw) % p.kh;
+    let ci = (i / (p.kw * p.kh)) % p.cin;
+    let co = i / (p.kw * p.kh * p.cin);
+    var acc = 0.0;
+    for (var b = 0u; b < p.batch; b++) {
+        for (var oy = 0u; oy < p.ho; oy++) {
+            let y = i32(oy * p.stride + ky) - i32(p.pad);
+            if (y < 0 || u32(y) >= p.h) { continue; }
+            for (var ox = 0u; ox < p.wo; ox++) {
+                let x = i32(ox * p.stride + kx) - i32(p.pad);
+                if (x < 0 || u32(x) >= p.w) { continue; }
+                acc += f32(dyw[((b * p.cout + co) * p.ho + oy) * p.wo + ox]) * f32(xw[((b * p.cin + ci) * p.h + u32(y)) * p.w + u32(x)]);
+            }
+        }
+    }
+    dw[i] = acc;
+}
+#endif
 #if !PACK
+#if !WEIGHT_GRAD
 @group(0) @binding(1) var<storage, read> dy: array<{{TY}}>;
 #if SIMPLE
 @group(0) @binding(2) var<storage, read> wt: array<{{TW}}>;
 #endif
 @group(0) @binding(3) var<storage, read_write> dx: array<{{TY}}>;
+#endif
 #endif
 
 #if SIMPLE

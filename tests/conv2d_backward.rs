@@ -243,3 +243,83 @@ fn timing_against_the_forward() {
         }
     }
 }
+
+/// dW and db by their definition (f64): each output gradient times every
+/// input it read, summed; db the output gradients summed per channel.
+fn reference_weight_grad(c: &Case, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (ho, wo) = c.out_hw();
+    let mut dw = vec![0.0f64; c.cout * c.cin * c.kh * c.kw];
+    let mut db = vec![0.0f64; c.cout];
+    for b in 0..c.b {
+        for co in 0..c.cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = dy[((b * c.cout + co) * ho + oy) * wo + ox] as f64;
+                    db[co] += g;
+                    for ci in 0..c.cin {
+                        for ky in 0..c.kh {
+                            for kx in 0..c.kw {
+                                let (y, xx) = ((oy * c.stride + ky) as isize - c.pad as isize, (ox * c.stride + kx) as isize - c.pad as isize);
+                                if y < 0 || xx < 0 || y as usize >= c.h || xx as usize >= c.w {
+                                    continue;
+                                }
+                                dw[((co * c.cin + ci) * c.kh + ky) * c.kw + kx] += g * x[((b * c.cin + ci) * c.h + y as usize) * c.w + xx as usize] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dw.iter().map(|&v| v as f32).collect(), db.iter().map(|&v| v as f32).collect())
+}
+
+/// The weight and bias gradients against their definition on every case,
+/// in f32, f16 and mixed storage, and against directional differences of the
+/// device's forward conv2d in the weights.
+#[test]
+fn weight_grad_matches_the_reference_and_finite_differences() {
+    use fsd3d::ops::conv2d_backward::conv2d_weight_grad;
+    for (gpu, dt) in configs() {
+        for (ci, c) in CASES.iter().enumerate() {
+            let n_x: usize = c.x_shape().iter().product();
+            let n_y: usize = c.dy_shape().iter().product();
+            let x = quantize(&rand_vec(500 + ci as u64, n_x, -1.0, 1.0), dt);
+            let dy = quantize(&rand_vec(600 + ci as u64, n_y, -1.0, 1.0), dt);
+            let (dw, db) = conv2d_weight_grad(&gpu, &gpu.upload(&x, &c.x_shape(), dt).unwrap(), &gpu.upload(&dy, &c.dy_shape(), dt).unwrap(), (c.kh, c.kw), c.stride, c.pad).unwrap();
+            assert_eq!((dw.shape(), dw.dtype()), (&c.w_shape()[..], DType::F32));
+            let (want_w, want_b) = reference_weight_grad(c, &x, &dy);
+            let what = format!("{c:?} {}", label(&gpu, dt));
+            assert_close(&format!("dW {what}"), &gpu.download(&dw).unwrap(), &want_w, 1e-5);
+            assert_close(&format!("db {what}"), &gpu.download(&db).unwrap(), &want_b, 1e-5);
+        }
+    }
+    // Directional differences of the forward in the weights (f32).
+    let gpu = gpu();
+    for (ci, c) in CASES.iter().enumerate().step_by(3) {
+        let n_x: usize = c.x_shape().iter().product();
+        let n_w: usize = c.w_shape().iter().product();
+        let x = gpu.upload(&rand_vec(700 + ci as u64, n_x, -1.0, 1.0), &c.x_shape(), DType::F32).unwrap();
+        let dy = rand_vec(800 + ci as u64, c.dy_shape().iter().product(), -1.0, 1.0);
+        let w = rand_vec(900 + ci as u64, n_w, -1.0, 1.0);
+        let fwd = Conv2dOpts { stride: c.stride, padding: c.pad, variant: None, padding_w: None };
+        let loss = |ws: &[f32]| -> f64 {
+            let y = conv2d(&gpu, &x, &gpu.upload(ws, &c.w_shape(), DType::F32).unwrap(), None, fwd).unwrap();
+            gpu.download(&y).unwrap().iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let (dw, _) = fsd3d::ops::conv2d_backward::conv2d_weight_grad(&gpu, &x, &gpu.upload(&dy, &c.dy_shape(), DType::F32).unwrap(), (c.kh, c.kw), c.stride, c.pad).unwrap();
+        let dw = gpu.download(&dw).unwrap();
+        let u = rand_vec(1000 + ci as u64, n_w, -1.0, 1.0);
+        let plus: Vec<f32> = w.iter().zip(&u).map(|(a, b)| a + b).collect();
+        let minus: Vec<f32> = w.iter().zip(&u).map(|(a, b)| a - b).collect();
+        let fd = (loss(&plus) - loss(&minus)) / 2.0;
+        let analytic: f64 = dw.iter().zip(&u).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let magnitude: f64 = dw.iter().zip(&u).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>().max(1.0);
+        assert!((fd - analytic).abs() <= 1e-5 * magnitude, "{c:?}: finite difference {fd} vs ⟨dW, u⟩ {analytic}");
+    }
+    // A kernel that does not map x onto dy is named.
+    let e = conv2d_weight_grad(&gpu, &gpu.zeros(&[1, 2, 5, 5], DType::F32).unwrap(), &gpu.zeros(&[1, 3, 4, 4], DType::F32).unwrap(), (3, 3), 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not dy's 4×4"), "{e}");
+}

@@ -1,7 +1,8 @@
 //! The input gradient of [`conv2d`](crate::ops::conv2d::conv2d)
 //! (`shaders/conv2d_backward.wgsl`): the transposed convolution of the output
 //! gradient with the forward weights, for any kernel size, stride and
-//! padding (groups = 1). Weights are frozen: no weight or bias gradient.
+//! padding (groups = 1); and [`conv2d_weight_grad`], the weight and bias
+//! gradients (a plain loop per weight element).
 //!
 //! Three kernels: `grad_simple` (one invocation per input-gradient element,
 //! the baseline), `grad_gemm` (an implicit GEMM blocking 8 input channels ×
@@ -117,6 +118,7 @@ fn key(entry: &'static str, ty: DType, tw: DType) -> KernelKey {
         .flag("GEMM", entry == "grad_gemm")
         .flag("SUBGROUP_GEMM", entry == "grad_subgroup")
         .flag("PACKED", entry == "grad_gemm" || entry == "grad_subgroup")
+        .flag("WEIGHT_GRAD", entry == "grad_weight")
 }
 
 /// Input channels per grad_subgroup workgroup tile: 4 per lane of the
@@ -145,6 +147,11 @@ fn pack_key(tw: DType) -> KernelKey {
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
     let dts = float_dtypes(caps);
     let mut v: Vec<KernelKey> = dts.iter().map(|&tw| pack_key(tw)).collect();
+    for &ty in &dts {
+        for &tx in &dts {
+            v.push(key("grad_weight", ty, tx));
+        }
+    }
     for variant in Conv2dBackwardVariant::ALL.into_iter().filter(|v| v.available(caps)) {
         for &ty in &dts {
             for &tw in &dts {
@@ -305,4 +312,56 @@ pub fn conv2d_input_grad(
         }
     }
     Ok(dx)
+}
+
+/// The gradients of a convolution's loss with respect to its weight and
+/// bias: given the forward input `x` `[B, Cin, H, W]`, the output gradient
+/// `dy` `[B, Cout, Ho, Wo]` and the forward's kernel size, stride and
+/// padding, returns (dW `[Cout, Cin, kh, kw]`, db `[Cout]`), both f32 (x and
+/// dy may each be f32 or f16; accumulation is f32).
+pub fn conv2d_weight_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor, kernel: (usize, usize), stride: usize, padding: usize) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "conv2d_weight_grad";
+    expect_float(OP, x)?;
+    expect_float(OP, dy)?;
+    if x.rank() != 4 || dy.rank() != 4 || x.dim(0) != dy.dim(0) || stride == 0 {
+        return Err(Error::shape(OP, format!("expected x [B, Cin, H, W], dy [B, Cout, Ho, Wo] and a stride ≥ 1; got {:?}, {:?}, stride {stride}", x.shape(), dy.shape())));
+    }
+    let [b, cin, h, w] = [x.dim(0), x.dim(1), x.dim(2), x.dim(3)];
+    let [cout, ho, wo] = [dy.dim(1), dy.dim(2), dy.dim(3)];
+    let (kh, kw) = kernel;
+    let out = |n: usize, k: usize| (n + 2 * padding).checked_sub(k).map(|v| v / stride + 1);
+    if out(h, kh) != Some(ho) || out(w, kw) != Some(wo) {
+        return Err(Error::shape(OP, format!("a {kh}×{kw} kernel with stride {stride} and padding {padding} maps {h}×{w} to {:?}×{:?}, not dy's {ho}×{wo}", out(h, kh), out(w, kw))));
+    }
+    let p = Params {
+        batch: b as u32,
+        cin: cin as u32,
+        h: h as u32,
+        w: w as u32,
+        cout: cout as u32,
+        ho: ho as u32,
+        wo: wo as u32,
+        kh: kh as u32,
+        kw: kw as u32,
+        stride: u32_of(OP, "stride", stride)?,
+        pad: u32_of(OP, "padding", padding)?,
+        n_pix: u32_of(OP, "input pixels", b * h * w)?,
+        cin_pad: cin as u32,
+        tile_c: 1,
+        phase_y: 0,
+        phase_x: 0,
+        hq: h as u32,
+        wq: w as u32,
+        _pad: [0; 2],
+    };
+    let dw = gpu.empty(&[cout, cin, kh, kw], DType::F32)?;
+    if dw.numel() > 0 {
+        u32_of(OP, "weight elements", dw.numel())?;
+        gpu.dispatch("conv2d_backward.grad_weight", &key("grad_weight", dy.dtype(), x.dtype()), &p, &[dy, x, &dw], grid_for(gpu, dw.numel(), WG))?;
+    }
+    // db = Σ over the batch and the map of dy: the maps' means × their size, summed over the batch.
+    let means = crate::ops::pool::global_avg_pool(gpu, &gpu.to_dtype(dy, DType::F32)?)?.reshape(&[b, cout])?;
+    let ones = gpu.upload(&vec![(ho * wo) as f32; b], &[1, b], DType::F32)?;
+    let db = crate::ops::matmul::matmul(gpu, &ones, &means, None, &Default::default())?.reshape(&[cout])?;
+    Ok((dw, db))
 }
