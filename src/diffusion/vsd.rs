@@ -55,7 +55,13 @@ impl Default for VsdConfig {
 
 impl VsdConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.lora_rank == 0 || !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) || !(self.lora_lr.is_finite() && self.lora_lr > 0.0) || !(0.0..=1.0).contains(&self.camera_dropout) || !self.lora_cfg.is_finite() {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        let valid = self.lora_rank > 0
+            && positive(self.lora_alpha)
+            && positive(self.lora_lr)
+            && (0.0..=1.0).contains(&self.camera_dropout)
+            && self.lora_cfg.is_finite();
+        if !valid {
             return Err(Error::Invalid(format!(
                 "[vsd]: lora_rank must be ≥ 1, lora_alpha and lora_lr > 0, camera_dropout in [0, 1] and lora_cfg finite; got {self:?}"
             )));
