@@ -137,3 +137,17 @@ fn vsd_with_a_fresh_adapter_is_the_guided_minus_the_conditional_prediction() {
     common::assert_close("VSD gradient with a fresh adapter", &got, &want, 1e-4);
     assert!(want.iter().any(|v| v.abs() > 1e-3), "the guidance term vanished: the comparison says nothing");
 }
+
+/// A bad `[vsd]`, or one given to another method, is an error that says so.
+#[test]
+fn bad_vsd_settings_are_named() {
+    let mut cfg = GenerateConfig::defaults("a red cube", Method::Vsd, &embedded_kind());
+    cfg.vsd.as_mut().unwrap().lora_rank = 0;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("[vsd]") && e.contains("lora_rank"), "{e}");
+    let mut fsd = GenerateConfig::defaults("a red cube", Method::Fsd, &embedded_kind());
+    assert!(fsd.vsd.is_none(), "only VSD runs write [vsd]");
+    fsd.vsd = Some(VsdConfig::default());
+    let e = fsd.validate().unwrap_err().to_string();
+    assert!(e.contains("[vsd]") && e.contains("fsd"), "{e}");
+}
