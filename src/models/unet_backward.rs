@@ -10,10 +10,11 @@
 //! it before the next. A transformer block's attention probabilities are
 //! recomputed too (`attention_input_grads`).
 //!
-//! The UNet's own weights are frozen: only an adapter's factors get gradients. Gradients are f32
-//! whatever the model's storage type; f16 activations and weights are read
-//! as f16 by the backward kernels, which accumulate in f32. Everything is
-//! recorded into the device's open encoder: no readback, no submit.
+//! The UNet's own weights are frozen: only an adapter's factors get
+//! gradients. Gradients are f32 whatever the model's storage type; f16
+//! activations and weights are read as f16 by the backward kernels, which
+//! accumulate in f32. Everything is recorded into the device's open encoder:
+//! no readback, no submit.
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
@@ -223,6 +224,17 @@ impl UNet {
         extras: &Extras,
         d_out_of: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<UNetGrads> {
+        // The up path's nearest ×2 has a backward; the resize the forward
+        // uses where a side halved unevenly has none yet. Refuse before the
+        // forward rather than after it.
+        let factor = 1 << (self.down.len() - 1);
+        if sample.rank() == 4 && (sample.dim(2) % factor != 0 || sample.dim(3) % factor != 0) {
+            return Err(Error::Invalid(format!(
+                "unet backward: a sample whose sides halve unevenly ({}x{}) is not supported yet; use sides divisible by {factor}",
+                sample.dim(2),
+                sample.dim(3)
+            )));
+        }
         let mut tape = Tape::default();
         let out = self.run(gpu, sample, timesteps, ctx, extras, Some(&mut tape))?;
         let d_out = d_out_of(&out)?;
@@ -263,17 +275,10 @@ impl UNet {
         let mut d_skips: Vec<Tensor> = Vec::new();
         for lv in self.up.iter().rev() {
             if let Some(u) = &lv.resample {
-                let x = inputs.pop()?;
-                let (th, tw) = (d.dim(2), d.dim(3));
-                d = u.input_grad(gpu, &d, (th, tw))?;
-                if (th, tw) != (2 * x.dim(2), 2 * x.dim(3)) {
-                    return Err(Error::Invalid(format!(
-                        "unet backward: a sample whose sides halve unevenly ({}x{} up to {th}x{tw}) is not supported yet; use sides divisible by {}",
-                        x.dim(2),
-                        x.dim(3),
-                        1 << (self.down.len() - 1)
-                    )));
-                }
+                // Its input is no longer needed: the sides are checked to
+                // double exactly (forward_and_grads_by).
+                inputs.pop()?;
+                d = u.input_grad(gpu, &d, (d.dim(2), d.dim(3)))?;
                 d = upsample2x_backward(gpu, &d)?;
             }
             for (j, r) in lv.resnets.iter().enumerate().rev() {

@@ -162,6 +162,33 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
     v
 }
 
+/// The parameters of one dispatch over the whole input (stride phase
+/// (0, 0) covering every pixel, channels untiled): what `grad_simple` and
+/// `grad_weight` read, and what the GEMMs start from.
+fn whole_params(op: &'static str, [b, cin, h, w]: [usize; 4], [cout, ho, wo]: [usize; 3], (kh, kw): (usize, usize), stride: usize, padding: usize) -> Result<Params> {
+    Ok(Params {
+        batch: b as u32,
+        cin: cin as u32,
+        h: h as u32,
+        w: w as u32,
+        cout: cout as u32,
+        ho: ho as u32,
+        wo: wo as u32,
+        kh: kh as u32,
+        kw: kw as u32,
+        stride: u32_of(op, "stride", stride)?,
+        pad: u32_of(op, "padding", padding)?,
+        n_pix: u32_of(op, "input pixels", b * h * w)?,
+        cin_pad: cin as u32,
+        tile_c: 1,
+        phase_y: 0,
+        phase_x: 0,
+        hq: h as u32,
+        wq: w as u32,
+        _pad: [0; 2],
+    })
+}
+
 /// Records the repacking of `weight` into the GEMMs' layout
 /// `[cin_pad / tile_c, kh·kw·Cout, tile_c]` (see grad_pack in the shader).
 fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
@@ -248,27 +275,7 @@ pub fn conv2d_input_grad(
     u32_of(OP, "elements of dy", dy.numel())?;
     u32_of(OP, "elements of weight", weight.numel())?;
     u32_of(OP, "elements of dx", dx.numel())?;
-    let p = Params {
-        batch: b as u32,
-        cin: cin as u32,
-        h: h as u32,
-        w: w as u32,
-        cout: cout as u32,
-        ho: ho as u32,
-        wo: wo as u32,
-        kh: kh as u32,
-        kw: kw as u32,
-        stride: u32_of(OP, "stride", opts.stride)?,
-        pad: u32_of(OP, "padding", opts.padding)?,
-        n_pix: u32_of(OP, "input pixels", b * h * w)?,
-        cin_pad: cin as u32,
-        tile_c: 1,
-        phase_y: 0,
-        phase_x: 0,
-        hq: h as u32,
-        wq: w as u32,
-        _pad: [0; 2],
-    };
+    let p = whole_params(OP, [b, cin, h, w], [cout, ho, wo], (kh, kw), opts.stride, opts.padding)?;
 
     let variant = match (opts.variant, gpu.variant_override("conv2d_backward")) {
         (Some(v), _) => v,
@@ -333,27 +340,7 @@ pub fn conv2d_weight_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor, kernel: (usize, us
     if out(h, kh) != Some(ho) || out(w, kw) != Some(wo) {
         return Err(Error::shape(OP, format!("a {kh}×{kw} kernel with stride {stride} and padding {padding} maps {h}×{w} to {:?}×{:?}, not dy's {ho}×{wo}", out(h, kh), out(w, kw))));
     }
-    let p = Params {
-        batch: b as u32,
-        cin: cin as u32,
-        h: h as u32,
-        w: w as u32,
-        cout: cout as u32,
-        ho: ho as u32,
-        wo: wo as u32,
-        kh: kh as u32,
-        kw: kw as u32,
-        stride: u32_of(OP, "stride", stride)?,
-        pad: u32_of(OP, "padding", padding)?,
-        n_pix: u32_of(OP, "input pixels", b * h * w)?,
-        cin_pad: cin as u32,
-        tile_c: 1,
-        phase_y: 0,
-        phase_x: 0,
-        hq: h as u32,
-        wq: w as u32,
-        _pad: [0; 2],
-    };
+    let p = whole_params(OP, [b, cin, h, w], [cout, ho, wo], (kh, kw), stride, padding)?;
     let dw = gpu.empty(&[cout, cin, kh, kw], DType::F32)?;
     if dw.numel() > 0 {
         u32_of(OP, "weight elements", dw.numel())?;
