@@ -12,6 +12,18 @@
 //   march_write  per ray: the same walk, writing (x, y, z, t) of each kept sample
 // Samples of a ray are contiguous and in order, so compositing is a loop.
 //
+// Pruning occluded samples (nerfacc's sigma_fn with early_stop_eps, what
+// threestudio's renderer does): given σ alone at every marched sample,
+//   prune_count  per ray: the samples the compositing would reach, i.e. the
+//                prefix of its samples j with T_j = Π_{q<j} exp(−σ_q·dt) ≥
+//                early_stop (the same arithmetic as composite's loop)
+//   march_scan   the same scan over those counts
+//   prune_write  per ray: copies the prefix into the new packed buffer; ray 0
+//                also keeps the march's overflow in the new info:
+//                info = [kept, kept + dropped for capacity, 0, marched]
+// The field's full evaluation (albedo, normals) and its backward then run on
+// the kept samples only.
+//
 // Compositing (per ray, front to back, stopping once T < early_stop):
 //   α_s = 1 − exp(−σ_s·dt), w_s = T_s·α_s, T_{s+1} = T_s·(1 − α_s)
 //   rgb = Σ w_s·c_s + (1 − opacity)·bg, opacity = Σ w_s, depth = Σ w_s·t_s,
@@ -46,7 +58,8 @@
 // where occ > min(mean occ, threshold) (nerfacc's OccGridEstimator, every cell
 // at every update).
 //
-// Defines: one entry flag of MARCH_COUNT, MARCH_SCAN, MARCH_WRITE, COMPOSITE,
+// Defines: one entry flag of MARCH_COUNT, MARCH_SCAN, MARCH_WRITE, PRUNE_COUNT,
+// PRUNE_WRITE, COMPOSITE,
 // COMPOSITE_BACKWARD, REGULARISERS, OCCUPANCY_POINTS, OCCUPANCY_UPDATE, and the
 // group flags MARCHING (count, write) and COMPOSITING (composite, backward).
 
@@ -224,8 +237,65 @@ fn march_scan(@builtin(local_invocation_index) lid: u32) {
         info[0] = min(total, cap);
         info[1] = total;
         info[2] = 0u;
-        info[3] = 0u;
+        info[3] = min(total, cap);
     }
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// Pruning occluded samples.
+
+struct PruneParams {
+    n_rays: u32,
+    _pad0: u32,
+    dt: f32,
+    early_stop: f32,
+}
+
+#if PRUNE_COUNT
+@group(0) @binding(0) var<uniform> p: PruneParams;
+@group(0) @binding(1) var<storage, read> ranges: array<vec2<u32>>;        // [n_rays] as marched
+@group(0) @binding(2) var<storage, read> sigma: array<f32>;               // [capacity]: σ per sample
+@group(0) @binding(3) var<storage, read_write> kept: array<vec2<u32>>;    // [n_rays]: (0, count)
+
+@compute @workgroup_size(WG)
+fn prune_count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = thread_id(wid, lid, nwg);
+    if (r >= p.n_rays) { return; }
+    let range = ranges[r];
+    var t_trans = 1.0;
+    var j = 0u;
+    for (; j < range.y; j++) {
+        if (t_trans < p.early_stop) { break; }
+        let xs = sigma[range.x + j] * p.dt;
+        t_trans *= exp(-xs);
+    }
+    kept[r] = vec2<u32>(0u, j);
+}
+#endif
+
+#if PRUNE_WRITE
+@group(0) @binding(0) var<uniform> p: PruneParams;
+@group(0) @binding(1) var<storage, read> ranges: array<vec2<u32>>;        // as marched
+@group(0) @binding(2) var<storage, read> kept: array<vec2<u32>>;          // after march_scan
+@group(0) @binding(3) var<storage, read> samples: array<vec4<f32>>;       // as marched
+@group(0) @binding(4) var<storage, read_write> kept_samples: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> marched_info: array<u32>;
+@group(0) @binding(6) var<storage, read_write> kept_info: array<u32>;
+
+@compute @workgroup_size(WG)
+fn prune_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = thread_id(wid, lid, nwg);
+    if (r >= p.n_rays) { return; }
+    if (r == 0u) {
+        kept_info[1] = kept_info[0] + (marched_info[1] - marched_info[0]);
+        kept_info[3] = marched_info[0];
+    }
+    let src = ranges[r].x;
+    let to = kept[r];
+    for (var j = 0u; j < to.y; j++) { kept_samples[to.x + j] = samples[src + j]; }
 }
 #endif
 

@@ -680,3 +680,87 @@ fn render_image_in_chunks_matches_one_render() {
     assert_close("chunked rgb", &img2.rgb, &img.rgb, 1e-6);
     assert_close("chunked depth", &img2.depth, &img.depth, 1e-6);
 }
+
+/// Pruning the occluded samples (a density-only pass, then the full field on
+/// what compositing reaches) leaves the images and every gradient as they
+/// were, and does skip samples behind an opaque blob.
+#[test]
+fn pruning_occluded_samples_keeps_images_and_gradients() {
+    use fsd3d::scene::{CameraConfig, CameraSampler, RayBatch, RenderOptions, Scene};
+    let gpu = gpu();
+    let mut cfg = small_scene();
+    // A dense blob (σ up to ~200, σ·dt up to ~5 a sample): rays through it
+    // go opaque inside it.
+    cfg.field.blob_scale = 200.0;
+    cfg.render.samples_per_ray = 128;
+    let cams = CameraSampler::new(CameraConfig { batch_size: 2, ..Default::default() }, 5).unwrap().sample(3);
+    let rays = RayBatch::new(&gpu, &cams, 7, 9).unwrap();
+    let reg = RegulariserWeights { orientation: 10.0, sparsity: 1.0, opaque: 0.5 };
+    let d_rgb = gpu.upload(&rand_vec(7, 2 * 3 * 63, -0.01, 0.01), &[2, 3, 63], DType::F32).unwrap();
+    let d_op = gpu.upload(&rand_vec(8, 2 * 63, -0.01, 0.01), &[2, 1, 63], DType::F32).unwrap();
+    let run = |prune: bool| {
+        let mut c = cfg.clone();
+        c.render.prune_occluded = prune;
+        let scene = Scene::new(&gpu, &c, 11).unwrap();
+        scene.update_occupancy(&gpu, 0).unwrap();
+        let r = scene.render(&gpu, &rays, &RenderOptions { normal_image: true, ..RenderOptions::training(Shading::Diffuse, 2, true) }).unwrap();
+        scene.backward(&gpu, &r, &d_rgb, Some(&d_op), &reg).unwrap();
+        let info = MarchInfo::read(&gpu, &r.marched).unwrap();
+        let images: Vec<Vec<f32>> = [&r.images.rgb, &r.images.opacity, &r.images.depth, r.images.normal.as_ref().unwrap()]
+            .iter()
+            .map(|t| gpu.download(t).unwrap())
+            .collect();
+        let grads: Vec<Vec<f32>> = scene.adam.groups.iter().map(|g| gpu.download(&g.grad).unwrap()).collect();
+        (info, images, grads)
+    };
+    let (full_info, full_images, full_grads) = run(false);
+    let (pruned_info, pruned_images, pruned_grads) = run(true);
+    assert_eq!(full_info.samples, full_info.marched, "without pruning every marched sample is evaluated");
+    assert_eq!(pruned_info.marched, full_info.samples, "the same march");
+    assert!(!pruned_info.overflowed());
+    assert!(
+        (pruned_info.samples as f32) < 0.8 * pruned_info.marched as f32,
+        "rays through the opaque blob stop early: {pruned_info:?}"
+    );
+    assert!(full_images[1].iter().any(|o| *o > 0.999), "some rays go opaque");
+    for (what, (got, want)) in ["rgb", "opacity", "depth", "normal"].iter().zip(pruned_images.iter().zip(&full_images)) {
+        assert_close(what, got, want, 1e-5);
+    }
+    for (g, (got, want)) in pruned_grads.iter().zip(&full_grads).enumerate() {
+        assert!(want.iter().any(|v| *v != 0.0));
+        assert_close(&format!("gradient group {g}"), got, want, 1e-5);
+    }
+}
+
+/// A pruned march keeps the march's capacity overflow in its info.
+#[test]
+fn pruning_keeps_the_overflow_count() {
+    let gpu = gpu();
+    let spec = MarchSpec { capacity: 40, ..march_spec(false) };
+    let m = run_march(&gpu, &spec);
+    let cap = m.samples.len() / 4;
+    let info = MarchInfo::read(&gpu, &m.marched).unwrap();
+    assert!(info.overflowed());
+    // σ = 0 everywhere: nothing is occluded, every sample is kept.
+    let sigma = gpu.zeros(&[cap], DType::F32).unwrap();
+    let kept = render::prune_occluded(&gpu, &m.marched, &sigma, spec.dt, 1e-4).unwrap();
+    let kinfo = MarchInfo::read(&gpu, &kept).unwrap();
+    assert_eq!((kinfo.samples, kinfo.requested, kinfo.marched), (info.samples, info.requested, info.samples));
+    assert_eq!(gpu.download_u32(&kept.ranges).unwrap(), gpu.download_u32(&m.marched.ranges).unwrap());
+    assert_eq!(gpu.download(&kept.samples).unwrap()[..4 * cap], m.samples[..4 * cap]);
+    // σ huge everywhere: each ray keeps exactly its first sample.
+    let sigma = gpu.upload(&vec![1e4; cap], &[cap], DType::F32).unwrap();
+    let kept = render::prune_occluded(&gpu, &m.marched, &sigma, spec.dt, 1e-4).unwrap();
+    let ranges = gpu.download_u32(&m.marched.ranges).unwrap();
+    let kranges = gpu.download_u32(&kept.ranges).unwrap();
+    let ksamples = gpu.download(&kept.samples).unwrap();
+    for r in 0..ranges.len() / 2 {
+        assert_eq!(kranges[2 * r + 1], ranges[2 * r + 1].min(1), "ray {r}");
+        if kranges[2 * r + 1] == 1 {
+            let (src, dst) = (ranges[2 * r] as usize, kranges[2 * r] as usize);
+            assert_eq!(ksamples[4 * dst..4 * dst + 4], m.samples[4 * src..4 * src + 4], "ray {r}'s first sample");
+        }
+    }
+    let kinfo = MarchInfo::read(&gpu, &kept).unwrap();
+    assert_eq!(kinfo.requested - kinfo.samples, info.requested - info.samples, "the dropped samples still show");
+}

@@ -320,6 +320,7 @@ pub fn variants(_caps: Caps) -> Vec<KernelKey> {
     dims.extend(SPECIALIZED.iter().map(|&d| Some(d)));
     for &d in &dims {
         v.push(field_forward_key(d, false, false, false));
+        v.push(field_forward_key(d, true, false, false));
         for samples in [false, true] {
             for analytic in [false, true] {
                 v.push(field_forward_key(d, samples, true, analytic));
@@ -449,22 +450,21 @@ pub fn field_forward(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, poi
     Ok((density, albedo))
 }
 
-/// The density alone at world `points` (f32 `[n, 3]`): `[n]` (the occupancy grid's query).
-pub fn field_density(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, points: &Tensor) -> Result<Tensor> {
+/// The density alone, `[n]`: at world points (the occupancy grid's and the
+/// mesh's queries) or at the renderer's samples (the pruning pass; rows past
+/// `info[0]` are not written).
+pub fn field_density(gpu: &Gpu, f: &FieldSpec, table: &Tensor, mlp: &Tensor, points: FieldPoints<'_>) -> Result<Tensor> {
     const OP: &str = "hashgrid.field_density";
     check_field(OP, f, table, mlp)?;
-    let n = expect_points(OP, points)?;
+    let (n, samples) = points.check(OP)?;
     let density = gpu.empty(&[n], DType::F32)?;
     let unused_albedo = gpu.empty(&[1], DType::F32)?;
     let p = field_params(f, n, 1);
     let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
-    gpu.dispatch(
-        OP,
-        &field_forward_key(dims, false, false, false),
-        &p,
-        &[table, mlp, points, &density, &unused_albedo],
-        stride_workgroups(gpu, n, MAX_STRIDE_WORKGROUPS),
-    )?;
+    let (pts, info) = points.tensors();
+    let mut bind = vec![table, mlp, pts, &density, &unused_albedo];
+    bind.extend(info);
+    gpu.dispatch(OP, &field_forward_key(dims, samples, false, false), &p, &bind, stride_workgroups(gpu, n, MAX_STRIDE_WORKGROUPS))?;
     Ok(density)
 }
 

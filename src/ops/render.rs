@@ -20,10 +20,12 @@ pub const MAX_VIEWS: usize = 16;
 /// Floats per ray: origin xyz, 0, direction xyz, 0.
 pub const RAY_FLOATS: usize = 8;
 
-const ENTRIES: [&str; 8] = [
+const ENTRIES: [&str; 10] = [
     "march_count",
     "march_scan",
     "march_write",
+    "prune_count",
+    "prune_write",
     "composite",
     "composite_backward",
     "regularisers",
@@ -36,6 +38,7 @@ fn key(entry: &'static str) -> KernelKey {
     let mut k = match entry {
         "march_count" | "march_scan" | "march_write" => k.params::<MarchParams>(),
         "occupancy_points" | "occupancy_update" => k.params::<OccupancyParams>(),
+        "prune_count" | "prune_write" => k.params::<PruneParams>(),
         _ => k.params::<CompositeParams>(),
     }
         .flag("MARCHING", entry == "march_count" || entry == "march_write")
@@ -51,6 +54,8 @@ fn flag_name(entry: &str) -> &'static str {
         "march_count" => "MARCH_COUNT",
         "march_scan" => "MARCH_SCAN",
         "march_write" => "MARCH_WRITE",
+        "prune_count" => "PRUNE_COUNT",
+        "prune_write" => "PRUNE_WRITE",
         "composite" => "COMPOSITE",
         "composite_backward" => "COMPOSITE_BACKWARD",
         "regularisers" => "REGULARISERS",
@@ -120,22 +125,28 @@ pub struct Marched {
     pub ranges: Tensor,
     /// f32 `[capacity, 4]`: (x, y, z, t) of each sample; the first `info[0]` are valid.
     pub samples: Tensor,
-    /// u32 `[4]`: samples kept, samples wanted, rays with opacity > 0 (after compositing), 0.
+    /// u32 `[4]`: samples kept, samples wanted, rays with opacity > 0 (after
+    /// compositing), samples marched (before [`prune_occluded`]).
     pub info: Tensor,
 }
 
 /// `info` read back (for logs and tests; a readback, so not every step).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MarchInfo {
+    /// Samples in the buffer (what the field evaluates).
     pub samples: u32,
+    /// Samples the rays wanted: more than `samples` when some were dropped
+    /// for lack of capacity (pruned samples are not counted).
     pub requested: u32,
     pub foreground_rays: u32,
+    /// Samples marched, before pruning the occluded ones.
+    pub marched: u32,
 }
 
 impl MarchInfo {
     pub fn read(gpu: &Gpu, m: &Marched) -> Result<MarchInfo> {
         let v = gpu.download_u32(&m.info)?;
-        Ok(MarchInfo { samples: v[0], requested: v[1], foreground_rays: v[2] })
+        Ok(MarchInfo { samples: v[0], requested: v[1], foreground_rays: v[2], marched: v[3] })
     }
     /// True when samples were dropped for lack of capacity.
     pub fn overflowed(&self) -> bool {
@@ -174,6 +185,48 @@ pub fn march(gpu: &Gpu, rays: &Tensor, occupancy_bits: &Tensor, spec: &MarchSpec
     gpu.dispatch("render.march_scan", &key("march_scan"), pb, &[&ranges, &info], [1, 1, 1])?;
     gpu.dispatch("render.march_write", &key("march_write"), pb, &[rays, occupancy_bits, &ranges, &samples], grid_for(gpu, n, WG))?;
     Ok(Marched { ranges, samples, info })
+}
+
+crate::kernel_params! {
+    struct PruneParams {
+        n_rays: u32,
+        _pad0: u32,
+        dt: f32,
+        early_stop: f32,
+    }
+}
+
+/// The samples of `marched` that compositing reaches, given σ alone at each
+/// (f32 `[capacity]` or `[capacity, 1]`, e.g. [`crate::ops::hashgrid::field_density`]
+/// over the samples): each ray keeps its samples while the transmittance
+/// before them is at least `early_stop`, the rule of [`composite`]'s loop,
+/// so rendering the kept samples gives the same images and gradients with
+/// less of the field evaluated (nerfacc's `sigma_fn` with `early_stop_eps`).
+/// Records only; the new `info` keeps the march's overflow and its count.
+pub fn prune_occluded(gpu: &Gpu, marched: &Marched, sigma: &Tensor, dt: f32, early_stop: f32) -> Result<Marched> {
+    const OP: &str = "render.prune_occluded";
+    let n = marched.ranges.numel() / 2;
+    let cap = marched.samples.dim(0);
+    expect(OP, "sigma", sigma, DType::F32, cap)?;
+    if !(dt > 0.0) || !(early_stop >= 0.0) {
+        return Err(Error::Invalid(format!("{OP}: dt {dt} must be positive and early_stop {early_stop} not negative")));
+    }
+    let p = PruneParams { n_rays: n as u32, dt, early_stop, ..Default::default() };
+    // The scan only needs the ray count and the capacity.
+    let scan = MarchParams { n_rays: n as u32, capacity: cap as u32, ..Default::default() };
+    let kept = gpu.empty(&[n, 2], DType::U32)?;
+    let samples = gpu.empty(&[cap, 4], DType::F32)?;
+    let info = gpu.empty(&[4], DType::U32)?;
+    gpu.dispatch("render.prune_count", &key("prune_count"), &p, &[&marched.ranges, sigma, &kept], grid_for(gpu, n, WG))?;
+    gpu.dispatch("render.march_scan", &key("march_scan"), &scan, &[&kept, &info], [1, 1, 1])?;
+    gpu.dispatch(
+        "render.prune_write",
+        &key("prune_write"),
+        &p,
+        &[&marched.ranges, &kept, &marched.samples, &samples, &marched.info, &info],
+        grid_for(gpu, n, WG),
+    )?;
+    Ok(Marched { ranges: kept, samples, info })
 }
 
 // ---------------------------------------------------------------------------

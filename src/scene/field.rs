@@ -110,7 +110,13 @@ impl Field {
 
     /// Density at world `points` (f32 `[n, 3]`): `[n]`.
     pub fn density(&self, gpu: &Gpu, points: &Tensor) -> Result<Tensor> {
-        hashgrid::field_density(gpu, &self.spec, &self.table, &self.mlp, points)
+        hashgrid::field_density(gpu, &self.spec, &self.table, &self.mlp, hashgrid::FieldPoints::Points(points))
+    }
+
+    /// Density alone at the renderer's samples (the first `info[0]` of
+    /// `samples`, f32 `[capacity, 4]`): `[capacity]`.
+    pub fn density_at_samples(&self, gpu: &Gpu, samples: &Tensor, info: &Tensor) -> Result<Tensor> {
+        hashgrid::field_density(gpu, &self.spec, &self.table, &self.mlp, hashgrid::FieldPoints::Samples { samples, info })
     }
 
     /// Density `[n, K]` and albedo `[n, 3]` at world `points` (f32 `[n, 3]`).

@@ -155,7 +155,11 @@ impl Scene {
             stratified: opts.stratified,
             seed: camera::gpu_seed(self.seed, opts.step, camera::purpose::JITTER),
         };
-        let marched = render_ops::march(gpu, &rays.rays, &self.occupancy.bits, &march)?;
+        let mut marched = render_ops::march(gpu, &rays.rays, &self.occupancy.bits, &march)?;
+        if rc.prune_occluded && rc.early_stop > 0.0 {
+            let sigma = self.field.density_at_samples(gpu, &marched.samples, &marched.info)?;
+            marched = render_ops::prune_occluded(gpu, &marched, &sigma, dt, rc.early_stop)?;
+        }
         let points = FieldPoints::Samples { samples: &marched.samples, info: &marched.info };
         let (density, albedo) = hashgrid::field_forward(gpu, &self.field.spec, &self.field.table, &self.field.mlp, points, opts.normals)?;
         let background = self.background.colors(gpu, &rays.rays)?;

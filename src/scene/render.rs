@@ -29,6 +29,11 @@ pub struct RenderConfig {
     pub stratified: bool,
     /// Stop a ray once its transmittance is below this.
     pub early_stop: f32,
+    /// Evaluate the density alone at every marched sample first and give
+    /// the full field (albedo, normals) and its backward only the samples
+    /// in front of `early_stop` (threestudio's nerfacc `sigma_fn`): the same
+    /// images and gradients, with the occluded samples skipped.
+    pub prune_occluded: bool,
 }
 
 impl Default for RenderConfig {
@@ -42,6 +47,7 @@ impl Default for RenderConfig {
             occupancy_interval: 16,
             stratified: true,
             early_stop: 1e-4,
+            prune_occluded: true,
         }
     }
 }
