@@ -24,6 +24,8 @@ pub const MAX_IN: usize = 64;
 pub const MAX_HIDDEN: usize = 64;
 /// Most workgroups of the row-striding field kernels.
 const MAX_STRIDE_WORKGROUPS: usize = 4096;
+/// The same on CPU adapters (a few per core are enough; see [`stride_workgroups`]).
+const CPU_STRIDE_WORKGROUPS: usize = 64;
 
 /// One level of the grid.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -418,7 +420,14 @@ fn check_field(op: &'static str, f: &FieldSpec, table: &Tensor, mlp: &Tensor) ->
     expect_f32(op, "mlp weights", mlp, Some(f.mlp_layout().len))
 }
 
+/// Workgroups of a kernel that strides over `rows` rows in tiles. With the
+/// renderer's samples `rows` is the buffer's capacity, while the device-side
+/// count is often a small part of it: every workgroup past the last tile
+/// only reads the count and leaves, which costs a GPU next to nothing but a
+/// CPU adapter a whole workgroup launch each (4 096 of them were 40 % of an
+/// evaluation render's field time on llvmpipe), so CPU adapters get few.
 fn stride_workgroups(gpu: &Gpu, rows: usize, cap: usize) -> [u32; 3] {
+    let cap = if gpu.info().device_type == wgpu::DeviceType::Cpu { cap.min(CPU_STRIDE_WORKGROUPS) } else { cap };
     let groups = rows.div_ceil(WG as usize).clamp(1, cap);
     crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension)
 }
