@@ -3,6 +3,12 @@
 //! over a batch of points, a whole render forward + backward of 64×64 rays
 //! with up to 512 samples each, and the Adam step over all parameters.
 //!
+//! Then the same work at the embedded prior's size (`generate`'s default
+//! scene: grid 8 levels × 2 features × 2^16, MLPs of 32, 128 samples a ray
+//! through the box): the field over a training render's worth of points, and
+//! an evaluation render of 96² rays forward alone (what the outputs do 24
+//! times).
+//!
 //! Throughput in points/s or rays/s is the `shape`'s count divided by `ms`.
 //! FLOP counts are estimates (MLP multiply-adds and trilinear blends only).
 use crate::bench::Case;
@@ -47,7 +53,21 @@ fn analytic_normal_flops(cfg: &SceneConfig) -> f64 {
 /// The field's forward and backward at `points` points, without normals or
 /// with normals of `normals` kind.
 fn field_case<'a>(gpu: &'a Gpu, points: usize, normals: Option<NormalKind>) -> Result<Case<'a>> {
+    field_case_of(gpu, SceneConfig::default(), "grid 16x2x2^19, mlp 64", points, normals)
+}
+
+/// The embedded prior's scene (`generate::config`'s pixel-prior defaults:
+/// the field and the marching; its translucent objects are not pruned).
+fn embedded_prior_scene() -> SceneConfig {
     let mut cfg = SceneConfig::default();
+    let f = &mut cfg.field;
+    (f.levels, f.features_per_level, f.log2_table_size, f.base_resolution, f.per_level_scale, f.hidden) = (8, 2, 16, 16, 1.42, 32);
+    let r = &mut cfg.render;
+    (r.samples_per_ray, r.max_samples_total, r.prune_occluded) = (128, 1 << 18, false);
+    cfg
+}
+
+fn field_case_of<'a>(gpu: &'a Gpu, mut cfg: SceneConfig, size: &str, points: usize, normals: Option<NormalKind>) -> Result<Case<'a>> {
     if let Some(kind) = normals {
         cfg.field.normal_type = kind;
     }
@@ -69,7 +89,7 @@ fn field_case<'a>(gpu: &'a Gpu, points: usize, normals: Option<NormalKind>) -> R
     };
     Ok(Case {
         kernel: format!("scene.field fwd+bwd{what}"),
-        shape: format!("{points} points x {} rows, grid 16x2x2^19, mlp 64", rows as usize / points),
+        shape: format!("{points} points x {} rows, {size}", rows as usize / points),
         dtype: DType::F32,
         flops,
         bytes,
@@ -125,6 +145,23 @@ fn render_case<'a>(gpu: &'a Gpu, res: u32, shading: Shading, blob: bool) -> Resu
     })
 }
 
+/// An evaluation render of the embedded prior's scene, forward alone, read
+/// back: `res`² rays from one camera through the initial blob's occupancy.
+fn eval_render_case(gpu: &Gpu, res: u32) -> Result<Case<'_>> {
+    let cfg = embedded_prior_scene();
+    let scene = Scene::new(gpu, &cfg, 0)?;
+    scene.update_occupancy(gpu, 0)?;
+    let cam = Camera::orbit(17.5, 30.0, 1.85, 42.5);
+    Ok(Case {
+        kernel: "scene.render eval fwd".into(),
+        shape: format!("{res}x{res} rays x {} samples (blob occupancy), grid 8x2x2^16, mlp 32", cfg.render.samples_per_ray),
+        dtype: DType::F32,
+        flops: 0.0,
+        bytes: 0.0,
+        record: Box::new(move || scene.render_image(gpu, &cam, res, res, Shading::Diffuse).map(|_| ())),
+    })
+}
+
 fn adam_case(gpu: &Gpu) -> Result<Case<'_>> {
     let cfg = SceneConfig::default();
     let mut scene = Scene::new(gpu, &cfg, 0)?;
@@ -153,5 +190,8 @@ pub fn cases(gpu: &Gpu, quick: bool) -> Result<Vec<Case<'_>>> {
         v.push(render_case(gpu, res, Shading::Albedo, false)?);
     }
     v.push(adam_case(gpu)?);
+    let small = "grid 8x2x2^16, mlp 32";
+    v.push(field_case_of(gpu, embedded_prior_scene(), small, if quick { 1 << 10 } else { 8192 }, Some(NormalKind::Analytic))?);
+    v.push(eval_render_case(gpu, if quick { 16 } else { 96 })?);
     Ok(v)
 }
