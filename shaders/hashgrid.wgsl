@@ -63,7 +63,9 @@
 // Defines: LEVELS, FEATS, HIDDEN (a literal such as `16u`, or `p.levels`,
 // `p.feats`, `p.hidden` for the generic variant), SAMPLES (points
 // are the renderer's samples [capacity, 4] (xyz, t) and their count is info[0],
-// instead of a [n, 3] tensor and p.n), ALBEDO, MAX_IN and MAX_HIDDEN (array
+// instead of a [n, 3] tensor and p.n), ALBEDO, SUBGROUP (field_backward adds
+// into the grid gradient through subgroup sums: the GPU variant, see
+// scatter_add_subgroup), MAX_IN and MAX_HIDDEN (array
 // sizes), and one entry flag: ENCODE, ENCODE_BACKWARD, FIELD_FORWARD,
 // FIELD_BACKWARD, RESOLVE_FIXED.
 
@@ -259,8 +261,9 @@ fn grid_features_jacobian(u: vec3<f32>, x: ptr<function, array<f32, MAX_IN>>, ja
 #if !ENCODE
 #if !FIELD_FORWARD
 #if !RESOLVE_FIXED
-// (grad_hi, grad_lo)[i] += round(v · 2^40), atomically and exactly.
-fn scatter_add(i: u32, v: f32) {
+// v in fixed point: round(v · 2^40) as a 64-bit two's-complement integer,
+// (low word, high word).
+fn fixed_words(v: f32) -> vec2<u32> {
     // |v|·2^8 = m_hi + m_lo·2^-32: the integer part and the fraction of a
     // non-negative f32 are exact, and the fraction·2^32 is rounded to the
     // nearest integer (below 2^32: a fraction under 1 is at most 1 − 2^-24).
@@ -274,9 +277,80 @@ fn scatter_add(i: u32, v: f32) {
         lo = ~lo + 1u;
         hi = ~hi + select(0u, 1u, lo == 0u);
     }
-    let old = atomicAdd(&grad_lo[i], lo);
-    let carry = select(0u, 1u, old + lo < old);
-    atomicAdd(&grad_hi[i], hi + carry);
+    return vec2<u32>(lo, hi);
+}
+
+// (grad_hi, grad_lo)[i] += w, atomically and exactly: the carry out of the
+// low word goes to the high word.
+fn add_words(i: u32, w: vec2<u32>) {
+    let old = atomicAdd(&grad_lo[i], w.x);
+    let carry = select(0u, 1u, old + w.x < old);
+    atomicAdd(&grad_hi[i], w.y + carry);
+}
+
+// (grad_hi, grad_lo)[i] += round(v · 2^40), atomically and exactly.
+fn scatter_add(i: u32, v: f32) {
+    add_words(i, fixed_words(v));
+}
+
+#if SUBGROUP
+// The exact 64-bit sum of the words of the lanes where `mine` (subgroup-
+// uniform control flow): the low word in two 16-bit halves (sums below 2^23
+// for up to 128 lanes), the high word modulo 2^32, then recombined with the
+// carries. Integer sums: the same total as the lanes' own atomics, so the
+// gradient keeps its bits whichever path adds it.
+fn subgroup_words_sum(w: vec2<u32>, mine: bool) -> vec2<u32> {
+    let a = subgroupAdd(select(0u, w.x & 0xFFFFu, mine));
+    let b = subgroupAdd(select(0u, w.x >> 16u, mine));
+    let c = subgroupAdd(select(0u, w.y, mine));
+    let t = b << 16u;
+    let lo = a + t;
+    return vec2<u32>(lo, c + (b >> 16u) + select(0u, 1u, lo < t));
+}
+
+// scatter_add for a whole subgroup at once (called in subgroup-uniform
+// control flow, v = 0 where a lane has nothing to add): the lanes that share
+// the subgroup's largest entry, then those sharing the smallest of the rest,
+// are summed in registers and added by one atomic pair each; the other lanes
+// add their own. Neighbouring samples of a ray fall in the same cell of the
+// coarse levels, whose entries would otherwise take 32 atomics in a row.
+fn scatter_add_subgroup(i: u32, v: f32) {
+    let w = fixed_words(v);
+    let live = v != 0.0;
+    let key = select(0u, i + 1u, live);
+    let top = subgroupMax(key);
+    let in_top = live && key == top;
+    let sum_top = subgroup_words_sum(w, in_top);
+    let rest = live && !in_top;
+    let low = subgroupMin(select(0xFFFFFFFFu, key, rest));
+    let in_low = rest && key == low;
+    let sum_low = subgroup_words_sum(w, in_low);
+    // The first lane adds the sums (an exclusive prefix count of 0).
+    if (subgroupExclusiveAdd(1u) == 0u) {
+        if (top != 0u) { add_words(top - 1u, sum_top); }
+        if (low != 0xFFFFFFFFu) { add_words(low - 1u, sum_low); }
+    }
+    if (rest && !in_low) { add_words(i, w); }
+}
+
+// What a lane adds to entry i, through its subgroup.
+fn scatter_grid(i: u32, v: f32) {
+    scatter_add_subgroup(i, v);
+}
+#else
+fn scatter_grid(i: u32, v: f32) {
+    if (v != 0.0) { scatter_add(i, v); }
+}
+#endif
+
+// Whether a level has anything to scatter: per lane, or (SUBGROUP) for any
+// lane of the subgroup, so that the subgroup stays together.
+fn level_has_grad(mine: bool) -> bool {
+#if SUBGROUP
+    return subgroupAny(mine);
+#else
+    return mine;
+#endif
 }
 
 // The transpose of grid_features: grad[entry_c·F + f] += w_c · dx[l·F + f].
@@ -285,12 +359,11 @@ fn grid_scatter(u: vec3<f32>, dx: ptr<function, array<f32, MAX_IN>>) {
     for (var l = 0u; l < n_levels(); l++) {
         var any_grad = false;
         for (var f = 0u; f < nf; f++) { any_grad = any_grad || (*dx)[l * nf + f] != 0.0; }
-        if (!any_grad) { continue; }
+        if (!level_has_grad(any_grad)) { continue; }
         let cell = level_cell(u, l);
         for (var c = 0u; c < 8u; c++) {
             for (var f = 0u; f < nf; f++) {
-                let v = cell.weight[c] * (*dx)[l * nf + f];
-                if (v != 0.0) { scatter_add(cell.entry[c] * nf + f, v); }
+                scatter_grid(cell.entry[c] * nf + f, cell.weight[c] * (*dx)[l * nf + f]);
             }
         }
     }
@@ -307,15 +380,14 @@ fn grid_scatter_analytic(u: vec3<f32>, dx: ptr<function, array<f32, MAX_IN>>, r:
         for (var f = 0u; f < nf; f++) {
             any_grad = any_grad || (*dx)[l * nf + f] != 0.0 || (has_q && (*r)[l * nf + f] != 0.0);
         }
-        if (!any_grad) { continue; }
+        if (!level_has_grad(any_grad)) { continue; }
         let cell = level_cell(u, l);
         let dw = cell_weight_gradients(u, l);
         for (var c = 0u; c < 8u; c++) {
             let wq = dot(q, dw[c]);
             for (var f = 0u; f < nf; f++) {
                 let i = l * nf + f;
-                let v = cell.weight[c] * (*dx)[i] + (*r)[i] * wq;
-                if (v != 0.0) { scatter_add(cell.entry[c] * nf + f, v); }
+                scatter_grid(cell.entry[c] * nf + f, cell.weight[c] * (*dx)[i] + (*r)[i] * wq);
             }
         }
     }

@@ -423,3 +423,81 @@ fn time_field() {
         eprintln!("rep {rep}: forward {:.1} ms, backward {:.1} ms ({} points)", (t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3, n);
     }
 }
+
+/// A device that adds the field's grid gradient with `variant`.
+fn gpu_with_field_variant(variant: &str) -> std::sync::Arc<Gpu> {
+    Gpu::new(&fsd3d::gpu::GpuOptions { variants: vec![("hashgrid".into(), variant.into())], ..Default::default() }).unwrap()
+}
+
+/// The subgroup variant of field_backward (lanes sharing an entry sum in
+/// registers, one atomic pair per group) adds exactly what the per-lane
+/// atomics add: the same bits of every table and MLP gradient, for runs of
+/// points inside one cell (what it aggregates), scattered points, rows
+/// without gradient, and every dimension and normal mode.
+#[test]
+fn subgroup_scatter_gives_the_atomic_bits() {
+    let atomic = gpu_with_field_variant("atomic");
+    let subgroup = gpu_with_field_variant("subgroup");
+    assert!(
+        subgroup.caps().features.subgroups,
+        "lavapipe has subgroups: without them this test would compare the atomic path with itself"
+    );
+    for (ci, spec) in [small_field(), default_dims_field(), odd_dims_field()].into_iter().enumerate() {
+        for (normals, kind) in NORMAL_MODES {
+            let spec = FieldSpec { normals: kind, ..spec.clone() };
+            let n = 203;
+            let mut c = field_case(spec, 40 + ci as u64, n);
+            // Runs of 7 to 40 points a few thousandths apart (samples of a
+            // ray inside one coarse cell), then the scattered ones.
+            let jitter = rand_vec(90 + ci as u64, n * 3, -0.004, 0.004);
+            let mut i = 0;
+            for (run, len) in [(0usize, 40usize), (1, 7), (2, 33), (3, 17), (4, 64)] {
+                let base = [c.points[3 * run * 5], c.points[3 * run * 5 + 1], c.points[3 * run * 5 + 2]];
+                for _ in 0..len {
+                    for a in 0..3 {
+                        c.points[3 * i + a] = (base[a] * 0.5 + jitter[3 * i + a]).clamp(-c.spec.radius, c.spec.radius);
+                    }
+                    i += 1;
+                }
+            }
+            let k = c.spec.values_per_point(normals) as usize;
+            let mut a = rand_vec(41, n * k, -1.0, 1.0);
+            let mut b = rand_vec(42, n * 3, -1.0, 1.0);
+            // Some rows with no gradient at all, some with only one part.
+            for p in (0..n).step_by(5) {
+                a[p * k..(p + 1) * k].fill(0.0);
+                b[3 * p..3 * p + 3].fill(0.0);
+            }
+            for p in (1..n).step_by(7) {
+                a[p * k..(p + 1) * k].fill(0.0);
+            }
+            let (ta, ma) = field_grads(&atomic, &c, &a, &b, normals);
+            let (ts, ms) = field_grads(&subgroup, &c, &a, &b, normals);
+            let what = format!("field {ci}, normals {normals} {kind:?}");
+            assert!(ta.iter().filter(|v| **v != 0.0).count() > 20, "{what}: the grid got gradients");
+            for (name, got, want) in [("table", &ts, &ta), ("MLP", &ms, &ma)] {
+                assert_eq!(got.len(), want.len());
+                if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+                    panic!("{what}: {name} gradient {i}: subgroup {} vs atomic {}", got[i], want[i]);
+                }
+            }
+        }
+    }
+}
+
+/// A variant the device cannot run, or a name that is none, is an error
+/// that says what to pick.
+#[test]
+fn unknown_field_variant_is_named() {
+    let gpu = Gpu::new(&fsd3d::gpu::GpuOptions { variants: vec![("hashgrid".into(), "fastest".into())], ..Default::default() }).unwrap();
+    let e = hashgrid::choose_variant(&gpu).unwrap_err().to_string();
+    assert!(e.contains("atomic") && e.contains("subgroup"), "{e}");
+    let no_subgroups = Gpu::new(&fsd3d::gpu::GpuOptions {
+        variants: vec![("hashgrid".into(), "subgroup".into())],
+        disable: fsd3d::gpu::Features::ALL,
+        ..Default::default()
+    })
+    .unwrap();
+    let e = hashgrid::choose_variant(&no_subgroups).unwrap_err().to_string();
+    assert!(e.contains("hashgrid=atomic"), "{e}");
+}

@@ -248,8 +248,55 @@ fn dims_for(levels: usize, feats: u32, hidden: u32) -> Dims {
     SPECIALIZED.iter().copied().find(|&d| d == (levels as u32, feats, hidden))
 }
 
+crate::ops::kernel_variants! {
+    /// How the field's backward adds into the grid gradient.
+    pub enum FieldVariant ("hashgrid") {
+        /// One fixed-point atomic pair per (row, corner, feature) with a
+        /// gradient: what CPU adapters like (no cross-lane traffic, and an
+        /// atomic costs llvmpipe no more than an add).
+        Atomic = "atomic",
+        /// The lanes of a subgroup that share an entry (the coarse levels'
+        /// cells hold runs of a ray's samples) sum in registers first, one
+        /// atomic pair per group: for GPUs, whose atomics on one address
+        /// serialise. The same bits as `atomic` (integer sums).
+        Subgroup = "subgroup",
+    }
+}
+
+impl FieldVariant {
+    /// Whether a device with `caps` can run this variant.
+    pub fn available(self, caps: Caps) -> bool {
+        match self {
+            FieldVariant::Atomic => true,
+            FieldVariant::Subgroup => caps.features.subgroups,
+        }
+    }
+
+    /// GPUs with subgroups: `subgroup`; CPU adapters and the rest: `atomic`.
+    pub fn default_for(gpu: &Gpu) -> FieldVariant {
+        if gpu.info().device_type != wgpu::DeviceType::Cpu && FieldVariant::Subgroup.available(gpu.caps()) {
+            FieldVariant::Subgroup
+        } else {
+            FieldVariant::Atomic
+        }
+    }
+}
+
+/// The device's `--variant hashgrid=NAME`, else the default for its class.
+pub fn choose_variant(gpu: &Gpu) -> Result<FieldVariant> {
+    let v = match gpu.variant_override("hashgrid") {
+        Some(name) => FieldVariant::parse(name)?,
+        None => FieldVariant::default_for(gpu),
+    };
+    if !v.available(gpu.caps()) {
+        return Err(Error::Invalid(format!("hashgrid variant {v} needs subgroups, which this device does not have (or were disabled): pick --variant hashgrid=atomic")));
+    }
+    Ok(v)
+}
+
 fn key(entry: &'static str, dims: Dims) -> KernelKey {
     let k = KernelKey::new(FAMILY, entry).params::<Params>()
+        .flag("SUBGROUP", false)
         .flag("ANALYTIC", false)
         .flag("ENCODE", entry == "encode")
         .flag("ENCODE_BACKWARD", entry == "encode_backward")
@@ -281,8 +328,12 @@ fn encode_backward_key() -> KernelKey {
 fn field_forward_key(dims: Dims, samples: bool, albedo: bool, analytic: bool) -> KernelKey {
     key("field_forward", dims).flag("SAMPLES", samples).flag("ALBEDO", albedo).flag("ANALYTIC", analytic)
 }
-fn field_backward_key(dims: Dims, samples: bool, analytic: bool) -> KernelKey {
-    key("field_backward", dims).flag("SAMPLES", samples).flag("ALBEDO", true).flag("ANALYTIC", analytic)
+fn field_backward_key(dims: Dims, samples: bool, analytic: bool, variant: FieldVariant) -> KernelKey {
+    key("field_backward", dims)
+        .flag("SAMPLES", samples)
+        .flag("ALBEDO", true)
+        .flag("ANALYTIC", analytic)
+        .flag("SUBGROUP", variant == FieldVariant::Subgroup)
 }
 fn resolve_fixed_key() -> KernelKey {
     key("resolve_fixed", None).flag("SAMPLES", false).flag("ALBEDO", false)
@@ -316,7 +367,7 @@ fn backward_parts(hidden: u32) -> usize {
 }
 
 /// Every variant this family dispatches (for validation).
-pub fn variants(_caps: Caps) -> Vec<KernelKey> {
+pub fn variants(caps: Caps) -> Vec<KernelKey> {
     let mut v = vec![encode_key(), encode_backward_key(), resolve_fixed_key()];
     let mut dims: Vec<Dims> = vec![None];
     dims.extend(SPECIALIZED.iter().map(|&d| Some(d)));
@@ -326,7 +377,9 @@ pub fn variants(_caps: Caps) -> Vec<KernelKey> {
         for samples in [false, true] {
             for analytic in [false, true] {
                 v.push(field_forward_key(d, samples, true, analytic));
-                v.push(field_backward_key(d, samples, analytic));
+                for variant in FieldVariant::ALL.into_iter().filter(|v| v.available(caps)) {
+                    v.push(field_backward_key(d, samples, analytic, variant));
+                }
             }
         }
     }
@@ -511,6 +564,7 @@ pub fn field_backward(
     let layout = f.mlp_layout();
     expect_f32(OP, "grad_mlp", grad_mlp, Some(layout.len))?;
     let dims = dims_for(f.grid.levels.len(), f.grid.features_per_level, f.hidden);
+    let variant = choose_variant(gpu)?;
     let groups = backward_workgroups(gpu, rows);
     let partials = gpu.empty(&[groups * backward_parts(f.hidden), layout.len], DType::F32)?;
     let p = field_params(f, n, k);
@@ -521,7 +575,7 @@ pub fn field_backward(
     bind.push(&sums.hi);
     gpu.dispatch(
         OP,
-        &field_backward_key(dims, samples, f.analytic(normals)),
+        &field_backward_key(dims, samples, f.analytic(normals), variant),
         &p,
         &bind,
         crate::gpu::grid_1d(groups as u32, gpu.limits().max_compute_workgroups_per_dimension),
