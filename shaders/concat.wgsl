@@ -7,6 +7,12 @@
 // dimensions that are contiguous in both tensors first, so most copies run at
 // rank 1..3.
 //
+// copy_grid does a copy of rank ≤ 3 with no division at all: the dispatch
+// grid is the iteration shape (x: the innermost dimension in runs of WG, y
+// and z the other two), so each thread reads its coordinates from its ids.
+// Integer division has no SIMD instruction on CPUs: llvmpipe runs
+// copy_strided's per-element divisions one lane at a time.
+//
 // Defines: T (storage type: f32, f16 or u32: the copy never converts), WG
 // (workgroup size).
 
@@ -43,5 +49,14 @@ fn copy_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         s += c * dim8(p.src_strides, u32(k));
         d += c * dim8(p.dst_strides, u32(k));
     }
+    dst[d] = src[s];
+}
+
+@compute @workgroup_size({{WG}})
+fn copy_grid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c0 = wid.x * {{WG}}u + lid.x;
+    if (c0 >= p.shape[1].w) { return; }
+    let s = p.src_offset + wid.z * p.src_strides[1].y + wid.y * p.src_strides[1].z + c0 * p.src_strides[1].w;
+    let d = p.dst_offset + wid.z * p.dst_strides[1].y + wid.y * p.dst_strides[1].z + c0 * p.dst_strides[1].w;
     dst[d] = src[s];
 }

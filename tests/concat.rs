@@ -247,3 +247,26 @@ fn shape_errors_are_clear() {
     let parts = split_equal(&gpu, &a, 1, 2).unwrap_err().to_string();
     assert!(parts.contains("does not split into 2 equal parts"), "{parts}");
 }
+
+/// Copies whose innermost run spans several workgroups of the grid kernel
+/// (rank ≤ 3: coordinates from the dispatch grid), beside the rank-4 ones
+/// that keep the strided kernel.
+#[test]
+fn long_rows_through_the_grid_copy() {
+    for (gpu, dt) in configs() {
+        let (a_shape, b_shape) = ([2usize, 3, 301], [2usize, 4, 301]);
+        let a = values(7, a_shape.iter().product());
+        let b = values(8, b_shape.iter().product());
+        let y = concat(&gpu, &[&up(&gpu, &a, &a_shape, dt), &up(&gpu, &b, &b_shape, dt)], 1).unwrap();
+        let mut want = Vec::new();
+        for n in 0..2 {
+            want.extend_from_slice(&a[n * 3 * 301..(n + 1) * 3 * 301]);
+            want.extend_from_slice(&b[n * 4 * 301..(n + 1) * 4 * 301]);
+        }
+        assert_eq!(gpu.download(&y).unwrap(), want, "concat {}", label(&gpu, dt));
+        let shape = [3usize, 600, 2];
+        let x = values(9, shape.iter().product());
+        let y = permute(&gpu, &up(&gpu, &x, &shape, dt), &[2, 0, 1]).unwrap();
+        assert_eq!(gpu.download(&y).unwrap(), ref_permute(&x, &shape, &[2, 0, 1]), "permute {}", label(&gpu, dt));
+    }
+}

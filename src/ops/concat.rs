@@ -24,15 +24,19 @@ crate::kernel_params! {
     }
 }
 
-fn key(dtype: DType) -> KernelKey {
-    KernelKey::new("concat", "copy_strided").params::<Params>().def("T", dtype.wgsl()).def("WG", WG_1D)
+/// The copy kernels: `copy_strided` (any rank, coordinates by division) and
+/// `copy_grid` (rank ≤ 3, coordinates from the dispatch grid).
+const ENTRIES: [&str; 2] = ["copy_strided", "copy_grid"];
+
+fn key(entry: &'static str, dtype: DType) -> KernelKey {
+    KernelKey::new("concat", entry).params::<Params>().def("T", dtype.wgsl()).def("WG", WG_1D)
 }
 
-/// Every variant this family dispatches (for validation): one per storage type.
+/// Every variant this family dispatches (for validation): each kernel per storage type.
 pub fn variants(caps: Caps) -> Vec<KernelKey> {
-    let mut v: Vec<KernelKey> = float_dtypes(caps).into_iter().map(key).collect();
-    v.push(key(DType::U32));
-    v
+    let mut dtypes = float_dtypes(caps);
+    dtypes.push(DType::U32);
+    dtypes.into_iter().flat_map(|t| ENTRIES.map(|e| key(e, t))).collect()
 }
 
 /// Row-major element strides of `shape`.
@@ -87,6 +91,17 @@ impl CopyPlan {
         self.shape.iter().product()
     }
 
+    /// The `copy_grid` dispatch of a simplified plan of rank ≤ 3 whose
+    /// dimensions fit the grid: (innermost / WG, middle, outer).
+    fn grid(&self, max_per_dim: u32) -> Option<[u32; 3]> {
+        if self.shape.len() > 3 {
+            return None;
+        }
+        let dim = |back: usize| if back < self.shape.len() { self.shape[self.shape.len() - 1 - back] } else { 1 };
+        let g = [dim(0).div_ceil(WG_1D as usize), dim(1), dim(2)];
+        g.iter().all(|&v| v <= max_per_dim as usize).then(|| g.map(|v| v as u32))
+    }
+
     fn params(&self) -> Params {
         let rank = self.shape.len();
         let mut p = Params {
@@ -115,7 +130,10 @@ fn record_copy(gpu: &Gpu, label: &str, src: &Tensor, dst: &Tensor, plan: &CopyPl
     if n == 0 {
         return Ok(());
     }
-    gpu.dispatch(label, &key(src.dtype()), &plan.params(), &[src, dst], grid_for(gpu, n, WG_1D))
+    match plan.grid(gpu.limits().max_compute_workgroups_per_dimension) {
+        Some(grid) => gpu.dispatch(label, &key("copy_grid", src.dtype()), &plan.params(), &[src, dst], grid),
+        None => gpu.dispatch(label, &key("copy_strided", src.dtype()), &plan.params(), &[src, dst], grid_for(gpu, n, WG_1D)),
+    }
 }
 
 fn check_rank(op: &'static str, x: &Tensor) -> Result<()> {
