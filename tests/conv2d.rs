@@ -236,3 +236,42 @@ fn the_device_variant_choice_is_used_when_the_call_names_none() {
     let err = conv2d(&gpu, &xt, &wt, None, opts).unwrap_err().to_string();
     assert!(err.contains("unknown conv2d variant \"winograd\""), "{err}");
 }
+
+/// A frozen convolution packs its weights once and reuses them: the same
+/// outputs as packing every call, with and without a residual, and new
+/// weights (another tensor, or the same shape in another dtype) are packed
+/// afresh rather than served stale.
+#[test]
+fn frozen_weights_are_packed_once_and_repacked_when_they_change() {
+    use fsd3d::ops::conv2d::{PackedWeights, conv2d_add, conv2d_frozen};
+    for gpu in gpus() {
+        for variant in [Conv2dVariant::Gemm8x4, Conv2dVariant::Subgroup] {
+            if !variant.available(gpu.caps()) {
+                continue;
+            }
+            let opts = Conv2dOpts { stride: 1, padding: 1, variant: Some(variant), padding_w: None };
+            let x = gpu.upload(&rand_vec(1, 2 * 5 * 6 * 7, -1.0, 1.0), &[2, 5, 6, 7], DType::F32).unwrap();
+            let w1 = gpu.upload(&rand_vec(2, 11 * 5 * 9, -1.0, 1.0), &[11, 5, 3, 3], DType::F32).unwrap();
+            let w2 = gpu.upload(&rand_vec(3, 11 * 5 * 9, -1.0, 1.0), &[11, 5, 3, 3], DType::F32).unwrap();
+            let b = gpu.upload(&rand_vec(4, 11, -1.0, 1.0), &[11], DType::F32).unwrap();
+            let r = gpu.upload(&rand_vec(5, 2 * 11 * 42, -1.0, 1.0), &[2, 11, 6, 7], DType::F32).unwrap();
+            let cache = PackedWeights::default();
+            let what = format!("{variant:?} on {}", gpu.info().name);
+            let plain1 = gpu.download(&conv2d(&gpu, &x, &w1, Some(&b), opts).unwrap()).unwrap();
+            for _ in 0..2 {
+                let y = conv2d_frozen(&gpu, &x, &w1, Some(&b), None, opts, &cache).unwrap();
+                assert_eq!(gpu.download(&y).unwrap(), plain1, "{what}");
+                assert!(cache.is_filled(), "{what}: the packed weights are kept");
+            }
+            let with_residual = gpu.download(&conv2d_add(&gpu, &x, &w1, Some(&b), &r, opts).unwrap()).unwrap();
+            let y = conv2d_frozen(&gpu, &x, &w1, Some(&b), Some(&r), opts, &cache).unwrap();
+            assert_eq!(gpu.download(&y).unwrap(), with_residual, "{what}: with a residual");
+            let plain2 = gpu.download(&conv2d(&gpu, &x, &w2, Some(&b), opts).unwrap()).unwrap();
+            assert_ne!(plain1, plain2);
+            let y = conv2d_frozen(&gpu, &x, &w2, Some(&b), None, opts, &cache).unwrap();
+            assert_eq!(gpu.download(&y).unwrap(), plain2, "{what}: new weights are packed afresh");
+            let y = conv2d_frozen(&gpu, &x, &w1, Some(&b), None, opts, &cache).unwrap();
+            assert_eq!(gpu.download(&y).unwrap(), plain1, "{what}: and the first ones again");
+        }
+    }
+}

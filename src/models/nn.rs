@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::weights::Weights;
 use crate::ops::attention::{self as attn_op, AttentionOpts};
-use crate::ops::conv2d::{Conv2dOpts, conv2d, conv2d_add};
+use crate::ops::conv2d::{Conv2dOpts, PackedWeights, conv2d_frozen};
 use crate::ops::conv2d_backward::{Conv2dBackwardOpts, conv2d_input_grad};
 use crate::ops::norm::{group_norm, layer_norm};
 use crate::ops::norm_backward::group_norm_input_grad;
@@ -65,12 +65,14 @@ impl Linear {
     }
 }
 
-/// torch.nn.Conv2d with square kernel, symmetric padding.
+/// torch.nn.Conv2d with square kernel, symmetric padding. Its weights are
+/// frozen: the kernels that read them repacked keep the packed copy.
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
+    packed: PackedWeights,
 }
 
 impl Conv2d {
@@ -80,14 +82,15 @@ impl Conv2d {
             bias: Some(l.tensor(&format!("{prefix}.bias"), &[out])?),
             stride,
             padding,
+            packed: PackedWeights::default(),
         })
     }
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        conv2d(gpu, x, &self.weight, self.bias.as_ref(), self.opts())
+        conv2d_frozen(gpu, x, &self.weight, self.bias.as_ref(), None, self.opts(), &self.packed)
     }
     /// forward(x) + residual: a skip connection, fused where the kernel allows.
     pub fn forward_add(&self, gpu: &Gpu, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        conv2d_add(gpu, x, &self.weight, self.bias.as_ref(), residual, self.opts())
+        conv2d_frozen(gpu, x, &self.weight, self.bias.as_ref(), Some(residual), self.opts(), &self.packed)
     }
     /// ∂L/∂x for an input of spatial size `input_hw` (several sizes give one
     /// output size under a stride), in dy's dtype.

@@ -246,6 +246,44 @@ fn pack_weights(gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
     Ok(packed)
 }
 
+/// The repacked weights of one convolution whose weights do not change (a
+/// model layer's), kept between calls: the CPU kernels read the weights
+/// repacked, and repacking a frozen UNet's weights on every call was 3 % of
+/// the embedded prior's step. Holds a handle on the weights it was packed
+/// from and repacks when given other ones (another buffer, dtype or
+/// tiling); weights written in place would not be noticed, so only layers
+/// that never do that keep one. Costs the packed copy's memory (the
+/// weights' size again) for as long as it lives.
+#[derive(Default)]
+pub struct PackedWeights(std::sync::Mutex<Option<PackedEntry>>);
+
+struct PackedEntry {
+    weight: Tensor,
+    cout_pad: u32,
+    tile_c: u32,
+    packed: Tensor,
+}
+
+impl PackedWeights {
+    fn get_or_pack(&self, gpu: &Gpu, weight: &Tensor, p: &Params) -> Result<Tensor> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = slot.as_ref() {
+            let same = e.weight.same_buffer(weight) && e.weight.dtype() == weight.dtype() && e.weight.shape() == weight.shape();
+            if same && e.cout_pad == p.cout_pad && e.tile_c == p.tile_c {
+                return Ok(e.packed.clone());
+            }
+        }
+        let packed = pack_weights(gpu, weight, p)?;
+        *slot = Some(PackedEntry { weight: weight.clone(), cout_pad: p.cout_pad, tile_c: p.tile_c, packed: packed.clone() });
+        Ok(packed)
+    }
+
+    /// Whether a packed copy is held (tests).
+    pub fn is_filled(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
 /// Workgroups for the GEMMs: pixel tiles folded into x and z, channel tiles in y.
 fn pixel_tiles_grid(gpu: &Gpu, pixel_tiles: u32, channel_tiles: u32) -> [u32; 3] {
     let [x, z, _] = grid_1d(pixel_tiles, gpu.limits().max_compute_workgroups_per_dimension);
@@ -257,14 +295,29 @@ fn pixel_tiles_grid(gpu: &Gpu, pixel_tiles: u32, channel_tiles: u32) -> [u32; 3]
 /// Ho = (H + 2·padding − kh) / stride + 1 (likewise Wo), in x's dtype.
 /// Input, weight and bias may each be f32 or f16; accumulation is f32.
 pub fn conv2d(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
-    conv2d_with(gpu, x, weight, bias, None, opts, None)
+    conv2d_with(gpu, x, weight, bias, None, opts, None, None)
+}
+
+/// [`conv2d`] (plus `residual` when given) with weights that do not change
+/// between calls: kernels that read repacked weights pack them once into
+/// `packed` and reuse them.
+pub fn conv2d_frozen(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    opts: Conv2dOpts,
+    packed: &PackedWeights,
+) -> Result<Tensor> {
+    conv2d_with(gpu, x, weight, bias, residual, opts, None, Some(packed))
 }
 
 /// [`conv2d`] + `residual` (shaped as the result): a ResNet block's skip
 /// connection, fused into the epilogue of the tiled kernels (no pass of its
 /// own there), a separate add after the others.
 pub fn conv2d_add(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor, opts: Conv2dOpts) -> Result<Tensor> {
-    conv2d_with(gpu, x, weight, bias, Some(residual), opts, None)
+    conv2d_with(gpu, x, weight, bias, Some(residual), opts, None, None)
 }
 
 /// [`conv2d`] with the block tiling of the `tiled` / `coop` kernels given
@@ -278,9 +331,10 @@ pub fn conv2d_tiled_as(
     opts: Conv2dOpts,
     tiles: Option<GemmTiles>,
 ) -> Result<Tensor> {
-    conv2d_with(gpu, x, weight, bias, None, opts, tiles)
+    conv2d_with(gpu, x, weight, bias, None, opts, tiles, None)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv2d_with(
     gpu: &Gpu,
     x: &Tensor,
@@ -289,6 +343,7 @@ fn conv2d_with(
     residual: Option<&Tensor>,
     opts: Conv2dOpts,
     tiles: Option<GemmTiles>,
+    packed: Option<&PackedWeights>,
 ) -> Result<Tensor> {
     expect_float(OP, x)?;
     expect_float(OP, weight)?;
@@ -399,16 +454,20 @@ fn conv2d_with(
     let label = format!("conv2d.{}", variant.name());
     let key = conv_key(variant, gpu.caps(), x.dtype(), weight.dtype(), bias.map(|t| t.dtype()));
     // The GEMMs read packed weights, channels padded to their channel tile.
+    let pack = |p: &Params| match packed {
+        Some(cache) => cache.get_or_pack(gpu, weight, p),
+        None => pack_weights(gpu, weight, p),
+    };
     let (weight, p, workgroups) = match (variant, variant.block()) {
         (Conv2dVariant::Subgroup, _) => {
             let tc = subgroup_tile_channels(gpu.caps());
             let p = Params { cout_pad: p.cout.next_multiple_of(tc), tile_c: tc, ..p };
-            (pack_weights(gpu, weight, &p)?, p, pixel_tiles_grid(gpu, p.n_pix.div_ceil(SUBGROUP_TILE_PIXELS), p.cout_pad / tc))
+            (pack(&p)?, p, pixel_tiles_grid(gpu, p.n_pix.div_ceil(SUBGROUP_TILE_PIXELS), p.cout_pad / tc))
         }
         (_, None) => (weight.clone(), p, grid_for(gpu, y.numel(), WG)),
         (_, Some((bm, bn))) => {
             let p = Params { cout_pad: p.cout.next_multiple_of(bm), tile_c: bm, ..p };
-            (pack_weights(gpu, weight, &p)?, p, pixel_tiles_grid(gpu, p.n_pix.div_ceil(WG * bn), p.cout_pad / bm))
+            (pack(&p)?, p, pixel_tiles_grid(gpu, p.n_pix.div_ceil(WG * bn), p.cout_pad / bm))
         }
     };
     let mut tensors = vec![x, &weight];
