@@ -1,7 +1,10 @@
 // Elementwise kernels: activations (unary), broadcasting binary ops, GEGLU, casts.
 // Storage types come from defines (f32 / f16); arithmetic is f32.
 // Defines: TA, TB, TO (storage types), WG (workgroup size), ACT (activation
-// function name, unary and binary), OP (binary operator function name), SAME_SHAPE.
+// function name, unary and binary), OP (binary operator function name), and
+// the binary's indexing: SAME_SHAPE, GRID (broadcast of rank ≤ 3: indices
+// from the dispatch grid; CPUs have no SIMD integer division), else a
+// division per dimension.
 
 struct Params {
     n: u32,            // output elements
@@ -57,6 +60,15 @@ fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
 @compute @workgroup_size(WG)
 fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
+#if GRID
+    // Rank ≤ 3 (merged by the host): coordinates from the dispatch grid, x
+    // the innermost dimension in runs of WG, no division.
+    let c0 = wid.x * WG + lid.x;
+    if (c0 >= p.shape[1].w) { return; }
+    let i = (wid.z * p.shape[1].z + wid.y) * p.shape[1].w + c0;
+    let ia = wid.z * p.a_strides[1].y + wid.y * p.a_strides[1].z + c0 * p.a_strides[1].w;
+    let ib = wid.z * p.b_strides[1].y + wid.y * p.b_strides[1].z + c0 * p.b_strides[1].w;
+#else
     let i = linear_id(wid, lid, nwg);
     if (i >= p.n) { return; }
 #if SAME_SHAPE
@@ -73,6 +85,7 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         ia += c * dim8(p.a_strides, u32(d));
         ib += c * dim8(p.b_strides, u32(d));
     }
+#endif
 #endif
     o[i] = {{TO}}({{ACT}}({{OP}}(f32(a[ia]), f32(b[ib]))));
 }

@@ -64,13 +64,19 @@ fn reference_binary(a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize], op: BinO
 
 #[test]
 fn binary_ops_broadcast() {
-    let cases: [(&[usize], &[usize]); 6] = [
+    // Most merge to rank ≤ 3 (the grid kernel); [2, 3, 5, 7] ∘ [3, 1, 7]
+    // stays rank 4 (the strided one); rows of 290 and 300 span two
+    // workgroups of the grid.
+    let cases: [(&[usize], &[usize]); 9] = [
         (&[7], &[7]),
         (&[2, 3, 5, 7], &[2, 3, 5, 7]),
         (&[2, 3, 5, 7], &[3, 1, 1]),  // per-channel bias
         (&[2, 3, 5, 7], &[2, 3, 1, 1]), // time embedding added to a feature map
         (&[1, 33], &[4, 1]),
         (&[3, 1, 5], &[1, 4, 1]),
+        (&[2, 3, 5, 7], &[3, 1, 7]),
+        (&[2, 300], &[1, 300]),
+        (&[5, 3, 290], &[3, 1]),
     ];
     for (gpu, dt) in configs() {
         for (ci, (ash, bsh)) in cases.iter().enumerate() {

@@ -167,8 +167,49 @@ fn unary_key(ta: DType, to: DType, act: Act) -> KernelKey {
     key("unary", ta, ta, to).def("ACT", act.wgsl()).flag("CLAMP", false)
 }
 
-fn binary_key(ta: DType, tb: DType, to: DType, op: BinOp, act: Act, same_shape: bool) -> KernelKey {
-    key("binary", ta, tb, to).def("OP", op.wgsl()).def("ACT", act.wgsl()).flag("SAME_SHAPE", same_shape)
+/// How a binary op finds its inputs' elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Indexing {
+    /// Same shapes: the output's index.
+    Same,
+    /// A broadcast of merged rank ≤ 3: coordinates from the dispatch grid.
+    Grid,
+    /// Any broadcast: coordinates by division.
+    Strided,
+}
+
+fn binary_key(ta: DType, tb: DType, to: DType, op: BinOp, act: Act, indexing: Indexing) -> KernelKey {
+    key("binary", ta, tb, to)
+        .def("OP", op.wgsl())
+        .def("ACT", act.wgsl())
+        .flag("SAME_SHAPE", indexing == Indexing::Same)
+        .flag("GRID", indexing == Indexing::Grid)
+}
+
+/// The broadcast of `p` (shape and strides padded to MAX_RANK) with size-1
+/// dimensions dropped and neighbours contiguous in both inputs merged, placed
+/// in the last slots; `None` past rank 3 (then `p` is kept as it is).
+fn merged_broadcast(p: &Params) -> Option<Params> {
+    let mut dims: Vec<(u32, u32, u32)> = Vec::new();
+    for d in 0..MAX_RANK {
+        let (size, sa, sb) = (p.shape[d], p.a_strides[d], p.b_strides[d]);
+        if size == 1 {
+            continue;
+        }
+        match dims.last_mut() {
+            Some(last) if last.1 == sa * size && last.2 == sb * size => *last = (last.0 * size, sa, sb),
+            _ => dims.push((size, sa, sb)),
+        }
+    }
+    if dims.len() > 3 {
+        return None;
+    }
+    let mut q = Params { shape: [1; MAX_RANK], a_strides: [0; MAX_RANK], b_strides: [0; MAX_RANK], ..*p };
+    for (k, &(size, sa, sb)) in dims.iter().rev().enumerate() {
+        let slot = MAX_RANK - 1 - k;
+        (q.shape[slot], q.a_strides[slot], q.b_strides[slot]) = (size, sa, sb);
+    }
+    Some(q)
 }
 
 /// Every variant this family dispatches (for validation).
@@ -184,12 +225,13 @@ pub fn variants(caps: Caps) -> Vec<KernelKey> {
         v.push(unary_key(ta, DType::U32, Act::None));
         v.push(unary_key(DType::U32, ta, Act::None));
         for op in BinOp::ALL {
-            for same in [false, true] {
-                v.push(binary_key(ta, ta, ta, op, Act::None, same));
+            for indexing in [Indexing::Same, Indexing::Grid, Indexing::Strided] {
+                v.push(binary_key(ta, ta, ta, op, Act::None, indexing));
             }
         }
-        v.push(binary_key(ta, ta, ta, BinOp::Add, Act::Silu, false));
-        v.push(binary_key(ta, ta, ta, BinOp::Axpby, Act::None, true));
+        v.push(binary_key(ta, ta, ta, BinOp::Add, Act::Silu, Indexing::Grid));
+        v.push(binary_key(ta, ta, ta, BinOp::Add, Act::Silu, Indexing::Strided));
+        v.push(binary_key(ta, ta, ta, BinOp::Axpby, Act::None, Indexing::Same));
         v.push(clamp_key(ta));
         v.push(key("geglu", ta, ta, ta));
     }
@@ -325,13 +367,20 @@ fn binary_scalars(gpu: &Gpu, a: &Tensor, b: &Tensor, op: BinOp, act: Act, scale:
     }
     p.a_strides = broadcast_strides(a.shape(), &out_shape);
     p.b_strides = broadcast_strides(b.shape(), &out_shape);
-    gpu.dispatch(
-        "elementwise.binary",
-        &binary_key(a.dtype(), b.dtype(), y.dtype(), op, act, same),
-        &p,
-        &[a, b, &y],
-        grid_for(gpu, y.numel(), WG_1D),
-    )?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
+    let grid = merged_broadcast(&p).filter(|_| !same).and_then(|q| {
+        let g = [q.shape[MAX_RANK - 1].div_ceil(WG_1D), q.shape[MAX_RANK - 2], q.shape[MAX_RANK - 3]];
+        g.iter().all(|&v| v <= max_dim).then_some((q, g))
+    });
+    let (indexing, p, workgroups) = match grid {
+        Some((q, g)) => (Indexing::Grid, q, g),
+        None if same => (Indexing::Same, p, grid_for(gpu, y.numel(), WG_1D)),
+        None => (Indexing::Strided, p, grid_for(gpu, y.numel(), WG_1D)),
+    };
+    gpu.dispatch("elementwise.binary", &binary_key(a.dtype(), b.dtype(), y.dtype(), op, act, indexing), &p, &[a, b, &y], workgroups)?;
     Ok(y)
 }
 
