@@ -208,7 +208,9 @@ pub fn prune_occluded(gpu: &Gpu, marched: &Marched, sigma: &Tensor, dt: f32, ear
     let n = marched.ranges.numel() / 2;
     let cap = marched.samples.dim(0);
     expect(OP, "sigma", sigma, DType::F32, cap)?;
-    if !(dt > 0.0) || !(early_stop >= 0.0) {
+    // Written so that NaN fails too.
+    let valid = dt > 0.0 && early_stop >= 0.0;
+    if !valid {
         return Err(Error::Invalid(format!("{OP}: dt {dt} must be positive and early_stop {early_stop} not negative")));
     }
     let p = PruneParams { n_rays: n as u32, dt, early_stop, ..Default::default() };
