@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
-use crate::ops::{WG_1D, float_dtypes, grid_for};
+use crate::ops::{WG_1D, float_dtypes, grid_3d, grid_for, merge_dims};
 
 /// Highest rank the layout ops accept.
 pub const MAX_RANK: usize = 8;
@@ -63,43 +63,18 @@ impl CopyPlan {
     /// The same copy with size-1 dimensions dropped and neighbours that are
     /// contiguous in both tensors merged (fewer divisions per element).
     fn simplified(&self) -> CopyPlan {
-        let mut out = CopyPlan { shape: vec![], src_strides: vec![], dst_strides: vec![], ..self.clone() };
-        for d in 0..self.shape.len() {
-            let (size, ss, ds) = (self.shape[d], self.src_strides[d], self.dst_strides[d]);
-            if size == 1 {
-                continue;
-            }
-            let merges = out.shape.last().is_some_and(|_| {
-                let last = out.shape.len() - 1;
-                out.src_strides[last] == ss * size && out.dst_strides[last] == ds * size
-            });
-            if merges {
-                let last = out.shape.len() - 1;
-                out.shape[last] *= size;
-                out.src_strides[last] = ss;
-                out.dst_strides[last] = ds;
-            } else {
-                out.shape.push(size);
-                out.src_strides.push(ss);
-                out.dst_strides.push(ds);
-            }
+        let dims = (0..self.shape.len()).map(|d| (self.shape[d], [self.src_strides[d], self.dst_strides[d]]));
+        let merged = merge_dims(dims);
+        CopyPlan {
+            shape: merged.iter().map(|d| d.0).collect(),
+            src_strides: merged.iter().map(|d| d.1[0]).collect(),
+            dst_strides: merged.iter().map(|d| d.1[1]).collect(),
+            ..self.clone()
         }
-        out
     }
 
     fn numel(&self) -> usize {
         self.shape.iter().product()
-    }
-
-    /// The `copy_grid` dispatch of a simplified plan of rank ≤ 3 whose
-    /// dimensions fit the grid: (innermost / WG, middle, outer).
-    fn grid(&self, max_per_dim: u32) -> Option<[u32; 3]> {
-        if self.shape.len() > 3 {
-            return None;
-        }
-        let dim = |back: usize| if back < self.shape.len() { self.shape[self.shape.len() - 1 - back] } else { 1 };
-        let g = [dim(0).div_ceil(WG_1D as usize), dim(1), dim(2)];
-        g.iter().all(|&v| v <= max_per_dim as usize).then(|| g.map(|v| v as u32))
     }
 
     fn params(&self) -> Params {
@@ -130,7 +105,7 @@ fn record_copy(gpu: &Gpu, label: &str, src: &Tensor, dst: &Tensor, plan: &CopyPl
     if n == 0 {
         return Ok(());
     }
-    match plan.grid(gpu.limits().max_compute_workgroups_per_dimension) {
+    match grid_3d(gpu, &plan.shape, WG_1D) {
         Some(grid) => gpu.dispatch(label, &key("copy_grid", src.dtype()), &plan.params(), &[src, dst], grid),
         None => gpu.dispatch(label, &key("copy_strided", src.dtype()), &plan.params(), &[src, dst], grid_for(gpu, n, WG_1D)),
     }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, KernelKey, Tensor};
-use crate::ops::{WG_1D, expect_float, float_dtypes, grid_for};
+use crate::ops::{WG_1D, expect_float, float_dtypes, grid_3d, grid_for, merge_dims};
 
 /// Pointwise activation functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,29 +187,21 @@ fn binary_key(ta: DType, tb: DType, to: DType, op: BinOp, act: Act, indexing: In
 }
 
 /// The broadcast of `p` (shape and strides padded to MAX_RANK) with size-1
-/// dimensions dropped and neighbours contiguous in both inputs merged, placed
-/// in the last slots; `None` past rank 3 (then `p` is kept as it is).
-fn merged_broadcast(p: &Params) -> Option<Params> {
-    let mut dims: Vec<(u32, u32, u32)> = Vec::new();
-    for d in 0..MAX_RANK {
-        let (size, sa, sb) = (p.shape[d], p.a_strides[d], p.b_strides[d]);
-        if size == 1 {
-            continue;
-        }
-        match dims.last_mut() {
-            Some(last) if last.1 == sa * size && last.2 == sb * size => *last = (last.0 * size, sa, sb),
-            _ => dims.push((size, sa, sb)),
-        }
-    }
-    if dims.len() > 3 {
+/// dimensions dropped and neighbours contiguous in both inputs merged (the
+/// output is contiguous everywhere), placed in the last slots, and its shape
+/// outermost first; `None` past rank 3 (then `p` is kept as it is).
+fn merged_broadcast(p: &Params) -> Option<(Params, Vec<usize>)> {
+    let dims = (0..MAX_RANK).map(|d| (p.shape[d] as usize, [p.a_strides[d] as usize, p.b_strides[d] as usize]));
+    let merged = merge_dims(dims);
+    if merged.len() > 3 {
         return None;
     }
     let mut q = Params { shape: [1; MAX_RANK], a_strides: [0; MAX_RANK], b_strides: [0; MAX_RANK], ..*p };
-    for (k, &(size, sa, sb)) in dims.iter().rev().enumerate() {
+    for (k, &(size, [sa, sb])) in merged.iter().rev().enumerate() {
         let slot = MAX_RANK - 1 - k;
-        (q.shape[slot], q.a_strides[slot], q.b_strides[slot]) = (size, sa, sb);
+        (q.shape[slot], q.a_strides[slot], q.b_strides[slot]) = (size as u32, sa as u32, sb as u32);
     }
-    Some(q)
+    Some((q, merged.iter().map(|d| d.0).collect()))
 }
 
 /// Every variant this family dispatches (for validation).
@@ -370,11 +362,7 @@ fn binary_scalars(gpu: &Gpu, a: &Tensor, b: &Tensor, op: BinOp, act: Act, scale:
     if y.numel() == 0 {
         return Ok(y);
     }
-    let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
-    let grid = merged_broadcast(&p).filter(|_| !same).and_then(|q| {
-        let g = [q.shape[MAX_RANK - 1].div_ceil(WG_1D), q.shape[MAX_RANK - 2], q.shape[MAX_RANK - 3]];
-        g.iter().all(|&v| v <= max_dim).then_some((q, g))
-    });
+    let grid = merged_broadcast(&p).filter(|_| !same).and_then(|(q, shape)| Some((q, grid_3d(gpu, &shape, WG_1D)?)));
     let (indexing, p, workgroups) = match grid {
         Some((q, g)) => (Indexing::Grid, q, g),
         None if same => (Indexing::Same, p, grid_for(gpu, y.numel(), WG_1D)),

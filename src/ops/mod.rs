@@ -120,6 +120,40 @@ pub(crate) fn grid_rows(gpu: &Gpu, x: u32, rows: u32) -> [u32; 3] {
     [x, y, z]
 }
 
+/// The dimensions of an element-by-element walk (outermost first), each with
+/// its stride in the `K` tensors the walk reads or writes: size-1 dimensions
+/// dropped and neighbours contiguous in every tensor merged, so that a
+/// kernel finds fewer coordinates per element (the layout copies, the
+/// broadcasting binaries).
+pub(crate) fn merge_dims<const K: usize>(dims: impl IntoIterator<Item = (usize, [usize; K])>) -> Vec<(usize, [usize; K])> {
+    let mut out: Vec<(usize, [usize; K])> = Vec::new();
+    for (size, strides) in dims {
+        if size == 1 {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if (0..K).all(|k| last.1[k] == strides[k] * size) => *last = (last.0 * size, strides),
+            _ => out.push((size, strides)),
+        }
+    }
+    out
+}
+
+/// Workgroups of a grid-indexed kernel over a walk of rank ≤ 3 (`shape`
+/// outermost first): x the innermost dimension in runs of `wg`, y and z the
+/// other two, so that each thread reads its coordinates from its ids (no
+/// division, which CPUs cannot do in SIMD). `None` past rank 3 or past the
+/// device's workgroups per dimension.
+pub(crate) fn grid_3d(gpu: &Gpu, shape: &[usize], wg: u32) -> Option<[u32; 3]> {
+    if shape.len() > 3 {
+        return None;
+    }
+    let dim = |back: usize| if back < shape.len() { shape[shape.len() - 1 - back] } else { 1 };
+    let g = [dim(0).div_ceil(wg as usize), dim(1), dim(2)];
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    g.iter().all(|&v| v <= max).then(|| g.map(|v| v as u32))
+}
+
 /// `n` as a kernel's 32-bit index, or an error naming the op and what is too large.
 pub(crate) fn u32_of(op: &'static str, what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::shape(op, format!("{what} = {n} is over the 32-bit index range")))
